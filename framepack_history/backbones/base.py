@@ -1,0 +1,167 @@
+"""The contract every video backbone fulfils.
+
+A backbone bundles a next-section video DiT with the parts it needs around it
+(VAE, text encoder, optional image encoder). The pipeline and the history
+encoder only ever talk to this interface, so the real HunyuanVideo-FramePack
+model and the small toy model are interchangeable.
+
+Units used throughout:
+  * latents are ``[B, C, T, H, W]`` in the backbone's own VAE space;
+  * *token-grid units* are latent units divided by the DiT patch size
+    ``(pt, ph, pw)``; rotary positions are given in these units as float
+    ``(t, h, w)`` triples, so a history token can sit at the centre of the
+    box of tokens it summarises;
+  * time positions are relative to the first frame of the section being
+    generated: the past has negative ``t``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Model weights are neither in a local folder nor in the local hub cache."""
+
+
+@dataclass
+class Context:
+    """Clean context tokens the DiT attends to next to the noisy section.
+
+    ``history_tokens`` are already in the DiT's hidden space (the history
+    encoder's output); ``window_latents`` are raw recent latents that the
+    backbone patchifies itself (FramePack's 1x clean-latent path).
+    """
+
+    history_tokens: torch.Tensor | None = None  # [B, N, D]
+    history_positions: torch.Tensor | None = None  # [N, 3] float, token-grid units
+    window_latents: torch.Tensor | None = None  # [B, C, Tw, H, W]
+    window_t0: float = 0.0  # t position (latent frames, negative = past) of the window's first frame
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.history_tokens is None else int(self.history_tokens.shape[1])
+
+
+@dataclass
+class Conditioning:
+    """Per-prompt (and per-start-image) conditioning, opaque to the pipeline.
+
+    Each backbone stores what its DiT needs in ``tensors``; the pipeline only
+    caches and passes it back.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Conditioning":
+        return Conditioning({k: v.to(device) for k, v in self.tensors.items()})
+
+
+@dataclass(frozen=True)
+class LatentGeometry:
+    """How pixels map to latents and latents to DiT tokens."""
+
+    latent_channels: int
+    spatial_scale: int  # pixels per latent, each spatial axis
+    temporal_scale: int  # pixel frames per latent frame (after the first, for causal VAEs)
+    causal_first_frame: bool  # True when latent frame 0 covers exactly one pixel frame
+    patch_size: tuple[int, int, int]  # DiT patch (t, h, w) in latent units
+    hidden_size: int
+
+    def latent_frames(self, pixel_frames: int) -> int:
+        """Latent frames that encode ``pixel_frames`` frames."""
+        if self.causal_first_frame:
+            return 1 + (pixel_frames - 1) // self.temporal_scale
+        return pixel_frames // self.temporal_scale
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames that ``latent_frames`` latent frames decode to."""
+        if self.causal_first_frame:
+            return 1 + (latent_frames - 1) * self.temporal_scale
+        return latent_frames * self.temporal_scale
+
+    def tokens_per_latent_frame(self, height: int, width: int) -> int:
+        """Raw DiT tokens of one latent frame at a pixel resolution."""
+        h = height // self.spatial_scale // self.patch_size[1]
+        w = width // self.spatial_scale // self.patch_size[2]
+        return h * w
+
+
+class Backbone(ABC):
+    """A next-section video generator that accepts history tokens as context."""
+
+    #: registry name, e.g. ``"toy"`` or ``"hunyuan_framepack"``
+    name: str = ""
+    geometry: LatentGeometry
+    device: torch.device
+    dtype: torch.dtype
+
+    # --- modules -----------------------------------------------------------
+    @property
+    @abstractmethod
+    def transformer(self) -> nn.Module:
+        """The DiT (a diffusers ``ModelMixin``)."""
+
+    @abstractmethod
+    def patch_embedding(self) -> nn.Module:
+        """The DiT's own patchifier: ``[B, C, T, H, W] -> [B, D, T', H', W']``.
+
+        The history encoder's LR branch reuses it (frozen, shared weights).
+        """
+
+    # --- conditioning ------------------------------------------------------
+    @abstractmethod
+    def encode_text(self, prompt: str) -> Conditioning:
+        """Embed one prompt. The pipeline caches the result per distinct prompt."""
+
+    def encode_image(self, image: torch.Tensor) -> Conditioning:
+        """Embed a start image ``[3, H, W]`` in ``[-1, 1]`` (image-to-video).
+
+        Backbones without an image encoder return empty conditioning.
+        """
+        return Conditioning()
+
+    # --- VAE -----------------------------------------------------------------
+    @abstractmethod
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, F, H, W]`` in ``[-1, 1]`` -> latents ``[B, C, T, h, w]``."""
+
+    @abstractmethod
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, T, h, w]`` -> pixels ``[B, 3, F, H, W]`` in ``[-1, 1]``."""
+
+    # --- denoiser ------------------------------------------------------------
+    @abstractmethod
+    def predict(
+        self,
+        noisy: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        context: Context,
+        guidance: float = 1.0,
+    ) -> torch.Tensor:
+        """Flow-matching velocity (``noise - x0``) for the noisy section.
+
+        ``noisy`` is ``[B, C, T, H, W]``; ``sigma`` is ``[B]`` in ``[0, 1]``;
+        ``guidance`` is the distilled-guidance strength for backbones that
+        embed it (ignored by the others).
+        """
+
+    def preview(self, latents: torch.Tensor) -> torch.Tensor:
+        """A cheap RGB preview ``[3, H, W]`` in ``[-1, 1]`` of the last latent frame.
+
+        The default decodes one frame; large backbones override it with a
+        linear latent-to-RGB map.
+        """
+        frame = self.vae_decode(latents[:, :, -1:])
+        return frame[0, :, -1]
+
+    # --- bookkeeping -----------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Facts for sidecars and the UI."""
+        return {"backbone": self.name, "geometry": self.geometry.__dict__}

@@ -1,0 +1,469 @@
+"""HunyuanVideo-FramePack (F1) as a history-aware backbone.
+
+``HistoryFramepackTransformer3DModel`` is diffusers' FramePack transformer with
+one extra input: history-encoder tokens that are already in the DiT's hidden
+space. They are prepended to the token sequence exactly like FramePack's
+clean-latent context, with rotary tables computed from their float
+``(t, h, w)`` positions, so they are attended to but never reach the output.
+
+Time convention: the noisy section occupies ``t = 0 .. T-1`` and every context
+(window latents, history tokens) uses the same axis, the past being negative.
+``predict`` adds one constant, ``rope_time_offset`` (20), to every time index
+before it reaches the DiT. diffusers accepts any float index, negative included,
+but the position is *not* free: RoPE is applied to video tokens only, so
+attention between video and (unrotated) text/image tokens sees absolute
+positions, not just differences. FramePack-F1 was trained with the noisy section
+at frame index 20 (start image 0, 4x history 1-16, 2x 17-18, 1x 19), so
+section ``t = 0`` is mapped there and all context keeps its relative offset.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.utils import apply_lora_scale
+from torch import nn
+
+from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry
+
+_TRUE = {"1", "on", "yes", "true"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A component's weights are neither in a local folder nor (offline) in the hub cache."""
+
+
+class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel):
+    """FramePack transformer that also accepts history tokens ``[B, N, D]`` at float positions ``[N, 3]``.
+
+    Same config and state dict as the parent, so ``from_pretrained`` on the
+    FramePack-F1 weights, LoRA (``PeftAdapterMixin``) and diffusers caches keep working.
+    """
+
+    def history_rotary_emb(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables ``[N, head_dim]`` for float ``(t, h, w)`` token-grid positions.
+
+        Same per-axis formula as ``self.rope`` (which evaluates it on an integer
+        grid), so a token at an integer grid point gets exactly that grid row.
+        """
+        pos = positions.to(torch.float32)
+        freqs = [get_1d_rotary_pos_embed(d, pos[:, i], self.rope.theta, use_real=True) for i, d in enumerate(self.rope.rope_dim)]
+        return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+        indices_latents: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        latents_clean: torch.Tensor | None = None,
+        indices_latents_clean: torch.Tensor | None = None,
+        latents_history_2x: torch.Tensor | None = None,
+        indices_latents_history_2x: torch.Tensor | None = None,
+        latents_history_4x: torch.Tensor | None = None,
+        indices_latents_history_4x: torch.Tensor | None = None,
+        history_tokens: torch.Tensor | None = None,
+        history_positions: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
+        """The parent's forward plus ``history_tokens``/``history_positions``.
+
+        Re-implemented rather than wrapped because the parent (diffusers 0.42.1)
+        raises ``UnboundLocalError`` unless all three clean contexts are given,
+        requires ``image_embeds`` and builds a 2-D default ``indices_latents``
+        that its rotary grid cannot take. With the parent's inputs and no history
+        tokens it performs the same operations in the same order.
+        """
+        batch_size, _, num_frames, height, width = hidden_states.shape
+        p, p_t = self.config.patch_size, self.config.patch_size_t
+        post_t, post_h, post_w = num_frames // p_t, height // p, width // p
+        device = hidden_states.device
+        if indices_latents is None:
+            indices_latents = torch.arange(post_t, device=device)
+
+        hidden_states = self.x_embedder(hidden_states)
+        rotary = self.rope(frame_indices=indices_latents, height=height, width=width, device=device)
+
+        # FramePack's own clean context: embed and prepend only what was given.
+        clean = (latents_clean, latents_history_2x, latents_history_4x)
+        clean_idx = (indices_latents_clean, indices_latents_history_2x, indices_latents_history_4x)
+        if any(x is not None for x in clean):
+            if self.clean_x_embedder is None:
+                raise ValueError("this transformer has no clean-latent embedder (has_clean_x_embedder=False)")
+            if (p, p_t) != (2, 1):  # its Conv3d kernels and rotary pooling are hard-coded for 1x2x2 patches
+                raise ValueError("FramePack clean-latent context needs patch_size=2 and patch_size_t=1")
+            if any(x is not None and i is None for x, i in zip(clean, clean_idx)):
+                raise ValueError("every clean-latent input needs its frame indices")
+            clean = self.clean_x_embedder(*clean)
+            clean_rotary = [
+                None if x is None else self.rope(frame_indices=i, height=height, width=width, device=device)
+                for x, i in zip(clean, clean_idx)
+            ]
+            hidden_states, rotary = self._pack_history_states(hidden_states, *clean, rotary, *clean_rotary, post_h, post_w)
+
+        # History tokens skip x_embedder (already hidden-space) and go in front of everything.
+        if history_tokens is not None:
+            if history_positions is None or history_positions.shape != (history_tokens.shape[1], 3):
+                raise ValueError("history_positions must be [N, 3] for history_tokens [B, N, D]")
+            cos, sin = self.history_rotary_emb(history_positions.to(device))
+            tokens = history_tokens.to(hidden_states.dtype).expand(batch_size, -1, -1)
+            hidden_states = torch.cat([tokens, hidden_states], dim=1)
+            rotary = (torch.cat([cos, rotary[0]], dim=0), torch.cat([sin, rotary[1]], dim=0))
+
+        temb, _ = self.time_text_embed(timestep, pooled_projections, guidance)
+        encoder_hidden_states = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        if image_embeds is not None and self.image_projection is not None:
+            image_tokens = self.image_projection(image_embeds)
+            # Image tokens go before the text: the mask below assumes padding only at the end.
+            encoder_hidden_states = torch.cat([image_tokens, encoder_hidden_states], dim=1)
+            ones = encoder_attention_mask.new_ones((batch_size, image_tokens.shape[1]))
+            encoder_attention_mask = torch.cat([ones, encoder_attention_mask], dim=1)
+
+        # Same masking as the parent: crop text padding for B=1, boolean key mask otherwise.
+        latent_len = hidden_states.shape[1]
+        effective_cond_len = encoder_attention_mask.sum(dim=1, dtype=torch.int)
+        if batch_size == 1:
+            encoder_hidden_states = encoder_hidden_states[:, : effective_cond_len[0]]
+            attention_mask = None
+        else:
+            total = latent_len + encoder_hidden_states.shape[1]
+            keys = torch.arange(total, device=device)[None, :]
+            attention_mask = (keys < (latent_len + effective_cond_len)[:, None])[:, None, None, :]
+
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            args = (hidden_states, encoder_hidden_states, temb, attention_mask, rotary)
+            hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(block, *args) if checkpoint else block(*args)
+
+        # Context tokens were prepended, so the noisy section is the tail.
+        hidden_states = hidden_states[:, -post_t * post_h * post_w :]
+        hidden_states = self.proj_out(self.norm_out(hidden_states, temb))
+        hidden_states = hidden_states.reshape(batch_size, post_t, post_h, post_w, -1, p_t, p, p)
+        hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_MODEL_MARKERS = ("config.json",)
+
+
+def _default_template() -> dict[str, Any]:
+    # Imported lazily: the pipeline module pulls in (and warns about) image-processor backends.
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
+
+    return dict(DEFAULT_PROMPT_TEMPLATE)
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    if local_files_only is not None:
+        return local_files_only
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _is_hub_id(source: str) -> bool:
+    return not Path(source).expanduser().exists() and not source.startswith(("/", ".", "~")) and source.count("/") <= 1
+
+
+def _locate(source: str, subfolder: str, marker: str, component: str, offline: bool, cache_dir: str | None) -> str | None:
+    """Local folder holding ``component``; ``None`` means "let the hub client fetch it".
+
+    Checked up front for every component, so a missing one fails in
+    milliseconds instead of after loading gigabytes (or retrying the hub).
+    """
+    hint = "download them or point to a local folder"
+    if not _is_hub_id(source):
+        folder = Path(source).expanduser() / subfolder
+        weights_ok = marker not in _MODEL_MARKERS or any(folder.glob("*.safetensors*"))
+        if (folder / marker).is_file() and weights_ok:
+            return str(folder)
+        raise WeightsNotFoundError(
+            f"{component}: no {marker}{' and *.safetensors' if marker in _MODEL_MARKERS else ''} in local folder "
+            f"'{folder}'; {hint}."
+        )
+    if not offline:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, f"{subfolder}/{marker}" if subfolder else marker, cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise WeightsNotFoundError(
+        f"{component}: '{source}' (subfolder '{subfolder or '.'}') is not in the local Hugging Face cache and "
+        f"the hub is offline (HF_HUB_OFFLINE=1 / local_files_only); {hint}."
+    )
+
+
+def _load(component: str, loader: Any, where: str | None, source: str, subfolder: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` from a located folder or the hub; missing files become ``WeightsNotFoundError``."""
+    try:
+        if where is not None:
+            return loader.from_pretrained(where, **kwargs)
+        return loader.from_pretrained(source, subfolder=subfolder or None, **kwargs)
+    except OSError as err:  # diffusers/transformers report missing files as OSError/EnvironmentError
+        if isinstance(err, WeightsNotFoundError):
+            raise
+        raise WeightsNotFoundError(f"{component}: could not load from '{source}': {err}; download them or point to a local folder.") from err
+
+
+def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    # Cast only when needed: diffusers warns on every dtype ``to()``, and loaders already set the dtype.
+    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        module = module.to(dtype)
+    return module.to(device)
+
+
+# --- backbone ------------------------------------------------------------------------------------
+
+
+class HunyuanFramepackBackbone(Backbone):
+    """HunyuanVideo VAE + LLaMA/CLIP text encoders + SigLIP image encoder + FramePack-F1 DiT.
+
+    Conditioning keys: ``prompt_embeds`` [1, L, text_dim], ``prompt_attention_mask`` [1, L],
+    ``pooled_prompt_embeds`` [1, clip_dim] (from ``encode_text``) and ``image_embeds``
+    [1, M, siglip_dim] (from ``encode_image``); ``predict`` reads the union.
+    """
+
+    name = "hunyuan_framepack"
+
+    def __init__(
+        self,
+        transformer: HistoryFramepackTransformer3DModel,
+        vae: AutoencoderKLHunyuanVideo,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        text_encoder_2: nn.Module,
+        tokenizer_2: Any,
+        image_encoder: nn.Module | None = None,
+        feature_extractor: Any = None,
+        prompt_template: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        rope_time_offset: float = 20.0,
+    ) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        self.rope_time_offset = rope_time_offset  # DiT frame index of section t=0 (see module docstring)
+        self._transformer = _place(transformer, self.device, dtype).eval()
+        self.vae, self.text_encoder, self.text_encoder_2, self.image_encoder = vae, text_encoder, text_encoder_2, image_encoder
+        for module in (vae, text_encoder, text_encoder_2, image_encoder):
+            if module is not None:  # frozen helpers; the DiT's trainability is left to the caller
+                _place(module, self.device, dtype).eval().requires_grad_(False)
+        self.tokenizer, self.tokenizer_2, self.feature_extractor = tokenizer, tokenizer_2, feature_extractor
+        self.prompt_template = prompt_template or _default_template()
+        cfg = transformer.config
+        self.geometry = LatentGeometry(
+            latent_channels=vae.config.latent_channels,
+            spatial_scale=vae.config.spatial_compression_ratio,
+            temporal_scale=vae.config.temporal_compression_ratio,
+            causal_first_frame=True,
+            patch_size=(cfg.patch_size_t, cfg.patch_size, cfg.patch_size),
+            hidden_size=cfg.num_attention_heads * cfg.attention_head_dim,
+        )
+
+    # --- modules -----------------------------------------------------------
+    @property
+    def transformer(self) -> HistoryFramepackTransformer3DModel:
+        return self._transformer
+
+    def patch_embedding(self) -> nn.Module:
+        return self._transformer.x_embedder.proj
+
+    def enable_vae_tiling(self) -> None:
+        self.vae.enable_tiling()
+
+    # --- conditioning ------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompt: str, max_sequence_length: int = 256) -> Conditioning:
+        """LLaMA hidden states (3rd from last layer, template cropped) + CLIP pooled output, as diffusers does."""
+        template, crop = self.prompt_template["template"], int(self.prompt_template["crop_start"])
+        ids = self.tokenizer(
+            [template.format(prompt)], max_length=max_sequence_length + crop, padding="max_length",
+            truncation=True, return_tensors="pt", return_attention_mask=True,
+        )
+        mask = ids.attention_mask.to(self.device)
+        hidden = self.text_encoder(input_ids=ids.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
+        embeds = hidden.hidden_states[-3][:, crop:]
+        clip_ids = self.tokenizer_2([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        pooled = self.text_encoder_2(clip_ids.to(self.device), output_hidden_states=False).pooler_output
+        return Conditioning(
+            {"prompt_embeds": embeds.to(self.dtype), "prompt_attention_mask": mask[:, crop:], "pooled_prompt_embeds": pooled.to(self.dtype)}
+        )
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> Conditioning:
+        """SigLIP last hidden state of a ``[3, H, W]`` image in ``[-1, 1]``."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            return Conditioning()
+        pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
+        inputs = self.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
+        values = inputs["pixel_values"].to(self.device, self.dtype)
+        return Conditioning({"image_embeds": self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)})
+
+    # --- VAE -----------------------------------------------------------------
+    @torch.no_grad()
+    def vae_encode(self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled float32 latents; the posterior mode by default, so context is deterministic."""
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        latents = dist.sample(generator=generator) if sample else dist.mode()
+        return (latents * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+    # --- denoiser ------------------------------------------------------------
+    def predict(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0) -> torch.Tensor:
+        """Velocity ``noise - x0`` for ``x_t = (1 - sigma) x0 + sigma noise``.
+
+        That is already what FramePack outputs: diffusers' FlowMatchEuler step is
+        ``x + (sigma_next - sigma) * v`` (and ``x0 = x - sigma * v``), so no conversion.
+        """
+        b, t = noisy.shape[0], noisy.shape[2]
+        dev, dt = self.device, self.dtype
+
+        def batched(x: torch.Tensor, dtype: torch.dtype | None = dt) -> torch.Tensor:
+            x = x.to(dev, dtype) if dtype is not None else x.to(dev)
+            return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 else x
+
+        c = cond.tensors
+        sigma = torch.as_tensor(sigma, device=dev, dtype=torch.float32).reshape(-1).expand(b)
+        shift = float(self.rope_time_offset)  # same constant on every time index: relative timing is kept
+        kwargs: dict[str, Any] = {}
+        if "image_embeds" in c:
+            kwargs["image_embeds"] = batched(c["image_embeds"])
+        if context.window_latents is not None:  # FramePack's 1x clean-latent path
+            window = context.window_latents
+            kwargs["latents_clean"] = batched(window)
+            kwargs["indices_latents_clean"] = shift + context.window_t0 + torch.arange(window.shape[2], device=dev)
+        if context.history_tokens is not None:
+            kwargs["history_tokens"] = batched(context.history_tokens)
+            kwargs["history_positions"] = context.history_positions.to(dev, torch.float32) + torch.tensor([shift, 0.0, 0.0], device=dev)
+        out = self._transformer(
+            hidden_states=noisy.to(dev, dt),
+            timestep=sigma * 1000.0,
+            encoder_hidden_states=batched(c["prompt_embeds"]),
+            encoder_attention_mask=batched(c["prompt_attention_mask"], None),
+            pooled_projections=batched(c["pooled_prompt_embeds"]),
+            indices_latents=shift + torch.arange(t // self.geometry.patch_size[0], device=dev),
+            guidance=torch.full((b,), guidance * 1000.0, device=dev, dtype=dt),  # distilled guidance, as FramePack
+            return_dict=False,
+            **kwargs,
+        )[0]
+        return out.to(noisy.device, noisy.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "transformer_config": dict(self._transformer.config)}
+
+    # --- constructors ----------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        transformer: str = "lllyasviel/FramePack_F1_I2V_HY_20250503",
+        base: str = "hunyuanvideo-community/HunyuanVideo",
+        image_encoder: str = "lllyasviel/flux_redux_bfl",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        local_files_only: bool | None = None,
+        cache_dir: str | None = None,
+    ) -> "HunyuanFramepackBackbone":
+        """Load from hub ids or local folders laid out like the hub repos (safetensors only).
+
+        ``local_files_only=None`` follows ``HF_HUB_OFFLINE``. Every component is
+        located before anything is loaded; a missing one raises ``WeightsNotFoundError``.
+        """
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
+
+        offline = _offline(local_files_only)
+        specs = {  # name: (source, subfolder, marker file, loader, is a model)
+            "transformer": (transformer, "", "config.json", HistoryFramepackTransformer3DModel, True),
+            "text_encoder": (base, "text_encoder", "config.json", LlamaModel, True),
+            "tokenizer": (base, "tokenizer", "tokenizer_config.json", AutoTokenizer, False),
+            "text_encoder_2": (base, "text_encoder_2", "config.json", CLIPTextModel, True),
+            "tokenizer_2": (base, "tokenizer_2", "tokenizer_config.json", AutoTokenizer, False),
+            "vae": (base, "vae", "config.json", AutoencoderKLHunyuanVideo, True),
+            "image_encoder": (image_encoder, "image_encoder", "config.json", SiglipVisionModel, True),
+            "feature_extractor": (image_encoder, "feature_extractor", "preprocessor_config.json", AutoImageProcessor, False),
+        }
+        where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, _, _) in specs.items()}
+        parts = {}
+        for k, (src, sub, _, loader, is_model) in specs.items():
+            kw: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
+            if is_model:
+                dtype_key = "torch_dtype" if loader in (HistoryFramepackTransformer3DModel, AutoencoderKLHunyuanVideo) else "dtype"
+                kw.update({dtype_key: dtype, "use_safetensors": True})
+            parts[k] = _load(k, loader, where[k], src, sub, **kw)
+        return cls(**parts, device=device, dtype=dtype)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **overrides: Any) -> "HunyuanFramepackBackbone":
+        """Every component from tiny configs with random weights (tests, CI); ``overrides`` update the DiT config."""
+        from transformers import (
+            CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel,
+        )
+
+        torch.manual_seed(seed)
+        tokenizer = _byte_tokenizer(("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), bos_eos=(0, 1), add_eos=False)
+        tokenizer_2 = _byte_tokenizer(("<|startoftext|>", "<|endoftext|>"), bos_eos=(0, 1), add_eos=True)
+        text_dim, clip_dim, siglip_dim = 32, 32, 24
+        text_encoder = LlamaModel(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ))
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=clip_dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+            pad_token_id=tokenizer_2.pad_token_id,
+        ))
+        image_encoder = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=siglip_dim, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+        ))
+        feature_extractor = SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
+        config = dict(
+            in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
+            num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=text_dim,
+            pooled_projection_dim=clip_dim, rope_axes_dim=(4, 6, 6), has_image_proj=True, image_proj_dim=siglip_dim,
+            has_clean_x_embedder=True,
+        )
+        transformer = HistoryFramepackTransformer3DModel(**{**config, **overrides})
+        # The real crop (95) counts LLaMA-3 tokens; recount the template's prefix for the byte tokenizer.
+        template = _default_template()
+        template["crop_start"] = len(tokenizer(template["template"].split("{}")[0]).input_ids)
+        return cls(
+            transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, image_encoder, feature_extractor,
+            prompt_template=template, device=device, dtype=dtype,
+        )
+
+
+def _byte_tokenizer(specials: tuple[str, ...], bos_eos: tuple[int, int], add_eos: bool) -> Any:
+    """Offline byte-level tokenizer (256 byte tokens + ``specials``), BOS (+EOS) added like LLaMA-3 / CLIP."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    bos, eos = specials[bos_eos[0]], specials[bos_eos[1]]
+    single = f"{bos} $A" + (f" {eos}" if add_eos else "")
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, model_max_length=4096)
+    if len(specials) > 2:  # keep template markers whole instead of splitting them into bytes
+        wrapped.add_special_tokens({"additional_special_tokens": list(specials[2:])})
+    return wrapped

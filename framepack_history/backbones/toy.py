@@ -1,0 +1,329 @@
+"""The toy backbone: a small DiT, a small VAE and a word-level tokenizer.
+
+Small enough to train on two CPU cores and to generate a section in well
+under a second, yet with the same contract as the real backbone: a
+patchifier the history encoder can share, 3D rotary positions given as
+floats, and clean context tokens (history, window) that sit in front of the
+noisy section and never reach the output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .base import Backbone, Conditioning, Context, LatentGeometry
+
+# Words of the toy world's captions; anything else maps to <unk>.
+DEFAULT_VOCAB = [
+    "<pad>", "<unk>", "camera", "pans", "left", "right", "holds", "still", "a", "the", "and",
+    "sprite", "sprites", "moves", "move", "leaves", "returns", "comes", "back", "enters", "red",
+    "green", "blue", "yellow", "cyan", "magenta", "white", "orange", "circle", "square",
+    "triangle", "fast", "slow", "world", "view", "scene",
+]
+
+
+class WordTokenizer:
+    """Lower-cased words -> ids from a fixed vocabulary (0 = pad, 1 = unknown)."""
+
+    def __init__(self, vocab: list[str], max_length: int = 16) -> None:
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.max_length = max_length
+
+    def __call__(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        words = re.findall(r"[a-z]+", text.lower())[: self.max_length]
+        ids = [self.index.get(w, 1) for w in words]
+        mask = [True] * len(ids) + [False] * (self.max_length - len(ids))
+        ids = ids + [0] * (self.max_length - len(ids))
+        return torch.tensor([ids]), torch.tensor([mask])
+
+    def save(self, folder: Path) -> None:
+        (folder / "tokenizer.json").write_text(json.dumps({"vocab": self.vocab, "max_length": self.max_length}))
+
+    @classmethod
+    def load(cls, folder: Path) -> "WordTokenizer":
+        data = json.loads((folder / "tokenizer.json").read_text())
+        return cls(data["vocab"], data["max_length"])
+
+
+# ----------------------------------------------------------------------- VAE
+class ToyVAE(ModelMixin, ConfigMixin):
+    """Per-frame convolutional autoencoder; only space is downsampled."""
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 8, spatial_scale: int = 4, width: int = 64, scaling_factor: float = 1.0):
+        super().__init__()
+        n = int(round(math.log2(spatial_scale)))
+        enc: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.SiLU()]
+        for _ in range(n):
+            enc += [nn.Conv2d(width, width, 4, stride=2, padding=1), nn.SiLU()]
+        enc += [nn.Conv2d(width, latent_channels, 3, padding=1)]
+        dec: list[nn.Module] = [nn.Conv2d(latent_channels, width, 3, padding=1), nn.SiLU()]
+        for _ in range(n):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+        dec += [nn.Conv2d(width, 3, 3, padding=1)]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    @staticmethod
+    def _frames(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        b, c, t, h, w = x.shape
+        return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), b
+
+    @staticmethod
+    def _video(x: torch.Tensor, b: int) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        return x.reshape(b, bt // b, c, h, w).permute(0, 2, 1, 3, 4)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        x, b = self._frames(pixels)
+        return self._video(self.encoder(x), b) * self.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x, b = self._frames(latents / self.config.scaling_factor)
+        return self._video(self.decoder(x), b)
+
+
+# ----------------------------------------------------------------------- DiT
+def rope_tables(pos: torch.Tensor, dims: tuple[int, int, int], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[N, head_dim]`` for float positions ``[N, 3]``; one band per axis."""
+    cos, sin = [], []
+    for axis, d in enumerate(dims):
+        freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=pos.device) / d)
+        ang = pos[:, axis : axis + 1].float() * freqs  # [N, d/2]
+        cos.append(ang.cos().repeat_interleave(2, -1))
+        sin.append(ang.sin().repeat_interleave(2, -1))
+    return torch.cat(cos, -1), torch.cat(sin, -1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of ``x [B, H, N, Dh]``."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class _Block(nn.Module):
+    """adaLN-zero transformer block over the joint token sequence."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads), nn.RMSNorm(dim // heads)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+        self.mod = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
+        b, n, d = x.shape
+        h = self.norm1(x) * (1 + s1) + b1
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + g1 * self.out(a)
+        return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
+
+
+class ToyDiT(ModelMixin, ConfigMixin):
+    """Single-stream DiT: [text | history | window | noisy] tokens, output on noisy only."""
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 8,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        hidden_size: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        vocab_size: int = len(DEFAULT_VOCAB),
+        max_text_length: int = 16,
+        rope_dims: tuple[int, int, int] = (8, 12, 12),
+        rope_theta: float = 100.0,
+        prediction_type: str = "velocity",
+    ) -> None:
+        super().__init__()
+        if prediction_type not in ("velocity", "sample"):
+            raise ValueError(f"prediction_type must be 'velocity' or 'sample', got {prediction_type!r}")
+        if sum(rope_dims) != hidden_size // heads:
+            raise ValueError(f"rope_dims {rope_dims} must sum to the head dim {hidden_size // heads}")
+        d = hidden_size
+        self.x_embedder = nn.Conv3d(in_channels, d, patch_size, stride=patch_size)
+        self.text_embed = nn.Embedding(vocab_size, d)
+        self.text_pos = nn.Parameter(torch.zeros(max_text_length, d))
+        # Which kind of token this is: noisy section, raw window, history embedding.
+        self.type_embed = nn.Parameter(torch.zeros(3, d))
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.mod_out = nn.Linear(d, 2 * d)
+        self.proj_out = nn.Linear(d, in_channels * math.prod(patch_size))
+        nn.init.zeros_(self.mod_out.weight)
+        nn.init.zeros_(self.mod_out.bias)
+        self.gradient_checkpointing = False
+
+    @staticmethod
+    def _timestep_features(sigma: torch.Tensor) -> torch.Tensor:
+        half = 128
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device) / half)
+        ang = (sigma.float() * 1000.0)[:, None] * freqs[None]
+        return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+    def _grid_positions(self, t: int, h: int, w: int, t0: float, device: torch.device) -> torch.Tensor:
+        ti = torch.arange(t, dtype=torch.float32, device=device) + t0
+        hi = torch.arange(h, dtype=torch.float32, device=device)
+        wi = torch.arange(w, dtype=torch.float32, device=device)
+        return torch.stack(torch.meshgrid(ti, hi, wi, indexing="ij"), -1).reshape(-1, 3)
+
+    def _embed_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        y = self.x_embedder(x)  # [B, D, t, h, w]
+        return y.flatten(2).transpose(1, 2), tuple(y.shape[2:])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        sigma: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        history_tokens: torch.Tensor | None = None,
+        history_positions: torch.Tensor | None = None,
+        window_latents: torch.Tensor | None = None,
+        window_t0: float = 0.0,
+    ) -> torch.Tensor:
+        b, c = hidden_states.shape[:2]
+        dev = hidden_states.device
+        noisy, (t, h, w) = self._embed_latents(hidden_states)
+        seqs = [noisy + self.type_embed[0]]
+        pos = [self._grid_positions(t, h, w, 0.0, dev)]
+        if window_latents is not None and window_latents.shape[2] > 0:
+            win, (tw, hw, ww) = self._embed_latents(window_latents.to(hidden_states.dtype))
+            seqs.insert(0, win + self.type_embed[1])
+            pos.insert(0, self._grid_positions(tw, hw, ww, window_t0 / self.config.patch_size[0], dev))
+        if history_tokens is not None and history_tokens.shape[1] > 0:
+            seqs.insert(0, history_tokens.to(hidden_states.dtype).expand(b, -1, -1) + self.type_embed[2])
+            pos.insert(0, history_positions.to(dev))
+        text = self.text_embed(text_ids) + self.text_pos[: text_ids.shape[1]]
+        text = text * text_mask[..., None].to(text.dtype)
+        seqs.insert(0, text.expand(b, -1, -1))
+        # Text tokens get position 0 on every axis: the identity rotation.
+        pos.insert(0, torch.zeros(text_ids.shape[1], 3, device=dev))
+        x = torch.cat(seqs, dim=1)
+        cos, sin = rope_tables(torch.cat(pos), tuple(self.config.rope_dims), self.config.rope_theta)
+
+        pooled = (text * text_mask[..., None]).sum(1) / text_mask.sum(1, keepdim=True).clamp(min=1)
+        cvec = self.t_embed(self._timestep_features(sigma).to(x.dtype)) + pooled.expand(b, -1)
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cvec, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cvec, cos, sin)
+        x = x[:, -noisy.shape[1] :]  # context tokens never reach the output
+        shift, scale = self.mod_out(F.silu(cvec)).unsqueeze(1).chunk(2, dim=-1)
+        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        pt, ph, pw = self.config.patch_size
+        x = x.view(b, t, h, w, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(b, c, t * pt, h * ph, w * pw)
+
+
+# ------------------------------------------------------------------ backbone
+def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Move to the device; cast only when the dtype really changes."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.eval()
+
+
+class ToyBackbone(Backbone):
+    """Toy DiT + toy VAE + word tokenizer behind the backbone contract."""
+
+    name = "toy"
+
+    def __init__(self, dit: ToyDiT, vae: ToyVAE, tokenizer: WordTokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.dit = _place(dit, self.device, dtype)
+        self.vae = _place(vae, self.device, dtype)
+        self.tokenizer = tokenizer
+        self.geometry = LatentGeometry(
+            latent_channels=vae.config.latent_channels,
+            spatial_scale=vae.config.spatial_scale,
+            temporal_scale=1,
+            causal_first_frame=False,
+            patch_size=tuple(dit.config.patch_size),
+            hidden_size=dit.config.hidden_size,
+        )
+
+    @classmethod
+    def from_config(cls, dit: dict | None = None, vae: dict | None = None, seed: int = 0, **kw) -> "ToyBackbone":
+        """Random weights from configs (tests, and the start of training)."""
+        torch.manual_seed(seed)
+        vae_m = ToyVAE(**(vae or {}))
+        dit_cfg = {"in_channels": vae_m.config.latent_channels, **(dit or {})}
+        dit_m = ToyDiT(**dit_cfg)
+        return cls(dit_m, vae_m, WordTokenizer(DEFAULT_VOCAB[: dit_m.config.vocab_size], dit_m.config.max_text_length), **kw)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kw) -> "ToyBackbone":
+        folder = Path(folder)
+        return cls(
+            ToyDiT.from_pretrained(folder / "transformer", use_safetensors=True),
+            ToyVAE.from_pretrained(folder / "vae", use_safetensors=True),
+            WordTokenizer.load(folder),
+            **kw,
+        )
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.dit.save_pretrained(folder / "transformer")
+        self.vae.save_pretrained(folder / "vae")
+        self.tokenizer.save(folder)
+
+    @property
+    def transformer(self) -> ToyDiT:
+        return self.dit
+
+    def patch_embedding(self) -> nn.Module:
+        return self.dit.x_embedder
+
+    def encode_text(self, prompt: str) -> Conditioning:
+        ids, mask = self.tokenizer(prompt)
+        return Conditioning({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
+
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels.to(self.device, self.dtype))
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.device, self.dtype)).clamp(-1, 1)
+
+    def predict(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0) -> torch.Tensor:
+        out = self.dit(
+            noisy.to(self.dtype),
+            sigma.to(self.device),
+            cond.tensors["text_ids"],
+            cond.tensors["text_mask"],
+            history_tokens=context.history_tokens,
+            history_positions=context.history_positions,
+            window_latents=None if context.window_latents is None else context.window_latents.to(self.device),
+            window_t0=context.window_t0,
+        )
+        if self.dit.config.prediction_type == "sample":
+            # A clean-section predictor is easier to train small; the samplers
+            # want velocity: with x_t = (1-s) x0 + s n, v = n - x0 = (x_t - x0) / s.
+            s = sigma.to(out.dtype).clamp(min=1e-3).view(-1, 1, 1, 1, 1)
+            return (noisy.to(out.dtype) - out) / s
+        return out

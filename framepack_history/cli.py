@@ -1,0 +1,156 @@
+"""Headless command line: ``python -m framepack_history SUBCOMMAND ...``.
+
+Bad input exits with status 2 and one line naming the argument; anything
+else that goes wrong is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+from .config import HISTORY_MODES, InputError, ROOT, GenerationRequest, available_presets, load_preset
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's multi-line usage dump."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit status 2
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate a video headless", description="Generate a video section by section.")
+    g.add_argument("--preset", default="toy-cpu", help=f"preset name or .toml path ({', '.join(available_presets())})")
+    g.add_argument("--prompt", default="", help="prompt, or a storyboard such as '0s: camera pans right; 10s: camera pans left'")
+    g.add_argument("--image", help="start image (image-to-video)")
+    g.add_argument("--continue-video", help="a video to continue")
+    g.add_argument("--history", choices=HISTORY_MODES, help="history mode (default: the preset's)")
+    g.add_argument("--window-frames", type=int, help="raw latent frames of the sliding-window add-on")
+    g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
+    g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance", type=float, help="distilled guidance")
+    g.add_argument("--cfg", type=float, help="real classifier-free guidance (>1 doubles the cost)")
+    g.add_argument("--shift", type=float, help="timestep shift")
+    g.add_argument("--sampler", choices=("euler", "unipc"))
+    g.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1 ...)")
+    g.add_argument("--out", help="output .mp4 (default outputs/DATE/TIME.mp4); a .json sidecar is written beside it")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m framepack_history", description="Long video generation with a compressed history embedding.")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+    _add_generate(sub)
+    i = sub.add_parser("inspect", help="show a preset and its history-token budget")
+    i.add_argument("--preset", default="toy-cpu")
+    i.add_argument("--json", action="store_true")
+    return p
+
+
+def _request(args: argparse.Namespace) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=args.prompt, seconds=args.seconds, seed=args.seed, image=args.image, continue_video=args.continue_video,
+        history_mode=args.history, window_frames=args.window_frames, steps=args.steps, guidance=args.guidance,
+        cfg=args.cfg, shift=args.shift, sampler=args.sampler,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .backbones.base import WeightsNotFoundError
+    from .loading import build_encoder, load_backbone
+    from .pipeline import Pipeline, SectionDone, SectionStarted
+    from .render import render
+
+    preset = load_preset(args.preset)
+    if args.device:
+        preset.hardware.device = args.device
+    request = _request(args)
+    request.validate(preset)  # fail fast, before any weights load
+    rate = args.encoder_rate
+    if rate is not None and rate not in preset.model.encoder_rates:
+        raise InputError("--encoder-rate", f"{rate!r} is not offered by {preset.name} (choices: {', '.join(preset.model.encoder_rates)})")
+    if args.out and Path(args.out).suffix.lower() != ".mp4":
+        raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
+    out = Path(args.out) if args.out else ROOT / "outputs" / dt.date.today().isoformat() / f"{dt.datetime.now():%H%M%S}-seed{args.seed}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if preset.hardware.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        backbone = load_backbone(preset.model, preset.hardware.device, preset.hardware.dtype)
+    except WeightsNotFoundError as e:
+        raise InputError("--preset", str(e)) from None
+    mode = request.history_mode or preset.history.mode
+    encoder = build_encoder(preset.model, backbone, rate) if mode == "encoder" else None
+    pipeline = Pipeline(backbone, encoder, preset)
+
+    bar = None
+    steps = request.steps or preset.sampling.steps
+
+    def on_event(ev) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if isinstance(ev, SectionStarted):
+            if bar is None:
+                bar = tqdm(total=ev.total * steps, unit="step", desc="sections", file=sys.stderr)
+            bar.set_description(f"section {ev.index + 1}/{ev.total}")
+        elif isinstance(ev, SectionDone) and bar is not None:
+            bar.set_postfix(history_tokens=ev.history_tokens)
+
+    def on_step(index: int, info: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    with tempfile.TemporaryDirectory(prefix="fph-segments-") as seg:
+        data = render(pipeline, request, out, seg, on_event=on_event, on_step=on_step)
+    if bar is not None:
+        bar.close()
+    print(f"wrote {out} ({data['seconds']:.2f} s, {len(data['sections'])} sections) and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .budget import history_budget
+
+    preset = load_preset(args.preset)
+    info = {"preset": preset.to_dict(), "history": history_budget(preset)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        h = info["history"]
+        print(f"{preset.name}: {preset.description}")
+        print(f"  backbone {preset.model.backbone}, {preset.video.width}x{preset.video.height} @ {preset.video.fps} fps, "
+              f"sections of {preset.video.section_frames} frames")
+        for rate, row in h["rates"].items():
+            print(f"  rate {rate}: {row['tokens_per_second']:.1f} history tokens/s, {row['tokens']} per 20 s "
+                  f"(1/{row['compression']:.0f} of {row['raw_tokens_per_second']:.0f} raw DiT tokens/s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return {"generate": cmd_generate, "inspect": cmd_inspect}[args.command](args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"error: {e.field}: {e.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,301 @@
+"""Typed configuration: presets (model + video + sampling + hardware) and requests.
+
+Presets are TOML files in ``presets/``. Loading validates every field and
+names the bad one (``video.fps must be a positive integer (got 'abc')``), so
+a typo never turns into a stack trace halfway through a generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = ROOT / "presets"
+HISTORY_MODES = ("encoder", "window", "none")
+
+
+class InputError(ValueError):
+    """A user-facing error about one named input (CLI exit status 2, a message in the page)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# --------------------------------------------------------------------- preset
+@dataclass
+class ModelSpec:
+    backbone: str = "toy"
+    #: backbone weights: a local folder or hub id(s); empty = random weights from ``config``
+    weights: str = ""
+    #: extra hub ids/folders by component (hunyuan: base, image_encoder)
+    components: dict[str, str] = field(default_factory=dict)
+    #: history encoder weights folder; empty = a freshly initialised encoder
+    encoder: str = ""
+    encoder_rate: str = "4x4x2"
+    encoder_rates: list[str] = field(default_factory=lambda: ["4x4x2", "2x2x2"])
+    encoder_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    #: configs for random initialisation (tests, training from scratch)
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class VideoSpec:
+    width: int = 64
+    height: int = 64
+    fps: int = 8
+    section_frames: int = 8  # pixel frames per generated section
+    max_seconds: float = 600.0
+
+
+@dataclass
+class SamplingSpec:
+    sampler: str = "euler"
+    steps: int = 8
+    shift: float = 1.0
+    guidance: float = 1.0  # distilled guidance (embedded in the model)
+    cfg: float = 1.0  # real classifier-free guidance (two passes when > 1)
+    negative_prompt: str = ""
+
+
+@dataclass
+class HistorySpec:
+    mode: str = "encoder"
+    window_frames: int = 0  # tiny sliding window of raw latents (add-on)
+
+
+@dataclass
+class HardwareProfile:
+    device: str = "cpu"
+    dtype: str = "float32"
+    device_budget_gib: float = 0.0  # 0 = whatever is free
+    host_budget_gib: float = 0.0
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    video: VideoSpec = field(default_factory=VideoSpec)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    history: HistorySpec = field(default_factory=HistorySpec)
+    hardware: HardwareProfile = field(default_factory=HardwareProfile)
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(where: str, value: Any, typ: Any) -> Any:
+    """Check one TOML value against a dataclass field type."""
+    origin = getattr(typ, "__origin__", None)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise InputError(where, f"must be true or false (got {value!r})")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(where, f"must be an integer (got {value!r})")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(where, f"must be a finite number (got {value!r})")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise InputError(where, f"must be text (got {value!r})")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(where, f"must be a list (got {value!r})")
+        return [_coerce(f"{where}[{i}]", v, typ.__args__[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(where, f"must be a table (got {value!r})")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(where, f"must be a table (got {data!r})")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"{where}.{unknown[0]}" if where else unknown[0], f"unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _build(typ, value, key) if dataclasses.is_dataclass(typ) else _coerce(key, value, typ)
+    return cls(**kwargs)
+
+
+def _check(preset: Preset) -> None:
+    """Semantic checks that types alone can't express."""
+    v, s, h, m = preset.video, preset.sampling, preset.history, preset.model
+    positive = {"video.width": v.width, "video.height": v.height, "video.fps": v.fps,
+                "video.section_frames": v.section_frames, "video.max_seconds": v.max_seconds, "sampling.steps": s.steps}
+    for key, val in positive.items():
+        if val <= 0:
+            raise InputError(key, f"must be positive (got {val!r})")
+    if v.width % 2 or v.height % 2:
+        raise InputError("video.width" if v.width % 2 else "video.height", "must be even (H.264 needs it)")
+    if s.sampler not in ("euler", "unipc"):
+        raise InputError("sampling.sampler", f"must be 'euler' or 'unipc' (got {s.sampler!r})")
+    if s.shift <= 0 or s.cfg < 1 or s.guidance < 0:
+        raise InputError("sampling", "shift must be > 0, cfg >= 1 and guidance >= 0")
+    if h.mode not in HISTORY_MODES:
+        raise InputError("history.mode", f"must be one of {', '.join(HISTORY_MODES)} (got {h.mode!r})")
+    if h.window_frames < 0:
+        raise InputError("history.window_frames", f"must be >= 0 (got {h.window_frames})")
+    if m.backbone not in ("toy", "hunyuan_framepack"):
+        raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
+    from .encoder import parse_rate
+
+    for key, rate in [("model.encoder_rate", m.encoder_rate)] + [("model.encoder_rates", r) for r in m.encoder_rates]:
+        try:
+            parse_rate(rate)
+        except ValueError as e:
+            raise InputError(key, str(e)) from None
+    if preset.hardware.dtype not in ("float32", "bfloat16", "float16"):
+        raise InputError("hardware.dtype", f"must be float32, bfloat16 or float16 (got {preset.hardware.dtype!r})")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """Load and validate a preset by name (``presets/NAME.toml``) or path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml":
+        p = PRESET_DIR / f"{name_or_path}.toml"
+    if not p.is_file():
+        raise InputError("--preset", f"unknown preset {str(name_or_path)!r} (available: {', '.join(available_presets())})")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError("--preset", f"{p.name} is not valid TOML: {e}") from None
+    data.setdefault("name", p.stem)
+    try:
+        preset = _build(Preset, data, "")
+        _check(preset)
+    except InputError as e:
+        raise InputError("--preset", f"{p.name}: {e.field} {e.message}") from None
+    preset.path = str(p)
+    return preset
+
+
+def resolve_path(value: str) -> str:
+    """Paths in presets are relative to the repository root; hub ids stay as they are."""
+    if not value:
+        return value
+    candidate = ROOT / value
+    return str(candidate) if candidate.exists() or value.startswith(("./", "framepack_history/")) else value
+
+
+# -------------------------------------------------------------------- request
+_STAMP = re.compile(r"(?:^|;|\n)\s*(\d+(?:\.\d+)?)\s*s\s*:", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_PROMPT_CHARS = 2000
+
+
+def parse_storyboard(text: str) -> list[tuple[float, str]]:
+    """``"0s: a; 12s: b"`` -> ``[(0.0, "a"), (12.0, "b")]``; plain text -> ``[(0.0, text)]``.
+
+    Raises :class:`InputError` for storyboards that are malformed: text
+    before the first stamp, empty entries, or times that do not increase.
+    """
+    text = _CONTROL.sub(" ", text).strip()
+    stamps = list(_STAMP.finditer(text))
+    if not stamps:
+        if re.match(r"^\s*[-+]?[\d.]+\s*[a-z]*\s*:", text, re.IGNORECASE):
+            raise InputError("--prompt", f"malformed storyboard time at {text[:20]!r}: write times like '0s:' or '12.5s:'")
+        return [(0.0, text)]
+    if text[: stamps[0].start()].strip(" ;\n"):
+        raise InputError("--prompt", "storyboard text must start with a time such as '0s:'")
+    entries: list[tuple[float, str]] = []
+    for i, m in enumerate(stamps):
+        end = stamps[i + 1].start() if i + 1 < len(stamps) else len(text)
+        body = text[m.end() : end].strip(" ;\n")
+        t = float(m.group(1))
+        if not body:
+            raise InputError("--prompt", f"storyboard entry at {m.group(1)}s has no text")
+        if entries and t <= entries[-1][0]:
+            raise InputError("--prompt", f"storyboard times must increase ({entries[-1][0]:g}s then {t:g}s)")
+        entries.append((t, body))
+    return entries
+
+
+def prompt_at(storyboard: list[tuple[float, str]], t: float) -> str:
+    """The prompt in force at time ``t``: the last entry that started at or before it."""
+    current = storyboard[0][1]
+    for start, text in storyboard:
+        if start <= t + 1e-9:
+            current = text
+    return current
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: what to make, from what, and how long."""
+
+    prompt: str = ""
+    seconds: float = 5.0
+    seed: int = 0
+    image: str | None = None
+    continue_video: str | None = None
+    history_mode: str | None = None  # None = the preset's
+    window_frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    cfg: float | None = None
+    shift: float | None = None
+    sampler: str | None = None
+
+    def validate(self, preset: Preset) -> list[tuple[float, str]]:
+        """Check everything that doesn't need a file read; return the storyboard."""
+        if not isinstance(self.seconds, (int, float)) or isinstance(self.seconds, bool) or not math.isfinite(self.seconds):
+            raise InputError("--seconds", f"must be a finite number (got {self.seconds!r})")
+        if self.seconds <= 0:
+            raise InputError("--seconds", f"must be > 0 (got {self.seconds:g})")
+        if self.seconds > preset.video.max_seconds:
+            raise InputError("--seconds", f"{self.seconds:g} s is over the preset's limit of {preset.video.max_seconds:g} s")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise InputError("--seed", f"must be an integer in [0, 2^63) (got {self.seed!r})")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise InputError("--prompt", f"is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.history_mode is not None and self.history_mode not in HISTORY_MODES:
+            raise InputError("--history", f"must be one of {', '.join(HISTORY_MODES)} (got {self.history_mode!r})")
+        for name, val, lo in (("--steps", self.steps, 1), ("--window-frames", self.window_frames, 0)):
+            if val is not None and (not isinstance(val, int) or val < lo or val > 1000):
+                raise InputError(name, f"must be an integer in [{lo}, 1000] (got {val!r})")
+        for name, val in (("--guidance", self.guidance), ("--cfg", self.cfg), ("--shift", self.shift)):
+            if val is not None and (not math.isfinite(val) or val < 0 or val > 100):
+                raise InputError(name, f"must be a number in [0, 100] (got {val!r})")
+        if self.cfg is not None and self.cfg < 1:
+            raise InputError("--cfg", f"must be >= 1 (got {self.cfg:g})")
+        if self.shift is not None and self.shift <= 0:
+            raise InputError("--shift", f"must be > 0 (got {self.shift:g})")
+        if self.sampler is not None and self.sampler not in ("euler", "unipc"):
+            raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
+        if self.image and self.continue_video:
+            raise InputError("--image", "give either a start image or a video to continue, not both")
+        board = parse_storyboard(self.prompt)
+        if not board[0][1] and not (self.image or self.continue_video):
+            raise InputError("--prompt", "is empty; give a prompt, a start image or a video to continue")
+        return board
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

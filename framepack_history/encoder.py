@@ -1,0 +1,197 @@
+"""The history encoder: the whole video history -> a short token sequence.
+
+Two branches land on the same compressed token grid and are summed in the
+DiT's hidden space (arXiv 2512.23851):
+
+* LR branch: a low-resolution, low-frame-rate copy of the history (average
+  pooled by the rate) goes through the backbone's *own* patch embedding.
+  Its weights are shared with the DiT and frozen, so from the first step the
+  history tokens speak the DiT's language.
+* HR branch: full-resolution latents through strided 3D convolutions with
+  SiLU (time first, then space), 64->128->256->512 channels, spatial
+  self-attention at 512, and a 1x1 projection to the hidden width, scaled by
+  a zero-initialised gate so training starts from the LR branch alone.
+
+A rate ``HxWxT`` (e.g. ``4x4x2``) is relative to the DiT token grid: one
+history token summarises an ``H x W`` block of DiT tokens over ``T`` token
+frames, i.e. keeps ``1 / (H*W*T)`` of them.
+
+Why the HR branch never mixes time groups: every layer after the temporal
+reduction is per frame (kernel 1 in time, attention within a frame,
+LayerNorm over channels). One group of ``T`` token frames therefore maps to
+its tokens independently of every other group, and a new section can be
+encoded alone and *appended*: the history is never re-encoded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+_RATE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+def parse_rate(rate: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    """``"4x4x2"`` -> ``(4, 4, 2)`` as (h, w, t); raises ``ValueError`` with the bad text."""
+    if isinstance(rate, str):
+        m = _RATE.match(rate)
+        if not m:
+            raise ValueError(f"encoder rate must look like '4x4x2' (HxWxT), got {rate!r}")
+        vals = tuple(int(v) for v in m.groups())
+    else:
+        vals = tuple(int(v) for v in rate)
+    if len(vals) != 3 or any(v < 1 for v in vals):
+        raise ValueError(f"encoder rate needs three positive factors HxWxT, got {rate!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _log2_exact(n: int, what: str) -> int:
+    k = int(round(math.log2(n)))
+    if 2**k != n:
+        raise ValueError(f"{what} must be a power of two, got {n}")
+    return k
+
+
+class _FrameAttention(nn.Module):
+    """Self-attention among the tokens of one (compressed) frame."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W]
+        b, c, t, h, w = x.shape
+        seq = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)
+        y = self.norm(seq)
+        y, _ = self.attn(y, y, y, need_weights=False)
+        seq = seq + y
+        return seq.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+class HistoryEncoder(ModelMixin, ConfigMixin):
+    """Compresses history latents ``[B, C, T, H, W]`` into DiT-space tokens.
+
+    The LR branch needs the backbone's patch embedding, which is *not* a
+    submodule (it belongs to the DiT and is saved with it): bind it with
+    :meth:`set_patch_embedding` before encoding.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        hidden_size: int = 3072,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        rate: str = "4x4x2",
+        channels: tuple[int, ...] = (64, 128, 256, 512),
+        attention_heads: int = 8,
+        use_lr_branch: bool = True,
+        use_hr_branch: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (use_lr_branch or use_hr_branch):
+            raise ValueError("the history encoder needs at least one branch")
+        rh, rw, rt = parse_rate(rate)
+        pt, ph, pw = patch_size
+        # Total reduction in latent units along (t, h, w).
+        self.factor = (pt * rt, ph * rh, pw * rw)
+        self.rate = (rh, rw, rt)
+        self._lr_embed: tuple[nn.Module | Callable, ...] = ()
+
+        if use_hr_branch:
+            ft, fh, fw = self.factor
+            c = list(channels)
+            layers: list[nn.Module] = [nn.Conv3d(latent_channels, c[0], (1, 3, 3), padding=(0, 1, 1)), nn.SiLU()]
+            # Time first: one non-overlapping temporal conv (kernel == stride).
+            layers += [nn.Conv3d(c[0], c[1], (ft, 3, 3), stride=(ft, 1, 1), padding=(0, 1, 1)), nn.SiLU()]
+            # Then space: stride-2 stages until the grid is reached; channels
+            # follow the list and stay at its last entry.
+            nh, nw = _log2_exact(fh, "spatial reduction (patch*rate, height)"), _log2_exact(fw, "spatial reduction (patch*rate, width)")
+            ch = c[1]
+            for i in range(max(nh, nw)):
+                out = c[min(i + 2, len(c) - 1)]
+                stride = (1, 2 if i < nh else 1, 2 if i < nw else 1)
+                layers += [nn.Conv3d(ch, out, (1, 3, 3), stride=stride, padding=(0, 1, 1)), nn.SiLU()]
+                ch = out
+            if ch != c[-1]:
+                layers += [nn.Conv3d(ch, c[-1], 1), nn.SiLU()]
+                ch = c[-1]
+            self.hr_convs = nn.Sequential(*layers)
+            self.hr_attn = _FrameAttention(ch, attention_heads)
+            self.hr_proj = nn.Conv3d(ch, hidden_size, 1)
+            # Zero gate: at initialisation the embedding is the LR branch alone.
+            self.hr_gate = nn.Parameter(torch.zeros(hidden_size))
+
+    # ------------------------------------------------------------------ setup
+    def set_patch_embedding(self, module: nn.Module | Callable) -> None:
+        """Bind the backbone's patchifier (``[B,C,T,H,W] -> [B,D,T',H',W']``) for the LR branch.
+
+        Kept outside the module tree so it is neither saved nor trained here.
+        """
+        self._lr_embed = (module,)
+
+    @property
+    def frames_per_group(self) -> int:
+        """Latent frames summarised by one token frame."""
+        return self.factor[0]
+
+    def grid(self, t: int, h: int, w: int) -> tuple[int, int, int]:
+        """Token grid for latents of shape ``(t, h, w)`` (partial groups count)."""
+        ft, fh, fw = self.factor
+        return -(-t // ft), -(-h // fh), -(-w // fw)
+
+    def tokens_for(self, t: int, h: int, w: int) -> int:
+        gt, gh, gw = self.grid(t, h, w)
+        return gt * gh * gw
+
+    # ---------------------------------------------------------------- encoding
+    def _pad(self, latents: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad to whole groups, so partial groups are well defined."""
+        ft, fh, fw = self.factor
+        _, _, t, h, w = latents.shape
+        pad = (0, (-w) % fw, 0, (-h) % fh, 0, (-t) % ft)
+        if any(pad):
+            latents = F.pad(latents, pad, mode="replicate")
+        return latents
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """History latents ``[B, C, T, H, W]`` -> token grid ``[B, T', H', W', D]``."""
+        if latents.shape[2] == 0:
+            b = latents.shape[0]
+            _, gh, gw = self.grid(0, latents.shape[3], latents.shape[4])
+            return latents.new_zeros(b, 0, gh, gw, self.config.hidden_size)
+        x = self._pad(latents)
+        out = 0
+        if self.config.use_lr_branch:
+            if not self._lr_embed:
+                raise RuntimeError("HistoryEncoder: call set_patch_embedding(backbone.patch_embedding()) first")
+            rh, rw, rt = self.rate
+            low = F.avg_pool3d(x, kernel_size=(rt, rh, rw)) if (rt, rh, rw) != (1, 1, 1) else x
+            out = out + self._lr_embed[0](low.to(self.dtype))
+        if self.config.use_hr_branch:
+            y = self.hr_convs(x.to(self.dtype))
+            y = self.hr_attn(y)
+            y = self.hr_proj(y) * self.hr_gate.view(1, -1, 1, 1, 1)
+            out = out + y
+        return out.permute(0, 2, 3, 4, 1)  # [B, T', H', W', D]
+
+    def positions(self, t_groups: int, h: int, w: int, t_start: int = 0) -> torch.Tensor:
+        """Rotary positions ``[t_groups, h, w, 3]`` (token-grid units) of the box centres.
+
+        Token ``i`` along an axis with rate ``r`` covers DiT tokens
+        ``i*r .. i*r + r - 1``: its centre is ``i*r + (r - 1) / 2``.
+        ``t_start`` is the index of the first token frame (groups already encoded).
+        """
+        rh, rw, rt = self.rate
+        ti = (torch.arange(t_groups, dtype=torch.float32) + t_start) * rt + (rt - 1) / 2
+        hi = torch.arange(h, dtype=torch.float32) * rh + (rh - 1) / 2
+        wi = torch.arange(w, dtype=torch.float32) * rw + (rw - 1) / 2
+        return torch.stack(torch.meshgrid(ti, hi, wi, indexing="ij"), dim=-1)

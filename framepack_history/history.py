@@ -1,0 +1,116 @@
+"""HistoryState: everything the generator remembers about the video so far.
+
+* raw latents live on the **host** (they are only needed for the sliding
+  window, for checkpoints and for resuming);
+* the encoder's tokens live on the **device** and only grow: a new section
+  is encoded alone and its tokens appended.
+
+Groups of ``encoder.frames_per_group`` latent frames map to one token frame.
+When a section does not end on a group boundary the last, partial group is
+encoded from replicate-padded frames and *replaced* once the group fills up;
+the few raw frames this needs are the only context ever re-read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .encoder import HistoryEncoder
+
+
+class HistoryState:
+    """Raw latents (host) + compressed tokens (device) + their positions."""
+
+    def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu") -> None:
+        self.encoder = encoder
+        self.device = torch.device(device)
+        self.latents: torch.Tensor | None = None  # [1, C, T, H, W] on the host
+        self._done: torch.Tensor | None = None  # tokens of complete groups [1, Tg, h, w, D] (device)
+        self._tail: torch.Tensor | None = None  # tokens of the partial last group, or None
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def num_frames(self) -> int:
+        return 0 if self.latents is None else int(self.latents.shape[2])
+
+    @property
+    def grid(self) -> torch.Tensor | None:
+        """All tokens as a grid ``[1, T', h, w, D]`` (device)."""
+        parts = [p for p in (self._done, self._tail) if p is not None]
+        if not parts:
+            return None
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    @property
+    def num_tokens(self) -> int:
+        g = self.grid
+        return 0 if g is None else int(g.shape[1] * g.shape[2] * g.shape[3])
+
+    def tokens(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(tokens [1, N, D], positions [N, 3])`` with time relative to the next frame.
+
+        Positions are in DiT token-grid units; the section that comes next
+        starts at ``t = 0``, so the history sits at negative ``t``.
+        """
+        g = self.grid
+        if g is None or self.encoder is None:
+            return None
+        _, t, h, w, d = g.shape
+        pos = self.encoder.positions(t, h, w)
+        pos[..., 0] -= self.num_frames / self.encoder.config.patch_size[0]
+        return g.reshape(1, t * h * w, d), pos.reshape(-1, 3).to(self.device)
+
+    def window(self, frames: int) -> torch.Tensor | None:
+        """The last ``frames`` raw latent frames ``[1, C, n, H, W]`` (host)."""
+        if frames <= 0 or self.latents is None:
+            return None
+        return self.latents[:, :, -frames:]
+
+    # ---------------------------------------------------------------- updates
+    @torch.no_grad()
+    def append(self, new_latents: torch.Tensor) -> int:
+        """Add latent frames ``[1, C, n, H, W]``; encode only what is new.
+
+        Returns the number of history tokens after the append.
+        """
+        new_latents = new_latents.detach().to("cpu", torch.float32)
+        start = self.num_frames
+        self.latents = new_latents if self.latents is None else torch.cat([self.latents, new_latents], dim=2)
+        if self.encoder is None:
+            return 0
+        g = self.encoder.frames_per_group
+        first_group = start // g  # the partial group (if any) is re-encoded with its new frames
+        frames = self.latents[:, :, first_group * g :]
+        enc_dtype = self.encoder.dtype
+        tokens = self.encoder(frames.to(self.device, enc_dtype))  # [1, t', h, w, D]
+        complete = (self.num_frames - first_group * g) // g
+        full, tail = tokens[:, :complete], tokens[:, complete:]
+        if complete:
+            self._done = full if self._done is None else torch.cat([self._done, full], dim=1)
+        self._tail = tail if tail.shape[1] else None
+        return self.num_tokens
+
+    # ------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write latents and tokens as safetensors (atomic: temp file + rename)."""
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        if self.latents is not None:
+            tensors["latents"] = self.latents.contiguous()
+        for name, t in (("tokens_done", self._done), ("tokens_tail", self._tail)):
+            if t is not None:
+                tensors[name] = t.detach().to("cpu").contiguous()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+
+    def load(self, path: str | Path) -> None:
+        """Restore what :meth:`save` wrote; tokens go back to the device."""
+        data = load_file(str(path))
+        self.latents = data.get("latents")
+        dtype = self.encoder.dtype if self.encoder is not None else torch.float32
+        self._done = data["tokens_done"].to(self.device, dtype) if "tokens_done" in data else None
+        self._tail = data["tokens_tail"].to(self.device, dtype) if "tokens_tail" in data else None

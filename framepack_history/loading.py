@@ -1,0 +1,74 @@
+"""Build a backbone and its history encoder from a preset's model spec.
+
+Weights come from local folders or hub ids, as safetensors only. Nothing is
+loaded at import time: the worker calls these when a job first needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .backbones.base import Backbone, WeightsNotFoundError
+from .config import ModelSpec, resolve_path
+from .encoder import HistoryEncoder
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str = "float32") -> Backbone:
+    """The preset's backbone, from weights if given, else random weights from ``spec.config``."""
+    torch_dtype = DTYPES[dtype]
+    if spec.backbone == "toy":
+        from .backbones.toy import ToyBackbone
+
+        if not spec.weights:
+            return ToyBackbone.from_config(**spec.config, seed=spec.seed, device=device, dtype=torch_dtype)
+        folder = Path(resolve_path(spec.weights))
+        if not (folder / "transformer").is_dir():
+            raise WeightsNotFoundError(f"toy weights not found in {folder}: train them (README) or point model.weights to a folder")
+        return ToyBackbone.from_pretrained(folder, device=device, dtype=torch_dtype)
+    if spec.backbone == "hunyuan_framepack":
+        from .backbones.hunyuan_framepack import HunyuanFramepackBackbone
+
+        if not spec.weights:
+            return HunyuanFramepackBackbone.tiny(seed=spec.seed, device=device, dtype=torch_dtype, **spec.config)
+        return HunyuanFramepackBackbone.from_pretrained(
+            transformer=resolve_path(spec.weights),
+            base=resolve_path(spec.components.get("base", "hunyuanvideo-community/HunyuanVideo")),
+            image_encoder=resolve_path(spec.components.get("image_encoder", "lllyasviel/flux_redux_bfl")),
+            device=device,
+            dtype=torch_dtype,
+        )
+    raise ValueError(f"unknown backbone {spec.backbone!r}")
+
+
+def build_encoder(spec: ModelSpec, backbone: Backbone, rate: str | None = None) -> HistoryEncoder:
+    """The history encoder bound to ``backbone``'s patchifier.
+
+    With ``spec.encoder`` pointing at a folder, its weights are loaded (the
+    rate is then the trained one); otherwise a fresh encoder is built whose
+    HR gate starts at zero, i.e. the LR branch alone.
+    """
+    geo = backbone.geometry
+    folder = Path(resolve_path(spec.encoder)) if spec.encoder else None
+    if folder is not None:
+        if not (folder / "config.json").is_file():
+            raise WeightsNotFoundError(f"history encoder weights not found in {folder}: train them or clear model.encoder")
+        enc = HistoryEncoder.from_pretrained(folder, use_safetensors=True)
+    else:
+        torch.manual_seed(spec.seed + 1)
+        enc = HistoryEncoder(
+            latent_channels=geo.latent_channels,
+            hidden_size=geo.hidden_size,
+            patch_size=tuple(geo.patch_size),
+            rate=rate or spec.encoder_rate,
+            channels=tuple(spec.encoder_channels),
+        )
+    enc = enc.to(backbone.device)
+    if enc.dtype != backbone.dtype:
+        enc = enc.to(backbone.dtype)
+    enc.eval()
+    enc.set_patch_embedding(backbone.patch_embedding())
+    return enc

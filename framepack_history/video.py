@@ -1,0 +1,146 @@
+"""Reading user media, writing per-section segments, assembling the final mp4.
+
+Every finished section is written once, as its own H.264 segment; the final
+video is the concatenation of the segments with ``-c copy``: nothing that
+was encoded is ever encoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import InputError
+
+MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
+MIN_SIDE = 8
+
+
+def _fit(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover ``width x height`` and centre-crop (no distortion)."""
+    return ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
+
+
+def read_image(path: str | Path, width: int, height: int, field: str = "--image") -> np.ndarray:
+    """A start image as ``uint8 [H, W, 3]`` at the preset's size; clear errors otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(field, f"no such file: {str(path)!r}")
+    if p.stat().st_size == 0:
+        raise InputError(field, f"{p.name} is empty (0 bytes)")
+    try:
+        with Image.open(p) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InputError(field, f"{p.name} is {img.width}x{img.height}; the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+            if min(img.width, img.height) < MIN_SIDE:
+                raise InputError(field, f"{p.name} is {img.width}x{img.height}; each side needs at least {MIN_SIDE} pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale down to 8 bits
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "P"):
+                img = img.convert("RGBA")
+                bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(bg, img)
+            img = img.convert("RGB")
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(field, f"{p.name} is not a readable image ({type(e).__name__}: {e})") from None
+    return np.asarray(_fit(img, width, height), dtype=np.uint8)
+
+
+def probe_video(path: str | Path, field: str = "--continue-video") -> dict:
+    """Container facts from ffmpeg; raises :class:`InputError` if no video stream."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(field, f"no such file: {str(path)!r}")
+    if p.stat().st_size == 0:
+        raise InputError(field, f"{p.name} is empty (0 bytes)")
+    try:
+        reader = imageio_ffmpeg.read_frames(str(p))
+        meta = reader.__next__()
+        reader.close()
+    except (OSError, RuntimeError, StopIteration, ValueError) as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise InputError(field, f"{p.name} is not a readable video ({msg})") from None
+    return meta
+
+
+def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: int, field: str = "--continue-video") -> np.ndarray:
+    """Frames of an uploaded video as ``uint8 [F, H, W, 3]``, resampled to ``fps``.
+
+    Keeps the *last* ``max_frames`` frames: continuing a video needs its end.
+    """
+    probe_video(path, field)
+    frames: list[np.ndarray] = []
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
+        meta = next(gen)
+        w, h = meta["size"]
+        for raw in gen:
+            frames.append(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
+            if len(frames) > 4 * max_frames:
+                frames = frames[-max_frames:]
+    except (OSError, RuntimeError, ValueError) as e:
+        raise InputError(field, f"{Path(path).name} could not be decoded ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
+    if not frames:
+        raise InputError(field, f"{Path(path).name} has no decodable video frames")
+    frames = frames[-max_frames:]
+    return np.stack([np.asarray(_fit(Image.fromarray(f), width, height)) for f in frames])
+
+
+def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int = 18) -> Path:
+    """Encode ``uint8 [F, H, W, 3]`` frames as one H.264 mp4 (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    h, w = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+        output_params=["-crf", str(quality), "-g", str(max(1, len(frames))), "-movflags", "+faststart"],
+    )
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
+def concat_segments(segments: list[Path], out: str | Path) -> Path:
+    """Join segments without re-encoding (ffmpeg concat demuxer, ``-c copy``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".part" + out.suffix)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
+        for s in segments:
+            lst.write(f"file '{Path(s).resolve().as_posix()}'\n")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+           "-i", lst.name, "-c", "copy", "-movflags", "+faststart", str(tmp)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True)
+    finally:
+        Path(lst.name).unlink(missing_ok=True)
+    tmp.replace(out)
+    return out
+
+
+def count_frames(path: str | Path) -> int:
+    """Decoded frame count of a video file (used by tests and checks)."""
+    return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,137 @@
+"""HistoryEncoder: shapes, rates, positions, save/load, and append == re-encode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from framepack_history.encoder import HistoryEncoder, parse_rate
+from framepack_history.history import HistoryState
+
+
+def make_encoder(rate: str = "4x4x2", patch=(1, 2, 2), hidden: int = 32, **kw) -> HistoryEncoder:
+    torch.manual_seed(0)
+    enc = HistoryEncoder(latent_channels=4, hidden_size=hidden, patch_size=patch, rate=rate,
+                         channels=(8, 16, 16, 32), attention_heads=2, **kw)
+    # A stand-in DiT patchifier with the shape contract [B,C,T,H,W] -> [B,D,T',H',W'].
+    embed = nn.Conv3d(4, hidden, patch, stride=patch)
+    enc.set_patch_embedding(embed)
+    with torch.no_grad():  # a non-zero gate, so the HR branch really contributes
+        enc.hr_gate.fill_(0.5)
+    return enc.eval()
+
+
+@pytest.mark.parametrize("rate,expected", [("4x4x2", (4, 4, 2)), ("2x2x2", (2, 2, 2)), (" 2 x 4 x 1 ", (2, 4, 1))])
+def test_parse_rate(rate, expected):
+    assert parse_rate(rate) == expected
+
+
+@pytest.mark.parametrize("bad", ["4x4", "axbxc", "0x4x2", "4x4x2x1", ""])
+def test_parse_rate_rejects(bad):
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(bad)
+
+
+@pytest.mark.parametrize("rate,grid", [("4x4x2", (3, 2, 2)), ("2x2x2", (3, 4, 4)), ("2x2x1", (6, 4, 4))])
+def test_token_grid_follows_rate(rate, grid):
+    enc = make_encoder(rate)
+    out = enc(torch.randn(1, 4, 6, 16, 16))
+    assert out.shape == (1, *grid, 32)
+    raw = 6 * 8 * 8  # DiT tokens of the same latents with patch (1, 2, 2)
+    rh, rw, rt = parse_rate(rate)
+    assert raw / (grid[0] * grid[1] * grid[2]) == rh * rw * rt
+
+
+def test_branches_sum_and_gate_starts_at_zero():
+    torch.manual_seed(0)
+    enc = HistoryEncoder(latent_channels=4, hidden_size=32, patch_size=(1, 2, 2), rate="2x2x2", channels=(8, 16, 16, 32), attention_heads=2)
+    embed = nn.Conv3d(4, 32, (1, 2, 2), stride=(1, 2, 2))
+    enc.set_patch_embedding(embed)
+    x = torch.randn(1, 4, 4, 8, 8)
+    assert torch.all(enc.hr_gate == 0)
+    lr_only = embed(torch.nn.functional.avg_pool3d(x, (2, 2, 2))).permute(0, 2, 3, 4, 1)
+    torch.testing.assert_close(enc(x), lr_only)  # zero gate: the LR branch alone
+    with torch.no_grad():
+        enc.hr_gate.fill_(1.0)
+    assert (enc(x) - lr_only).abs().max() > 1e-4
+
+
+def test_positions_are_box_centres():
+    enc = make_encoder("4x4x2")
+    pos = enc.positions(2, 2, 3)
+    assert pos.shape == (2, 2, 3, 3)
+    # token (t=1, h=1, w=2) covers DiT tokens t 2..3, h 4..7, w 8..11
+    assert pos[1, 1, 2].tolist() == [2.5, 5.5, 9.5]
+    assert pos[0, 0, 0].tolist() == [0.5, 1.5, 1.5]
+
+
+@pytest.mark.parametrize("rate", ["4x4x2", "2x2x2"])
+@pytest.mark.parametrize("start,sections", [(0, [2, 2, 2]), (1, [3, 3, 3, 3]), (3, [1, 4, 5]), (2, [7, 1, 1, 2])])
+def test_append_equals_reencode(rate, start, sections):
+    """Appending section by section gives the tokens of encoding everything at once."""
+    enc = make_encoder(rate)
+    torch.manual_seed(1)
+    total = start + sum(sections)
+    latents = torch.randn(1, 4, total, 16, 16)
+    state = HistoryState(enc)
+    t = 0
+    for n in ([start] if start else []) + sections:
+        state.append(latents[:, :, t : t + n])
+        t += n
+        with torch.no_grad():
+            full = enc(latents[:, :, :t])
+        tokens, pos = state.tokens()
+        assert tokens.shape == (1, full.shape[1] * full.shape[2] * full.shape[3], 32)
+        assert (tokens - full.reshape(1, -1, 32)).abs().max().item() <= 1e-5
+        assert pos.shape == (tokens.shape[1], 3)
+    # history tokens sit in the past relative to the next section
+    assert pos[:, 0].max() < 0
+    assert state.num_frames == total
+
+
+def test_append_encodes_only_new_frames():
+    """The encoder sees at most one partial group of old frames per append."""
+    enc = make_encoder("4x4x2")
+    seen: list[int] = []
+    enc.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+    state = HistoryState(enc)
+    for _ in range(6):
+        state.append(torch.randn(1, 4, 3, 16, 16))
+    assert max(seen) <= 3 + 1  # 3 new frames + at most (group - 1) = 1 cached frame
+    assert state.num_frames == 18
+
+
+def test_save_load_roundtrip(tmp_path):
+    enc = make_encoder("2x2x2")
+    enc.save_pretrained(tmp_path / "enc")
+    assert (tmp_path / "enc" / "diffusion_pytorch_model.safetensors").is_file()
+    back = HistoryEncoder.from_pretrained(tmp_path / "enc", use_safetensors=True).eval()
+    back.set_patch_embedding(enc._lr_embed[0])
+    x = torch.randn(1, 4, 4, 16, 16)
+    torch.testing.assert_close(back(x), enc(x))
+    assert back.config.rate == "2x2x2"
+    # the shared patchifier is not part of the encoder's weights
+    assert not any(k.startswith("_lr_embed") for k in back.state_dict())
+
+
+def test_history_state_save_load(tmp_path):
+    enc = make_encoder("4x4x2")
+    state = HistoryState(enc)
+    state.append(torch.randn(1, 4, 5, 16, 16))
+    state.save(tmp_path / "h.safetensors")
+    other = HistoryState(enc)
+    other.load(tmp_path / "h.safetensors")
+    a, b = state.tokens(), other.tokens()
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    new = torch.randn(1, 4, 3, 16, 16)
+    state.append(new)
+    other.append(new)
+    torch.testing.assert_close(state.tokens()[0], other.tokens()[0])
+
+
+def test_unbound_lr_branch_is_a_clear_error():
+    enc = HistoryEncoder(latent_channels=4, hidden_size=32, patch_size=(1, 2, 2), rate="2x2x2", channels=(8, 16, 16, 32), attention_heads=2)
+    with pytest.raises(RuntimeError, match="set_patch_embedding"):
+        enc(torch.randn(1, 4, 2, 8, 8))
