@@ -77,7 +77,7 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
     """``uint8 [F, H, W, 3]`` -> ``[1, 3, F, H, W]`` in ``[-1, 1]``."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 127.5 - 1
     return x.permute(3, 0, 1, 2).unsqueeze(0)
 
 

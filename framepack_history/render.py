@@ -68,8 +68,13 @@ def render(
     segments_dir: str | Path,
     on_event: Callable[[Event], None] | None = None,
     on_step: Callable[[int, dict], None] | None = None,
+    on_segment: Callable[[Path], None] | None = None,
 ) -> dict:
-    """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar."""
+    """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar.
+
+    ``on_segment(path)`` runs as soon as each segment file is complete on disk
+    (before ``on_event`` sees the event), so a player can append it at once.
+    """
     out = Path(out)
     folder = Path(segments_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,8 +84,12 @@ def render(
     for ev in pipeline.run(request, on_step=on_step):
         if isinstance(ev, ContextFrames):
             log.add(ev.frames, "context")
+            if on_segment is not None:
+                on_segment(log.segments[-1])
         elif isinstance(ev, SectionDone):
             log.add(ev.frames, f"section_{ev.index:05d}")
+            if on_segment is not None:
+                on_segment(log.segments[-1])
             log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, **{k: round(v, 4) for k, v in ev.timings.items()}})
             first_section_s = first_section_s or time.perf_counter() - t0
         elif isinstance(ev, Finished):

@@ -42,6 +42,9 @@ class Context:
     history_positions: torch.Tensor | None = None  # [N, 3] float, token-grid units
     window_latents: torch.Tensor | None = None  # [B, C, Tw, H, W]
     window_t0: float = 0.0  # t position (latent frames, negative = past) of the window's first frame
+    #: t position (latent frames) of each noisy latent frame; None = 0, 1, ..., T-1.
+    #: Frame-query training (Stage I) asks for frames *inside* the history.
+    target_t: torch.Tensor | None = None  # [T] float
 
     @property
     def num_tokens(self) -> int:

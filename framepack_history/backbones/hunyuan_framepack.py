@@ -6,8 +6,9 @@ space. They are prepended to the token sequence exactly like FramePack's
 clean-latent context, with rotary tables computed from their float
 ``(t, h, w)`` positions, so they are attended to but never reach the output.
 
-Time convention: the noisy section occupies ``t = 0 .. T-1`` and every context
-(window latents, history tokens) uses the same axis, the past being negative.
+Time convention: the noisy section occupies ``t = 0 .. T-1`` (or
+``Context.target_t``) and every context (window latents, history tokens) uses
+the same axis, the past being negative.
 ``predict`` adds one constant, ``rope_time_offset`` (20), to every time index
 before it reaches the DiT. diffusers accepts any float index, negative included,
 but the position is *not* free: RoPE is applied to video tokens only, so
@@ -30,13 +31,10 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
-from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry
+# WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
+from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, WeightsNotFoundError
 
-_TRUE = {"1", "on", "yes", "true"}
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A component's weights are neither in a local folder nor (offline) in the hub cache."""
+__all__ = ["HistoryFramepackTransformer3DModel", "HunyuanFramepackBackbone", "WeightsNotFoundError"]
 
 
 class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel):
@@ -53,7 +51,10 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         grid), so a token at an integer grid point gets exactly that grid row.
         """
         pos = positions.to(torch.float32)
-        freqs = [get_1d_rotary_pos_embed(d, pos[:, i], self.rope.theta, use_real=True) for i, d in enumerate(self.rope.rope_dim)]
+        freqs = [
+            get_1d_rotary_pos_embed(dim, pos[:, axis], self.rope.theta, use_real=True)
+            for axis, dim in enumerate(self.rope.rope_dim)
+        ]
         return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
 
     @apply_lora_scale("attention_kwargs")
@@ -111,7 +112,9 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
                 None if x is None else self.rope(frame_indices=i, height=height, width=width, device=device)
                 for x, i in zip(clean, clean_idx)
             ]
-            hidden_states, rotary = self._pack_history_states(hidden_states, *clean, rotary, *clean_rotary, post_h, post_w)
+            hidden_states, rotary = self._pack_history_states(
+                hidden_states, *clean, rotary, *clean_rotary, post_h, post_w
+            )
 
         # History tokens skip x_embedder (already hidden-space) and go in front of everything.
         if history_tokens is not None:
@@ -145,7 +148,10 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
         for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
             args = (hidden_states, encoder_hidden_states, temb, attention_mask, rotary)
-            hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(block, *args) if checkpoint else block(*args)
+            if checkpoint:
+                hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(block, *args)
+            else:
+                hidden_states, encoder_hidden_states = block(*args)
 
         # Context tokens were prepended, so the noisy section is the tail.
         hidden_states = hidden_states[:, -post_t * post_h * post_w :]
@@ -157,7 +163,7 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
 
 # --- loading -------------------------------------------------------------------------------------
 
-_MODEL_MARKERS = ("config.json",)
+_HINT = "download them or point to a local folder"
 
 
 def _default_template() -> dict[str, Any]:
@@ -170,40 +176,42 @@ def _default_template() -> dict[str, Any]:
 def _offline(local_files_only: bool | None) -> bool:
     if local_files_only is not None:
         return local_files_only
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    # Read at call time (huggingface_hub reads it once at import).
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
 
 
 def _is_hub_id(source: str) -> bool:
-    return not Path(source).expanduser().exists() and not source.startswith(("/", ".", "~")) and source.count("/") <= 1
+    looks_like_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
+    return not looks_like_path and not Path(source).expanduser().exists()
 
 
-def _locate(source: str, subfolder: str, marker: str, component: str, offline: bool, cache_dir: str | None) -> str | None:
+def _locate(
+    source: str, subfolder: str, marker: str, component: str, offline: bool, cache_dir: str | None
+) -> str | None:
     """Local folder holding ``component``; ``None`` means "let the hub client fetch it".
 
     Checked up front for every component, so a missing one fails in
     milliseconds instead of after loading gigabytes (or retrying the hub).
     """
-    hint = "download them or point to a local folder"
-    if not _is_hub_id(source):
-        folder = Path(source).expanduser() / subfolder
-        weights_ok = marker not in _MODEL_MARKERS or any(folder.glob("*.safetensors*"))
-        if (folder / marker).is_file() and weights_ok:
-            return str(folder)
-        raise WeightsNotFoundError(
-            f"{component}: no {marker}{' and *.safetensors' if marker in _MODEL_MARKERS else ''} in local folder "
-            f"'{folder}'; {hint}."
-        )
-    if not offline:
-        return None
-    from huggingface_hub import try_to_load_from_cache
+    if _is_hub_id(source):
+        if not offline:
+            return None
+        from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(source, f"{subfolder}/{marker}" if subfolder else marker, cache_dir=cache_dir)
-    if isinstance(cached, str):
-        return str(Path(cached).parent)
-    raise WeightsNotFoundError(
-        f"{component}: '{source}' (subfolder '{subfolder or '.'}') is not in the local Hugging Face cache and "
-        f"the hub is offline (HF_HUB_OFFLINE=1 / local_files_only); {hint}."
-    )
+        cached = try_to_load_from_cache(source, f"{subfolder}/{marker}" if subfolder else marker, cache_dir=cache_dir)
+        if not isinstance(cached, str):
+            raise WeightsNotFoundError(
+                f"{component}: '{source}' (subfolder '{subfolder or '.'}') is not in the local Hugging Face cache "
+                f"and the hub is offline (HF_HUB_OFFLINE=1 / local_files_only); {_HINT}."
+            )
+        folder = Path(cached).parent
+    else:
+        folder = Path(source).expanduser() / subfolder
+    is_model = marker == "config.json"
+    if (folder / marker).is_file() and (not is_model or any(folder.glob("*.safetensors*"))):
+        return str(folder)
+    wanted = f"{marker} and *.safetensors" if is_model else marker
+    raise WeightsNotFoundError(f"{component}: no {wanted} in '{folder}' (from '{source}'); {_HINT}.")
 
 
 def _load(component: str, loader: Any, where: str | None, source: str, subfolder: str, **kwargs: Any) -> Any:
@@ -215,7 +223,7 @@ def _load(component: str, loader: Any, where: str | None, source: str, subfolder
     except OSError as err:  # diffusers/transformers report missing files as OSError/EnvironmentError
         if isinstance(err, WeightsNotFoundError):
             raise
-        raise WeightsNotFoundError(f"{component}: could not load from '{source}': {err}; download them or point to a local folder.") from err
+        raise WeightsNotFoundError(f"{component}: could not load from '{source}': {err}; {_HINT}.") from err
 
 
 def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -256,7 +264,8 @@ class HunyuanFramepackBackbone(Backbone):
         self.device, self.dtype = torch.device(device), dtype
         self.rope_time_offset = rope_time_offset  # DiT frame index of section t=0 (see module docstring)
         self._transformer = _place(transformer, self.device, dtype).eval()
-        self.vae, self.text_encoder, self.text_encoder_2, self.image_encoder = vae, text_encoder, text_encoder_2, image_encoder
+        self.vae, self.text_encoder, self.text_encoder_2 = vae, text_encoder, text_encoder_2
+        self.image_encoder = image_encoder
         for module in (vae, text_encoder, text_encoder_2, image_encoder):
             if module is not None:  # frozen helpers; the DiT's trainability is left to the caller
                 _place(module, self.device, dtype).eval().requires_grad_(False)
@@ -293,13 +302,15 @@ class HunyuanFramepackBackbone(Backbone):
             truncation=True, return_tensors="pt", return_attention_mask=True,
         )
         mask = ids.attention_mask.to(self.device)
-        hidden = self.text_encoder(input_ids=ids.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
-        embeds = hidden.hidden_states[-3][:, crop:]
-        clip_ids = self.tokenizer_2([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        pooled = self.text_encoder_2(clip_ids.to(self.device), output_hidden_states=False).pooler_output
-        return Conditioning(
-            {"prompt_embeds": embeds.to(self.dtype), "prompt_attention_mask": mask[:, crop:], "pooled_prompt_embeds": pooled.to(self.dtype)}
-        )
+        out = self.text_encoder(input_ids=ids.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
+        embeds = out.hidden_states[-3][:, crop:]  # diffusers skips the last 2 layers
+        clip = self.tokenizer_2([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        pooled = self.text_encoder_2(clip.input_ids.to(self.device), output_hidden_states=False).pooler_output
+        return Conditioning({
+            "prompt_embeds": embeds.to(self.dtype),
+            "prompt_attention_mask": mask[:, crop:],
+            "pooled_prompt_embeds": pooled.to(self.dtype),
+        })
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> Conditioning:
@@ -313,7 +324,9 @@ class HunyuanFramepackBackbone(Backbone):
 
     # --- VAE -----------------------------------------------------------------
     @torch.no_grad()
-    def vae_encode(self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def vae_encode(
+        self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Scaled float32 latents; the posterior mode by default, so context is deterministic."""
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         latents = dist.sample(generator=generator) if sample else dist.mode()
@@ -325,7 +338,9 @@ class HunyuanFramepackBackbone(Backbone):
         return self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
 
     # --- denoiser ------------------------------------------------------------
-    def predict(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0) -> torch.Tensor:
+    def predict(
+        self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0
+    ) -> torch.Tensor:
         """Velocity ``noise - x0`` for ``x_t = (1 - sigma) x0 + sigma noise``.
 
         That is already what FramePack outputs: diffusers' FlowMatchEuler step is
@@ -341,6 +356,7 @@ class HunyuanFramepackBackbone(Backbone):
         c = cond.tensors
         sigma = torch.as_tensor(sigma, device=dev, dtype=torch.float32).reshape(-1).expand(b)
         shift = float(self.rope_time_offset)  # same constant on every time index: relative timing is kept
+        frames = torch.arange(t) if context.target_t is None else context.target_t  # patch_size_t is 1
         kwargs: dict[str, Any] = {}
         if "image_embeds" in c:
             kwargs["image_embeds"] = batched(c["image_embeds"])
@@ -350,22 +366,20 @@ class HunyuanFramepackBackbone(Backbone):
             kwargs["indices_latents_clean"] = shift + context.window_t0 + torch.arange(window.shape[2], device=dev)
         if context.history_tokens is not None:
             kwargs["history_tokens"] = batched(context.history_tokens)
-            kwargs["history_positions"] = context.history_positions.to(dev, torch.float32) + torch.tensor([shift, 0.0, 0.0], device=dev)
+            positions = context.history_positions.to(dev, torch.float32)
+            kwargs["history_positions"] = positions + torch.tensor([shift, 0.0, 0.0], device=dev)
         out = self._transformer(
             hidden_states=noisy.to(dev, dt),
             timestep=sigma * 1000.0,
             encoder_hidden_states=batched(c["prompt_embeds"]),
             encoder_attention_mask=batched(c["prompt_attention_mask"], None),
             pooled_projections=batched(c["pooled_prompt_embeds"]),
-            indices_latents=shift + torch.arange(t // self.geometry.patch_size[0], device=dev),
+            indices_latents=shift + frames.to(dev, torch.float32),
             guidance=torch.full((b,), guidance * 1000.0, device=dev, dtype=dt),  # distilled guidance, as FramePack
             return_dict=False,
             **kwargs,
         )[0]
         return out.to(noisy.device, noisy.dtype)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "transformer_config": dict(self._transformer.config)}
 
     # --- constructors ----------------------------------------------------------
     @classmethod
@@ -387,57 +401,62 @@ class HunyuanFramepackBackbone(Backbone):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
         offline = _offline(local_files_only)
-        specs = {  # name: (source, subfolder, marker file, loader, is a model)
-            "transformer": (transformer, "", "config.json", HistoryFramepackTransformer3DModel, True),
-            "text_encoder": (base, "text_encoder", "config.json", LlamaModel, True),
-            "tokenizer": (base, "tokenizer", "tokenizer_config.json", AutoTokenizer, False),
-            "text_encoder_2": (base, "text_encoder_2", "config.json", CLIPTextModel, True),
-            "tokenizer_2": (base, "tokenizer_2", "tokenizer_config.json", AutoTokenizer, False),
-            "vae": (base, "vae", "config.json", AutoencoderKLHunyuanVideo, True),
-            "image_encoder": (image_encoder, "image_encoder", "config.json", SiglipVisionModel, True),
-            "feature_extractor": (image_encoder, "feature_extractor", "preprocessor_config.json", AutoImageProcessor, False),
+        # name: (source, subfolder, marker file, loader, dtype keyword: diffusers vs transformers, None = no weights)
+        specs = {
+            "transformer": (transformer, "", "config.json", HistoryFramepackTransformer3DModel, "torch_dtype"),
+            "text_encoder": (base, "text_encoder", "config.json", LlamaModel, "dtype"),
+            "tokenizer": (base, "tokenizer", "tokenizer_config.json", AutoTokenizer, None),
+            "text_encoder_2": (base, "text_encoder_2", "config.json", CLIPTextModel, "dtype"),
+            "tokenizer_2": (base, "tokenizer_2", "tokenizer_config.json", AutoTokenizer, None),
+            "vae": (base, "vae", "config.json", AutoencoderKLHunyuanVideo, "torch_dtype"),
+            "image_encoder": (image_encoder, "image_encoder", "config.json", SiglipVisionModel, "dtype"),
+            "feature_extractor": (image_encoder, "feature_extractor", "preprocessor_config.json", AutoImageProcessor, None),
         }
-        where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, _, _) in specs.items()}
+        where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
         parts = {}
-        for k, (src, sub, _, loader, is_model) in specs.items():
+        for k, (src, sub, _, loader, dtype_key) in specs.items():
             kw: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
-            if is_model:
-                dtype_key = "torch_dtype" if loader in (HistoryFramepackTransformer3DModel, AutoencoderKLHunyuanVideo) else "dtype"
+            if dtype_key is not None:
                 kw.update({dtype_key: dtype, "use_safetensors": True})
             parts[k] = _load(k, loader, where[k], src, sub, **kw)
         return cls(**parts, device=device, dtype=dtype)
 
     @classmethod
-    def tiny(cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **overrides: Any) -> "HunyuanFramepackBackbone":
+    def tiny(
+        cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **overrides: Any
+    ) -> "HunyuanFramepackBackbone":
         """Every component from tiny configs with random weights (tests, CI); ``overrides`` update the DiT config."""
-        from transformers import (
-            CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel,
-        )
+        from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
         torch.manual_seed(seed)
-        tokenizer = _byte_tokenizer(("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), bos_eos=(0, 1), add_eos=False)
-        tokenizer_2 = _byte_tokenizer(("<|startoftext|>", "<|endoftext|>"), bos_eos=(0, 1), add_eos=True)
+        llama_specials = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+        tokenizer = _byte_tokenizer(llama_specials, add_eos=False)
+        tokenizer_2 = _byte_tokenizer(("<|startoftext|>", "<|endoftext|>"), add_eos=True)
         text_dim, clip_dim, siglip_dim = 32, 32, 24
+        small = dict(intermediate_size=64, num_attention_heads=2)
+
+        def ids(tok: Any) -> dict[str, int]:
+            return dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
         text_encoder = LlamaModel(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer), hidden_size=text_dim, num_hidden_layers=3, num_key_value_heads=1,
+            max_position_embeddings=2048, **small, **ids(tokenizer),
         ))
         text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer_2), hidden_size=clip_dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
-            pad_token_id=tokenizer_2.pad_token_id,
+            vocab_size=len(tokenizer_2), hidden_size=clip_dim, num_hidden_layers=2, max_position_embeddings=77,
+            **small, **ids(tokenizer_2),
         ))
         image_encoder = SiglipVisionModel(SiglipVisionConfig(
-            hidden_size=siglip_dim, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+            hidden_size=siglip_dim, num_hidden_layers=1, image_size=32, patch_size=8, **small,
         ))
         feature_extractor = SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
+        vae = AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
         config = dict(
-            in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
-            num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=text_dim,
-            pooled_projection_dim=clip_dim, rope_axes_dim=(4, 6, 6), has_image_proj=True, image_proj_dim=siglip_dim,
-            has_clean_x_embedder=True,
+            in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+            text_embed_dim=text_dim, pooled_projection_dim=clip_dim, rope_axes_dim=(4, 6, 6), has_image_proj=True,
+            image_proj_dim=siglip_dim, has_clean_x_embedder=True,
         )
         transformer = HistoryFramepackTransformer3DModel(**{**config, **overrides})
         # The real crop (95) counts LLaMA-3 tokens; recount the template's prefix for the byte tokenizer.
@@ -449,8 +468,8 @@ class HunyuanFramepackBackbone(Backbone):
         )
 
 
-def _byte_tokenizer(specials: tuple[str, ...], bos_eos: tuple[int, int], add_eos: bool) -> Any:
-    """Offline byte-level tokenizer (256 byte tokens + ``specials``), BOS (+EOS) added like LLaMA-3 / CLIP."""
+def _byte_tokenizer(specials: tuple[str, ...], add_eos: bool) -> Any:
+    """Offline byte-level tokenizer: 256 byte tokens + ``specials`` (BOS, EOS/pad, then markers kept whole)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -460,10 +479,10 @@ def _byte_tokenizer(specials: tuple[str, ...], bos_eos: tuple[int, int], add_eos
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    bos, eos = specials[bos_eos[0]], specials[bos_eos[1]]
-    single = f"{bos} $A" + (f" {eos}" if add_eos else "")
-    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])])
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, model_max_length=4096)
-    if len(specials) > 2:  # keep template markers whole instead of splitting them into bytes
+    bos, eos = specials[:2]
+    single = f"{bos} $A {eos}" if add_eos else f"{bos} $A"  # LLaMA-3 adds BOS only, CLIP adds both
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[(bos, 0), (eos, 1)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
+    if len(specials) > 2:
         wrapped.add_special_tokens({"additional_special_tokens": list(specials[2:])})
     return wrapped

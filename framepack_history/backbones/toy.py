@@ -204,12 +204,17 @@ class ToyDiT(ModelMixin, ConfigMixin):
         history_positions: torch.Tensor | None = None,
         window_latents: torch.Tensor | None = None,
         window_t0: float = 0.0,
+        target_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c = hidden_states.shape[:2]
         dev = hidden_states.device
         noisy, (t, h, w) = self._embed_latents(hidden_states)
         seqs = [noisy + self.type_embed[0]]
         pos = [self._grid_positions(t, h, w, 0.0, dev)]
+        if target_t is not None:  # per-frame time positions (Stage I queries frames in the past)
+            pos[0] = pos[0].view(t, h * w, 3).clone()
+            pos[0][..., 0] = target_t.to(dev, torch.float32).view(t, 1) / self.config.patch_size[0]
+            pos[0] = pos[0].view(-1, 3)
         if window_latents is not None and window_latents.shape[2] > 0:
             win, (tw, hw, ww) = self._embed_latents(window_latents.to(hidden_states.dtype))
             seqs.insert(0, win + self.type_embed[1])
@@ -320,6 +325,7 @@ class ToyBackbone(Backbone):
             history_positions=context.history_positions,
             window_latents=None if context.window_latents is None else context.window_latents.to(self.device),
             window_t0=context.window_t0,
+            target_t=context.target_t,
         )
         if self.dit.config.prediction_type == "sample":
             # A clean-section predictor is easier to train small; the samplers

@@ -160,6 +160,12 @@ def test_predict_time_layout(backbone: HunyuanFramepackBackbone, cond: Condition
         ]
     torch.testing.assert_close(v, direct[0], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(direct[0], direct[1], atol=1e-4)
+    # Frame queries inside the history (Context.target_t) move the noisy section's time positions.
+    query = Context(history_tokens=tokens, history_positions=positions, target_t=torch.tensor([-6.0, -5.0, -4.0]))
+    with torch.no_grad():
+        expected = tr(**inputs, indices_latents=torch.tensor([-6.0, -5.0, -4.0]) + off, history_tokens=tokens,
+                      history_positions=positions + torch.tensor([off, 0, 0]))[0]
+    torch.testing.assert_close(backbone.predict(noisy, torch.tensor([0.5]), cond, query, guidance=6.0), expected)
 
 
 def test_gradients_reach_history_tokens_with_checkpointing_and_lora(cond: Conditioning) -> None:
@@ -213,14 +219,24 @@ def test_from_pretrained_local_folders(backbone: HunyuanFramepackBackbone, tmp_p
 
 
 def test_missing_weights_offline_fail_fast(tmp_path, monkeypatch) -> None:
+    from framepack_history.backbones import base
+
+    assert WeightsNotFoundError is base.WeightsNotFoundError  # the class the CLI catches
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match="transformer.*download them or point to a local folder"):
         HunyuanFramepackBackbone.from_pretrained(transformer=str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="transformer.*not in the local Hugging Face cache.*download them"):
         HunyuanFramepackBackbone.from_pretrained(cache_dir=str(tmp_path / "empty_cache"))
-    # A present transformer with a missing base names the next missing component.
-    HunyuanFramepackBackbone.tiny().transformer.save_pretrained(tmp_path / "f1")
+    # A present transformer (local folder, or hub id in the cache) names the next missing component.
+    tiny = HunyuanFramepackBackbone.tiny().transformer
+    tiny.save_pretrained(tmp_path / "f1")
     with pytest.raises(WeightsNotFoundError, match="text_encoder"):
         HunyuanFramepackBackbone.from_pretrained(str(tmp_path / "f1"), base=str(tmp_path / "base"))
+    repo = tmp_path / "cache" / "models--me--f1"
+    tiny.save_pretrained(repo / "snapshots" / "abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    with pytest.raises(WeightsNotFoundError, match="text_encoder: 'me/base'.*not in the local Hugging Face cache"):
+        HunyuanFramepackBackbone.from_pretrained("me/f1", base="me/base", cache_dir=str(tmp_path / "cache"))
     assert time.monotonic() - start < 10

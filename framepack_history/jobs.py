@@ -1,0 +1,529 @@
+"""Jobs, the server-side job store and the one worker thread that owns the device.
+
+* A :class:`Job` is everything a page (or an API client) needs to show a
+  generation: status, progress, the latest preview, the finished segments
+  and, at the end, the video and its sidecar.
+* The :class:`JobStore` keeps jobs on the server, keyed by id, so a reloaded
+  page or a second tab re-attaches to the same state. Every change bumps a
+  version and wakes whoever waits for one (:meth:`JobStore.wait`).
+* The :class:`Worker` is the only thread that touches models: it loads them
+  lazily when a job first needs them, caches them, and runs jobs one at a
+  time in FIFO order. Cancelling raises :class:`~.sampling.Cancelled` from
+  the step callback; a bad job fails alone and the worker goes on.
+
+This module imports no torch at import time, so the UI can use it freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import GenerationRequest, InputError, Preset, load_preset
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("done", "cancelled", "failed")
+STATUSES = ("queued", "running", *TERMINAL)
+
+
+@dataclass
+class JobSpec:
+    """What to run: a request, the preset (name or .toml path) and an encoder rate."""
+
+    request: GenerationRequest
+    preset: str = "toy-cpu"
+    encoder_rate: str | None = None  # None = the preset's
+
+
+@dataclass
+class Progress:
+    sections_done: int = 0
+    sections_total: int = 0
+    section: int = 0  # index of the section being denoised
+    step: int = 0
+    steps: int = 0
+    frames: int = 0  # generated frames so far (context frames excluded)
+    history_tokens: int = 0
+    eta_s: float | None = None
+    s_per_frame: float | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    folder: Path
+    created: float = field(default_factory=time.time)
+    status: str = "queued"
+    message: str = ""
+    progress: Progress = field(default_factory=Progress)
+    preview: np.ndarray | None = None  # uint8 [H, W, 3]
+    preview_version: int = 0
+    segments: list[Path] = field(default_factory=list)
+    video: Path | None = None
+    sidecar: Path | None = None
+    started: float | None = None
+    finished: float | None = None
+    version: int = 0
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view (the ``status`` API and the page read this)."""
+        req = self.spec.request
+        return {
+            "id": self.id,
+            "status": self.status,
+            "message": self.message,
+            "prompt": req.prompt,
+            "seconds": req.seconds,
+            "seed": req.seed,
+            "preset": self.spec.preset,
+            "encoder_rate": self.spec.encoder_rate,
+            "progress": dataclasses.asdict(self.progress),
+            "segments": [str(p) for p in self.segments],
+            "video": str(self.video) if self.video else None,
+            "sidecar": str(self.sidecar) if self.sidecar else None,
+            "folder": str(self.folder),
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "version": self.version,
+        }
+
+
+class JobStore:
+    """All jobs of this server, by id; thread-safe; change notifications."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._cond = threading.Condition()
+        self.version = 0  # bumps on any change of any job
+
+    def add(self, job: Job) -> Job:
+        with self._cond:
+            self._jobs[job.id] = job
+            self._bump(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._cond:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise InputError("job", f"no job with id {job_id!r}")
+        return job
+
+    def jobs(self) -> list[Job]:
+        """All jobs, oldest first."""
+        with self._cond:
+            return list(self._jobs.values())
+
+    def current(self) -> Job | None:
+        """The job a fresh page should show: the running one, else the newest."""
+        jobs = self.jobs()
+        running = [j for j in jobs if j.status == "running"]
+        return running[0] if running else (jobs[-1] if jobs else None)
+
+    def update(self, job: Job, **changes: Any) -> None:
+        """Change fields of ``job`` atomically and wake every waiter."""
+        with self._cond:
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self._bump(job)
+
+    def mutate(self, job: Job, fn: Callable[[Job], None]) -> None:
+        """Run ``fn(job)`` under the store's lock (for nested fields), then notify."""
+        with self._cond:
+            fn(job)
+            self._bump(job)
+
+    def _bump(self, job: Job) -> None:
+        job.version += 1
+        self.version += 1
+        self._cond.notify_all()
+
+    def wait(self, job_id: str, seen_version: int, timeout: float) -> Job:
+        """Block until the job's version passes ``seen_version`` (or ``timeout`` s)."""
+        job = self.get(job_id)
+        with self._cond:
+            self._cond.wait_for(lambda: job.version > seen_version, timeout)
+        return job
+
+    def wait_any(self, seen_version: int, timeout: float) -> int:
+        """Block until any job changes; return the store's version."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.version > seen_version, timeout)
+            return self.version
+
+
+def check_inputs(request: GenerationRequest, preset: Preset) -> None:
+    """Read the start image / probe the video now, so a bad file fails at submit."""
+    from .video import probe_video, read_image
+
+    if request.image:
+        read_image(request.image, preset.video.width, preset.video.height, field="start image")
+    if request.continue_video:
+        probe_video(request.continue_video, field="video to continue")
+
+
+def keep_inputs(request: GenerationRequest, folder: Path) -> None:
+    """Copy uploads into the job folder: upload caches are emptied, jobs are not."""
+    import shutil
+
+    for name in ("image", "continue_video"):
+        src = getattr(request, name)
+        if src:
+            folder.mkdir(parents=True, exist_ok=True)
+            dst = folder / f"{name}{Path(src).suffix.lower()}"
+            shutil.copyfile(src, dst)
+            setattr(request, name, str(dst))
+
+
+def new_job_id() -> str:
+    """Sortable and short: ``HHMMSS-xxxxxx``."""
+    return f"{dt.datetime.now():%H%M%S}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    """One thread that owns models and device; a FIFO queue of jobs."""
+
+    def __init__(
+        self,
+        outputs: str | Path = "outputs",
+        store: JobStore | None = None,
+        max_queue: int = 16,
+        preview_every_s: float = 0.5,
+        max_models: int = 2,
+    ) -> None:
+        self.outputs = Path(outputs)
+        self.store = store or JobStore()
+        self.max_queue = max_queue
+        self.preview_every_s = preview_every_s
+        self.max_models = max_models
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        # model cache, touched only by the worker thread
+        self._backbones: OrderedDict[str, Any] = OrderedDict()
+        self._pipelines: dict[tuple[str, str | None, bool], Any] = {}
+        self.loads = 0  # how many times a backbone was loaded (tests check the cache)
+
+    # ---------------------------------------------------------------- control
+    def start(self) -> "Worker":
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop = False
+                self._thread = threading.Thread(target=self._loop, name="framepack-worker", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything and end the thread (tests, shutdown)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for job in self.store.jobs():
+            if not job.terminal:
+                self.cancel(job.id)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Validate (cheaply: no file reads, no weights) and queue a job.
+
+        Raises :class:`InputError` for a bad preset, request or rate, or a
+        full queue; nothing is queued then.
+        """
+        preset = load_preset(spec.preset)
+        spec.request.validate(preset)
+        rates = [preset.model.encoder_rate] if preset.model.encoder else preset.model.encoder_rates
+        if spec.encoder_rate is not None and spec.encoder_rate not in rates:
+            raise InputError("encoder rate", f"{spec.encoder_rate!r} is not offered by {preset.name} (choices: {', '.join(rates)})")
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                raise InputError("queue", f"is full ({len(self._queue)} jobs waiting); try again when one finishes")
+        check_inputs(spec.request, preset)
+        with self._cond:
+            job_id = new_job_id()
+            job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
+            keep_inputs(spec.request, job.folder / "inputs")
+            self.store.add(job)
+            self._queue.append(job_id)
+            self._cond.notify_all()
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or a running one at its next denoising step."""
+        job = self.store.get(job_id)
+        with self._cond:
+            if job.status == "queued" and job_id in self._queue:
+                self._queue.remove(job_id)
+                self.store.update(job, status="cancelled", message="cancelled before it started", finished=time.time())
+                return job
+        if job.status == "running":
+            job.cancel_requested.set()
+            self.store.update(job, message="cancelling at the next step…")
+        return job
+
+    def queued(self) -> list[str]:
+        with self._cond:
+            return list(self._queue)
+
+    # ----------------------------------------------------------------- thread
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or bool(self._queue))
+                if self._stop:
+                    return
+                job = self.store.get(self._queue.popleft())
+                self.store.update(job, status="running", started=time.time(), message="loading models…")
+            try:
+                self._run(job)
+            except BaseException:  # the worker must outlive any job
+                log.exception("job %s crashed the worker loop", job.id)
+                if not job.terminal:
+                    self.store.update(job, status="failed", message="internal error (see the server log)", finished=time.time())
+
+    def pipeline_for(self, preset: Preset, spec: JobSpec):
+        """The cached pipeline for (model spec + hardware, encoder rate, needs an encoder)."""
+        from .loading import build_encoder, load_backbone
+        from .pipeline import Pipeline
+
+        mode = spec.request.history_mode or preset.history.mode
+        needs = mode == "encoder"
+        rate = (spec.encoder_rate or preset.model.encoder_rate) if needs else None
+        model_key = json.dumps([dataclasses.asdict(preset.model), dataclasses.asdict(preset.hardware)], sort_keys=True)
+        key = (model_key, rate, needs)
+        if model_key not in self._backbones:
+            while len(self._backbones) >= self.max_models:  # evict the least recently used backbone
+                old, _ = self._backbones.popitem(last=False)
+                for k in [k for k in self._pipelines if k[0] == old]:
+                    del self._pipelines[k]
+                _free_device_memory()
+            hw = preset.hardware
+            self._backbones[model_key] = load_backbone(preset.model, hw.device, hw.dtype)
+            self.loads += 1
+        self._backbones.move_to_end(model_key)
+        if key not in self._pipelines:
+            backbone = self._backbones[model_key]
+            encoder = build_encoder(preset.model, backbone, rate) if needs else None
+            self._pipelines[key] = Pipeline(backbone, encoder, preset)
+        pipe = self._pipelines[key]
+        pipe.preset = preset  # sampling/video defaults may have changed; the weights did not
+        return pipe
+
+    def _run(self, job: Job) -> None:
+        from .backbones.base import WeightsNotFoundError
+        from .sampling import Cancelled
+
+        store = self.store
+        spec = job.spec
+        try:
+            preset = load_preset(spec.preset)
+            pipeline = self.pipeline_for(preset, spec)
+        except (InputError, WeightsNotFoundError) as e:
+            store.update(job, status="failed", message=str(e), finished=time.time())
+            return
+        if job.cancel_requested.is_set():
+            store.update(job, status="cancelled", message="cancelled before the first section", finished=time.time())
+            return
+        store.update(job, message="")
+        clock = _Clock(self.preview_every_s)
+        sections: list[dict] = []
+
+        def check_cancel() -> None:
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+
+        def on_step(index: int, info: dict) -> None:
+            check_cancel()
+            now = time.perf_counter()
+            preview = None
+            if now - clock.last_preview >= clock.every:
+                clock.last_preview = now
+                preview = pipeline.preview(index, info).image
+
+            def change(j: Job) -> None:
+                p = j.progress
+                p.section, p.step, p.steps = index, info["step"], info["total"]
+                p.eta_s = clock.eta(p, now)
+                if preview is not None:
+                    j.preview = preview
+                    j.preview_version += 1
+
+            store.mutate(job, change)
+
+        def on_event(ev) -> None:
+            from .pipeline import ContextFrames, SectionDone, SectionStarted
+
+            if isinstance(ev, ContextFrames):
+                clock.context_frames = len(ev.frames)
+            elif isinstance(ev, SectionStarted):
+                clock.section_started()
+
+                def change(j: Job) -> None:
+                    j.progress.section, j.progress.sections_total, j.progress.step = ev.index, ev.total, 0
+
+                store.mutate(job, change)
+            elif isinstance(ev, SectionDone):
+                sections.append({"index": ev.index, "history_tokens": ev.history_tokens})
+
+                def change(j: Job) -> None:
+                    p = j.progress
+                    p.sections_done, p.frames, p.history_tokens = ev.index + 1, p.frames + len(ev.frames), ev.history_tokens
+                    p.s_per_frame = clock.elapsed() / max(1, p.frames)
+                    p.eta_s = clock.eta(p, time.perf_counter())
+
+                store.mutate(job, change)
+            check_cancel()
+
+        def on_segment(path: Path) -> None:
+            store.mutate(job, lambda j: j.segments.append(path))
+
+        from .render import render
+
+        out = job.folder / "video.mp4"
+        try:
+            render(pipeline, spec.request, out, job.folder / "segments", on_event=on_event, on_step=on_step, on_segment=on_segment)
+        except Cancelled:
+            self._keep_partial(job, preset, sections, job.progress.frames + clock.context_frames)
+            done = job.progress.sections_done
+            store.update(job, status="cancelled", message=f"cancelled after {done} of {job.progress.sections_total} sections",
+                         finished=time.time())
+        except (InputError, WeightsNotFoundError) as e:
+            store.update(job, status="failed", message=str(e), finished=time.time())
+        except Exception as e:  # a bug or a device error: this job fails, the worker lives
+            log.exception("job %s failed", job.id)
+            store.update(job, status="failed", message=f"{type(e).__name__}: {e}", finished=time.time())
+        else:
+            store.update(job, status="done", video=out, sidecar=out.with_suffix(".json"), message="", finished=time.time())
+        self._write_job_file(job)
+
+    def _keep_partial(self, job: Job, preset: Preset, sections: list[dict], frames: int) -> None:
+        """A cancelled job keeps what it finished: segments joined without re-encoding."""
+        if not job.segments:
+            return
+        from .render import SegmentLog, sidecar
+        from .video import concat_segments, write_json
+
+        out = job.folder / "video.mp4"
+        concat_segments(job.segments, out)
+        seg_log = SegmentLog(job.folder / "segments", preset.video.fps, list(job.segments), sections, frames)
+        write_json(sidecar(job.spec.request, preset, seg_log, {"cancelled": True, "video": str(out)}), out.with_suffix(".json"))
+        self.store.update(job, video=out, sidecar=out.with_suffix(".json"))
+
+    def _write_job_file(self, job: Job) -> None:
+        try:
+            from .video import write_json
+
+            job.folder.mkdir(parents=True, exist_ok=True)
+            write_json(job.snapshot(), job.folder / "job.json")
+        except OSError:
+            log.warning("could not write %s/job.json", job.folder, exc_info=True)
+
+
+class _Clock:
+    """Timing for ETA and seconds per frame, measured over the sampling only."""
+
+    def __init__(self, preview_every_s: float) -> None:
+        self.every = preview_every_s
+        self.last_preview = float("-inf")
+        self.t0: float | None = None
+        self.context_frames = 0
+
+    def section_started(self) -> None:
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+
+    def eta(self, p: Progress, now: float) -> float | None:
+        """Remaining steps at the average pace so far (decode and writing included)."""
+        if self.t0 is None or not p.steps or not p.sections_total:
+            return None
+        done = p.sections_done * p.steps + (p.step if p.section >= p.sections_done else 0)
+        if done <= 0:
+            return None
+        return (now - self.t0) / done * (p.sections_total * p.steps - done)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# ------------------------------------------------------------- page helpers
+def past_results(outputs: str | Path, limit: int = 24) -> list[tuple[str, str]]:
+    """``(video path, caption)`` of finished videos under ``outputs``, newest first."""
+    root = Path(outputs)
+    found = []
+    for sc in root.glob("*/**/*.json"):
+        if "segments" in sc.parts or sc.name == "job.json":
+            continue
+        video = sc.with_suffix(".mp4")
+        if video.is_file():
+            found.append((sc.stat().st_mtime, video, sc))
+    items = []
+    for _, video, sc in sorted(found, reverse=True)[:limit]:
+        try:
+            prompt = json.loads(sc.read_text())["request"]["prompt"]
+        except (OSError, ValueError, KeyError, TypeError):
+            prompt = ""
+        items.append((str(video), (prompt or video.parent.name)[:80]))
+    return items
+
+
+def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None) -> list[str]:
+    """What the device will hold: history tokens now and for the whole request.
+
+    A memory planner (``framepack_history.memory.plan``), when present, adds
+    its own lines here; until then the history-token budget stands in.
+    """
+    from .budget import history_budget
+
+    preset = load_preset(preset_name)
+    rate = encoder_rate or preset.model.encoder_rate
+    budget = history_budget(preset, seconds=max(float(seconds), 1.0))
+    row = budget["rates"].get(rate) or next(iter(budget["rates"].values()))
+    lines = []
+    if history_tokens is not None:
+        lines.append(f"history tokens now: **{history_tokens}**")
+    lines.append(f"at {seconds:g} s: **{row['tokens']}** history tokens (rate {rate}, "
+                 f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens)")
+    hw = preset.hardware
+    budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"
+    lines.append(f"device: {hw.device} ({hw.dtype}), budget {budget_gib}")
+    try:
+        from . import memory  # type: ignore[attr-defined]
+    except ImportError:
+        memory = None
+    if memory is not None and hasattr(memory, "plan"):
+        plan = memory.plan(preset, seconds=seconds)
+        lines.extend(str(plan.summary() if hasattr(plan, "summary") else plan).splitlines())
+    return lines

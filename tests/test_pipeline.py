@@ -1,0 +1,117 @@
+"""The section loop on a tiny toy model: modes, inputs, storyboards, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from framepack_history.config import GenerationRequest, InputError
+from framepack_history.pipeline import ContextFrames, Finished, SectionDone, SectionStarted
+
+
+def run(pipeline, **kw):
+    events = list(pipeline.run(GenerationRequest(**kw)))
+    return events, [e for e in events if isinstance(e, SectionDone)]
+
+
+def test_text_to_video_sections_and_history_growth(toy_pipeline):
+    events, done = run(toy_pipeline, prompt="camera pans left", seconds=2.0, seed=3)
+    assert len(done) == 4  # 2 s at 8 fps in sections of 4 frames
+    assert all(d.frames.shape == (4, 32, 32, 3) and d.frames.dtype == np.uint8 for d in done)
+    tokens = [d.history_tokens for d in done]
+    assert tokens == sorted(tokens) and tokens[0] > 0 and tokens[-1] > tokens[0]
+    assert isinstance(events[-1], Finished) and events[-1].sections == 4
+    # the history tokens stay on the backbone's device
+    assert toy_pipeline.last_generation.history.grid.device == toy_pipeline.backbone.device
+
+
+def test_same_request_and_seed_give_identical_frames(toy_pipeline):
+    a = np.concatenate([d.frames for d in run(toy_pipeline, prompt="camera holds", seconds=1.0, seed=7)[1]])
+    b = np.concatenate([d.frames for d in run(toy_pipeline, prompt="camera holds", seconds=1.0, seed=7)[1]])
+    c = np.concatenate([d.frames for d in run(toy_pipeline, prompt="camera holds", seconds=1.0, seed=8)[1]])
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_history_modes_differ_and_none_has_no_tokens(toy_pipeline):
+    with torch.no_grad():
+        for p in toy_pipeline.backbone.dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    outs = {}
+    for mode in ("encoder", "window", "none"):
+        _, done = run(toy_pipeline, prompt="camera pans right", seconds=1.5, seed=1, history_mode=mode)
+        outs[mode] = np.concatenate([d.frames for d in done])
+        if mode != "encoder":
+            assert all(d.history_tokens == 0 for d in done)
+    # section 0 has no history in any mode; later sections see different context
+    assert np.array_equal(outs["encoder"][:4], outs["none"][:4])
+    assert not np.array_equal(outs["encoder"][4:], outs["none"][4:])
+    assert not np.array_equal(outs["window"][4:], outs["none"][4:])
+
+
+def test_window_context_is_the_last_raw_latents(toy_pipeline):
+    gen, _ = toy_pipeline.start(GenerationRequest(prompt="x", seconds=1.5, history_mode="window", window_frames=3))
+    toy_pipeline.generate_section(gen)
+    toy_pipeline.generate_section(gen)
+    ctx = toy_pipeline.context(gen)
+    assert ctx.history_tokens is None
+    assert ctx.window_latents.shape[2] == 3 and ctx.window_t0 == -3
+    torch.testing.assert_close(ctx.window_latents.cpu(), gen.history.latents[:, :, -3:])
+
+
+def test_image_to_video_starts_from_the_image(toy_pipeline, start_image):
+    events, done = run(toy_pipeline, prompt="", image=str(start_image), seconds=1.0)
+    ctx = [e for e in events if isinstance(e, ContextFrames)]
+    assert len(ctx) == 1 and ctx[0].frames.shape == (1, 32, 32, 3)
+    assert len(done) == 2
+    assert toy_pipeline.last_generation.history.num_frames == 1 + 8
+
+
+def test_continue_video_encodes_it_as_history(toy_pipeline, short_video):
+    events, done = run(toy_pipeline, prompt="keep going", continue_video=str(short_video), seconds=1.0)
+    ctx = [e for e in events if isinstance(e, ContextFrames)][0]
+    assert ctx.frames.shape[0] == 8
+    assert toy_pipeline.last_generation.history.num_frames == 8 + 8
+    assert done[0].history_tokens > 0
+
+
+def test_storyboard_prompt_per_section_and_text_cache(toy_pipeline):
+    calls = []
+    orig = toy_pipeline.backbone.encode_text
+    toy_pipeline.backbone.encode_text = lambda p: calls.append(p) or orig(p)
+    events, _ = run(toy_pipeline, prompt="0s: camera pans right; 1s: camera pans left", seconds=2.0)
+    prompts = [e.prompt for e in events if isinstance(e, SectionStarted)]
+    assert prompts == ["camera pans right"] * 2 + ["camera pans left"] * 2
+    assert sorted(calls) == ["camera pans left", "camera pans right"]  # each prompt encoded once
+
+
+def test_resume_from_a_snapshot_is_identical(toy_pipeline, tmp_path):
+    full = np.concatenate([d.frames for d in run(toy_pipeline, prompt="camera holds", seconds=2.0, seed=5)[1]])
+    gen, _ = toy_pipeline.start(GenerationRequest(prompt="camera holds", seconds=2.0, seed=5))
+    first = [toy_pipeline.generate_section(gen).frames for _ in range(2)]
+    gen.history.save(tmp_path / "h.safetensors")
+    gen2, _ = toy_pipeline.start(GenerationRequest(prompt="camera holds", seconds=2.0, seed=5))
+    gen2.history.load(tmp_path / "h.safetensors")
+    gen2.next_section = 2
+    rest = [d.frames for d in toy_pipeline.run(gen2.request, resume=gen2) if isinstance(d, SectionDone)]
+    assert np.array_equal(full, np.concatenate(first + rest))
+
+
+def test_bad_requests_are_input_errors(toy_pipeline, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    cases = [
+        (dict(prompt="a", seconds=0), "--seconds"),
+        (dict(prompt="a", seconds=float("inf")), "--seconds"),
+        (dict(prompt="a", seconds=21), "--seconds"),
+        (dict(prompt="", seconds=1), "--prompt"),
+        (dict(prompt="0s: a; 0s: b", seconds=1), "--prompt"),
+        (dict(prompt="a", image=str(bad), seconds=1), "--image"),
+        (dict(prompt="a", image=str(tmp_path / "missing.png"), seconds=1), "--image"),
+        (dict(prompt="a", continue_video=str(bad), seconds=1), "--continue-video"),
+    ]
+    for kw, field in cases:
+        with pytest.raises(InputError) as e:
+            toy_pipeline.start(GenerationRequest(**kw))
+        assert e.value.field == field, kw
