@@ -25,8 +25,9 @@ Vocabulary (every word is in the toy backbone's tokenizer)
     camera words: ``camera pans left``, ``camera pans right``, ``camera holds``; an entry with no pan
     holds. Sprite words are descriptive (a world's sprites come from its seed) and are appended to each
     entry unless it already mentions sprites: ``a red circle moves``, ``a red circle and a blue square
-    move`` or, for three, ``sprites move`` (always "a", even before "orange"). Colours: red green blue yellow cyan magenta white orange;
-    shapes: circle square triangle. Captions are storyboards: ``"0s: camera pans right; 10s: camera pans left"``.
+    move`` or, for three, ``sprites move`` (always "a", even before "orange"). Colours: red green blue
+    yellow cyan magenta white orange; shapes: circle square triangle.
+    Captions are storyboards: ``"0s: camera pans right; 10s: camera pans left"``.
 Seeds
     Everything derives from one seed (``numpy.random.default_rng``). Training uses :data:`TRAIN_SEEDS`
     (``0 <= seed < 1_000_000``); evaluation uses :data:`EVAL_SEEDS` (``1_000_000 <= seed < 2_000_000``).

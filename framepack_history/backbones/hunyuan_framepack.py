@@ -8,14 +8,14 @@ clean-latent context, with rotary tables computed from their float
 
 Time convention: the noisy section occupies ``t = 0 .. T-1`` (or
 ``Context.target_t``) and every context (window latents, history tokens) uses
-the same axis, the past being negative.
-``predict`` adds one constant, ``rope_time_offset`` (20), to every time index
-before it reaches the DiT. diffusers accepts any float index, negative included,
-but the position is *not* free: RoPE is applied to video tokens only, so
-attention between video and (unrotated) text/image tokens sees absolute
-positions, not just differences. FramePack-F1 was trained with the noisy section
-at frame index 20 (start image 0, 4x history 1-16, 2x 17-18, 1x 19), so
-section ``t = 0`` is mapped there and all context keeps its relative offset.
+the same axis, in latent frames, the past being negative. ``predict`` adds one
+constant, ``rope_time_offset`` (20), to every time index before it reaches the
+DiT. diffusers accepts any float index, negative included, but the absolute
+position is *not* free: RoPE rotates video tokens only, so attention between
+video and the unrotated text/image tokens depends on absolute positions, not
+just on differences. FramePack-F1 was trained with the noisy section at frame
+index 20 (start image 0, 4x history 1-16, 2x 17-18, 1x 19), so section
+``t = 0`` goes there and every context keeps its relative offset.
 """
 
 from __future__ import annotations
@@ -401,16 +401,17 @@ class HunyuanFramepackBackbone(Backbone):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
         offline = _offline(local_files_only)
+        cfg, tok, proc = "config.json", "tokenizer_config.json", "preprocessor_config.json"
         # name: (source, subfolder, marker file, loader, dtype keyword: diffusers vs transformers, None = no weights)
         specs = {
-            "transformer": (transformer, "", "config.json", HistoryFramepackTransformer3DModel, "torch_dtype"),
-            "text_encoder": (base, "text_encoder", "config.json", LlamaModel, "dtype"),
-            "tokenizer": (base, "tokenizer", "tokenizer_config.json", AutoTokenizer, None),
-            "text_encoder_2": (base, "text_encoder_2", "config.json", CLIPTextModel, "dtype"),
-            "tokenizer_2": (base, "tokenizer_2", "tokenizer_config.json", AutoTokenizer, None),
-            "vae": (base, "vae", "config.json", AutoencoderKLHunyuanVideo, "torch_dtype"),
-            "image_encoder": (image_encoder, "image_encoder", "config.json", SiglipVisionModel, "dtype"),
-            "feature_extractor": (image_encoder, "feature_extractor", "preprocessor_config.json", AutoImageProcessor, None),
+            "transformer": (transformer, "", cfg, HistoryFramepackTransformer3DModel, "torch_dtype"),
+            "text_encoder": (base, "text_encoder", cfg, LlamaModel, "dtype"),
+            "tokenizer": (base, "tokenizer", tok, AutoTokenizer, None),
+            "text_encoder_2": (base, "text_encoder_2", cfg, CLIPTextModel, "dtype"),
+            "tokenizer_2": (base, "tokenizer_2", tok, AutoTokenizer, None),
+            "vae": (base, "vae", cfg, AutoencoderKLHunyuanVideo, "torch_dtype"),
+            "image_encoder": (image_encoder, "image_encoder", cfg, SiglipVisionModel, "dtype"),
+            "feature_extractor": (image_encoder, "feature_extractor", proc, AutoImageProcessor, None),
         }
         where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
         parts = {}
@@ -430,8 +431,10 @@ class HunyuanFramepackBackbone(Backbone):
         from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
         torch.manual_seed(seed)
-        llama_specials = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-        tokenizer = _byte_tokenizer(llama_specials, add_eos=False)
+        tokenizer = _byte_tokenizer(
+            ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            add_eos=False,
+        )
         tokenizer_2 = _byte_tokenizer(("<|startoftext|>", "<|endoftext|>"), add_eos=True)
         text_dim, clip_dim, siglip_dim = 32, 32, 24
         small = dict(intermediate_size=64, num_attention_heads=2)
@@ -450,7 +453,9 @@ class HunyuanFramepackBackbone(Backbone):
         image_encoder = SiglipVisionModel(SiglipVisionConfig(
             hidden_size=siglip_dim, num_hidden_layers=1, image_size=32, patch_size=8, **small,
         ))
-        feature_extractor = SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        feature_extractor = SiglipImageProcessor(
+            size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
         vae = AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
         config = dict(
             in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=1,

@@ -33,8 +33,8 @@ def _noisy(b: int = 1, t: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def _grid(t0: float, t: int, h: int, w: int) -> torch.Tensor:
-    tt, hh, ww = torch.meshgrid(t0 + torch.arange(t).float(), torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
-    return torch.stack([tt, hh, ww], dim=-1).reshape(-1, 3)
+    axes = (t0 + torch.arange(t).float(), torch.arange(h).float(), torch.arange(w).float())
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 def _dit_inputs(backbone: HunyuanFramepackBackbone, cond: Conditioning, b: int = 1) -> dict:
@@ -185,13 +185,17 @@ def test_save_and_load_roundtrip(backbone: HunyuanFramepackBackbone, cond: Condi
     tr.save_pretrained(tmp_path / "transformer", safe_serialization=True)
     loaded = HistoryFramepackTransformer3DModel.from_pretrained(tmp_path / "transformer", use_safetensors=True).eval()
     assert type(loaded) is HistoryFramepackTransformer3DModel
-    ctx_inputs = dict(history_tokens=torch.randn(1, 2, 32), history_positions=torch.tensor([[-1.0, 0, 0], [-2.0, 1, 1]]))
+    inputs = {
+        **_dit_inputs(backbone, cond),
+        "history_tokens": torch.randn(1, 2, 32),
+        "history_positions": torch.tensor([[-1.0, 0, 0], [-2.0, 1, 1]]),
+    }
     with torch.no_grad():
-        inputs = _dit_inputs(backbone, cond)
         # Identical weights; loaded (memory-mapped) tensors may take other CPU kernel paths, hence a tolerance.
-        torch.testing.assert_close(loaded(**inputs, **ctx_inputs)[0], tr(**inputs, **ctx_inputs)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(**inputs)[0], tr(**inputs)[0], atol=1e-5, rtol=1e-5)
     # The plain diffusers class still reads what the subclass wrote (same config and state dict).
-    assert isinstance(HunyuanVideoFramepackTransformer3DModel.from_pretrained(tmp_path / "transformer"), torch.nn.Module)
+    plain = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tmp_path / "transformer")
+    assert type(plain) is HunyuanVideoFramepackTransformer3DModel
 
 
 def test_from_config_on_meta_device(backbone: HunyuanFramepackBackbone) -> None:
