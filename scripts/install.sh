@@ -4,7 +4,7 @@
 #   bash scripts/install.sh --test   the app + test tools (pytest, Playwright driving Debian's chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${PYTHON:-python}
 
 apt_install() {
   local sudo=""
