@@ -314,13 +314,20 @@ class HunyuanFramepackBackbone(Backbone):
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> Conditioning:
-        """SigLIP last hidden state of a ``[3, H, W]`` image in ``[-1, 1]``."""
+        """SigLIP last hidden state of a ``[3, H, W]`` image in ``[-1, 1]``, plus its latent.
+
+        FramePack-F1 always saw the start image as a clean latent at frame
+        index 0 (``-rope_time_offset`` from the section start); ``start_latents``
+        keeps that anchor in every section (see :meth:`predict`).
+        """
+        out = {"start_latents": self.vae_encode(image[None, :, None])}
         if self.image_encoder is None or self.feature_extractor is None:
-            return Conditioning()
+            return Conditioning(out)
         pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
         inputs = self.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
         values = inputs["pixel_values"].to(self.device, self.dtype)
-        return Conditioning({"image_embeds": self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)})
+        out["image_embeds"] = self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)
+        return Conditioning(out)
 
     # --- VAE -----------------------------------------------------------------
     @torch.no_grad()
@@ -360,10 +367,20 @@ class HunyuanFramepackBackbone(Backbone):
         kwargs: dict[str, Any] = {}
         if "image_embeds" in c:
             kwargs["image_embeds"] = batched(c["image_embeds"])
-        if context.window_latents is not None:  # FramePack's 1x clean-latent path
+        # FramePack's 1x clean-latent path: the start-image anchor at index 0, then the window.
+        clean, indices = [], []
+        if "start_latents" in c:
+            if c["start_latents"].shape[-2:] != noisy.shape[-2:]:
+                raise ValueError(f"start image latents {tuple(c['start_latents'].shape[-2:])} do not match the section's {tuple(noisy.shape[-2:])}")
+            clean.append(c["start_latents"])
+            indices.append(torch.zeros(1, device=dev))
+        if context.window_latents is not None:
             window = context.window_latents
-            kwargs["latents_clean"] = batched(window)
-            kwargs["indices_latents_clean"] = shift + context.window_t0 + torch.arange(window.shape[2], device=dev)
+            clean.append(window)
+            indices.append(shift + context.window_t0 + torch.arange(window.shape[2], device=dev))
+        if clean:
+            kwargs["latents_clean"] = batched(torch.cat([x.to(dev, dt) for x in clean], dim=2))
+            kwargs["indices_latents_clean"] = torch.cat(indices)
         if context.history_tokens is not None:
             kwargs["history_tokens"] = batched(context.history_tokens)
             positions = context.history_positions.to(dev, torch.float32)

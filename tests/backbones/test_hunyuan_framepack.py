@@ -24,7 +24,7 @@ def backbone() -> HunyuanFramepackBackbone:
 @pytest.fixture(scope="module")
 def cond(backbone: HunyuanFramepackBackbone) -> Conditioning:
     text = backbone.encode_text("a red fox runs through snow")
-    image = backbone.encode_image(torch.rand(3, 40, 48) * 2 - 1)
+    image = backbone.encode_image(torch.rand(3, 64, 64) * 2 - 1)  # the latent size of _noisy()
     return Conditioning({**text.tensors, **image.tensors})
 
 
@@ -144,6 +144,7 @@ def test_predict_time_layout(backbone: HunyuanFramepackBackbone, cond: Condition
 
     The offset matters: text/image tokens carry no RoPE, so a global time shift changes the output.
     """
+    cond = Conditioning({k: v for k, v in cond.tensors.items() if k != "start_latents"})  # no anchor here
     noisy, window, tokens = _noisy(), torch.randn(1, 16, 2, 8, 8), torch.randn(1, 2, 32)
     positions = torch.tensor([[-5.5, 1.5, 1.5], [-3.0, 0.0, 3.0]])
     ctx = Context(history_tokens=tokens, history_positions=positions, window_latents=window, window_t0=-2.0)
@@ -244,3 +245,15 @@ def test_missing_weights_offline_fail_fast(tmp_path, monkeypatch) -> None:
     with pytest.raises(WeightsNotFoundError, match="text_encoder: 'me/base'.*not in the local Hugging Face cache"):
         HunyuanFramepackBackbone.from_pretrained("me/f1", base="me/base", cache_dir=str(tmp_path / "cache"))
     assert time.monotonic() - start < 10
+
+
+def test_start_image_anchor_is_a_clean_latent_at_index_0(backbone: HunyuanFramepackBackbone, cond: Conditioning) -> None:
+    """FramePack-F1 always saw the start image at frame index 0: the anchor must reach the DiT."""
+    assert cond.tensors["start_latents"].shape == (1, 16, 1, 8, 8)
+    x, s = _noisy(), torch.tensor([0.6])
+    with_anchor = backbone.predict(x, s, cond, Context())
+    without = backbone.predict(x, s, Conditioning({k: v for k, v in cond.tensors.items() if k != "start_latents"}), Context())
+    assert with_anchor.shape == x.shape and (with_anchor - without).abs().max() > 0
+    bad = Conditioning({**cond.tensors, "start_latents": torch.zeros(1, 16, 1, 4, 4)})
+    with pytest.raises(ValueError, match="start image"):
+        backbone.predict(x, s, bad, Context())
