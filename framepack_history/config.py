@@ -53,6 +53,7 @@ class VideoSpec:
     height: int = 64
     fps: int = 8
     section_frames: int = 8  # pixel frames per generated section
+    display_scale: int = 1  # nearest-neighbour upscale of written videos (tiny toy frames)
     max_seconds: float = 600.0
 
 
@@ -145,7 +146,8 @@ def _check(preset: Preset) -> None:
     """Semantic checks that types alone can't express."""
     v, s, h, m = preset.video, preset.sampling, preset.history, preset.model
     positive = {"video.width": v.width, "video.height": v.height, "video.fps": v.fps,
-                "video.section_frames": v.section_frames, "video.max_seconds": v.max_seconds, "sampling.steps": s.steps}
+                "video.section_frames": v.section_frames, "video.max_seconds": v.max_seconds,
+                "video.display_scale": v.display_scale, "sampling.steps": s.steps}
     for key, val in positive.items():
         if val <= 0:
             raise InputError(key, f"must be positive (got {val!r})")

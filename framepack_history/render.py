@@ -39,8 +39,11 @@ class SegmentLog:
     segments: list[Path] = field(default_factory=list)
     sections: list[dict] = field(default_factory=list)
     frames: int = 0
+    scale: int = 1  # nearest-neighbour upscale for display
 
     def add(self, frames, name: str) -> Path:
+        if self.scale > 1:
+            frames = frames.repeat(self.scale, axis=1).repeat(self.scale, axis=2)
         path = write_segment(frames, self.folder / f"{name}.mp4", self.fps)
         self.segments.append(path)
         self.frames += len(frames)
@@ -78,7 +81,7 @@ def render(
     out = Path(out)
     folder = Path(segments_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    log = SegmentLog(folder, pipeline.preset.video.fps)
+    log = SegmentLog(folder, pipeline.preset.video.fps, scale=pipeline.preset.video.display_scale)
     t0 = time.perf_counter()
     first_section_s = None
     for ev in pipeline.run(request, on_step=on_step):
