@@ -1,11 +1,6 @@
 """Jobs, the server-side job store and the one worker thread that owns the device.
 
-* A :class:`Job` is everything a page (or an API client) needs to show a
-  generation: status, progress, the latest preview, the finished segments
-  and, at the end, the video and its sidecar.
-* The :class:`JobStore` keeps jobs on the server, keyed by id, so a reloaded
-  page or a second tab re-attaches to the same state. Every change bumps a
-  version and wakes whoever waits for one (:meth:`JobStore.wait`).
+* Jobs and their store live in :mod:`.job_store` (re-exported here).
 * The :class:`Worker` is the only thread that touches models: it loads them
   lazily when a job first needs them, caches them, and runs jobs one at a
   time in FIFO order. Cancelling raises :class:`~.sampling.Cancelled` from
@@ -18,158 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
-import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from .config import GenerationRequest, InputError, Preset, load_preset
+from .job_store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
+
+__all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Progress", "Worker", "past_results", "plan_lines"]
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("done", "cancelled", "failed")
-STATUSES = ("queued", "running", *TERMINAL)
-
-
-@dataclass
-class JobSpec:
-    """What to run: a request, the preset (name or .toml path) and an encoder rate."""
-
-    request: GenerationRequest
-    preset: str = "toy-cpu"
-    encoder_rate: str | None = None  # None = the preset's
-
-
-@dataclass
-class Progress:
-    sections_done: int = 0
-    sections_total: int = 0
-    section: int = 0  # index of the section being denoised
-    step: int = 0
-    steps: int = 0
-    frames: int = 0  # generated frames so far (context frames excluded)
-    history_tokens: int = 0
-    eta_s: float | None = None
-    s_per_frame: float | None = None
-
-
-@dataclass
-class Job:
-    id: str
-    spec: JobSpec
-    folder: Path
-    created: float = field(default_factory=time.time)
-    status: str = "queued"
-    message: str = ""
-    progress: Progress = field(default_factory=Progress)
-    preview: np.ndarray | None = None  # uint8 [H, W, 3]
-    preview_version: int = 0
-    segments: list[Path] = field(default_factory=list)
-    video: Path | None = None
-    sidecar: Path | None = None
-    started: float | None = None
-    finished: float | None = None
-    version: int = 0
-    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-able view (the ``status`` API and the page read this)."""
-        req = self.spec.request
-        return {
-            "id": self.id,
-            "status": self.status,
-            "message": self.message,
-            "prompt": req.prompt,
-            "seconds": req.seconds,
-            "seed": req.seed,
-            "preset": self.spec.preset,
-            "encoder_rate": self.spec.encoder_rate,
-            "progress": dataclasses.asdict(self.progress),
-            "segments": [str(p) for p in self.segments],
-            "video": str(self.video) if self.video else None,
-            "sidecar": str(self.sidecar) if self.sidecar else None,
-            "folder": str(self.folder),
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "version": self.version,
-        }
-
-
-class JobStore:
-    """All jobs of this server, by id; thread-safe; change notifications."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-        self._cond = threading.Condition()
-        self.version = 0  # bumps on any change of any job
-
-    def add(self, job: Job) -> Job:
-        with self._cond:
-            self._jobs[job.id] = job
-            self._bump(job)
-        return job
-
-    def get(self, job_id: str) -> Job:
-        with self._cond:
-            job = self._jobs.get(job_id)
-        if job is None:
-            raise InputError("job", f"no job with id {job_id!r}")
-        return job
-
-    def jobs(self) -> list[Job]:
-        """All jobs, oldest first."""
-        with self._cond:
-            return list(self._jobs.values())
-
-    def current(self) -> Job | None:
-        """The job a fresh page should show: the running one, else the newest."""
-        jobs = self.jobs()
-        running = [j for j in jobs if j.status == "running"]
-        return running[0] if running else (jobs[-1] if jobs else None)
-
-    def update(self, job: Job, **changes: Any) -> None:
-        """Change fields of ``job`` atomically and wake every waiter."""
-        with self._cond:
-            for key, value in changes.items():
-                setattr(job, key, value)
-            self._bump(job)
-
-    def mutate(self, job: Job, fn: Callable[[Job], None]) -> None:
-        """Run ``fn(job)`` under the store's lock (for nested fields), then notify."""
-        with self._cond:
-            fn(job)
-            self._bump(job)
-
-    def _bump(self, job: Job) -> None:
-        job.version += 1
-        self.version += 1
-        self._cond.notify_all()
-
-    def wait(self, job_id: str, seen_version: int, timeout: float) -> Job:
-        """Block until the job's version passes ``seen_version`` (or ``timeout`` s)."""
-        job = self.get(job_id)
-        with self._cond:
-            self._cond.wait_for(lambda: job.version > seen_version, timeout)
-        return job
-
-    def wait_any(self, seen_version: int, timeout: float) -> int:
-        """Block until any job changes; return the store's version."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.version > seen_version, timeout)
-            return self.version
-
 
 def check_inputs(request: GenerationRequest, preset: Preset) -> None:
     """Read the start image / probe the video now, so a bad file fails at submit."""
@@ -192,11 +50,6 @@ def keep_inputs(request: GenerationRequest, folder: Path) -> None:
             dst = folder / f"{name}{Path(src).suffix.lower()}"
             shutil.copyfile(src, dst)
             setattr(request, name, str(dst))
-
-
-def new_job_id() -> str:
-    """Sortable and short: ``HHMMSS-xxxxxx``."""
-    return f"{dt.datetime.now():%H%M%S}-{secrets.token_hex(3)}"
 
 
 class Worker:
@@ -225,7 +78,7 @@ class Worker:
         self.loads = 0  # how many times a backbone was loaded (tests check the cache)
 
     # ---------------------------------------------------------------- control
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._stop = False
@@ -335,9 +188,11 @@ class Worker:
 
         store = self.store
         spec = job.spec
+        t_start = time.perf_counter()
         try:
             preset = load_preset(spec.preset)
             pipeline = self.pipeline_for(preset, spec)
+            job.timings["load_s"] = round(time.perf_counter() - t_start, 3)
         except (InputError, WeightsNotFoundError) as e:
             store.update(job, status="failed", message=str(e), finished=time.time())
             return
@@ -356,7 +211,7 @@ class Worker:
             check_cancel()
             now = time.perf_counter()
             preview = None
-            if now - clock.last_preview >= clock.every:
+            if now - clock.last_preview >= clock.every:  # previews cost a decode: throttled
                 clock.last_preview = now
                 preview = pipeline.preview(index, info).image
 
@@ -368,7 +223,7 @@ class Worker:
                     j.preview = preview
                     j.preview_version += 1
 
-            store.mutate(job, change)
+            store.mutate(job, change, notify=preview is not None or info["step"] == info["total"])
 
         def on_event(ev) -> None:
             from .pipeline import ContextFrames, SectionDone, SectionStarted
@@ -395,7 +250,11 @@ class Worker:
             check_cancel()
 
         def on_segment(path: Path) -> None:
-            store.mutate(job, lambda j: j.segments.append(path))
+            def change(j: Job) -> None:
+                j.segments.append(path)
+                j.timings.setdefault("first_segment_s", round(time.perf_counter() - t_start, 3))
+
+            store.mutate(job, change)
 
         from .render import render
 
@@ -499,31 +358,36 @@ def past_results(outputs: str | Path, limit: int = 24) -> list[tuple[str, str]]:
     return items
 
 
-def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None) -> list[str]:
-    """What the device will hold: history tokens now and for the whole request.
+def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
+               history_mode: str | None = None) -> list[str]:
+    """What the device will hold: history tokens now, for the whole request, and the memory plan."""
+    now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
+    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode))
 
-    A memory planner (``framepack_history.memory.plan``), when present, adds
-    its own lines here; until then the history-token budget stands in.
-    """
+
+@functools.lru_cache(maxsize=64)
+def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None) -> tuple[str, ...]:
+    """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
     from .budget import history_budget
 
     preset = load_preset(preset_name)
     rate = encoder_rate or preset.model.encoder_rate
-    budget = history_budget(preset, seconds=max(float(seconds), 1.0))
+    mode = history_mode or preset.history.mode
+    budget = history_budget(preset, seconds=max(seconds, 1.0))
     row = budget["rates"].get(rate) or next(iter(budget["rates"].values()))
-    lines = []
-    if history_tokens is not None:
-        lines.append(f"history tokens now: **{history_tokens}**")
-    lines.append(f"at {seconds:g} s: **{row['tokens']}** history tokens (rate {rate}, "
-                 f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens)")
+    if mode == "encoder":
+        tokens = (f"at {seconds:g} s: **{row['tokens']}** history tokens (rate {rate}, "
+                  f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens)")
+        lines = [tokens]
+    else:
+        lines = [f"history mode **{mode}**: no history tokens"]
     hw = preset.hardware
-    budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"
-    lines.append(f"device: {hw.device} ({hw.dtype}), budget {budget_gib}")
     try:
-        from . import memory  # type: ignore[attr-defined]
-    except ImportError:
-        memory = None
-    if memory is not None and hasattr(memory, "plan"):
-        plan = memory.plan(preset, seconds=seconds)
-        lines.extend(str(plan.summary() if hasattr(plan, "summary") else plan).splitlines())
-    return lines
+        from .memory import plan
+
+        lines.append(plan(preset, seconds, history_mode=mode, rate=rate).summary())
+    except Exception:  # the plan is advice: its absence or failure must not break the page
+        log.warning("no memory plan for %s", preset.name, exc_info=True)
+        budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"
+        lines.append(f"device: {hw.device} ({hw.dtype}), budget {budget_gib}")
+    return tuple(lines)

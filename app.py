@@ -1,0 +1,173 @@
+"""Launch the page: ``python app.py`` (toy-cpu on http://127.0.0.1:7860).
+
+Flags are checked before anything heavy happens; a bad one exits with status
+2 and one line. Models are not loaded here: the worker loads them when the
+first job needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+from framepack_history.cli import UsageError
+from framepack_history.config import InputError, available_presets, load_preset
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit status 2 (not argparse's usage dump)
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python app.py", description="The FramePack History page: generate long videos in the browser.")
+    p.add_argument("--preset", default="toy-cpu", help=f"preset name or .toml path ({', '.join(available_presets())})")
+    p.add_argument("--server-name", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page to your network)")
+    p.add_argument("--port", type=int, help="port (default: 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    p.add_argument("--auth", help="USER:PASS, or a file with one USER:PASS per line")
+    p.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
+    p.add_argument("--outputs", default="outputs", help="where jobs are written (default outputs/)")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait at once (default 16)")
+    p.add_argument("--max-file-size", default="200mb", help="upload limit, e.g. 200mb or 1gb (default 200mb)")
+    return p
+
+
+def read_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """``user:pass`` or a file of such lines (blank lines and # comments skipped)."""
+    if not value:
+        return None
+    path = Path(value)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [value]
+    pairs = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            where = f"{path.name} line {n}" if path.is_file() else repr(value)
+            raise InputError("--auth", f"expected USER:PASS (got {where}); or give a file of USER:PASS lines")
+        pairs.append((user, password))
+    if not pairs:
+        raise InputError("--auth", f"{path.name} has no USER:PASS lines")
+    return pairs
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise InputError("--port", f"must be in 1..65535 (got {args.port})")
+    if args.max_queue < 1:
+        raise InputError("--max-queue", f"must be at least 1 (got {args.max_queue})")
+    args.max_file_size = parse_size(args.max_file_size)
+
+
+def parse_size(text: str) -> int:
+    """``200mb`` -> bytes (b, kb, mb, gb; 1 kb = 1024 b)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise InputError("--max-file-size", f"expected a size such as 200mb or 1gb (got {text!r})")
+    unit = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[(m.group(2) or "b").lower()]
+    return int(float(m.group(1)) * unit)
+
+
+def network_ok(host: str = "api.gradio.app", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a share link can possibly be made (checked once, before launching)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def prepare(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check every flag; raises :class:`UsageError` / :class:`InputError`."""
+    args = build_parser().parse_args(argv)
+    if args.preset.endswith(".toml"):  # a path: resolve now, the page may run from anywhere
+        args.preset = str(Path(args.preset).resolve())
+    args.preset_name = load_preset(args.preset).name
+    args.auth = read_auth(args.auth)
+    check_args(args)
+    if args.port is not None and not port_free(args.server_name, args.port):
+        raise InputError("--port", f"{args.port} is already in use on {args.server_name}")
+    return args
+
+
+def start(args: argparse.Namespace):
+    """Start the worker and launch the page without blocking; returns (demo, worker, local URL, share URL)."""
+    outputs = Path(args.outputs).resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    # The page's uploads and stream chunks live in a folder this process owns and removes.
+    temp = tempfile.mkdtemp(prefix="framepack-gradio-")
+    atexit.register(shutil.rmtree, temp, True)
+    os.environ["GRADIO_TEMP_DIR"] = temp
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import gradio as gr
+
+    from framepack_history.jobs import Worker
+    from ui import build_app
+    from ui.layout import CSS
+
+    worker = Worker(outputs, max_queue=args.max_queue).start()
+    demo = build_app(worker, args.preset)
+    demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=8)
+    share = args.share
+    if share and not network_ok():
+        print("--share: no network connection, so no public link; the page stays available locally.", file=sys.stderr)
+        share = False
+    _, local_url, share_url = demo.launch(
+        server_name=args.server_name, server_port=args.port, share=share, auth=args.auth, inbrowser=args.inbrowser,
+        allowed_paths=[str(outputs)], max_file_size=args.max_file_size, show_error=True, prevent_thread_lock=True,
+        quiet=True, theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
+    )
+    return demo, worker, local_url, share_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = prepare(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"error: {e.field}: {e.message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unreadable --auth file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.server_name not in LOOPBACK and not args.auth:
+        print(f"warning: serving on {args.server_name} without --auth: anyone who can reach this machine can use it",
+              file=sys.stderr)
+    demo, worker, local_url, share_url = start(args)
+    print(f"FramePack History ({args.preset_name}) on {local_url}" + (f" · public link {share_url}" if share_url else ""), flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        worker.stop(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The page: Gradio Blocks layout and event wiring, nothing else.
+
+Three kinds of events:
+* page events (Generate, Cancel, preset changes), private to the page;
+* followers: a generator per page that streams one job's segments into the
+  player and its progress into the rest (``Handlers.follow``), started by
+  Generate, by "Show" in the queue and on page load (re-attach);
+* the HTTP API: ``/generate``, ``/cancel`` and ``/status``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from framepack_history.config import HISTORY_MODES, InputError, available_presets, load_preset
+from framepack_history.jobs import Worker
+
+from .handlers import Handlers, random_seed
+
+STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
+
+CSS = """
+.fph-progress { font-size: 0.95rem; padding: 6px 2px; }
+.fph-line { margin-bottom: 6px; }
+.fph-bar { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; }
+.dark .fph-bar { background: var(--neutral-700); }
+.fph-bar > div { height: 100%; background: var(--color-accent); transition: width 0.4s; }
+.fph-status { text-transform: uppercase; font-size: 0.75rem; padding: 1px 6px; border-radius: 4px;
+              background: var(--neutral-200); margin-right: 2px; }
+.fph-status.running { background: #dbeafe; color: #1e40af; }
+.fph-status.done { background: #dcfce7; color: #166534; }
+.fph-status.failed { background: #fee2e2; color: #991b1b; }
+.fph-status.cancelled { background: #fef3c7; color: #92400e; }
+.fph-msg { margin-top: 6px; color: var(--body-text-color-subdued); }
+#fph-preview img { image-rendering: pixelated; object-fit: contain; }
+#fph-player video { image-rendering: pixelated; }
+"""
+
+
+def preset_choices(default: str) -> list[tuple[str, str]]:
+    """Preset names from presets/, plus the launch preset when it is a .toml path."""
+    names = available_presets()
+    choices = [(n, n) for n in names]
+    if default not in names:
+        choices.insert(0, (Path(default).stem, default))
+    return choices
+
+
+def max_seconds(presets: list[str]) -> float:
+    """The longest video any offered preset allows (unreadable presets count as 0)."""
+    longest = 0.0
+    for name in presets:
+        try:
+            longest = max(longest, load_preset(name).video.max_seconds)
+        except InputError:
+            pass
+    return longest
+
+
+def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
+    """The whole page, wired to ``worker``."""
+    choices = preset_choices(default_preset)
+    h = Handlers(worker, default_preset, [value for _, value in choices])
+    preset = load_preset(default_preset)
+    rates = [preset.model.encoder_rate] if preset.model.encoder else preset.model.encoder_rates
+    with gr.Blocks(title="FramePack History") as demo:
+        job_id = gr.State("")
+        seen = gr.State(None)
+        gr.Markdown("## FramePack History · long video, section by section\n"
+                    "Every finished section plays at once; the whole past is kept as a short history embedding.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt or storyboard", lines=3, max_length=2000, info=STORYBOARD_HINT,
+                                    placeholder="0s: camera pans right over the hills; 8s: camera holds")
+                with gr.Row():
+                    image = gr.Image(label="Start image (optional)", type="filepath", height=150, sources=["upload", "clipboard"],
+                                     elem_id="fph-image")
+                    video = gr.Video(label="Video to continue (optional)", height=150, sources=["upload"])
+                with gr.Row():
+                    # the server-side bound is the largest any preset allows; each preset's own is checked on submit
+                    seconds = gr.Slider(0.5, preset.video.max_seconds, value=5, step=0.5, label="Length (seconds)")
+                    seconds.maximum = max_seconds(h.presets)
+                with gr.Row(equal_height=True):
+                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
+                    dice = gr.Button("Random seed", scale=1, min_width=110)
+                preset_dd = gr.Dropdown(choices, value=default_preset, label="Preset")
+                with gr.Accordion("Advanced", open=False):
+                    with gr.Row():
+                        steps = gr.Number(value=preset.sampling.steps, precision=0, minimum=1, maximum=1000, label="Steps")
+                        guidance = gr.Number(value=preset.sampling.guidance, minimum=0, maximum=100, label="Guidance")
+                        shift = gr.Number(value=preset.sampling.shift, minimum=0.01, maximum=100, label="Shift")
+                    with gr.Row():
+                        rate = gr.Dropdown(rates, value=preset.model.encoder_rate, label="Encoder rate (HxWxT)", visible=len(rates) > 1)
+                        history = gr.Radio(list(HISTORY_MODES), value=preset.history.mode, label="History")
+                        window = gr.Number(value=preset.history.window_frames, precision=0, minimum=0, maximum=1000,
+                                           label="Sliding-window frames")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", size="lg")
+                    cancel = gr.Button("Cancel", variant="stop", size="lg")
+            with gr.Column(scale=3, min_width=420):
+                player = gr.Video(label="Video (grows section by section)", streaming=True, autoplay=True,
+                                  interactive=False, elem_id="fph-player", height=360)
+                with gr.Row(equal_height=False):
+                    preview = gr.Image(label="Denoising", interactive=False, elem_id="fph-preview", height=180,
+                                       scale=1, min_width=160, buttons=[])
+                    with gr.Column(scale=2):
+                        progress = gr.HTML(h.progress_html(None), elem_id="fph-progress")
+                        plan = gr.Markdown(h.preview_plan(default_preset, preset.model.encoder_rate, 5), elem_id="fph-plan")
+                files = gr.File(label="Video and sidecar", file_count="multiple", interactive=False, visible=False)
+        with gr.Tabs():
+            with gr.Tab("Queue"):
+                queue = gr.Dataframe(headers=["job", "status", "sections", "seconds", "prompt", "message"],
+                                     interactive=False, wrap=True, elem_id="fph-queue")
+                with gr.Row():
+                    picked = gr.Dropdown([], label="Job", allow_custom_value=False, scale=3)
+                    show = gr.Button("Show", scale=1)
+                    cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
+            with gr.Tab("Gallery"):
+                gallery = gr.Gallery(label="Past results (outputs/)", columns=6, height=300, allow_preview=True)
+        timer = gr.Timer(2.0)
+
+        # hidden outputs of the API
+        api_video = gr.File(visible=False, label="video")
+        api_sidecar = gr.File(visible=False, label="sidecar")
+
+        inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window]
+        follow_outputs = [player, preview, progress, plan, files]
+        private = {"api_visibility": "private"}
+
+        # -- Generate: queue the job, then follow it in this page
+        started = generate.click(h.generate_click, inputs, [job_id, files, progress], trigger_mode="multiple",
+                                 concurrency_limit=None, **private)
+        started.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
+        dice.click(random_seed, None, seed, queue=False, **private)
+
+        # -- re-attach on load: the running job, else the newest
+        loaded = demo.load(h.attach, None, job_id, **private)
+        loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, seconds], **private)
+
+        # -- queue tab
+        timer.tick(h.refresh, [seen], [seen, queue, picked, gallery], concurrency_limit=None, show_progress="hidden", **private)
+        shown = show.click(lambda j: (j or ""), [picked], [job_id], **private)
+        shown.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
+
+        # -- the preset decides the advanced defaults and the plan
+        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, seconds], **private)
+        # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
+        plan_inputs = [preset_dd, rate, seconds, history]
+        for event in (preset_dd.change, rate.change, history.change, seconds.release):
+            event(h.preview_plan, plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **private)
+
+        # -- HTTP API (gradio_client): generate / cancel / status
+        api_button = gr.Button(visible=False)
+        api_button.click(h.api_generate, inputs, [api_video, api_sidecar], api_name="generate", concurrency_limit=None)
+        gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
+        gr.api(h.api_status, api_name="status", concurrency_limit=None)
+    return demo
