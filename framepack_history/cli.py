@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a preset and its history-token budget")
     i.add_argument("--preset", default="toy-cpu")
     i.add_argument("--json", action="store_true")
+    from .training.commands import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)  # train vae|stage1|stage2, eval retrieval|revisit
+    from .memory.command import add_parser as add_plan_parser
+
+    add_plan_parser(sub)  # plan: predicted memory per phase
     return p
 
 
@@ -147,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"generate": cmd_generate, "inspect": cmd_inspect}[args.command](args)
+        from .training.commands import COMMANDS as training_commands
+
+        from .memory.command import run as cmd_plan
+
+        return {"generate": cmd_generate, "inspect": cmd_inspect, "plan": cmd_plan, **training_commands}[args.command](args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2

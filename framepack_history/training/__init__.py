@@ -1,0 +1,15 @@
+"""Training and evaluation of the history encoder and the next-section DiT.
+
+* :mod:`.vae` trains the toy VAE (the toy backbone has no pretrained one);
+* :mod:`.stage1_frame_query` is Stage I, frame-query pretraining: the DiT
+  must retrieve randomly chosen history frames from the embedding alone;
+* :mod:`.stage2_autoregressive` is Stage II, next-section finetuning with
+  the embedding of the whole preceding history as context;
+* :mod:`.evaluate` scores retrieval (PSNR/SSIM by history position) and
+  revisit consistency (pan away and back, leave and return).
+
+Every stage runs under ``accelerate launch`` (CPU, one or many GPUs) and is
+started with ``python -m framepack_history train STAGE --config FILE``.
+"""
+
+STAGES = ("vae", "stage1", "stage2")

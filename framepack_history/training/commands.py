@@ -1,0 +1,90 @@
+"""``train`` and ``eval`` subcommands of ``python -m framepack_history``.
+
+    python -m framepack_history train vae|stage1|stage2 --config FILE [--key value ...]
+    python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]
+
+Every key of the config file can be overridden on the command line; dotted
+keys reach into tables (``--stage1.omega_max 6``), values are read as TOML
+(``--models '["ours=outputs/train/a", "lr=outputs/train/b"]'``). Under
+``accelerate launch -m framepack_history train ...`` the same command runs
+on every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..config import InputError
+
+OVERRIDES_HELP = "--config FILE, then any config key as --key value (dotted keys for tables)"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``eval`` on the main parser's subcommands."""
+    t = sub.add_parser("train", help="train the toy VAE, Stage I or Stage II (accelerate-ready)",
+                       description="Train: python -m framepack_history train vae|stage1|stage2 --config FILE [--key value ...]")
+    t.add_argument("stage", choices=("vae", "stage1", "stage2"))
+    t.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
+    e = sub.add_parser("eval", help="retrieval PSNR/SSIM or revisit consistency of trained runs",
+                       description="Evaluate: python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]")
+    e.add_argument("metric", choices=("retrieval", "revisit"))
+    e.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
+
+
+def _split(args: argparse.Namespace) -> tuple[str | None, dict]:
+    from .common import parse_overrides
+
+    over = parse_overrides(list(args.overrides))
+    path = over.pop("config", None)
+    return (str(path) if path is not None else None), over
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .common import TrainConfig, check_train_config, load_config
+
+    path, over = _split(args)
+    cfg = load_config(TrainConfig, path, over)
+    if cfg.stage and cfg.stage != args.stage:
+        raise InputError("--config", f"is a {cfg.stage} config, not {args.stage}")
+    cfg.stage = args.stage
+    check_train_config(cfg)
+    if args.stage == "vae":
+        from .vae import main
+    elif args.stage == "stage1":
+        from .stage1_frame_query import main
+    else:
+        from .stage2_autoregressive import main
+    out = main(cfg)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process
+        print(f"wrote {out} (loss log {out / 'loss.jsonl'}, curve {out / 'loss.png'})", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .common import load_config
+    from .evaluate import EvalConfig, check_eval_config
+
+    path, over = _split(args)
+    cfg = check_eval_config(load_config(EvalConfig, path, over))
+    if args.metric == "retrieval":
+        from .evaluate import run_retrieval
+
+        res = run_retrieval(cfg)
+        for label, row in res["models"].items():
+            cells = "  ".join(f"{b} {row[b]['psnr']['mean']:.2f} dB/{row[b]['ssim']['mean']:.3f}"
+                              for b in ("old", "middle", "recent", "all"))
+            print(f"{label:>16}: {cells}  ({row['history_tokens_per_second']:.1f} tokens/s)")
+    else:
+        from .revisit import run_revisit
+
+        res = run_revisit(cfg)
+        print(json.dumps({lb: {k: v for k, v in row.items() if k != "path"} for lb, row in res["models"].items()},
+                         indent=1)[:4000])
+    print(f"wrote {cfg.out}/{args.metric}.json and {cfg.out}/{args.metric}.png", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval}

@@ -1,0 +1,240 @@
+"""Training data: video clips, their latents, and a step-indexed batch order.
+
+Item formats
+  * pixel items: ``{"video": float [3, F, H, W] in [-1, 1], "caption": str, ...}``
+    (the toy world adds ``camera_x`` and ``seed``);
+  * latent items: ``{"latents": [C, T, h, w], "caption": str}``.
+
+A pixel dataset is either encoded on the fly (the trainer calls the
+backbone's VAE on each batch) or once into a **latent cache**: safetensors
+shards of ``shard_size`` clips, written atomically, so an interrupted
+caching run resumes by skipping the shards already on disk.
+
+Captions may be timestamped storyboards (``"0s: camera pans right; 5s:
+camera pans left"``); the stages pick the entry in force where they need it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import InputError, parse_storyboard, prompt_at
+
+VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+
+
+def caption_at(caption: str, seconds: float) -> str:
+    """The storyboard entry in force at ``seconds`` (plain captions are returned as they are)."""
+    try:
+        return prompt_at(parse_storyboard(caption), seconds)
+    except InputError:
+        return caption
+
+
+# ----------------------------------------------------------------- pixels
+class VideoFolderDataset(Dataset):
+    """Videos under ``root`` (recursively); the first ``frames`` frames at ``fps``, fitted to ``width x height``.
+
+    A sidecar ``name.txt`` holds the caption (a storyboard is fine). Clips
+    shorter than ``frames`` repeat their last frame, so every item has the
+    same shape and batches stack.
+    """
+
+    def __init__(self, root: str | Path, frames: int, width: int, height: int, fps: int) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError("data.root", f"no such folder: {str(root)!r}")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
+        if not self.files:
+            raise InputError("data.root", f"no videos ({', '.join(VIDEO_EXTS)}) under {root}")
+        self.frames, self.width, self.height, self.fps = frames, width, height, fps
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import imageio_ffmpeg
+        from PIL import Image
+
+        from ..video import _fit
+
+        path = self.files[i]
+        gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={self.fps}"])
+        w, h = next(gen)["size"]
+        frames: list[np.ndarray] = []
+        for raw in gen:
+            frames.append(np.asarray(_fit(Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3)), self.width, self.height)))
+            if len(frames) == self.frames:
+                break
+        gen.close()
+        if not frames:
+            raise InputError("data.root", f"{path.name} has no decodable frames")
+        frames += [frames[-1]] * (self.frames - len(frames))
+        video = torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1).permute(3, 0, 1, 2)
+        side = path.with_suffix(".txt")
+        caption = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+        return {"video": video, "caption": caption, "name": path.stem}
+
+
+SPEC_KEYS = ("views_wide", "pan_px_per_frame", "n_landmarks", "n_sprites")
+
+
+def toyworld_dataset(cfg_data, width: int, height: int, fps: int, split: str | None = None) -> Dataset:
+    """The project's toy world with this config's clip length and the preset's frame size and rate.
+
+    ``data.options`` may set WorldSpec fields (views_wide, pan_px_per_frame,
+    n_landmarks, n_sprites) and dataset fields (first, p_return).
+    """
+    from ..toyworld import ToyWorldDataset, WorldSpec
+
+    if width != height:
+        raise InputError("video.width", f"the toy world renders square views (got {width}x{height})")
+    opts = dict(cfg_data.options)
+    spec = WorldSpec(view=width, fps=fps, **{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in opts.items() if k in SPEC_KEYS})
+    rest = {k: v for k, v in opts.items() if k not in SPEC_KEYS}
+    split = split or cfg_data.split
+    return ToyWorldDataset(split="eval" if split in ("eval", "heldout") else split, size=cfg_data.num_videos,
+                           spec=spec, episode_seconds=cfg_data.frames / fps, **rest)
+
+
+def pixel_dataset(cfg_data, width: int, height: int, fps: int, split: str | None = None) -> Dataset:
+    """A pixel dataset from ``[data]`` (kind toyworld | folder)."""
+    if cfg_data.kind == "toyworld":
+        return toyworld_dataset(cfg_data, width, height, fps, split)
+    if cfg_data.kind == "folder":
+        from .common import find_path
+
+        return VideoFolderDataset(find_path(cfg_data.root), cfg_data.frames, width, height, fps)
+    raise InputError("data.kind", f"must be toyworld, folder or cache (got {cfg_data.kind!r})")
+
+
+# ----------------------------------------------------------- latent cache
+def _shard(folder: Path, i: int) -> Path:
+    return folder / f"shard_{i:05d}.safetensors"
+
+
+@torch.no_grad()
+def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[torch.Tensor], torch.Tensor],
+                       fingerprint: dict[str, Any], shard_size: int = 64, dtype: str = "float16",
+                       batch: int = 4, rank: int = 0, world: int = 1, progress: bool = True) -> Path:
+    """Encode every clip once; shards already written are skipped (resume), ranks split the shards.
+
+    ``fingerprint`` (VAE config, clip geometry, data source) is stored in
+    ``cache.json``; a cache built for something else is refused, not mixed.
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "cache.json"
+    fp = json.loads(json.dumps(fingerprint, default=str))
+    if meta.exists() and json.loads(meta.read_text()) != fp:
+        raise InputError("data.cache", f"{folder} was built for other data or another VAE; choose a new folder")
+    if rank == 0 and not meta.exists():
+        meta.write_text(json.dumps(fp, indent=2))
+    n = len(dataset)
+    shards = range(rank, math.ceil(n / shard_size), world)
+    todo = [i for i in shards if not _shard(folder, i).exists()]
+    for i in tqdm(todo, desc="latent cache", unit="shard", disable=not progress or not todo):
+        tensors: dict[str, torch.Tensor] = {}
+        captions: list[str] = []
+        idx = list(range(i * shard_size, min(n, (i + 1) * shard_size)))
+        for s in range(0, len(idx), batch):
+            items = [dataset[j] for j in idx[s : s + batch]]
+            lat = encode(torch.stack([it["video"] for it in items])).float().cpu()
+            for j, it in enumerate(items):
+                tensors[str(len(captions))] = lat[j].to(getattr(torch, dtype)).contiguous()
+                captions.append(it.get("caption", ""))
+        tmp = _shard(folder, i).with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
+        tmp.replace(_shard(folder, i))  # atomic: a half-written shard never looks finished
+    return folder
+
+
+class LatentCacheDataset(Dataset):
+    """Items ``{"latents", "caption"}`` read lazily from the shards of a latent cache."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        self.shards = sorted(self.folder.glob("shard_*.safetensors"))
+        if not self.shards:
+            raise InputError("data.cache", f"no latent shards in {folder}")
+        self.index: list[tuple[int, str, str]] = []
+        for s, path in enumerate(self.shards):
+            with safe_open(str(path), "pt") as f:
+                caps = json.loads(f.metadata()["captions"])
+            self.index += [(s, str(j), c) for j, c in enumerate(caps)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        s, key, caption = self.index[i]
+        with safe_open(str(self.shards[s]), "pt") as f:
+            lat = f.get_tensor(key)
+        return {"latents": lat.float(), "caption": caption}
+
+
+# ------------------------------------------------------------ batch order
+class StepBatchSampler(Sampler[list[int]]):
+    """Index batches in an order fixed by ``(seed, epoch)``; starts at any micro-step (resume).
+
+    Micro-step ``m`` of rank ``r`` takes positions ``(m*world + r)*batch ...``
+    of the concatenated per-epoch permutations, so ranks never share a clip
+    within a step and a resumed run sees exactly the batches it would have.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1) -> None:
+        if n < batch * world:
+            raise InputError("batch_size", f"{batch} x {world} processes is more than the {n} clips in the dataset")
+        self.n, self.batch, self.seed, self.start, self.stop, self.rank, self.world = n, batch, seed, start, stop, rank, world
+        self._perm: dict[int, torch.Tensor] = {}
+
+    def _at(self, pos: int) -> int:
+        epoch, off = divmod(pos, self.n)
+        if epoch not in self._perm:
+            self._perm = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))}
+        return int(self._perm[epoch][off])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for m in range(self.start, self.stop):
+            base = (m * self.world + self.rank) * self.batch
+            yield [self._at(base + j) for j in range(self.batch)]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors of equal shape; keep everything else as lists."""
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+def step_batches(dataset: Dataset, batch: int, seed: int, grad_accum: int, max_steps: int,
+                 num_workers: int = 0, world: int = 1) -> Callable[[int, int], Iterator[dict[str, Any]]]:
+    """``fn(start_step, rank)`` -> an iterator of collated micro-batches from that step on."""
+
+    def fn(start_step: int, rank: int) -> Iterator[dict[str, Any]]:
+        sampler = StepBatchSampler(len(dataset), batch, seed, start_step * grad_accum, max_steps * grad_accum, rank, world)
+        return iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                               persistent_workers=False))
+
+    return fn

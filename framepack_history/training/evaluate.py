@@ -1,0 +1,264 @@
+"""Evaluation: what the embedding preserves, and whether revisited places come back the same.
+
+``eval retrieval``
+    Stage-I-style frame retrieval on held-out clips: encode the clean
+    history, ask the DiT for one history frame at its own time position
+    (the sampler from :mod:`framepack_history.sampling`, nothing else as
+    context), decode, and score PSNR/SSIM against the original frame, by
+    position in the history (old, middle, recent third). Every model sees
+    the same clips, query positions and noise. Baselines at the same token
+    budget are separate (small) training runs given as more ``label=folder``
+    entries: the FramePack-style large patchifier (``encoder.kind =
+    "large_patchifier"``), LR branch only, HR branch only, no Stage I.
+
+``eval revisit`` (see :mod:`.revisit`)
+    Pan-away-and-back and leave-and-return storyboards of the toy world.
+
+Models are run folders written by training (``<run>/preset.toml``) or
+preset files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Context
+from ..config import InputError, load_preset
+from ..history import HistoryState
+from ..pipeline import Pipeline
+from ..sampling import guided, sample
+from .common import DataConfig, find_path
+
+BANDS = ("old", "middle", "recent")
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=list)  # "label=run folder or preset .toml"
+    out: str = "outputs/eval"
+    seed: int = 0
+    device: str = "cpu"
+    steps: int = 0  # 0 = each model's preset
+    data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", num_videos=8))
+    queries_per_band: int = 2  # retrieval: history frames asked per clip and band
+    returns_after: list[float] = field(default_factory=lambda: [10.0, 20.0])  # revisit gaps (s)
+    kinds: list[str] = field(default_factory=lambda: ["pan_away_and_back", "leave_and_return"])
+    modes: list[str] = field(default_factory=lambda: ["encoder", "window"])
+    free_running: bool = True  # revisit: also generate whole episodes from the start frame
+
+
+def check_eval_config(cfg: EvalConfig) -> EvalConfig:
+    """Semantic checks; errors name the key."""
+    if not cfg.models:
+        raise InputError("models", "is empty: give [\"label=run folder\", ...]")
+    bad = [k for k in cfg.kinds if k not in ("pan_away_and_back", "leave_and_return")]
+    if bad:
+        raise InputError("kinds", f"unknown {bad[0]!r} (pan_away_and_back, leave_and_return)")
+    bad = [m for m in cfg.modes if m not in ("encoder", "window")]
+    if bad:
+        raise InputError("modes", f"unknown {bad[0]!r} (encoder, window)")
+    if any(g <= 0 for g in cfg.returns_after) or cfg.queries_per_band < 1 or cfg.steps < 0:
+        raise InputError("returns_after", "gaps must be > 0, queries_per_band >= 1 and steps >= 0")
+    return cfg
+
+
+# ------------------------------------------------------------------ metrics
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of ``[N, 3, H, W]`` images in ``[0, 1]``."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM of ``[N, 3, H, W]`` images in ``[0, 1]`` (Gaussian window, per channel, averaged)."""
+    window = min(window, a.shape[-1], a.shape[-2])
+    x = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = (g / g.sum())[:, None] * (g / g.sum())[None, :]
+    c = a.shape[1]
+    kernel = g.expand(c, 1, window, window).to(a.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=c)
+
+    a, b = a.float(), b.float()
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` pixels -> ``[0, 1]``, quantised to 8 bits like a saved video frame."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round() / 255.0
+
+
+def uint8_to_unit(frames) -> torch.Tensor:
+    """``uint8 [F, H, W, 3]`` -> ``[F, 3, H, W]`` in ``[0, 1]``."""
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64) if values else torch.zeros(0, dtype=torch.float64)
+    return {"mean": float(t.mean()) if len(t) else float("nan"),
+            "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t)}
+
+
+# ------------------------------------------------------------------ models
+def parse_models(entries: list[str]) -> list[tuple[str, Path]]:
+    """``["ours=outputs/train/a", "lr-only=..."]`` -> ``[(label, path)]``."""
+    out = []
+    for e in entries:
+        label, eq, path = e.partition("=")
+        if not eq:
+            label, path = Path(e).stem if e.endswith(".toml") else Path(e).name, e
+        out.append((label.strip(), find_path(path.strip())))
+    if not out:
+        raise InputError("models", "is empty: give [\"label=run folder\", ...]")
+    return out
+
+
+def load_run(path: Path, device: str = "cpu") -> Pipeline:
+    """A pipeline from a training run folder (its ``preset.toml``) or a preset file."""
+    from ..loading import load_backbone
+    from .modeling import load_encoder
+
+    preset = load_preset(path / "preset.toml" if path.is_dir() else path)
+    preset.hardware.device = device
+    backbone = load_backbone(preset.model, device, "float32")
+    encoder = None
+    if preset.model.encoder:
+        encoder = load_encoder(find_path(preset.model.encoder)).to(backbone.device).eval()
+        encoder.set_patch_embedding(backbone.patch_embedding())
+    backbone.transformer.eval()
+    return Pipeline(backbone, encoder, preset)
+
+
+def eval_dataset(cfg: EvalConfig, pipeline: Pipeline):
+    from .data import pixel_dataset
+
+    v = pipeline.preset.video
+    return pixel_dataset(cfg.data, v.width, v.height, v.fps)
+
+
+# --------------------------------------------------------------- retrieval
+def query_positions(t: int, per_band: int, gen: torch.Generator) -> dict[str, list[int]]:
+    """Random latent-frame positions inside each third of a ``t``-frame history."""
+    out = {}
+    for i, band in enumerate(BANDS):
+        lo, hi = i * t // 3, max(i * t // 3 + 1, (i + 1) * t // 3)
+        out[band] = sorted(torch.randint(lo, hi, (per_band,), generator=gen).tolist())
+    return out
+
+
+@torch.no_grad()
+def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, steps: int, seed: int) -> torch.Tensor:
+    """Denoise latent frame ``pos`` of the history from its embedding alone; returns ``[1, C, 1, h, w]``."""
+    from .data import caption_at
+
+    bb, p = pipeline.backbone, pipeline.preset
+    tokens, positions = hist.tokens()
+    t, lat = hist.num_frames, hist.latents
+    cond = pipeline.text(caption_at(caption, bb.geometry.pixel_frames(t) / p.video.fps))
+    ctx = Context(history_tokens=tokens, history_positions=positions,
+                  target_t=torch.tensor([float(pos - t)], device=bb.device))
+    noise = torch.randn((1, lat.shape[1], 1, *lat.shape[3:]), generator=torch.Generator().manual_seed(seed))
+
+    def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
+        return bb.predict(x, s, cond, ctx, p.sampling.guidance).float()
+
+    return sample(p.sampling.sampler, guided(model, 1.0), noise.to(bb.device), steps, p.sampling.shift)
+
+
+def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
+    """Retrieval PSNR/SSIM by history position for every model; writes JSON + PNG to ``cfg.out``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"metric": "retrieval", "models": {}, "config": _cfg_dict(cfg)}
+    for label, path in parse_models(cfg.models):
+        pipe = load_run(path, cfg.device)
+        if pipe.encoder is None:
+            raise InputError("models", f"{label}: {path} has no history encoder to retrieve from")
+        bb, v = pipe.backbone, pipe.preset.video
+        steps = cfg.steps or pipe.preset.sampling.steps
+        data = eval_dataset(cfg, pipe)
+        scores: dict[str, dict[str, list[float]]] = {b: {"psnr": [], "ssim": []} for b in (*BANDS, "vae")}
+        tokens = 0
+        for i in range(len(data)):
+            item = data[i]
+            video = item["video"]
+            with torch.no_grad():
+                lat = bb.vae_encode(video[None].to(bb.device)).float()
+            t = lat.shape[2]
+            hist = HistoryState(pipe.encoder, bb.device)
+            tokens = hist.append(lat)  # encoded once per clip, exactly as at generation time
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + i)  # same queries for every model
+            for band, positions in query_positions(t, cfg.queries_per_band, gen).items():
+                for q, pos in enumerate(positions):
+                    x0 = retrieve(pipe, hist, item["caption"], pos, steps, cfg.seed * 7 + i * 1000 + q)
+                    with torch.no_grad():
+                        got = to_unit(bb.vae_decode(x0)[:, :, -1])
+                        rec = to_unit(bb.vae_decode(lat[:, :, pos : pos + 1])[:, :, -1])
+                    pix = bb.geometry.pixel_frames(pos + 1) - 1  # last pixel frame of latent frame pos
+                    truth = to_unit(video[None, :, pix].to(got.device))
+                    scores[band]["psnr"].append(float(psnr(got, truth)))
+                    scores[band]["ssim"].append(float(ssim(got, truth)))
+                    scores["vae"]["psnr"].append(float(psnr(rec, truth)))
+                    scores["vae"]["ssim"].append(float(ssim(rec, truth)))
+        row: dict[str, Any] = {k: {m: summary(v_) for m, v_ in s.items()} for k, s in scores.items()}
+        row["all"] = {m: summary([x for b in BANDS for x in scores[b][m]]) for m in ("psnr", "ssim")}
+        seconds = data[0]["video"].shape[1] / v.fps
+        row["history_tokens"] = tokens
+        row["history_tokens_per_second"] = tokens / seconds
+        row["encoder"] = {"class": type(pipe.encoder).__name__, **{k: _jsonable(val) for k, val in pipe.encoder.config.items()
+                                                                    if not k.startswith("_")}}
+        row["path"] = str(path)
+        results["models"][label] = row
+    (out / "retrieval.json").write_text(json.dumps(results, indent=2))
+    plot_retrieval(results, out / "retrieval.png")
+    return results
+
+
+def plot_retrieval(results: dict[str, Any], png: Path) -> None:
+    """PSNR and SSIM by history position, one bar per model (VAE reconstruction as the ceiling line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(results["models"])
+    groups = [*BANDS, "all"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    width = 0.8 / max(1, len(labels))
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        for j, label in enumerate(labels):
+            row = results["models"][label]
+            vals = [row[g][metric]["mean"] for g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], vals, width, label=label)
+        ceiling = sum(results["models"][lb]["vae"][metric]["mean"] for lb in labels) / max(1, len(labels))
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label="VAE reconstruction")
+        ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(groups))], groups)
+        ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+        ax.set_title(f"retrieval {metric.upper()} by history position")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)

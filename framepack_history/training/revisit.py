@@ -1,0 +1,184 @@
+"""Revisit consistency on the toy world: does a place look the same when the camera comes back?
+
+Episodes: ``pan_away_and_back`` (pan away for half the gap, pan back) and
+``leave_and_return`` (pan a whole view away, hold, come back), with the
+camera back at its start view after each gap in ``returns_after`` seconds.
+The start frame is the given context (image-to-video), like in the app.
+The scored section is the one that contains the return frame.
+
+(a) teacher-forced: the return section predicted from the TRUE history
+    (history mode ``encoder`` vs ``window``, same weights), PSNR/SSIM
+    against the true frames;
+(b) free-running: the whole episode generated from the start frame; each
+    frame of the return section is compared with the model's *own* frame of
+    the first visit to the same camera position (at least half the gap
+    earlier). The true video's own score (its sprites move) is the ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import GenerationRequest, InputError, parse_storyboard
+from ..history import HistoryState
+from ..pipeline import Generation, Pipeline, to_pixels
+from .evaluate import EvalConfig, _cfg_dict, load_run, parse_models, psnr, ssim, summary, uint8_to_unit
+
+
+def storyboard(kind: str, gap: float, spec) -> str:
+    from ..toyworld import leave_and_return, pan_away_and_back
+
+    if kind == "pan_away_and_back":
+        return pan_away_and_back(gap / 2)
+    if kind == "leave_and_return":
+        return leave_and_return(gap, spec)
+    raise InputError("kinds", f"unknown revisit kind {kind!r} (pan_away_and_back, leave_and_return)")
+
+
+def make_episode(pipeline: Pipeline, cfg: EvalConfig, kind: str, gap: float, index: int):
+    """The true episode (long enough to contain the return section) and that section's index."""
+    from ..toyworld import EVAL_SEED_START, World, WorldSpec
+    from .data import SPEC_KEYS
+
+    v = pipeline.preset.video
+    spec = WorldSpec(view=v.width, fps=v.fps, **{k: tuple(x) if isinstance(x, list) else x
+                                                  for k, x in cfg.data.options.items() if k in SPEC_KEYS})
+    s = v.section_frames
+    ret = round(gap * v.fps)  # the return frame (frame 0 is the start frame)
+    k = max(0, (ret - 1) // s)  # section k covers frames 1 + k*s .. (k+1)*s
+    seed = EVAL_SEED_START + int(cfg.data.options.get("first", 0)) + index
+    ep = World.from_seed(seed, spec).render(storyboard(kind, gap, spec), (1 + (k + 1) * s) / v.fps)
+    return ep, k, seed
+
+
+@torch.no_grad()
+def encode_like_pipeline(pipeline: Pipeline, frames: np.ndarray, sections: int) -> torch.Tensor:
+    """Latents of the start frame, then of each section's frames, encoded separately as the pipeline does."""
+    bb, s = pipeline.backbone, pipeline.preset.video.section_frames
+    parts = [bb.vae_encode(to_pixels(frames[:1]).to(bb.device)).float().cpu()]
+    for j in range(sections):
+        parts.append(bb.vae_encode(to_pixels(frames[1 + j * s : 1 + (j + 1) * s]).to(bb.device)).float().cpu())
+    return torch.cat(parts, dim=2)
+
+
+def _generation(pipeline: Pipeline, ep, mode: str, seed: int, total: int, start: int, latents: torch.Tensor) -> Generation:
+    bb = pipeline.backbone
+    req = GenerationRequest(prompt=ep.caption, seconds=len(ep.frames) / ep.fps, seed=seed, history_mode=mode)
+    hist = HistoryState(pipeline.encoder if mode == "encoder" else None, bb.device)
+    hist.append(latents)
+    gen = Generation(req, parse_storyboard(ep.caption), total, hist, next_section=start)
+    gen.image_cond = bb.encode_image(to_pixels(ep.frames[:1])[0, :, 0].to(bb.device))
+    return gen
+
+
+def first_visits(camera_x: np.ndarray, frames: range, min_gap: int) -> list[tuple[int, int]]:
+    """``(frame, first frame with the same camera x at least min_gap earlier)`` pairs."""
+    pairs = []
+    for f in frames:
+        same = np.nonzero(camera_x[: max(0, f - min_gap + 1)] == camera_x[f])[0]
+        if len(same):
+            pairs.append((f, int(same[0])))
+    return pairs
+
+
+def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, gap: float) -> dict[str, Any]:
+    """Teacher-forced and free-running scores for one episode, per history mode."""
+    s, fps = pipeline.preset.video.section_frames, ep.fps
+    lat = encode_like_pipeline(pipeline, ep.frames, k)  # true history: start frame + k sections
+    section = range(1 + k * s, 1 + (k + 1) * s)
+    truth = uint8_to_unit(ep.frames[section.start : section.stop])
+    pairs = first_visits(ep.camera_x, section, max(1, int(gap * fps / 2)))
+    true_all = uint8_to_unit(ep.frames)
+    out: dict[str, Any] = {"pairs": len(pairs)}
+    if pairs:
+        a, b = zip(*pairs)
+        out["truth_self_psnr"] = float(psnr(true_all[list(a)], true_all[list(b)]).mean())
+    modes = [m for m in cfg.modes if m != "encoder" or pipeline.encoder is not None]
+    for mode in modes:
+        row: dict[str, Any] = {}
+        gen = _generation(pipeline, ep, mode, seed, k + 1, k, lat)
+        got = uint8_to_unit(pipeline.generate_section(gen).frames)
+        row["teacher_forced_psnr"] = float(psnr(got, truth).mean())
+        row["teacher_forced_ssim"] = float(ssim(got, truth).mean())
+        if cfg.free_running:
+            gen = _generation(pipeline, ep, mode, seed, k + 1, 0, lat[:, :, :1])
+            video = [ep.frames[:1]] + [pipeline.generate_section(gen).frames for _ in range(k + 1)]
+            own = uint8_to_unit(np.concatenate(video))
+            row["free_running_psnr_vs_truth"] = float(psnr(own[section.start : section.stop], truth).mean())
+            if pairs:
+                a, b = zip(*pairs)
+                row["free_running_psnr_vs_first_visit"] = float(psnr(own[list(a)], own[list(b)]).mean())
+                row["free_running_ssim_vs_first_visit"] = float(ssim(own[list(a)], own[list(b)]).mean())
+        out[mode] = row
+    return out
+
+
+def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
+    """Revisit consistency for every model, kind and gap; writes JSON + PNG to ``cfg.out``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"metric": "revisit", "models": {}, "config": _cfg_dict(cfg)}
+    for label, path in parse_models(cfg.models):
+        pipe = load_run(path, cfg.device)
+        if cfg.steps:
+            pipe.preset.sampling.steps = cfg.steps
+        per: dict[str, Any] = {}
+        for kind in cfg.kinds:
+            for gap in cfg.returns_after:
+                eps = [score_episode(pipe, cfg, *_ep(pipe, cfg, kind, gap, i), gap) for i in range(cfg.data.num_videos)]
+                agg: dict[str, Any] = {"episodes": len(eps), "truth_self_psnr": summary(
+                    [e["truth_self_psnr"] for e in eps if "truth_self_psnr" in e])}
+                for mode in cfg.modes:
+                    rows = [e[mode] for e in eps if mode in e]
+                    if rows:
+                        agg[mode] = {m: summary([r[m] for r in rows if m in r]) for m in rows[0]}
+                per.setdefault(kind, {})[f"{gap:g}s"] = agg
+        results["models"][label] = {"path": str(path), **per}
+    (out / "revisit.json").write_text(json.dumps(results, indent=2))
+    plot_revisit(results, out / "revisit.png")
+    return results
+
+
+def _ep(pipe: Pipeline, cfg: EvalConfig, kind: str, gap: float, i: int):
+    ep, k, seed = make_episode(pipe, cfg, kind, gap, i)
+    return ep, k, seed
+
+
+def plot_revisit(results: dict[str, Any], png: Path) -> None:
+    """Teacher-forced PSNR and free-running PSNR vs the first visit, by episode kind and gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    groups = [(k, g) for lb in models for k, gaps in models[lb].items() if k != "path" for g in gaps]
+    groups = list(dict.fromkeys(groups))
+    series = [(lb, m) for lb in models for m in ("encoder", "window")
+              if any(m in models[lb].get(k, {}).get(g, {}) for k, g in groups)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    width = 0.8 / max(1, len(series))
+    panels = (("teacher_forced_psnr", "teacher-forced: PSNR vs true frames"),
+              ("free_running_psnr_vs_first_visit", "free-running: PSNR vs own first visit"))
+    for ax, (metric, title) in zip(axes, panels):
+        for j, (lb, mode) in enumerate(series):
+            vals = [models[lb].get(k, {}).get(g, {}).get(mode, {}).get(metric, {}).get("mean", float("nan"))
+                    for k, g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], vals, width, label=f"{lb} / {mode}")
+        if metric.startswith("free"):
+            ceil = [next(iter(models.values())).get(k, {}).get(g, {}).get("truth_self_psnr", {}).get("mean", float("nan"))
+                    for k, g in groups]
+            ax.plot([i + 0.4 - width / 2 for i in range(len(groups))], ceil, "k_", ms=20, label="true video")
+        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(groups))],
+                      [f"{k.replace('_', ' ')}\n{g}" for k, g in groups], fontsize=7)
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""Stage I: frame-query pretraining ("frame preservation").
+
+Per sample a random set Omega of history latent frames is chosen (random
+count *and* random positions: scattered, or with some probability one
+contiguous run). The encoder sees the history with Omega clean and every
+other frame noised (logit-normal level around 0.2); the DiT must denoise
+``H[Omega]`` - placed at their own time positions inside the past - from
+the embedding and the text alone, with the rectified-flow loss. Encoder and
+DiT (LoRA, or full finetuning for the toy) train jointly.
+
+Why random Omega: with fixed targets (say the last frames) the encoder could
+keep only those; random targets force it to preserve the whole timeline.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.base import Context
+from .common import TrainConfig, logit_normal
+from .data import caption_at
+from .modeling import FlowModule
+from .stages import StageTask, latents_of
+
+
+def sample_omega(t: int, gen: torch.Generator, omega_min: int, omega_max: int, contiguous_p: float) -> torch.Tensor:
+    """Sorted latent-frame indices in ``[0, t)``: a random count, at random places."""
+    hi = max(1, min(omega_max, t))
+    lo = max(1, min(omega_min, hi))
+    k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+    if float(torch.rand(1, generator=gen)) < contiguous_p:
+        start = int(torch.randint(0, t - k + 1, (1,), generator=gen))
+        return torch.arange(start, start + k)
+    return torch.randperm(t, generator=gen)[:k].sort().values
+
+
+class FrameQueryModule(FlowModule):
+    """``forward(batch)``: encode the masked history, denoise each sample's Omega frames."""
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x = batch["latents"]  # [B, C, T, h, w] clean history
+        b, _, t = x.shape[:3]
+        s = batch["mask_sigma"].view(b, 1, 1, 1, 1)
+        keep = batch["keep"].view(b, 1, t, 1, 1)
+        masked = torch.where(keep, x, (1 - s) * x + s * batch["mask_noise"])
+        tokens, pos = self.history(masked)
+        losses = []
+        # One DiT call per sample: every sample queries its own positions.
+        for i in range(b):
+            idx = batch["omega"][i]
+            x0 = x[i : i + 1, :, idx]
+            noise, sigma = batch["noise"][i], batch["sigma"][i : i + 1]
+            sv = sigma.view(1, 1, 1, 1, 1)
+            noisy = (1 - sv) * x0 + sv * noise
+            ctx = Context(history_tokens=tokens[i : i + 1], history_positions=pos,
+                          target_t=(idx - t).float().to(x.device))  # relative to the end of the history
+            cond = batch["cond"][i]
+            pred = self.backbone.predict(noisy, sigma, cond, ctx)
+            losses.append(self.flow_loss(pred, x0, noise, sigma))
+        loss = torch.cat(losses).mean()
+        return {"loss": loss, "omega_frames": torch.tensor(float(sum(len(o) for o in batch["omega"])) / b)}
+
+
+class Stage1Task(StageTask):
+    """Batches with Omega, masks and noise drawn from the step's generator."""
+
+    def make_batch(self, items: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+        c1, bb = self.cfg.stage1, self.module.backbone
+        x = latents_of(items, bb)
+        b, _, t = x.shape[:3]
+        dev = x.device
+        omegas = [sample_omega(t, gen, c1.omega_min, c1.omega_max, c1.omega_contiguous_p) for _ in range(b)]
+        keep = torch.zeros(b, t, dtype=torch.bool)
+        for i, o in enumerate(omegas):
+            keep[i, o] = True
+        center = math.log(c1.mask_noise_center / (1 - c1.mask_noise_center))
+        mask_sigma = logit_normal(b, center, c1.mask_noise_std, gen)
+        mask_noise = torch.randn(x.shape, generator=gen)
+        sigma = logit_normal(b, self.cfg.sigma_mean, self.cfg.sigma_std, gen)
+        noise = [torch.randn((1, x.shape[1], len(o), *x.shape[3:]), generator=gen).to(dev) for o in omegas]
+        drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
+        # The prompt in force at the end of the history: what a generator would be conditioned on next.
+        end_s = bb.geometry.pixel_frames(t) / self.fps
+        prompts = ["" if drop[i] else caption_at(items["caption"][i], end_s) for i in range(b)]
+        return {
+            "latents": x, "keep": keep.to(dev), "mask_sigma": mask_sigma.to(dev), "mask_noise": mask_noise.to(dev),
+            "omega": omegas, "noise": noise, "sigma": sigma.to(dev), "cond": self.conditions(prompts, x),
+        }
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Train Stage I from a validated config; returns the output folder."""
+    from .stages import run_stage
+
+    return run_stage(cfg, FrameQueryModule, Stage1Task)

@@ -1,0 +1,92 @@
+"""Stage II: autoregressive (next-section) finetuning.
+
+Each step splits the clips at a random latent frame; everything before the
+split is history, the next section is the target. The DiT sees the
+encoder's embedding of the *whole* preceding history (plus, optionally, a
+tiny window of the last raw latent frames) and the caption in force at the
+section start, and predicts the section with the rectified-flow loss.
+
+* the DiT gets a fresh LoRA (real backbones) or keeps finetuning (toy); the
+  encoder starts from Stage I (``model.encoder``) and stays trainable unless
+  ``stage2.freeze_encoder`` (the paper's ablation);
+* with probability ``stage2.p_window_mode`` a step trains the sliding-window
+  baseline instead (no embedding, the last section of raw latents, exactly
+  what :class:`~framepack_history.pipeline.Pipeline` feeds in ``window``
+  mode), so that baseline is measured with the same weights.
+
+The split point is shared by a batch (history lengths must match to batch
+the encoder); it is redrawn every step, so the run covers every length.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.base import Context
+from ..config import InputError
+from .common import TrainConfig, logit_normal
+from .data import caption_at
+from .modeling import FlowModule
+from .stages import StageTask, latents_of
+
+
+class NextSectionModule(FlowModule):
+    """``forward(batch)``: history -> embedding (+ window) -> denoise the next section."""
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, split, n = batch["latents"], batch["split"], batch["section"]
+        x0 = x[:, :, split : split + n]
+        ctx = Context()
+        if batch["use_encoder"]:
+            ctx.history_tokens, ctx.history_positions = self.history(x[:, :, :split])
+        w = batch["window"]
+        if w > 0:
+            ctx.window_latents = x[:, :, split - w : split]
+            ctx.window_t0 = -float(w)
+        sigma, noise = batch["sigma"], batch["noise"]
+        sv = sigma.view(-1, 1, 1, 1, 1)
+        pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
+        loss = self.flow_loss(pred, x0, noise, sigma).mean()
+        return {"loss": loss, "history_frames": torch.tensor(float(split)),
+                "window_mode": torch.tensor(0.0 if batch["use_encoder"] else 1.0)}
+
+
+def section_latent_frames(module: FlowModule, section_frames: int) -> int:
+    return module.backbone.geometry.latent_frames(section_frames)
+
+
+class Stage2Task(StageTask):
+    """Batches with a split point, history mode, captions and noise drawn from the step's generator."""
+
+    def make_batch(self, items: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+        c2, bb = self.cfg.stage2, self.module.backbone
+        x = latents_of(items, bb)
+        b, t = x.shape[0], x.shape[2]
+        n = section_latent_frames(self.module, self.preset.video.section_frames)
+        lo = max(1, c2.min_history_frames, c2.window_frames)
+        if t < lo + n:
+            raise InputError("data.frames", f"clips have {t} latent frames; stage 2 needs at least {lo + n} "
+                                          f"(history {lo} + section {n})")
+        split = int(torch.randint(lo, t - n + 1, (1,), generator=gen))
+        use_encoder = not (float(torch.rand(1, generator=gen)) < c2.p_window_mode)
+        # Window sizes exactly as the pipeline: encoder mode uses the add-on window (0 = none),
+        # window mode defaults to one section of raw latents.
+        window = c2.window_frames if use_encoder else (c2.window_frames or n)
+        window = min(window, split)
+        sigma = logit_normal(b, self.cfg.sigma_mean, self.cfg.sigma_std, gen)
+        noise = torch.randn((b, x.shape[1], n, *x.shape[3:]), generator=gen)
+        drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
+        start_s = bb.geometry.pixel_frames(split) / self.fps  # pixel frames before the split
+        prompts = ["" if drop[i] else caption_at(items["caption"][i], start_s) for i in range(b)]
+        return {"latents": x, "split": split, "section": n, "use_encoder": use_encoder, "window": window,
+                "sigma": sigma.to(x.device), "noise": noise.to(x.device), "cond": self.batched(self.conditions(prompts, x))}
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Train Stage II from a validated config; returns the output folder."""
+    from .stages import run_stage
+
+    return run_stage(cfg, NextSectionModule, Stage2Task)

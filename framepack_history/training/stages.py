@@ -1,0 +1,146 @@
+"""Stage I/II set-up shared by both stages: conditioning, data, and the run itself.
+
+:func:`run_stage` builds the backbone, the encoder and the stage's module,
+the dataset (latent cache or on-the-fly VAE encoding), and hands them to the
+shared loop in :mod:`.common`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.base import Backbone, Conditioning
+from ..config import Preset
+from .common import TrainConfig, find_path
+from .modeling import (
+    FlowModule,
+    build_backbone,
+    build_encoder,
+    export_from_state,
+    export_run,
+    param_groups,
+    prepare_transformer,
+    rebind_transformer,
+    training_preset,
+)
+
+
+class StageTask:
+    """What Stage I and II give the shared loop besides their batches: optimizer groups and export."""
+
+    def __init__(self, cfg: TrainConfig, module: FlowModule, fps: int) -> None:
+        self.cfg, self.module, self.fps = cfg, module, fps
+        self.text = TextCache(module.backbone)
+        self.preset: Preset | None = None  # set by run_stage
+        self._uses_image: bool | None = None
+
+    def conditions(self, prompts: list[str], latents: torch.Tensor) -> list[Conditioning]:
+        """Per sample: the prompt's embedding plus, for image-to-video backbones, the clip's first frame.
+
+        Generation conditions every section on the start image (FramePack-F1:
+        SigLIP embedding and clean anchor latents), so training does as well.
+        """
+        bb = self.module.backbone
+        texts = [self.text([p]) for p in prompts]
+        if self._uses_image is None:  # the toy has no image encoder: never decode for it
+            self._uses_image = (self.cfg.image_condition and type(bb).encode_image is not Backbone.encode_image
+                                and getattr(bb, "image_encoder", True) is not None)
+        if not self._uses_image:
+            return texts
+        with torch.no_grad():
+            first = bb.vae_decode(latents[:, :, :1]).float()  # [B, 3, 1, H, W] (or more for causal VAEs)
+            images = [bb.encode_image(first[i, :, 0]) for i in range(len(prompts))]
+        return [Conditioning({**img.tensors, **txt.tensors}) for img, txt in zip(images, texts)]
+
+    @staticmethod
+    def batched(conds: list[Conditioning]) -> Conditioning:
+        return Conditioning({k: torch.cat([c.tensors[k] for c in conds]) for k in conds[0].tensors})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return param_groups(self.module, self.cfg)
+
+    def after_prepare(self, module: FlowModule) -> None:
+        rebind_transformer(module.backbone, module.transformer)
+
+    def export(self, out: Path, module: FlowModule) -> None:
+        export_run(out, module, self.preset, self.cfg)
+
+    def export_state(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+        export_from_state(out, state, self.cfg, self.preset)
+
+
+class TextCache:
+    """Prompt -> conditioning, computed once per distinct prompt (text encoders are frozen)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone, self.cache = backbone, {}
+
+    def __call__(self, prompts: list[str]) -> Conditioning:
+        for p in prompts:
+            if p not in self.cache:
+                with torch.no_grad():
+                    self.cache[p] = self.backbone.encode_text(p)
+        conds = [self.cache[p].tensors for p in prompts]
+        return Conditioning({k: torch.cat([c[k] for c in conds]) for k in conds[0]})
+
+
+@torch.no_grad()
+def latents_of(items: dict[str, Any], backbone: Backbone) -> torch.Tensor:
+    """Batch latents ``[B, C, T, h, w]`` (cached, or encoded now with the frozen VAE)."""
+    if "latents" in items:
+        return items["latents"].to(backbone.device, torch.float32)
+    return backbone.vae_encode(items["video"].to(backbone.device)).float()
+
+
+def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accelerator):
+    """Latent items from a cache, or pixel items encoded on the fly (``data.cache = ""``)."""
+    from .data import LatentCacheDataset, build_latent_cache, pixel_dataset
+
+    v = preset.video
+    if cfg.data.kind == "cache":
+        return LatentCacheDataset(find_path(cfg.data.root))
+    pixels = pixel_dataset(cfg.data, v.width, v.height, v.fps)
+    if not cfg.data.cache:
+        return pixels
+    vae = getattr(backbone, "vae", None)
+    fingerprint = {
+        "backbone": backbone.name, "weights": preset.model.weights,
+        "vae": dict(vae.config) if vae is not None and hasattr(vae, "config") else None,
+        "vae_weights": cfg.vae_weights, "data": dataclasses.asdict(cfg.data) | {"cache": None},
+        "width": v.width, "height": v.height, "fps": v.fps,
+    }
+    folder = find_path(cfg.data.cache)
+    if hasattr(backbone, "enable_vae_tiling"):
+        backbone.enable_vae_tiling()  # long high-resolution clips: tiles keep the VAE's memory bounded
+    build_latent_cache(pixels, folder, backbone.vae_encode, fingerprint, cfg.data.shard_size, cfg.data.cache_dtype,
+                       rank=accelerator.process_index, world=accelerator.num_processes,
+                       progress=accelerator.is_local_main_process)
+    accelerator.wait_for_everyone()
+    return LatentCacheDataset(folder)
+
+
+def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
+    """Shared set-up of Stage I and II: models, data, then the common loop."""
+    from .common import make_accelerator, run
+    from .data import step_batches
+
+    accelerator = make_accelerator(cfg)
+    preset = training_preset(cfg)
+    backbone = build_backbone(cfg, preset.model, accelerator.device)
+    encoder = build_encoder(cfg, preset.model, backbone)
+    prepare_transformer(cfg, backbone)
+    encoder.train().requires_grad_(not (cfg.stage == "stage2" and cfg.stage2.freeze_encoder))
+    if cfg.lora_rank == 0:
+        # Full finetuning: the LR branch shares the DiT's patchifier, which trains with the DiT.
+        backbone.patch_embedding().requires_grad_(True)
+    module = module_cls(backbone, encoder, cfg)
+    task = task_cls(cfg, module, preset.video.fps)
+    task.preset = preset
+    dataset = training_dataset(cfg, preset, backbone, accelerator)
+    batches = step_batches(dataset, cfg.batch_size, cfg.seed, cfg.grad_accum, cfg.max_steps, cfg.num_workers,
+                           accelerator.num_processes)
+    return run(cfg, accelerator, task, batches)

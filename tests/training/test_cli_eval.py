@@ -1,0 +1,65 @@
+"""The command line: train a stage, evaluate retrieval and revisit; JSON + PNG come out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from framepack_history.cli import main
+
+from .conftest import CONFIGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_cli_train_stage1(tmp_path):
+    out = tmp_path / "s1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "framepack_history", "train", "stage1", "--config", str(CONFIGS / "tiny_stage1.toml"),
+         "--max_steps", "2", "--out", str(out)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(ln) for ln in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert (out / "loss.png").is_file() and (out / "history_encoder").is_dir() and (out / "preset.toml").is_file()
+
+
+def test_cli_rejects_bad_keys_with_one_line(capsys):
+    assert main(["train", "stage1", "--config", str(CONFIGS / "tiny_stage1.toml"), "--stage1.omega_min", "9"]) == 2
+    assert main(["train", "stage2", "--config", str(CONFIGS / "tiny_stage1.toml")]) == 2
+    assert main(["eval", "retrieval", "--config", str(CONFIGS / "tiny_eval.toml")]) == 2  # no models
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+
+
+def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run):
+    out = tmp_path / "eval"
+    models = f'["stage1={stage1_run}", "stage2={stage2_run}"]'
+    assert main(["eval", "retrieval", "--config", str(CONFIGS / "tiny_eval.toml"), "--out", str(out), "--models", models]) == 0
+    res = json.loads((out / "retrieval.json").read_text())
+    for label in ("stage1", "stage2"):
+        row = res["models"][label]
+        assert {"old", "middle", "recent", "all", "vae"} <= set(row)
+        assert row["all"]["psnr"]["n"] == 2 * 3 and row["history_tokens"] > 0
+        assert 0 < row["all"]["psnr"]["mean"] < 100 and -1 <= row["all"]["ssim"]["mean"] <= 1
+    assert (out / "retrieval.png").stat().st_size > 0
+
+    assert main(["eval", "revisit", "--config", str(CONFIGS / "tiny_eval.toml"), "--out", str(out),
+                 "--models", f'["stage2={stage2_run}"]', "--returns_after", "[1.0]"]) == 0
+    res = json.loads((out / "revisit.json").read_text())
+    row = res["models"]["stage2"]
+    for kind in ("pan_away_and_back", "leave_and_return"):
+        cell = row[kind]["1s"]
+        assert cell["episodes"] == 2
+        for mode in ("encoder", "window"):
+            assert cell[mode]["teacher_forced_psnr"]["n"] == 2
+            assert cell[mode]["free_running_psnr_vs_first_visit"]["n"] >= 1
+    assert (out / "revisit.png").stat().st_size > 0

@@ -1,0 +1,117 @@
+"""Stage I / Stage II / toy VAE: a few steps on tiny models, exports, resume, Omega."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from framepack_history.training.common import read_log
+
+from .conftest import train
+
+
+def test_stage1_runs_and_exports_an_app_loadable_folder(stage1_run):
+    rows = read_log(stage1_run / "loss.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    for part in ("transformer", "vae", "history_encoder"):
+        assert (stage1_run / part / "config.json").is_file()
+    assert (stage1_run / "tokenizer.json").is_file() and (stage1_run / "loss.png").stat().st_size > 0
+
+    from framepack_history.config import GenerationRequest, load_preset
+    from framepack_history.loading import build_encoder, load_backbone
+    from framepack_history.pipeline import Pipeline, SectionDone
+
+    preset = load_preset(stage1_run / "preset.toml")
+    bb = load_backbone(preset.model)
+    pipe = Pipeline(bb, build_encoder(preset.model, bb), preset)
+    done = [e for e in pipe.run(GenerationRequest(prompt="camera pans left", seconds=1.0)) if isinstance(e, SectionDone)]
+    assert len(done) == 2 and done[-1].history_tokens > 0
+
+
+def test_stage2_runs_from_stage1_with_window_mode_mixed_in(stage2_run, stage1_run):
+    rows = read_log(stage2_run / "loss.jsonl")
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
+    assert {r["window_mode"] for r in rows} == {0.0, 1.0}  # p_window_mode = 0.5 over 4 steps
+    cfg = json.loads((stage2_run / "config.json").read_text())
+    assert cfg["model"]["encoder"].endswith("history_encoder")
+    # The encoder started from Stage I and kept training.
+    from safetensors.torch import load_file
+
+    a = load_file(str(stage1_run / "history_encoder" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(stage2_run / "history_encoder" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_encoder_ablation_keeps_stage1_weights(tmp_path, stage1_run):
+    out = train("stage2", tmp_path / "frozen", max_steps=2, stage2={"freeze_encoder": True, "p_window_mode": 0.0},
+                model={"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder")})
+    from safetensors.torch import load_file
+
+    a = load_file(str(stage1_run / "history_encoder" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(out / "history_encoder" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vae_trains_and_sets_unit_latent_scale(tmp_path):
+    out = train("vae", tmp_path / "vae")
+    rows = read_log(out / "loss.jsonl")
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    cfg = json.loads((out / "vae" / "config.json").read_text())
+    assert cfg["scaling_factor"] > 0 and cfg["scaling_factor"] != 1.0
+    # Stage I can start from it.
+    s1 = train("stage1", tmp_path / "s1", max_steps=1, vae_weights=str(out))
+    assert json.loads((s1 / "vae" / "config.json").read_text())["scaling_factor"] == cfg["scaling_factor"]
+
+
+def test_resume_gives_the_same_next_loss(tmp_path):
+    """LoRA + EMA: the checkpoint holds trainable weights, EMA, optimizer, scheduler and step."""
+    over = {"lora_rank": 4, "ema_decay": 0.9, "lr_schedule": "cosine", "lr_total_steps": 4, "warmup_steps": 1}
+    full = train("stage1", tmp_path / "full", **over)
+    part = tmp_path / "part"
+    train("stage1", part, max_steps=2, **over)
+    train("stage1", part, **over)  # resume="auto" picks up checkpoints/step_0000002
+    a, b = read_log(full / "loss.jsonl"), read_log(part / "loss.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    assert (part / "transformer_lora" / "adapter_model.safetensors").is_file()
+
+
+def test_omega_is_random_in_count_and_position_and_covers_the_history():
+    from framepack_history.training.stage1_frame_query import sample_omega
+
+    t, seen, counts, sets = 12, set(), set(), set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        o = sample_omega(t, gen, 1, 4, 0.25)
+        assert o.dtype == torch.long and len(set(o.tolist())) == len(o) and 0 <= o.min() and o.max() < t
+        seen.update(o.tolist())
+        counts.add(len(o))
+        sets.add(tuple(o.tolist()))
+    assert seen == set(range(t))  # every position, oldest to newest, gets queried
+    assert counts == {1, 2, 3, 4}
+    assert len(sets) > 100
+
+
+def test_stage1_batches_draw_a_different_omega_per_sample(tmp_path):
+    """Within one batch, samples query different frames; the encoder input keeps Omega clean."""
+    from framepack_history.training.common import TrainConfig, load_config, step_generator
+    from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.stage1_frame_query import FrameQueryModule, Stage1Task
+
+    from .conftest import CONFIGS
+
+    cfg = load_config(TrainConfig, CONFIGS / "tiny_stage1.toml", {"out": str(tmp_path), "stage1": {"omega_max": 6}})
+    preset = training_preset(cfg)
+    bb = build_backbone(cfg, preset.model, "cpu")
+    task = Stage1Task(cfg, FrameQueryModule(bb, build_encoder(cfg, preset.model, bb), cfg), preset.video.fps)
+    items = {"latents": torch.randn(8, 4, 10, 16, 16), "caption": ["camera pans left"] * 8}
+    batch = task.make_batch(items, step_generator(0, 0))
+    omegas = {tuple(o.tolist()) for o in batch["omega"]}
+    assert len(omegas) > 1
+    for o, keep in zip(batch["omega"], batch["keep"]):
+        assert keep.nonzero().flatten().tolist() == o.tolist()
+    assert 0 < float(batch["mask_sigma"].min()) and float(batch["mask_sigma"].max()) < 1
