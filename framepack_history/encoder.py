@@ -26,7 +26,9 @@ encoded alone and *appended*: the history is never re-encoded.
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -105,6 +107,9 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
         self.factor = (pt * rt, ph * rh, pw * rw)
         self.rate = (rh, rw, rt)
         self._lr_embed: tuple[nn.Module | Callable, ...] = ()
+        # An LR-only encoder owns no parameters; this buffer gives it a dtype and
+        # a device that follow .to() like any module's.
+        self.register_buffer("_dtype_anchor", torch.zeros(()), persistent=False)
 
         if use_hr_branch:
             ft, fh, fw = self.factor
@@ -131,6 +136,14 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             self.hr_gate = nn.Parameter(torch.zeros(hidden_size))
 
     # ------------------------------------------------------------------ setup
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "HistoryEncoder":
+        """``from_pretrained`` that also accepts an LR-only encoder (a config and no weights)."""
+        folder = Path(folder)
+        if not any(folder.glob("*.safetensors")):
+            return cls.from_config(cls.load_config(folder))
+        return cls.from_pretrained(folder, use_safetensors=True)
+
     def set_patch_embedding(self, module: nn.Module | Callable) -> None:
         """Bind the backbone's patchifier (``[B,C,T,H,W] -> [B,D,T',H',W']``) for the LR branch.
 

@@ -6,19 +6,52 @@ loaded at import time: the worker calls these when a job first needs them.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from .backbones.base import Backbone, WeightsNotFoundError
-from .config import ModelSpec, resolve_path
+from .config import InputError, ModelSpec, resolve_path
 from .encoder import HistoryEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_device(device: str | torch.device, field: str = "--device") -> torch.device:
+    """``device`` parsed and present on this machine, or an :class:`InputError` that says so."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(field, f"{device!r} is not a device name (cpu, cuda, cuda:1, mps ...): {str(e).splitlines()[0][:120]}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(field, f"{device!r}: no CUDA device here (this torch is {torch.__version__}); use --device cpu or a CPU preset")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(field, f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(field, f"{device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise InputError(field, f"{device!r}: unsupported device type {dev.type!r}")
+    return dev
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one TCP connect, no retries)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str = "float32") -> Backbone:
     """The preset's backbone, from weights if given, else random weights from ``spec.config``."""
+    check_device(device, "hardware.device")
     torch_dtype = DTYPES[dtype]
     if spec.backbone == "toy":
         from .backbones.toy import ToyBackbone
@@ -34,12 +67,16 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
 
         if not spec.weights:
             return HunyuanFramepackBackbone.tiny(seed=spec.seed, device=device, dtype=torch_dtype, **spec.config)
+        # Without a network, the hub client retries every file for half a minute before failing;
+        # a single connect decides it up front, so missing weights fail at once with a clear message.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"} or not hub_reachable()
         return HunyuanFramepackBackbone.from_pretrained(
             transformer=resolve_path(spec.weights),
             base=resolve_path(spec.components.get("base", "hunyuanvideo-community/HunyuanVideo")),
             image_encoder=resolve_path(spec.components.get("image_encoder", "lllyasviel/flux_redux_bfl")),
             device=device,
             dtype=torch_dtype,
+            local_files_only=offline,
         )
     raise ValueError(f"unknown backbone {spec.backbone!r}")
 
@@ -56,7 +93,7 @@ def build_encoder(spec: ModelSpec, backbone: Backbone, rate: str | None = None) 
     if folder is not None:
         if not (folder / "config.json").is_file():
             raise WeightsNotFoundError(f"history encoder weights not found in {folder}: train them or clear model.encoder")
-        enc = HistoryEncoder.from_pretrained(folder, use_safetensors=True)
+        enc = HistoryEncoder.load(folder)
     else:
         torch.manual_seed(spec.seed + 1)
         enc = HistoryEncoder(

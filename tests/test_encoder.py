@@ -17,8 +17,9 @@ def make_encoder(rate: str = "4x4x2", patch=(1, 2, 2), hidden: int = 32, **kw) -
     # A stand-in DiT patchifier with the shape contract [B,C,T,H,W] -> [B,D,T',H',W'].
     embed = nn.Conv3d(4, hidden, patch, stride=patch)
     enc.set_patch_embedding(embed)
-    with torch.no_grad():  # a non-zero gate, so the HR branch really contributes
-        enc.hr_gate.fill_(0.5)
+    if enc.config.use_hr_branch:
+        with torch.no_grad():  # a non-zero gate, so the HR branch really contributes
+            enc.hr_gate.fill_(0.5)
     return enc.eval()
 
 
@@ -135,3 +136,14 @@ def test_unbound_lr_branch_is_a_clear_error():
     enc = HistoryEncoder(latent_channels=4, hidden_size=32, patch_size=(1, 2, 2), rate="2x2x2", channels=(8, 16, 16, 32), attention_heads=2)
     with pytest.raises(RuntimeError, match="set_patch_embedding"):
         enc(torch.randn(1, 4, 2, 8, 8))
+
+
+def test_lr_only_encoder_has_a_dtype_and_saves(tmp_path):
+    enc = make_encoder("2x2x2", use_hr_branch=False)
+    assert enc.dtype == torch.float32 and not list(enc.parameters())
+    x = torch.randn(1, 4, 4, 16, 16)
+    out = enc(x)
+    enc.save_pretrained(tmp_path / "lr")
+    back = HistoryEncoder.load(tmp_path / "lr")
+    back.set_patch_embedding(enc._lr_embed[0])
+    torch.testing.assert_close(back(x), out)

@@ -43,8 +43,9 @@ class Context:
     window_latents: torch.Tensor | None = None  # [B, C, Tw, H, W]
     window_t0: float = 0.0  # t position (latent frames, negative = past) of the window's first frame
     #: t position (latent frames) of each noisy latent frame; None = 0, 1, ..., T-1.
-    #: Frame-query training (Stage I) asks for frames *inside* the history.
-    target_t: torch.Tensor | None = None  # [T] float
+    #: Frame-query training (Stage I) asks for frames *inside* the history,
+    #: each sample at its own places: ``[T]`` or per sample ``[B, T]``.
+    target_t: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -20,6 +20,9 @@ index 20 (start image 0, 4x history 1-16, 2x 17-18, 1x 19), so section
 
 from __future__ import annotations
 
+import dataclasses
+
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -226,7 +229,37 @@ def _load(component: str, loader: Any, where: str | None, source: str, subfolder
         raise WeightsNotFoundError(f"{component}: could not load from '{source}': {err}; {_HINT}.") from err
 
 
+def text_encoder_quantization_config(kind: str | None, dtype: torch.dtype) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for the LLaMA text encoder: ``"nf4"`` (4-bit, double
+    quantisation, ~0.53 byte/weight), ``"int8"`` (LLM.int8) or ``None`` (full precision).
+
+    Only ``nn.Linear`` weights are quantised; embeddings and norms keep ``dtype``.
+    """
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype)
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"text_encoder_quantization must be 'nf4', 'int8' or None (got {kind!r})")
+
+
+def _load_frozen(*args: Any, **kwargs: Any) -> nn.Module:
+    return _load(*args, **kwargs).eval().requires_grad_(False)
+
+
+def _snapshot(source: str, cache_dir: str | None) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source, cache_dir=cache_dir, allow_patterns=["*.json", "*.safetensors"])
+
+
 def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    if getattr(module, "is_quantized", False):  # bitsandbytes weights were placed when they were quantised
+        return module
     # Cast only when needed: diffusers warns on every dtype ``to()``, and loaders already set the dtype.
     if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
         module = module.to(dtype)
@@ -234,6 +267,21 @@ def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
 
 
 # --- backbone ------------------------------------------------------------------------------------
+
+
+def _row(x: torch.Tensor, i: int, b: int) -> torch.Tensor:
+    """Sample ``i`` of a tensor that is either batched (``b`` rows) or shared (1 row)."""
+    x = torch.as_tensor(x)
+    return x[i : i + 1] if x.dim() and x.shape[0] == b and b > 1 else x
+
+
+def _context_row(ctx: Context, i: int, b: int) -> Context:
+    return dataclasses.replace(
+        ctx,
+        history_tokens=None if ctx.history_tokens is None else _row(ctx.history_tokens, i, b),
+        window_latents=None if ctx.window_latents is None else _row(ctx.window_latents, i, b),
+        target_t=ctx.target_t[i],
+    )
 
 
 class HunyuanFramepackBackbone(Backbone):
@@ -260,15 +308,21 @@ class HunyuanFramepackBackbone(Backbone):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
         rope_time_offset: float = 20.0,
+        offload: bool = False,
     ) -> None:
         self.device, self.dtype = torch.device(device), dtype
         self.rope_time_offset = rope_time_offset  # DiT frame index of section t=0 (see module docstring)
-        self._transformer = _place(transformer, self.device, dtype).eval()
+        # offload: weights stay where they are (host, or meta for the DiT); a memory manager places them per phase.
+        place = (lambda m, d, t: m) if offload else _place
+        self._transformer = place(transformer, self.device, dtype).eval()
         self.vae, self.text_encoder, self.text_encoder_2 = vae, text_encoder, text_encoder_2
         self.image_encoder = image_encoder
         for module in (vae, text_encoder, text_encoder_2, image_encoder):
             if module is not None:  # frozen helpers; the DiT's trainability is left to the caller
-                _place(module, self.device, dtype).eval().requires_grad_(False)
+                place(module, self.device, dtype).eval().requires_grad_(False)
+        #: offload mode: builders of components left unloaded, and the DiT's weight folder (read lazily)
+        self.loaders: dict[str, Any] = {}
+        self.weight_folders: dict[str, str] = {}
         self.tokenizer, self.tokenizer_2, self.feature_extractor = tokenizer, tokenizer_2, feature_extractor
         self.prompt_template = prompt_template or _default_template()
         cfg = transformer.config
@@ -355,6 +409,10 @@ class HunyuanFramepackBackbone(Backbone):
         """
         b, t = noisy.shape[0], noisy.shape[2]
         dev, dt = self.device, self.dtype
+        if context.target_t is not None and context.target_t.dim() == 2:
+            # Per-sample query positions: diffusers' rope takes one index list, so one call per sample.
+            return torch.cat([self.predict(noisy[i : i + 1], _row(sigma, i, b), Conditioning({k: _row(v, i, b) for k, v in cond.tensors.items()}),
+                                           _context_row(context, i, b), guidance) for i in range(b)])
 
         def batched(x: torch.Tensor, dtype: torch.dtype | None = dt) -> torch.Tensor:
             x = x.to(dev, dtype) if dtype is not None else x.to(dev)
@@ -409,11 +467,18 @@ class HunyuanFramepackBackbone(Backbone):
         dtype: torch.dtype = torch.bfloat16,
         local_files_only: bool | None = None,
         cache_dir: str | None = None,
+        text_encoder_quantization: str | None = None,
+        offload: bool = False,
     ) -> "HunyuanFramepackBackbone":
         """Load from hub ids or local folders laid out like the hub repos (safetensors only).
 
         ``local_files_only=None`` follows ``HF_HUB_OFFLINE``. Every component is
         located before anything is loaded; a missing one raises ``WeightsNotFoundError``.
+        ``text_encoder_quantization`` (``"nf4"``/``"int8"``) quantises the LLaMA text
+        encoder with bitsandbytes through transformers while it loads, on ``device``.
+        ``offload=True`` loads nothing big: the DiT is built on ``meta`` (its safetensors
+        are read later, per block, by :class:`~framepack_history.memory.MemoryManager`),
+        the text and image encoders become ``loaders`` run on first use, the VAE stays on the host.
         """
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
@@ -431,13 +496,30 @@ class HunyuanFramepackBackbone(Backbone):
             "feature_extractor": (image_encoder, "feature_extractor", proc, AutoImageProcessor, None),
         }
         where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
-        parts = {}
+        parts: dict[str, Any] = {}
+        lazy: dict[str, Any] = {}
         for k, (src, sub, _, loader, dtype_key) in specs.items():
             kw: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
             if dtype_key is not None:
                 kw.update({dtype_key: dtype, "use_safetensors": True})
-            parts[k] = _load(k, loader, where[k], src, sub, **kw)
-        return cls(**parts, device=device, dtype=dtype)
+            if k == "text_encoder" and text_encoder_quantization is not None:
+                kw["quantization_config"] = text_encoder_quantization_config(text_encoder_quantization, dtype)
+                kw["device_map"] = {"": str(torch.device(device))}
+            if offload and k in ("text_encoder", "text_encoder_2", "image_encoder"):
+                kw["device_map"] = {"": str(torch.device(device))}  # straight from the files to the device
+                lazy[k], parts[k] = functools.partial(_load_frozen, k, loader, where[k], src, sub, **kw), None
+            elif offload and k == "transformer":
+                folder = where[k] or _snapshot(src, cache_dir)
+                with torch.device("meta"):
+                    parts[k] = loader.from_config(loader.load_config(folder)).to(dtype)
+                lazy["transformer_folder"] = folder
+            else:
+                parts[k] = _load(k, loader, where[k], src, sub, **kw)
+        bb = cls(**parts, device=device, dtype=dtype, offload=offload)
+        if offload:
+            bb.weight_folders["transformer"] = lazy.pop("transformer_folder")
+            bb.loaders.update(lazy)
+        return bb
 
     @classmethod
     def tiny(
@@ -496,7 +578,7 @@ def _byte_tokenizer(specials: tuple[str, ...], add_eos: bool) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in pre_tokenizers.ByteLevel.alphabet():
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # sorted: the alphabet comes from a hash set
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

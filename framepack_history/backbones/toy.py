@@ -94,18 +94,20 @@ class ToyVAE(ModelMixin, ConfigMixin):
 
 # ----------------------------------------------------------------------- DiT
 def rope_tables(pos: torch.Tensor, dims: tuple[int, int, int], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin ``[N, head_dim]`` for float positions ``[N, 3]``; one band per axis."""
+    """cos/sin ``[..., N, head_dim]`` for float positions ``[..., N, 3]``; one band per axis."""
     cos, sin = [], []
     for axis, d in enumerate(dims):
         freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=pos.device) / d)
-        ang = pos[:, axis : axis + 1].float() * freqs  # [N, d/2]
+        ang = pos[..., axis : axis + 1].float() * freqs  # [..., N, d/2]
         cos.append(ang.cos().repeat_interleave(2, -1))
         sin.append(ang.sin().repeat_interleave(2, -1))
     return torch.cat(cos, -1), torch.cat(sin, -1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of ``x [B, H, N, Dh]``."""
+    """Rotate adjacent channel pairs of ``x [B, H, N, Dh]``; tables ``[N, Dh]`` or per sample ``[B, N, Dh]``."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
     x1, x2 = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
@@ -212,9 +214,10 @@ class ToyDiT(ModelMixin, ConfigMixin):
         seqs = [noisy + self.type_embed[0]]
         pos = [self._grid_positions(t, h, w, 0.0, dev)]
         if target_t is not None:  # per-frame time positions (Stage I queries frames in the past)
-            pos[0] = pos[0].view(t, h * w, 3).clone()
-            pos[0][..., 0] = target_t.to(dev, torch.float32).view(t, 1) / self.config.patch_size[0]
-            pos[0] = pos[0].view(-1, 3)
+            tt = target_t.to(dev, torch.float32) / self.config.patch_size[0]  # [T] or per sample [B, T]
+            grid = pos[0].view(t, h * w, 3).expand(*tt.shape[:-1], t, h * w, 3).clone()
+            grid[..., 0] = tt[..., None]
+            pos[0] = grid.flatten(-3, -2)
         if window_latents is not None and window_latents.shape[2] > 0:
             win, (tw, hw, ww) = self._embed_latents(window_latents.to(hidden_states.dtype))
             seqs.insert(0, win + self.type_embed[1])
@@ -228,7 +231,9 @@ class ToyDiT(ModelMixin, ConfigMixin):
         # Text tokens get position 0 on every axis: the identity rotation.
         pos.insert(0, torch.zeros(text_ids.shape[1], 3, device=dev))
         x = torch.cat(seqs, dim=1)
-        cos, sin = rope_tables(torch.cat(pos), tuple(self.config.rope_dims), self.config.rope_theta)
+        if pos[-1].dim() == 3:  # per-sample query positions: give every group a batch axis
+            pos = [p if p.dim() == 3 else p.expand(b, -1, -1) for p in pos]
+        cos, sin = rope_tables(torch.cat(pos, dim=-2), tuple(self.config.rope_dims), self.config.rope_theta)
 
         pooled = (text * text_mask[..., None]).sum(1) / text_mask.sum(1, keepdim=True).clamp(min=1)
         cvec = self.t_embed(self._timestep_features(sigma).to(x.dtype)) + pooled.expand(b, -1)

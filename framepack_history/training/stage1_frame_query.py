@@ -48,21 +48,17 @@ class FrameQueryModule(FlowModule):
         keep = batch["keep"].view(b, 1, t, 1, 1)
         masked = torch.where(keep, x, (1 - s) * x + s * batch["mask_noise"])
         tokens, pos = self.history(masked)
-        losses = []
-        # One DiT call per sample: every sample queries its own positions.
-        for i in range(b):
-            idx = batch["omega"][i]
-            x0 = x[i : i + 1, :, idx]
-            noise, sigma = batch["noise"][i], batch["sigma"][i : i + 1]
-            sv = sigma.view(1, 1, 1, 1, 1)
-            noisy = (1 - sv) * x0 + sv * noise
-            ctx = Context(history_tokens=tokens[i : i + 1], history_positions=pos,
-                          target_t=(idx - t).float().to(x.device))  # relative to the end of the history
-            cond = batch["cond"][i]
-            pred = self.backbone.predict(noisy, sigma, cond, ctx)
-            losses.append(self.flow_loss(pred, x0, noise, sigma))
-        loss = torch.cat(losses).mean()
-        return {"loss": loss, "omega_frames": torch.tensor(float(sum(len(o) for o in batch["omega"])) / b)}
+        # Every sample queries its own positions; the count is shared within a step so
+        # the whole batch goes through the DiT in one call (per-sample target_t).
+        omega = batch["omega"]  # [B, k] history latent-frame indices
+        x0 = torch.stack([x[i, :, omega[i]] for i in range(b)])
+        noise, sigma = batch["noise"], batch["sigma"]
+        sv = sigma.view(b, 1, 1, 1, 1)
+        ctx = Context(history_tokens=tokens, history_positions=pos,
+                      target_t=(omega - t).float().to(x.device))  # relative to the end of the history
+        pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
+        loss = self.flow_loss(pred, x0, noise, sigma).mean()
+        return {"loss": loss, "omega_frames": torch.tensor(float(omega.shape[1]))}
 
 
 class Stage1Task(StageTask):
@@ -73,22 +69,23 @@ class Stage1Task(StageTask):
         x = latents_of(items, bb)
         b, _, t = x.shape[:3]
         dev = x.device
-        omegas = [sample_omega(t, gen, c1.omega_min, c1.omega_max, c1.omega_contiguous_p) for _ in range(b)]
+        # One random count per step (it varies across steps), random places per sample.
+        k = int(torch.randint(max(1, min(c1.omega_min, t)), max(1, min(c1.omega_max, t)) + 1, (1,), generator=gen))
+        omegas = torch.stack([sample_omega(t, gen, k, k, c1.omega_contiguous_p) for _ in range(b)])
         keep = torch.zeros(b, t, dtype=torch.bool)
-        for i, o in enumerate(omegas):
-            keep[i, o] = True
+        keep[torch.arange(b)[:, None], omegas] = True
         center = math.log(c1.mask_noise_center / (1 - c1.mask_noise_center))
         mask_sigma = logit_normal(b, center, c1.mask_noise_std, gen)
         mask_noise = torch.randn(x.shape, generator=gen)
         sigma = logit_normal(b, self.cfg.sigma_mean, self.cfg.sigma_std, gen)
-        noise = [torch.randn((1, x.shape[1], len(o), *x.shape[3:]), generator=gen).to(dev) for o in omegas]
+        noise = torch.randn((b, x.shape[1], k, *x.shape[3:]), generator=gen).to(dev)
         drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
         # The prompt in force at the end of the history: what a generator would be conditioned on next.
         end_s = bb.geometry.pixel_frames(t) / self.fps
         prompts = ["" if drop[i] else caption_at(items["caption"][i], end_s) for i in range(b)]
         return {
             "latents": x, "keep": keep.to(dev), "mask_sigma": mask_sigma.to(dev), "mask_noise": mask_noise.to(dev),
-            "omega": omegas, "noise": noise, "sigma": sigma.to(dev), "cond": self.conditions(prompts, x),
+            "omega": omegas.to(dev), "noise": noise, "sigma": sigma.to(dev), "cond": self.batched(self.conditions(prompts, x)),
         }
 
 

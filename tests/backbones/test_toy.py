@@ -81,3 +81,20 @@ def test_rope_dims_must_match_head_dim():
 
     with pytest.raises(ValueError, match="rope_dims"):
         ToyDiT(hidden_size=32, heads=2, rope_dims=(4, 4, 4))
+
+
+def test_per_sample_query_positions_match_one_call_per_sample():
+    """Stage I batches samples that query different history frames (target_t [B, T])."""
+    bb = make()
+    with torch.no_grad():
+        for p in bb.dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, s = torch.randn(2, 4, 2, 8, 8), torch.tensor([0.3, 0.8])
+    cond = bb.encode_text("camera holds")
+    cond2 = type(cond)({k: v.expand(2, *v.shape[1:]) for k, v in cond.tensors.items()})
+    hist, pos = torch.randn(2, 3, 32), torch.tensor([[-4.5, 0.5, 0.5], [-2.5, 1.5, 0.5], [-0.5, 0.5, 1.5]])
+    tt = torch.tensor([[-5.0, -2.0], [-3.0, -1.0]])
+    both = bb.predict(x, s, cond2, Context(history_tokens=hist, history_positions=pos, target_t=tt))
+    for i in range(2):
+        one = bb.predict(x[i : i + 1], s[i : i + 1], cond, Context(history_tokens=hist[i : i + 1], history_positions=pos, target_t=tt[i]))
+        torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=1e-5)
