@@ -1,0 +1,50 @@
+"""The memory plan of a minute of HunyuanVideo-FramePack on a 12 GB card (no weights, no GPU needed).
+
+Predicted device and host peaks of every phase for ``rtx4070-12gb``, 60 s at
+the 640 bucket (480x832), history encoder on; against the goal of at most
+11.5 GiB on the device and 32 GiB on the host. Other presets and lengths:
+
+    python benchmarks/memory_plan.py --preset rtx4090-24gb --seconds 120 --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from framepack_history.memory.planner import GiB, format_table, plan
+
+GOAL_DEVICE_GIB, GOAL_HOST_GIB = 11.5, 32.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="rtx4070-12gb")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--history", default="encoder", choices=("encoder", "window", "none"))
+    ap.add_argument("--full", action="store_true", help="every section, not one per 20 s")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    p = plan(args.preset, args.seconds, history_mode=args.history)
+    took = time.perf_counter() - t0
+    print(format_table(p, full=args.full))
+    den = [r for r in p if r.phase == "denoise"]
+    per20 = max(1, round(20 / p.section_seconds))
+    marks = {r.section: r for r in den if r.section % per20 == per20 - 1 or r is den[-1]}
+    print("\nhistory tokens on the device: " + ", ".join(
+        f"{(s + 1) * p.section_seconds:.0f} s: {r.history_tokens}" for s, r in marks.items()))
+    print(f"history tokens per 20 s: {p.tokens_per_20s} (DiT sequence at the last section: {den[-1].tokens} tokens)")
+    dev, host = p.device_peak / GiB, p.host_peak / GiB
+    ok = dev <= GOAL_DEVICE_GIB and host <= GOAL_HOST_GIB
+    print(f"goal: device peak {dev:.2f} <= {GOAL_DEVICE_GIB} GiB, host peak {host:.2f} <= {GOAL_HOST_GIB} GiB: "
+          f"{'met' if ok else 'NOT met'} (planned in {took:.1f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

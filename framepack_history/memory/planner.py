@@ -1,0 +1,356 @@
+"""How many bytes go where: predicted device and host peaks per phase, and the strategy that fits.
+
+Pure bookkeeping from configs: weights are parameter counts of the preset's
+modules on the ``meta`` device (see :mod:`.components`), activations are
+traced on ``meta`` with :class:`~.measure.LiveBytes` (the model's own code
+path, fused attention, no data). Nothing here moves a tensor; the mechanism
+in :mod:`.streaming` carries the strategy out.
+
+What a device peak counts: bytes the framework allocates (weights on the
+device + streamed blocks in flight + history tokens + activations), i.e.
+what ``torch.cuda.max_memory_allocated`` reports. The CUDA context and
+allocator slack are outside it: the budget keeps ``RESERVE_FRACTION`` for them.
+Host peaks count process memory the run holds (pinned weights, host copies,
+decoded frames) plus a fixed interpreter/library overhead; memory-mapped
+safetensors pages are file cache the kernel can drop, so they are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Preset, load_preset
+from .components import (
+    cached_trace,
+    denoise_activation,
+    meta_components,
+    text_activation,
+    vae_decode_activation,
+    vae_encode_activation,
+)
+from .measure import module_bytes, trace_peak
+
+GiB, MiB = 1 << 30, 1 << 20
+HOST_OVERHEAD = {"cuda": 2 * GiB, "cpu": 3 * GiB // 4}  # interpreter + torch/CUDA libraries + allocator pools
+RESERVE_FRACTION = 0.04  # of the device budget: allocator fragmentation, cuBLAS workspaces
+SAMPLER_COPIES = 6  # latent-sized float32 tensors the sampler keeps (x, noise, velocity, multistep history)
+PHASES = ("text_encode", "image_encode", "vae_encode", "denoise", "vae_decode")
+
+
+@dataclass
+class Budget:
+    """Bytes the run may use on the compute device and on the host."""
+
+    device_bytes: int
+    host_bytes: int
+    device: str = "cuda"  # "cuda" or "cpu" (the CPU is then both host and device)
+    source: str = "preset"
+
+    @property
+    def usable(self) -> int:
+        return int(self.device_bytes * (1 - RESERVE_FRACTION))
+
+    @classmethod
+    def for_preset(cls, preset: Preset, device: str | None = None) -> Budget:
+        """The preset's ``hardware`` budgets, or measured free memory minus a reserve where they are 0."""
+        import psutil
+
+        dev = (device or preset.hardware.device).split(":")[0]
+        hw, src = preset.hardware, "preset"
+        host = int(hw.host_budget_gib * GiB) or int(psutil.virtual_memory().available * 0.9)
+        if hw.device_budget_gib:
+            return cls(int(hw.device_budget_gib * GiB), host, dev, src)
+        if dev == "cuda" and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return cls(int(free - 512 * MiB), host, dev, "measured")
+        return cls(host, host, dev, "measured" if not hw.host_budget_gib else "preset")
+
+
+@dataclass
+class Strategy:
+    """What stays on the device and what moves."""
+
+    resident: tuple[int, ...]  # DiT block indices kept on the device
+    streamed: tuple[int, ...]  # the rest: pinned host memory, prefetched one block ahead
+    buffer_bytes: int  # device room for streamed blocks in flight (current + prefetched)
+    text_encoder: str  # "resident" | "nf4" | "int8" | "streamed"
+    vae_tiling: bool
+    vae_resident: bool  # stays on the device while denoising
+
+    def describe(self) -> str:
+        n = len(self.resident) + len(self.streamed)
+        blocks = f"{len(self.resident)}/{n} blocks resident" + (
+            f", {len(self.streamed)} streamed ({self.buffer_bytes / MiB:.0f} MiB in flight)" if self.streamed else "")
+        return blocks
+
+
+@dataclass
+class PhasePlan:
+    """Predicted peaks of one phase (``section`` is None for the conditioning phases)."""
+
+    phase: str
+    device_peak_bytes: int
+    host_peak_bytes: int
+    history_tokens: int
+    strategy: str
+    section: int | None = None
+    weights_bytes: int = 0  # weights on the device at the peak (resident + in flight)
+    activation_bytes: int = 0
+    tokens: int = 0  # DiT sequence length (denoise)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Plan(list):
+    """``list[PhasePlan]`` plus the request it was made for."""
+
+    def __init__(self, rows: list[PhasePlan], *, preset: str, seconds: float, budget: Budget, strategy: Strategy,
+                 tokens_per_20s: int, fps: float, section_seconds: float) -> None:
+        super().__init__(rows)
+        self.preset, self.seconds, self.budget, self.strategy = preset, seconds, budget, strategy
+        self.tokens_per_20s, self.fps, self.section_seconds = tokens_per_20s, fps, section_seconds
+
+    @property
+    def device_peak(self) -> int:
+        return max(p.device_peak_bytes for p in self)
+
+    @property
+    def host_peak(self) -> int:
+        return max(p.host_peak_bytes for p in self)
+
+    @property
+    def fits(self) -> bool:
+        return self.device_peak <= self.budget.usable and self.host_peak <= self.budget.host_bytes
+
+    def summary(self) -> str:
+        b = self.budget
+        return (f"plan {self.preset}, {self.seconds:g} s: device peak {self.device_peak / GiB:.2f} of "
+                f"{b.device_bytes / GiB:.2f} GiB, host peak {self.host_peak / GiB:.2f} of {b.host_bytes / GiB:.2f} GiB "
+                f"({'fits' if self.fits else 'DOES NOT FIT'}); {self.strategy.describe()}; "
+                f"{self.tokens_per_20s} history tokens per 20 s")
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.to_dict() for p in self]
+
+
+# ---------------------------------------------------------------- arithmetic
+def quantized_bytes(module: nn.Module, kind: str) -> int:
+    """Bytes of a text encoder after transformers' bitsandbytes quantisation of its ``nn.Linear`` layers.
+
+    nf4 (double quantisation): 4-bit weights, one uint8 absmax per 64 weights, one float32 absmax per 256
+    of those, plus small codebooks; int8: 1 byte per weight and a float32 scale per output row.
+    Everything else (embeddings, norms, biases) keeps the compute dtype.
+    """
+    total = module_bytes(module)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            n = m.weight.numel()
+            total -= n * m.weight.element_size()
+            if kind == "nf4":
+                blocks = -(-n // 64)
+                total += -(-n // 2) + blocks + 4 * -(-blocks // 256) + 4 * (16 + 1 + 256)
+            else:
+                total += n + 4 * m.out_features
+    return total
+
+
+def _largest_linear(module: nn.Module) -> int:
+    return max((m.weight.numel() * m.weight.element_size() for m in module.modules() if isinstance(m, nn.Linear)), default=0)
+
+
+def spread_order(n: int) -> list[int]:
+    """Indices ``0..n-1`` ordered so that every prefix is spread evenly (van der Corput).
+
+    Resident blocks between streamed ones give each prefetch more compute to hide behind.
+    """
+    order, seen, k = [], set(), 0
+    while len(order) < n:
+        x, f, i = 0.0, 0.5, k
+        while i:
+            x, i, f = x + f * (i & 1), i >> 1, f / 2
+        j = min(n - 1, int(x * n))
+        if j not in seen:
+            seen.add(j)
+            order.append(j)
+        k += 1
+        if k > 64 * n:  # rounding left holes: fill them in order
+            order += [j for j in range(n) if j not in seen]
+    return order
+
+
+# ---------------------------------------------------------------------- plan
+def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
+         start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None) -> Plan:
+    """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``."""
+    preset = load_preset(preset) if isinstance(preset, str) else preset
+    budget = budget or Budget.for_preset(preset)
+    comps = meta_components(preset, rate)
+    bb, geo, v, enc = comps.backbone, comps.backbone.geometry, preset.video, comps.encoder
+    on_cpu = budget.device == "cpu"
+    dsize = torch.tensor([], dtype=bb.dtype).element_size()
+    mode = history_mode or preset.history.mode
+    window = preset.history.window_frames if mode != "none" else 0
+    t = geo.latent_frames(v.section_frames)
+    if mode == "window" and window == 0:
+        window = t
+    h, w = v.height // geo.spatial_scale, v.width // geo.spatial_scale
+    sections = max(1, math.ceil(seconds * v.fps / v.section_frames - 1e-9))
+    image = start_image and bb.name != "toy"
+    start = geo.latent_frames(1) if start_image else 0
+    frames = [start + s * t for s in range(sections + 1)]  # history latent frames before section s
+
+    def hist(f: int) -> int:
+        return enc.tokens_for(f, h, w) if mode == "encoder" and f else 0
+
+    latent_bytes = geo.latent_channels * t * h * w * 4
+    host_latents = [geo.latent_channels * f * h * w * 4 for f in frames]
+    tok_bytes = geo.hidden_size * dsize
+    vae_b, enc_b, nonblock = module_bytes(bb.vae), module_bytes(enc), comps.nonblock_bytes()
+    sizes = comps.block_bytes()
+    cond_b = sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values())
+
+    # Activations per section: exact traces at the ends, linear in history tokens between.
+    def act(s: int) -> int:
+        win = min(window, frames[s])
+        return denoise_activation(comps, v, hist(frames[s]), win, image) + SAMPLER_COPIES * latent_bytes
+
+    ends = sorted({0, min(1, sections - 1), sections - 1})
+    acts = {s: act(s) for s in ends}
+    lo, hi = ends[1] if len(ends) > 1 else 0, sections - 1
+    for s in range(sections):
+        if s not in acts:
+            f = (hist(frames[s]) - hist(frames[lo])) / max(1, hist(frames[hi]) - hist(frames[lo]))
+            acts[s] = int(acts[lo] + f * (acts[hi] - acts[lo]))
+    pix = 3 * v.section_frames * v.height * v.width
+    enc_act = cached_trace(comps, ("history", t, h, w), lambda: trace_peak(lambda: enc(torch.empty(
+        1, geo.latent_channels, t + enc.frames_per_group, h, w, device="meta", dtype=enc.dtype))))
+
+    def needs(s: int, decode_act: int, vae_res: bool) -> tuple[int, int]:
+        """Device bytes besides DiT blocks: (denoise, decode) of section ``s``."""
+        before, after = hist(frames[s]) * tok_bytes, hist(frames[s + 1]) * tok_bytes
+        den = nonblock + enc_b + before + (vae_b if vae_res else 0) + cond_b + acts[s]
+        dec = nonblock + enc_b + before + after + vae_b + max(decode_act, enc_act) + latent_bytes  # append: old + new tokens
+        return den, dec
+
+    # Tiling trades decode memory for nothing but seams and time: only when everything else would not fit.
+    # The decode's float output stays while to_uint8 makes two more float copies of it.
+    untiled = max(vae_decode_activation(comps, (1, geo.latent_channels, t, h, w), tiled=False), 12 * pix)
+    tileable = hasattr(bb.vae, "enable_tiling")
+    den, dec = needs(sections - 1, untiled, True)
+    tiling = tileable and max(den, dec) + sum(sizes) > budget.usable
+    decode_act = max(vae_decode_activation(comps, (1, geo.latent_channels, t, h, w), tiled=True), 12 * pix) if tiling else untiled
+
+    strategy = _choose(sizes, budget.usable, lambda vr: needs(sections - 1, decode_act, vr))
+    strategy.vae_tiling = tiling
+    weights_dev = nonblock + sum(sizes[i] for i in strategy.resident)
+    stream_host = sum(sizes[i] for i in strategy.streamed)
+
+    # Text encoders: full precision if they fit, else quantised, else streamed layer by layer.
+    rows: list[PhasePlan] = []
+    overhead = HOST_OVERHEAD["cpu" if on_cpu else "cuda"]
+    if comps.text:
+        llama, clip = comps.text["text_encoder"], comps.text["text_encoder_2"]
+        tact = cached_trace(comps, ("text",), lambda: text_activation(comps))
+        options = {"resident": module_bytes(llama), "nf4": quantized_bytes(llama, "nf4"),
+                   "int8": quantized_bytes(llama, "int8")}
+        layer = max((module_bytes(m) for m in getattr(llama, "layers", [])), default=0)
+        options["streamed"] = module_bytes(llama) - layer * len(getattr(llama, "layers", [])) + 2 * layer
+        kind = text_encoder_quantization or "resident"
+        if kind == "auto":
+            kind = next((k for k in ("resident", "nf4", "streamed")
+                         if options[k] + module_bytes(clip) + tact + _largest_linear(llama) <= budget.usable), "streamed")
+        strategy.text_encoder = kind
+        wt = options[kind] + module_bytes(clip)
+        a = tact + (_largest_linear(llama) if kind in ("nf4", "int8") else 0)  # dequantised weight in flight
+        staged = module_bytes(llama) if kind == "streamed" else max(p.numel() * p.element_size() for p in llama.parameters())
+        rows.append(PhasePlan("text_encode", wt + a, overhead + staged + (wt + a if on_cpu else 0), 0,
+                              f"llama {kind}, clip resident; evicted after (embeddings cached)", None, wt, a))
+    if image:
+        wt = module_bytes(comps.image)
+        px = torch.empty(1, 3, comps.image_size, comps.image_size, device="meta", dtype=bb.dtype)
+        a = cached_trace(comps, ("image",), lambda: trace_peak(lambda: comps.image(pixel_values=px)))
+        rows.append(PhasePlan("image_encode", wt + a, overhead + wt + (a if on_cpu else 0), 0,
+                              "siglip loaded for the phase, then evicted", None, wt, a))
+    if start_image:
+        px = torch.empty(1, 3, 1, v.height, v.width, device="meta")
+        a = cached_trace(comps, ("vae_encode", v.height, v.width, tiling), lambda: vae_encode_activation(comps, px, tiling))
+        rows.append(PhasePlan("vae_encode", vae_b + a, overhead + vae_b + (a if on_cpu else 0), hist(frames[0]),
+                              "vae loaded for the phase", None, vae_b, a))
+    all_w = weights_dev + stream_host + vae_b + enc_b
+    for s in range(sections):
+        den, dec = needs(s, decode_act, strategy.vae_resident)
+        buf = strategy.buffer_bytes
+        n_tok = hist(frames[s]) + min(window, frames[s]) * h * w // (geo.patch_size[1] * geo.patch_size[2])
+        n_tok += t * h * w // (geo.patch_size[1] * geo.patch_size[2]) + comps.cond_len + comps.image_tokens * image
+        host = overhead + host_latents[s + 1] + (all_w if on_cpu else stream_host + (0 if strategy.vae_resident else vae_b))
+        wd = weights_dev + buf + enc_b + (vae_b if strategy.vae_resident else 0)
+        rows.append(PhasePlan("denoise", weights_dev + buf + den - nonblock, host + (acts[s] if on_cpu else 0),
+                              hist(frames[s]), strategy.describe() + ("" if strategy.vae_resident else ", vae on host"),
+                              s, wd, acts[s], n_tok))
+        wd = weights_dev + enc_b + vae_b
+        rows.append(PhasePlan("vae_decode", weights_dev + dec - nonblock, host + 5 * pix + (decode_act if on_cpu else 0),
+                              hist(frames[s + 1]), ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay",
+                              s, wd, max(decode_act, enc_act)))
+    b20 = hist(start + geo.latent_frames(20 * v.fps)) - hist(start) if mode == "encoder" else 0
+    return Plan(rows, preset=preset.name, seconds=seconds, budget=budget, strategy=strategy, tokens_per_20s=b20,
+                fps=v.fps, section_seconds=v.section_frames / v.fps)
+
+
+def _choose(sizes: list[int], usable: int, needs: Any) -> Strategy:
+    """Most resident block bytes such that the worst denoise and decode phases fit ``usable``."""
+    den, dec = needs(True)
+    if sum(sizes) + max(den, dec) <= usable:
+        return Strategy(tuple(range(len(sizes))), (), 0, "resident", False, True)
+    den, dec = needs(False)
+    best: tuple[int, tuple[int, ...]] = (-1, ())
+    for cap in sorted(set(sizes), reverse=True):  # the largest block that may stream sets the buffer
+        must = [i for i, b in enumerate(sizes) if b > cap]
+        room = usable - max(den + 2 * cap, dec) - sum(sizes[i] for i in must)
+        if room < 0:
+            continue
+        chosen = set(must)
+        for i in spread_order(len(sizes)):
+            if i not in chosen and sizes[i] <= room:
+                chosen.add(i)
+                room -= sizes[i]
+        total = sum(sizes[i] for i in chosen)
+        if total > best[0]:
+            best = (total, tuple(sorted(chosen)))
+    resident = best[1]
+    streamed = tuple(i for i in range(len(sizes)) if i not in resident)
+    buffer = sum(sorted(sizes[i] for i in streamed)[-2:])
+    return Strategy(resident, streamed, buffer, "resident", False, False)
+
+
+def format_table(p: Plan, full: bool = False) -> str:
+    """Phases as a text table; without ``full`` only the first section, one per 20 s mark and the last."""
+    keep: set[int] = set()
+    sections = sorted({r.section for r in p if r.section is not None})
+    if sections:
+        per20 = max(1, round(20 / p.section_seconds))
+        keep = {sections[0], sections[-1], *[s for s in sections if s % per20 == per20 - 1]}
+    head = f"{'phase':<13}{'sec':>5}{'t (s)':>7}{'hist tok':>10}{'tokens':>8}{'weights':>10}{'activ.':>9}{'device':>9}{'host':>9}  strategy"
+    lines = [p.summary(), head, "-" * len(head)]
+    skipped = False
+    for r in p:
+        if r.section is not None and not full and r.section not in keep:
+            if not skipped:
+                lines.append(f"{'…':<13}")
+            skipped = True
+            continue
+        skipped = False
+        sec = "" if r.section is None else str(r.section)
+        t_end = "" if r.section is None else f"{(r.section + 1) * p.section_seconds:.1f}"
+        lines.append(f"{r.phase:<13}{sec:>5}{t_end:>7}{r.history_tokens:>10}{r.tokens or '':>8}"
+                     f"{r.weights_bytes / GiB:>9.2f}G{r.activation_bytes / GiB:>8.2f}G"
+                     f"{r.device_peak_bytes / GiB:>8.2f}G{r.host_peak_bytes / GiB:>8.2f}G  {r.strategy}")
+    lines.append(f"budget: device {p.budget.device_bytes / GiB:.2f} GiB ({p.budget.source}, {RESERVE_FRACTION:.0%} reserved), "
+                 f"host {p.budget.host_bytes / GiB:.2f} GiB; text encoder: {p.strategy.text_encoder}; "
+                 f"vae {'tiled' if p.strategy.vae_tiling else 'untiled'}")
+    return "\n".join(lines)

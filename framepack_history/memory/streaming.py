@@ -1,0 +1,315 @@
+"""Which tensors move: weight groups, the DiT block streamer and a residency ledger.
+
+A :class:`WeightGroup` owns a set of parameters/buffers and swaps their
+``.data`` between a host copy (pinned, so copies run asynchronously) and a
+device copy. The :class:`BlockStreamer` cuts the DiT into a *stem* (everything
+outside its blocks, always resident) and one group per block: the planner's
+resident blocks stay on the device, the others are onloaded on a side CUDA
+stream one block ahead of the computation and dropped after their forward.
+
+diffusers' ``apply_group_offloading`` does the all-blocks-streamed case, but it
+cannot keep a chosen subset of blocks resident and, with ``record_stream``,
+lets the CPU run ahead of the GPU and allocate more blocks than budgeted; both
+are the reason for this file.
+
+On a machine without CUDA the compute device is the CPU itself. The same code
+then runs against a *simulated* device: "onloading" clones the host copy, and
+the :class:`Residency` ledger tells device copies from host copies by storage,
+so a test can prove what would have been resident on a real device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .measure import quant_state_tensors
+
+
+class Residency:
+    """Which weight bytes sit on the compute device, measured from the tensors themselves."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.simulated = self.device.type == "cpu"
+        self._host: set[int] = set()  # storages that are host copies (simulated device only)
+        self.modules: dict[str, nn.Module] = {}
+        self.peak = 0
+        self.samples: list[tuple[str, int]] = []
+        self.verify = False  # also sample before every streamed block (tests; costs a pass over the weights)
+
+    def mark_host(self, t: torch.Tensor, host: bool = True) -> None:
+        if self.simulated:
+            (self._host.add if host else self._host.discard)(t.untyped_storage().data_ptr())
+
+    def is_resident(self, t: torch.Tensor) -> bool:
+        if t.device.type != self.device.type:
+            return False
+        return not (self.simulated and t.untyped_storage().data_ptr() in self._host)
+
+    def track(self, name: str, module: nn.Module | None) -> None:
+        if module is None:
+            self.modules.pop(name, None)
+        else:
+            self.modules[name] = module
+
+    def resident_bytes(self) -> int:
+        """Bytes of distinct device storages among every tracked module's weights."""
+        seen: dict[int, int] = {}
+        for m in self.modules.values():
+            for t in (*m.parameters(), *m.buffers(), *quant_state_tensors(m)):
+                if t.device.type != "meta" and self.is_resident(t):
+                    s = t.untyped_storage()
+                    seen[s.data_ptr()] = s.nbytes()
+        return sum(seen.values())
+
+    def sample(self, where: str) -> int:
+        b = self.resident_bytes()
+        self.peak = max(self.peak, b)
+        self.samples.append((where, b))
+        return b
+
+
+def _pin(t: torch.Tensor) -> torch.Tensor:
+    return t.pin_memory() if torch.cuda.is_available() and not t.is_pinned() else t
+
+
+def _host_copy(t: torch.Tensor, simulated: bool) -> torch.Tensor:
+    """A (pinned) host copy of a device tensor, written once; on a simulated device, a clone."""
+    if simulated:
+        return t.clone()
+    if t.device.type == "cpu":
+        return _pin(t)
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available()).copy_(t)
+
+
+@dataclass
+class WeightGroup:
+    """Tensors that move together between a host copy and the compute device."""
+
+    name: str
+    tensors: list[torch.Tensor]
+    residency: Residency
+    keep_host: bool = True  # streamed groups keep their host copy; resident ones move
+    host: list[torch.Tensor] = field(default_factory=list)
+    on_device: bool = True
+    event: object = None  # CUDA event: the copy to the device has finished
+
+    @classmethod
+    def of(cls, name: str, modules: Iterable[nn.Module], residency: Residency, keep_host: bool = True,
+           extra: Iterable[torch.Tensor] = ()) -> WeightGroup:
+        seen, tensors = set(), []
+        for t in chain(*(chain(m.parameters(), m.buffers()) for m in modules), extra):
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
+        g = cls(name, tensors, residency, keep_host)
+        g.on_device = all(residency.is_resident(t) for t in tensors)
+        if not g.on_device:  # loaded on the host: that copy becomes the (pinned) host copy
+            g.host = [_pin(t.data) for t in tensors]
+            for t, h in zip(tensors, g.host):
+                t.data = h
+                residency.mark_host(h)
+        return g
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    def offload(self, stream: torch.cuda.Stream | None = None) -> None:
+        """Drop the device copy (making a host copy first if there is none)."""
+        if not self.on_device:
+            return
+        if not self.host:
+            self.host = [_host_copy(t.data, self.residency.simulated) for t in self.tensors]
+            for h in self.host:
+                self.residency.mark_host(h)
+        for t, h in zip(self.tensors, self.host):
+            if stream is not None and t.data.is_cuda:
+                t.data.record_stream(stream)  # the compute stream may still read it: delay reuse, not the CPU
+            t.data = h
+        self.on_device, self.event = False, None
+
+    def onload(self, stream: torch.cuda.Stream | None = None) -> None:
+        """Copy the host copy to the device (asynchronously on ``stream`` when given)."""
+        if self.on_device:
+            return
+        dev = self.residency.device
+        ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        with ctx:
+            for t, h in zip(self.tensors, self.host):
+                t.data = h.clone() if self.residency.simulated else h.to(dev, non_blocking=stream is not None)
+            if stream is not None:
+                self.event = torch.cuda.Event()
+                self.event.record(stream)
+        if not self.keep_host:
+            for h in self.host:
+                self.residency.mark_host(h, False)
+            self.host = []
+        self.on_device = True
+
+    def wait(self) -> None:
+        """Make the compute stream wait for this group's copy (a GPU-side wait: the CPU runs on)."""
+        if self.event is not None:
+            torch.cuda.current_stream().wait_event(self.event)
+            self.event = None
+
+
+class BlockStreamer:
+    """Keeps the stem and the ``resident`` blocks on the device and streams the others through it.
+
+    The streamed blocks keep a pinned host copy; each one is copied to the
+    device while the block before it computes (on a side stream), and freed
+    after its own forward. At most two streamed blocks are on the device at
+    once: before prefetching the next one, the CPU waits until the previous
+    streamed block has finished on the GPU, so it can never run ahead and
+    allocate more (diffusers' ``record_stream`` path has no such bound).
+    """
+
+    def __init__(self, transformer: nn.Module, resident: Iterable[int], residency: Residency,
+                 use_stream: bool | None = None, name: str = "transformer") -> None:
+        from .components import transformer_blocks
+
+        self.residency = residency
+        self.blocks = transformer_blocks(transformer)
+        self.resident = set(resident)
+        stem = [m for name, m in transformer.named_children() if not isinstance(m, nn.ModuleList)]
+        own = [t for t in (*transformer._parameters.values(), *transformer._buffers.values()) if t is not None]
+        self.stem = WeightGroup.of("stem", stem, residency, keep_host=False, extra=own)
+        self.groups = [WeightGroup.of(f"block{i}", [b], residency, keep_host=i not in self.resident)
+                       for i, b in enumerate(self.blocks)]
+        self.order = [i for i in range(len(self.blocks)) if i not in self.resident]
+        cuda = residency.device.type == "cuda"
+        self.stream = torch.cuda.Stream() if (use_stream if use_stream is not None else cuda) and cuda else None
+        self._done: dict[int, object] = {}  # streamed position -> compute-finished event
+        self._hooks = []
+        for pos, i in enumerate(self.order):
+            self._hooks.append(self.blocks[i].register_forward_pre_hook(self._pre(pos)))
+            self._hooks.append(self.blocks[i].register_forward_hook(self._post(pos)))
+        for i in self.order:
+            self.groups[i].offload()
+        residency.track(name, transformer)
+
+    # -------------------------------------------------------------- phases
+    def load(self) -> None:
+        """Stem and resident blocks on the device (after an :meth:`evict`)."""
+        self.stem.onload()
+        for i in self.resident:
+            self.groups[i].onload()
+
+    def evict(self) -> None:
+        """Everything to the host (a conditioning phase needs the room)."""
+        self.release()
+        self.stem.offload()
+        for i in self.resident:
+            self.groups[i].offload()
+
+    def release(self) -> None:
+        """Drop streamed blocks still on the device (a prefetch for a step that did not come)."""
+        for i in self.order:
+            self.groups[i].offload(self._compute_stream())
+        self._done.clear()
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def close(self) -> None:
+        """Remove the hooks and put every block back on the device."""
+        self.release()
+        self.remove_hooks()
+        self.load()
+        for i in self.order:
+            self.groups[i].keep_host = False
+            self.groups[i].onload()
+            self.groups[i].wait()
+
+    @property
+    def streamed_bytes(self) -> int:
+        return sum(self.groups[i].nbytes() for i in self.order)
+
+    # -------------------------------------------------------------- hooks
+    def _compute_stream(self) -> torch.cuda.Stream | None:
+        return torch.cuda.current_stream() if self.stream is not None else None
+
+    def _pre(self, pos: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            group = self.groups[self.order[pos]]
+            group.onload(self.stream)  # no-op when the previous block prefetched it
+            group.wait()
+            if len(self.order) > 1:
+                back = self._done.pop((pos - 1) % len(self.order), None)
+                if back is not None:
+                    back.synchronize()  # the block before this one is done: its memory is free to reuse
+                self.groups[self.order[(pos + 1) % len(self.order)]].onload(self.stream)
+            if self.residency.verify:
+                self.residency.sample(f"pre {group.name}")
+        return hook
+
+    def _post(self, pos: int):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            group = self.groups[self.order[pos]]
+            if self.stream is not None:
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream())
+                self._done[pos] = done
+            group.offload(self._compute_stream())
+        return hook
+
+
+def block_placement(transformer: nn.Module, resident: Iterable[int]) -> Callable[[str], bool]:
+    """``name -> True`` when a parameter of ``transformer`` belongs on the device (stem or resident block)."""
+    keep, prefixes, i = set(resident), {}, 0
+    for cname, child in transformer.named_children():
+        if isinstance(child, nn.ModuleList):
+            for j in range(len(child)):
+                prefixes[f"{cname}.{j}."] = i
+                i += 1
+
+    def on_device(name: str) -> bool:
+        head = name.split(".", 2)
+        block = prefixes.get(f"{head[0]}.{head[1]}." if len(head) > 2 else "")
+        return block is None or block in keep
+
+    return on_device
+
+
+def load_safetensors(module: nn.Module, folder: str | Path, on_device: Callable[[str], bool], device: torch.device,
+                     dtype: torch.dtype) -> nn.Module:
+    """Fill a ``meta``-built module from the ``*.safetensors`` files in ``folder``, one tensor at a time.
+
+    The files are memory-mapped; each tensor goes straight to the compute device
+    or into pinned host memory (``on_device(name)``), so the host never holds a
+    second full copy of the weights, only the page cache of the mapping.
+    """
+    from safetensors import safe_open
+
+    pin = device.type == "cuda"
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {folder}")
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
+                owner, _, leaf = name.rpartition(".")
+                mod = module.get_submodule(owner)
+                t = f.get_tensor(name)
+                t = t.to(dtype) if t.is_floating_point() else t
+                if on_device(name):
+                    t = t.to(device)
+                elif pin:
+                    t = torch.empty_like(t, pin_memory=True).copy_(t)
+                if leaf in mod._parameters:
+                    mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+                elif leaf in mod._buffers:
+                    mod._buffers[leaf] = t
+    missing = [n for n, p in (*module.named_parameters(), *module.named_buffers()) if p.is_meta]
+    if missing:
+        raise ValueError(f"{folder}: no weights for {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    return module.eval()
