@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -87,6 +88,12 @@ def section_noise(shape: tuple[int, ...], seed: int, index: int) -> torch.Tensor
     return torch.randn(shape, generator=g)
 
 
+class MemoryHooks(Protocol):
+    """What the pipeline asks of a memory manager (see :mod:`.memory`): one context per phase."""
+
+    def phase(self, name: str, section: int | None = None) -> AbstractContextManager: ...
+
+
 # --------------------------------------------------------------- generation
 @dataclass
 class Generation:
@@ -103,11 +110,17 @@ class Generation:
 class Pipeline:
     """Generates a long video section by section from one backbone + encoder."""
 
-    def __init__(self, backbone: Backbone, encoder: HistoryEncoder | None, preset: Preset) -> None:
+    def __init__(self, backbone: Backbone, encoder: HistoryEncoder | None, preset: Preset,
+                 memory: MemoryHooks | None = None) -> None:
         self.backbone = backbone
         self.encoder = encoder
         self.preset = preset
         self._text_cache: dict[str, Conditioning] = {}
+        #: called around every phase (text/image/VAE encode, denoise, decode) to load and evict weights
+        self.memory = memory
+
+    def _phase(self, name: str, section: int | None = None) -> AbstractContextManager:
+        return nullcontext() if self.memory is None else self.memory.phase(name, section)
 
     # ------------------------------------------------------------- settings
     def option(self, request: GenerationRequest, name: str):
@@ -128,7 +141,7 @@ class Pipeline:
     def text(self, prompt: str) -> Conditioning:
         """Prompt embeddings, computed once per distinct prompt."""
         if prompt not in self._text_cache:
-            with torch.no_grad():
+            with torch.no_grad(), self._phase("text_encode"):
                 self._text_cache[prompt] = self.backbone.encode_text(prompt)
         return self._text_cache[prompt]
 
@@ -145,18 +158,23 @@ class Pipeline:
         v = self.preset.video
         history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device)
         gen = Generation(request, board, self.sections_for(request.seconds), history)
+        if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
+            for prompt in dict.fromkeys(p for _, p in board):
+                self.text(prompt)
+            if float(self.option(request, "cfg")) != 1.0:
+                self.text(self.preset.sampling.negative_prompt)
         frames: np.ndarray | None = None
         if request.image:
             frames = read_image(request.image, v.width, v.height)[None]
-            with torch.no_grad():
+            with torch.no_grad(), self._phase("image_encode"):
                 gen.image_cond = self.backbone.encode_image(to_pixels(frames)[0, :, 0].to(self.backbone.device))
         elif request.continue_video:
             max_frames = int(MAX_CONTINUE_SECONDS * v.fps)
             frames = read_video(request.continue_video, v.width, v.height, v.fps, max_frames)
-            with torch.no_grad():
+            with torch.no_grad(), self._phase("image_encode"):
                 gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device))
         if frames is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._phase("vae_encode"):
                 latents = self.backbone.vae_encode(to_pixels(frames))
             history.append(latents)
         return gen, frames
@@ -201,22 +219,23 @@ class Pipeline:
         shape = (1, geo.latent_channels, self.section_latent_frames, v.height // geo.spatial_scale, v.width // geo.spatial_scale)
         noise = section_noise(shape, req.seed, idx).to(bb.device)
         t0 = time.perf_counter()
-        latents = sample(
-            self.option(req, "sampler"), guided(model, cfg), noise,
-            int(self.option(req, "steps")), float(self.option(req, "shift")), on_step,
-        )
+        with self._phase("denoise", idx):
+            latents = sample(
+                self.option(req, "sampler"), guided(model, cfg), noise,
+                int(self.option(req, "steps")), float(self.option(req, "shift")), on_step,
+            )
         t1 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self._phase("vae_decode", idx):
             frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
-        t2 = time.perf_counter()
-        tokens = gen.history.append(latents)
+            t2 = time.perf_counter()
+            tokens = gen.history.append(latents)
         t3 = time.perf_counter()
         gen.next_section += 1
         return SectionDone(idx, gen.total_sections, frames,
                            {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens)
 
     def preview(self, index: int, info: dict) -> StepPreview:
-        with torch.no_grad():
+        with torch.no_grad(), self._phase("preview", index):
             img = to_uint8(self.backbone.preview(info["denoised"].to(self.backbone.dtype))[:, None])[0]
         return StepPreview(index, info["step"], info["total"], img)
 
