@@ -164,16 +164,17 @@ class Pipeline:
             if float(self.option(request, "cfg")) != 1.0:
                 self.text(self.preset.sampling.negative_prompt)
         frames: np.ndarray | None = None
-        if request.image:
+        if request.continue_video:
+            frames = read_video(request.continue_video, v.width, v.height, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
+        elif request.image:
             frames = read_image(request.image, v.width, v.height)[None]
-            with torch.no_grad(), self._phase("image_encode"):
-                gen.image_cond = self.backbone.encode_image(to_pixels(frames)[0, :, 0].to(self.backbone.device))
-        elif request.continue_video:
-            max_frames = int(MAX_CONTINUE_SECONDS * v.fps)
-            frames = read_video(request.continue_video, v.width, v.height, v.fps, max_frames)
+        else:  # text-to-video: the backbone may offer a start frame (the toy world does)
+            start = self.backbone.default_start(request.seed, request.prompt, request.seconds, v.width, v.height)
+            frames = None if start is None else start[None]
+        if frames is not None:
+            # The image condition is the frame the video goes on from: the start image, or the last frame.
             with torch.no_grad(), self._phase("image_encode"):
                 gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device))
-        if frames is not None:
             with torch.no_grad(), self._phase("vae_encode"):
                 latents = self.backbone.vae_encode(to_pixels(frames))
             history.append(latents)

@@ -27,8 +27,8 @@ def test_help_lists_subcommands():
 @pytest.mark.parametrize(
     "preset,extra,frames",
     [
-        (TINY_TOY, ["--prompt", "camera pans left", "--seconds", "1.5"], 12),  # 1.5 s at 8 fps: 3 sections of 4 frames
-        (TINY_TOY, ["--prompt", "0s: camera pans right; 1s: camera pans left", "--seconds", "2", "--history", "window"], 16),
+        (TINY_TOY, ["--prompt", "camera pans left", "--seconds", "1.5"], 1 + 12),  # the world's start frame + 3 sections of 4 frames
+        (TINY_TOY, ["--prompt", "0s: camera pans right; 1s: camera pans left", "--seconds", "2", "--history", "window"], 1 + 16),
         (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 10),  # 2 sections of 5 frames
     ],
     ids=["toy-t2v", "toy-storyboard-window", "hunyuan-t2v"],

@@ -44,10 +44,20 @@ def test_history_modes_differ_and_none_has_no_tokens(toy_pipeline):
         outs[mode] = np.concatenate([d.frames for d in done])
         if mode != "encoder":
             assert all(d.history_tokens == 0 for d in done)
-    # section 0 has no history in any mode; later sections see different context
-    assert np.array_equal(outs["encoder"][:4], outs["none"][:4])
-    assert not np.array_equal(outs["encoder"][4:], outs["none"][4:])
-    assert not np.array_equal(outs["window"][4:], outs["none"][4:])
+    # the toy world's start frame is history from section 0 on, except in mode "none"
+    assert not np.array_equal(outs["encoder"], outs["none"])
+    assert not np.array_equal(outs["window"], outs["none"])
+    assert not np.array_equal(outs["encoder"], outs["window"])
+
+
+def test_toy_text_to_video_starts_in_the_world_of_the_seed(toy_pipeline):
+    from framepack_history.toyworld import WorldSpec, start_frame
+
+    events, _ = run(toy_pipeline, prompt="0s: camera pans right; 1s: camera pans left", seconds=2.0, seed=11)
+    ctx = [e for e in events if isinstance(e, ContextFrames)]
+    assert len(ctx) == 1
+    expected = start_frame(11, WorldSpec(view=32), storyboard="0s: camera pans right; 1s: camera pans left", seconds=2.0)
+    assert np.array_equal(ctx[0].frames[0], expected)
 
 
 def test_window_context_is_the_last_raw_latents(toy_pipeline):

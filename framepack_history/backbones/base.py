@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,13 @@ class Backbone(ABC):
         Backbones without an image encoder return empty conditioning.
         """
         return Conditioning()
+
+    def default_start(self, seed: int, prompt: str, seconds: float, width: int, height: int) -> "np.ndarray | None":
+        """A start frame ``uint8 [H, W, 3]`` for text-to-video, or None to start from nothing.
+
+        The toy backbone draws the first view of the world given by the seed.
+        """
+        return None
 
     # --- VAE -----------------------------------------------------------------
     @abstractmethod

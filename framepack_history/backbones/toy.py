@@ -314,6 +314,14 @@ class ToyBackbone(Backbone):
         ids, mask = self.tokenizer(prompt)
         return Conditioning({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
 
+    def default_start(self, seed: int, prompt: str, seconds: float, width: int, height: int):
+        """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start."""
+        from ..toyworld import WorldSpec, start_frame
+
+        if width != height:
+            return None
+        return start_frame(seed, WorldSpec(view=width), storyboard=prompt, seconds=seconds)
+
     def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels.to(self.device, self.dtype))
 
