@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ipaddress
 import os
 import re
 import shutil
@@ -24,6 +25,16 @@ from framepack_history.config import InputError, available_presets, load_preset
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the page on this machine."""
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit status 2 (not argparse's usage dump)
         raise UsageError(f"{self.prog}: error: {message}")
@@ -37,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     p.add_argument("--auth", help="USER:PASS, or a file with one USER:PASS per line")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
-    p.add_argument("--outputs", default="outputs", help="where jobs are written (default outputs/)")
+    p.add_argument("--outputs", default="outputs", help="where videos are written and served from (default outputs/)")
+    p.add_argument("--jobs-dir", help="job folders with per-section checkpoints, never served (default: jobs/ beside --outputs)")
     p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait at once (default 16)")
     p.add_argument("--max-file-size", default="200mb", help="upload limit, e.g. 200mb or 1gb (default 200mb)")
     return p
@@ -108,15 +120,40 @@ def prepare(argv: list[str] | None = None) -> argparse.Namespace:
     args.preset_name = load_preset(args.preset).name
     args.auth = read_auth(args.auth)
     check_args(args)
+    if not args.auth and (args.share or not is_loopback(args.server_name)):
+        # Anyone who reaches the page can run jobs on this machine's GPU and read every video in outputs/.
+        how = "--share makes a public link" if args.share else f"--server-name {args.server_name} exposes the page to the network"
+        raise InputError("--auth", f"{how}; give --auth USER:PASS (or a file of such lines) so that only you can use it")
     if args.port is not None and not port_free(args.server_name, args.port):
         raise InputError("--port", f"{args.port} is already in use on {args.server_name}")
     return args
+
+
+def blocked_paths(jobs_dir: Path) -> list[str]:
+    """What the page must never serve: job state, weights (local folders and the hub cache), the package."""
+    from framepack_history.config import ROOT, resolve_path
+
+    paths = {jobs_dir, ROOT / "framepack_history", ROOT / "presets", ROOT / ".git"}
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    paths.add(Path(hub))
+    for name in available_presets():
+        try:
+            model = load_preset(name).model
+        except InputError:
+            continue
+        for value in (model.weights, model.encoder, *model.components.values()):
+            local = Path(resolve_path(value)) if value else None
+            if local is not None and local.exists():
+                paths.add(local)
+    return sorted(str(p.resolve()) for p in paths)
 
 
 def start(args: argparse.Namespace):
     """Start the worker and launch the page without blocking; returns (demo, worker, local URL, share URL)."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
+    jobs_dir = Path(args.jobs_dir).resolve() if getattr(args, "jobs_dir", None) else outputs.parent / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
     # The page's uploads and stream chunks live in a folder this process owns and removes.
     temp = tempfile.mkdtemp(prefix="framepack-gradio-")
     atexit.register(shutil.rmtree, temp, True)
@@ -130,7 +167,7 @@ def start(args: argparse.Namespace):
     from ui import build_app
     from ui.layout import CSS
 
-    worker = Worker(outputs, max_queue=args.max_queue).start()
+    worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir).start()
     demo = build_app(worker, args.preset)
     demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=8)
     share = args.share
@@ -139,7 +176,8 @@ def start(args: argparse.Namespace):
         share = False
     _, local_url, share_url = demo.launch(
         server_name=args.server_name, server_port=args.port, share=share, auth=args.auth, inbrowser=args.inbrowser,
-        allowed_paths=[str(outputs)], max_file_size=args.max_file_size, show_error=True, prevent_thread_lock=True,
+        allowed_paths=[str(outputs)], blocked_paths=blocked_paths(jobs_dir), max_file_size=args.max_file_size,
+        show_error=True, prevent_thread_lock=True,
         quiet=True, theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
     )
     return demo, worker, local_url, share_url
@@ -157,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # an unreadable --auth file
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.server_name not in LOOPBACK and not args.auth:
-        print(f"warning: serving on {args.server_name} without --auth: anyone who can reach this machine can use it",
-              file=sys.stderr)
     demo, worker, local_url, share_url = start(args)
     print(f"FramePack History ({args.preset_name}) on {local_url}" + (f" · public link {share_url}" if share_url else ""), flush=True)
+    left = worker.interrupted()
+    if left:
+        print(f"{len(left)} interrupted job(s); resume them in the page (Queue tab) or with "
+              f"`python -m framepack_history resume {worker.jobs_dir}/ID`:", flush=True)
+        for row in left:
+            print(f"  {row['id']}  {row['sections_done']}/{row['sections_total'] or '?'} sections  {row['prompt'][:60]!r}", flush=True)
     try:
         demo.block_thread()
     finally:

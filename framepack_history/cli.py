@@ -45,12 +45,24 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1 ...)")
     g.add_argument("--out", help="output .mp4 (default outputs/DATE/TIME.mp4); a .json sidecar is written beside it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
+                                     "`python -m framepack_history resume DIR` finishes the job after a crash")
+
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("resume", help="finish an interrupted job from its last finished section",
+                       description="Continue a job from its job folder (`generate --job-dir DIR`, or the app's jobs/ID).")
+    r.add_argument("job_dir", metavar="DIR", help="the job folder")
+    r.add_argument("--device", help="override the job's device (cpu, cuda, cuda:1 ...)")
+    r.add_argument("--out", help="write the video here instead of where the job said (.mp4)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m framepack_history", description="Long video generation with a compressed history embedding.")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     _add_generate(sub)
+    _add_resume(sub)
     i = sub.add_parser("inspect", help="show a preset and its history-token budget")
     i.add_argument("--preset", default="toy-cpu")
     i.add_argument("--json", action="store_true")
@@ -72,17 +84,13 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from .backbones.base import WeightsNotFoundError
-    from .loading import build_encoder, load_backbone
-    from .pipeline import Pipeline, SectionDone, SectionStarted
-    from .render import render
+    from .checkpoint import JobDir
+    from .jobs import check_inputs, keep_inputs
+    from .loading import check_device
 
     preset = load_preset(args.preset)
     if args.device:
-        preset.hardware.device = args.device
+        preset.hardware.device = str(check_device(args.device, "--device"))
     request = _request(args)
     request.validate(preset)  # fail fast, before any weights load
     rate = args.encoder_rate
@@ -90,8 +98,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError("--encoder-rate", f"{rate!r} is not offered by {preset.name} (choices: {', '.join(preset.model.encoder_rates)})")
     if args.out and Path(args.out).suffix.lower() != ".mp4":
         raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
+    check_inputs(request, preset, fields=("--image", "--continue-video"))  # unreadable files fail before weights load
     out = Path(args.out) if args.out else ROOT / "outputs" / dt.date.today().isoformat() / f"{dt.datetime.now():%H%M%S}-seed{args.seed}.mp4"
+    if args.job_dir and JobDir(args.job_dir).exists():
+        raise InputError("--job-dir", f"{args.job_dir} already holds a job: finish it with "
+                                      f"`python -m framepack_history resume {args.job_dir}`, or give a new folder")
+    if args.job_dir and Path(args.job_dir).exists() and not Path(args.job_dir).is_dir():
+        raise InputError("--job-dir", f"{args.job_dir} is a file, not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # Without --job-dir the checkpoints still serve the out-of-memory retry, in a folder removed at the end.
+    with tempfile.TemporaryDirectory(prefix="fph-job-") as tmp:
+        job = JobDir(args.job_dir or tmp)
+        keep_inputs(request, job.root / "inputs")  # a resumed job must not depend on files that may move
+        job.create(request, preset, out=out, preset_ref=args.preset, encoder_rate=rate, status="running")
+        return _run_job(job, preset, request, rate, out, args.quiet, keep=bool(args.job_dir))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .checkpoint import JobDir
+    from .loading import check_device
+
+    job = JobDir(args.job_dir)
+    if not Path(args.job_dir).is_dir():
+        raise InputError("DIR", f"{args.job_dir} is not a folder")
+    info = job.info()
+    if job.status == "done":
+        print(f"{args.job_dir}: already finished; the video is {info.out}")
+        return 0
+    if job.owner_alive():
+        raise InputError("DIR", f"{args.job_dir} is being worked on by process {job.checkpoint()['owner']['pid']}")
+    if args.device:
+        info.preset.hardware.device = str(check_device(args.device, "--device"))
+    if args.out and Path(args.out).suffix.lower() != ".mp4":
+        raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
+    out = Path(args.out) if args.out else info.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _run_job(job, info.preset, info.request, info.encoder_rate, out, args.quiet, keep=True)
+
+
+def _load_pipeline(preset, request: GenerationRequest, rate: str | None):
+    """Backbone + history encoder + pipeline for one request."""
+    import torch
+
+    from .backbones.base import WeightsNotFoundError
+    from .loading import build_encoder, load_backbone
+    from .pipeline import Pipeline
+
     if preset.hardware.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
@@ -100,18 +152,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError("--preset", str(e)) from None
     mode = request.history_mode or preset.history.mode
     encoder = build_encoder(preset.model, backbone, rate) if mode == "encoder" else None
-    pipeline = Pipeline(backbone, encoder, preset)
+    return Pipeline(backbone, encoder, preset)
 
+
+def _run_job(job, preset, request: GenerationRequest, rate: str | None, out: Path, quiet: bool, keep: bool) -> int:
+    """Render into ``job`` with a progress bar; a crash, Ctrl-C or a second OOM leaves it resumable."""
+    from tqdm import tqdm
+
+    from .checkpoint import OutOfMemoryFailure, Resumed
+    from .pipeline import SectionDone, SectionStarted
+    from .render import render
+
+    pipeline = _load_pipeline(preset, request, rate)
     bar = None
     steps = request.steps or preset.sampling.steps
 
     def on_event(ev) -> None:
         nonlocal bar
-        if args.quiet:
+        if quiet:
             return
+        if isinstance(ev, Resumed) and ev.sections_done:
+            print(f"resuming after section {ev.sections_done} of {ev.total}", file=sys.stderr)
         if isinstance(ev, SectionStarted):
             if bar is None:
-                bar = tqdm(total=ev.total * steps, unit="step", desc="sections", file=sys.stderr)
+                bar = tqdm(total=ev.total * steps, initial=ev.index * steps, unit="step", desc="sections", file=sys.stderr)
             bar.set_description(f"section {ev.index + 1}/{ev.total}")
         elif isinstance(ev, SectionDone) and bar is not None:
             bar.set_postfix(history_tokens=ev.history_tokens)
@@ -120,10 +184,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(1)
 
-    with tempfile.TemporaryDirectory(prefix="fph-segments-") as seg:
-        data = render(pipeline, request, out, seg, on_event=on_event, on_step=on_step)
-    if bar is not None:
-        bar.close()
+    hint = f"; resume it with `python -m framepack_history resume {job.root}`" if keep else ""
+    try:
+        data = render(pipeline, request, out, job.info().segments_dir, on_event=on_event, on_step=on_step, job=job)
+    except OutOfMemoryFailure as e:
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{hint}", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"wrote {out} ({data['seconds']:.2f} s, {len(data['sections'])} sections) and {out.with_suffix('.json')}")
     return 0
 
@@ -157,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .memory.command import run as cmd_plan
 
-        return {"generate": cmd_generate, "inspect": cmd_inspect, "plan": cmd_plan, **training_commands}[args.command](args)
+        return {"generate": cmd_generate, "resume": cmd_resume, "inspect": cmd_inspect, "plan": cmd_plan, **training_commands}[args.command](args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2

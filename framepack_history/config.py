@@ -184,11 +184,15 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if p.suffix != ".toml":
         p = PRESET_DIR / f"{name_or_path}.toml"
     if not p.is_file():
+        if str(name_or_path).endswith(".toml"):
+            raise InputError("--preset", f"no such preset file: {str(name_or_path)!r}")
         raise InputError("--preset", f"unknown preset {str(name_or_path)!r} (available: {', '.join(available_presets())})")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError("--preset", f"{p.name} is not valid TOML: {e}") from None
+    except OSError as e:  # unreadable (permissions, a FIFO, ...)
+        raise InputError("--preset", f"{p.name} could not be read: {e.strerror or e}") from None
     data.setdefault("name", p.stem)
     try:
         preset = _build(Preset, data, "")
@@ -196,6 +200,18 @@ def load_preset(name_or_path: str | Path) -> Preset:
     except InputError as e:
         raise InputError("--preset", f"{p.name}: {e.field} {e.message}") from None
     preset.path = str(p)
+    return preset
+
+
+def preset_from_dict(data: dict[str, Any], where: str = "preset") -> Preset:
+    """A preset saved with :meth:`Preset.to_dict` (job folders keep the one a job started with)."""
+    try:
+        preset = _build(Preset, dict(data), "")
+        _check(preset)
+    except InputError as e:
+        raise InputError(where, f"{e.field} {e.message}") from None
+    except TypeError as e:  # a required field (the name) is missing
+        raise InputError(where, str(e)) from None
     return preset
 
 
@@ -210,6 +226,7 @@ def resolve_path(value: str) -> str:
 # -------------------------------------------------------------------- request
 _STAMP = re.compile(r"(?:^|;|\n)\s*(\d+(?:\.\d+)?)\s*s\s*:", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_LOOKS_TIMED = re.compile(r"^\s*[-+]?\d[\d.]*\s*[a-z]{0,3}\s*:", re.IGNORECASE)
 MAX_PROMPT_CHARS = 2000
 
 
@@ -227,6 +244,9 @@ def parse_storyboard(text: str) -> list[tuple[float, str]]:
         return [(0.0, text)]
     if text[: stamps[0].start()].strip(" ;\n"):
         raise InputError("--prompt", "storyboard text must start with a time such as '0s:'")
+    for part in re.split(r"[;\n]", text):  # '10: b' or '1m: b' between good stamps is a typo, not prompt text
+        if _LOOKS_TIMED.match(part) and not _STAMP.match(part):
+            raise InputError("--prompt", f"malformed storyboard time at {part.strip()[:20]!r}: write times like '0s:' or '12.5s:'")
     entries: list[tuple[float, str]] = []
     for i, m in enumerate(stamps):
         end = stamps[i + 1].start() if i + 1 < len(stamps) else len(text)
@@ -276,6 +296,12 @@ class GenerationRequest:
             raise InputError("--seconds", f"{self.seconds:g} s is over the preset's limit of {preset.video.max_seconds:g} s")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise InputError("--seed", f"must be an integer in [0, 2^63) (got {self.seed!r})")
+        if not isinstance(self.prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(self.prompt).__name__})")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv, a broken client)
+            raise InputError("--prompt", f"is not valid UTF-8 text (character {e.start + 1} cannot be encoded)") from None
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise InputError("--prompt", f"is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         if self.history_mode is not None and self.history_mode not in HISTORY_MODES:

@@ -5,6 +5,10 @@
   lazily when a job first needs them, caches them, and runs jobs one at a
   time in FIFO order. Cancelling raises :class:`~.sampling.Cancelled` from
   the step callback; a bad job fails alone and the worker goes on.
+* Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
+  request, preset and a checkpoint after every section, so a job whose
+  process died can be resumed (:meth:`Worker.resume`). Segments and videos
+  stay in ``outputs/``; the job folders are never served by the page.
 
 This module imports no torch at import time, so the UI can use it freely.
 """
@@ -16,12 +20,14 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import JobDir, interrupted_jobs
 from .config import GenerationRequest, InputError, Preset, load_preset
 from .job_store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
 
@@ -29,14 +35,14 @@ __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Progress", "Wo
 
 log = logging.getLogger(__name__)
 
-def check_inputs(request: GenerationRequest, preset: Preset) -> None:
+def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, str] = ("start image", "video to continue")) -> None:
     """Read the start image / probe the video now, so a bad file fails at submit."""
     from .video import probe_video, read_image
 
     if request.image:
-        read_image(request.image, preset.video.width, preset.video.height, field="start image")
+        read_image(request.image, preset.video.width, preset.video.height, field=fields[0])
     if request.continue_video:
-        probe_video(request.continue_video, field="video to continue")
+        probe_video(request.continue_video, field=fields[1])
 
 
 def keep_inputs(request: GenerationRequest, folder: Path) -> None:
@@ -62,8 +68,11 @@ class Worker:
         max_queue: int = 16,
         preview_every_s: float = 0.5,
         max_models: int = 2,
+        jobs_dir: str | Path | None = None,
     ) -> None:
         self.outputs = Path(outputs)
+        #: job folders (checkpoints); beside outputs/, not inside it, so the page never serves them
+        self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else self.outputs.resolve().parent / "jobs"
         self.store = store or JobStore()
         self.max_queue = max_queue
         self.preview_every_s = preview_every_s
@@ -87,13 +96,19 @@ class Worker:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything and end the thread (tests, shutdown)."""
+        """Stop every job and end the thread (tests, shutdown).
+
+        Unlike a user's cancel, their job folders say "interrupted": the next
+        start of the app offers them for resume.
+        """
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         for job in self.store.jobs():
             if not job.terminal:
                 self.cancel(job.id)
+                if job.status == "cancelled":  # it was queued: never started
+                    self._set_job_dir_status(job, "interrupted", "the server stopped before it started")
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -116,6 +131,11 @@ class Worker:
             job_id = new_job_id()
             job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
             keep_inputs(spec.request, job.folder / "inputs")
+            try:  # written before it is queued: a restart finds queued jobs too
+                self.job_dir(job_id).create(spec.request, preset, out=job.folder / "video.mp4", segments_dir=job.folder / "segments",
+                                            preset_ref=spec.preset, encoder_rate=spec.encoder_rate, folder=str(job.folder))
+            except OSError as e:
+                raise InputError("job", f"could not write its job folder ({e.strerror or e})") from None
             self.store.add(job)
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -128,6 +148,7 @@ class Worker:
             if job.status == "queued" and job_id in self._queue:
                 self._queue.remove(job_id)
                 self.store.update(job, status="cancelled", message="cancelled before it started", finished=time.time())
+                self._set_job_dir_status(job, "cancelled", job.message)
                 return job
         if job.status == "running":
             job.cancel_requested.set()
@@ -137,6 +158,60 @@ class Worker:
     def queued(self) -> list[str]:
         with self._cond:
             return list(self._queue)
+
+    # ------------------------------------------------------------- resuming
+    def job_dir(self, job_id: str) -> JobDir:
+        """The job folder of ``job_id`` (ids come from clients: plain names only)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", job_id or ""):
+            raise InputError("job", f"{job_id!r} is not a job id")
+        return JobDir(self.jobs_dir / job_id)
+
+    def interrupted(self) -> list[dict[str, Any]]:
+        """Jobs left unfinished by a process that is gone, in queue order: id, prompt, progress."""
+        mine = {j.id for j in self.store.jobs()}
+        rows = []
+        for jd in interrupted_jobs(self.jobs_dir, exclude=mine):
+            try:
+                info, ck = jd.info(), jd.checkpoint()
+            except InputError:
+                continue
+            rows.append({"id": jd.id, "prompt": info.request.prompt, "seconds": info.request.seconds,
+                         "sections_done": ck.get("next_section", 0), "sections_total": ck.get("total_sections"),
+                         "status": ck.get("status"), "folder": str(jd.root)})
+        return rows
+
+    def resume(self, job_id: str) -> Job:
+        """Queue an interrupted job again; it continues after its last finished section."""
+        jd = self.job_dir(job_id)
+        if not jd.exists():
+            raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir}")
+        info = jd.info()
+        if jd.status == "done":
+            raise InputError("job", f"{job_id} is already finished ({info.out})")
+        if jd.owner_alive():
+            raise InputError("job", f"{job_id} is being run by another process")
+        with self._cond:
+            known = self.store.jobs()
+            if any(j.id == job_id and not j.terminal for j in known):
+                raise InputError("job", f"{job_id} is already queued or running")
+            if len(self._queue) >= self.max_queue:
+                raise InputError("queue", f"is full ({len(self._queue)} jobs waiting); try again when one finishes")
+            folder = Path(info.extra.get("folder") or info.out.parent)
+            job = Job(job_id, JobSpec(info.request, info.preset_ref, info.encoder_rate), folder,
+                      message="resumes after its last finished section")
+            jd.set_status("queued", job.message)  # this process owns it now
+            self.store.add(job)
+            self._queue.append(job_id)
+            self._cond.notify_all()
+        return job
+
+    def _set_job_dir_status(self, job: Job, status: str, message: str = "") -> None:
+        try:
+            jd = self.job_dir(job.id)
+            if jd.exists():
+                jd.set_status(status, message)
+        except (InputError, OSError):
+            log.warning("could not record %s in the job folder of %s", status, job.id, exc_info=True)
 
     # ----------------------------------------------------------------- thread
     def _loop(self) -> None:
@@ -184,17 +259,20 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         from .backbones.base import WeightsNotFoundError
+        from .checkpoint import OutOfMemoryFailure, Resumed, free_device_memory
         from .sampling import Cancelled
 
         store = self.store
         spec = job.spec
         t_start = time.perf_counter()
+        jd = self.job_dir(job.id)
         try:
-            preset = load_preset(spec.preset)
+            preset = jd.info().preset if jd.exists() else load_preset(spec.preset)  # as it was when the job was queued
             pipeline = self.pipeline_for(preset, spec)
             job.timings["load_s"] = round(time.perf_counter() - t_start, 3)
         except (InputError, WeightsNotFoundError) as e:
             store.update(job, status="failed", message=str(e), finished=time.time())
+            self._set_job_dir_status(job, "failed", str(e))
             return
         if job.cancel_requested.is_set():
             store.update(job, status="cancelled", message="cancelled before the first section", finished=time.time())
@@ -228,7 +306,19 @@ class Worker:
         def on_event(ev) -> None:
             from .pipeline import ContextFrames, SectionDone, SectionStarted
 
-            if isinstance(ev, ContextFrames):
+            if isinstance(ev, Resumed):  # continuing from the checkpoint: what is on disk is the truth
+                clock.context_frames = ev.context_frames
+                sections[:] = [{"index": s.get("index"), "history_tokens": s.get("history_tokens")} for s in ev.sections]
+
+                def change(j: Job) -> None:
+                    j.segments = list(ev.segments)
+                    p = j.progress
+                    p.sections_done, p.section, p.step, p.frames = ev.sections_done, ev.sections_done, 0, ev.frames
+                    p.history_tokens = ev.history_tokens
+                    p.sections_total = ev.total or p.sections_total
+
+                store.mutate(job, change)
+            elif isinstance(ev, ContextFrames):
                 clock.context_frames = len(ev.frames)
             elif isinstance(ev, SectionStarted):
                 clock.section_started()
@@ -260,17 +350,29 @@ class Worker:
 
         out = job.folder / "video.mp4"
         try:
-            render(pipeline, spec.request, out, job.folder / "segments", on_event=on_event, on_step=on_step, on_segment=on_segment)
+            if not jd.exists():  # a job queued by an older worker: give it a folder now
+                jd.create(spec.request, preset, out=out, segments_dir=job.folder / "segments", preset_ref=spec.preset,
+                          encoder_rate=spec.encoder_rate, folder=str(job.folder))
+            render(pipeline, spec.request, out, job.folder / "segments", on_event=on_event, on_step=on_step, on_segment=on_segment,
+                   job=jd)
         except Cancelled:
             self._keep_partial(job, preset, sections, job.progress.frames + clock.context_frames)
             done = job.progress.sections_done
             store.update(job, status="cancelled", message=f"cancelled after {done} of {job.progress.sections_total} sections",
                          finished=time.time())
+            if self._stop:  # the server is shutting down, nobody cancelled it: resumable after a restart
+                self._set_job_dir_status(job, "interrupted", "the server stopped; resume it from its last finished section")
         except (InputError, WeightsNotFoundError) as e:
             store.update(job, status="failed", message=str(e), finished=time.time())
+            self._set_job_dir_status(job, "failed", str(e))
+        except OutOfMemoryFailure as e:  # twice, the second time with a more conservative plan
+            log.warning("job %s: %s", job.id, e)
+            store.update(job, status="failed", message=str(e), finished=time.time())
+            free_device_memory()  # the next job starts with the device as empty as this one found it
         except Exception as e:  # a bug or a device error: this job fails, the worker lives
             log.exception("job %s failed", job.id)
             store.update(job, status="failed", message=f"{type(e).__name__}: {e}", finished=time.time())
+            free_device_memory()
         else:
             store.update(job, status="done", video=out, sidecar=out.with_suffix(".json"), message="", finished=time.time())
         self._write_job_file(job)

@@ -1,22 +1,31 @@
 """Run a pipeline to files: one segment per section, a final mp4, a JSON sidecar.
 
 Shared by the CLI and the worker, so a job looks the same on disk however it
-was started.
+was started. Given a job folder (:class:`~.checkpoint.JobDir`), it checkpoints
+every finished section there, continues a job from its last checkpoint, and
+survives one out-of-memory error per job by retrying from that checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import GenerationRequest, Preset
-from .pipeline import ContextFrames, Event, Finished, Pipeline, SectionDone
+from .pipeline import ContextFrames, Event, Finished, Generation, Pipeline, SectionDone, SectionStarted
 from .video import concat_segments, write_json, write_segment
+
+if TYPE_CHECKING:
+    from .checkpoint import JobDir
+
+logger = logging.getLogger(__name__)
 
 
 def versions() -> dict[str, str]:
@@ -40,6 +49,7 @@ class SegmentLog:
     sections: list[dict] = field(default_factory=list)
     frames: int = 0
     scale: int = 1  # nearest-neighbour upscale for display
+    context_frames: int = 0  # frames of the start image / continued video at the front
 
     def add(self, frames, name: str) -> Path:
         if self.scale > 1:
@@ -72,33 +82,122 @@ def render(
     on_event: Callable[[Event], None] | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     on_segment: Callable[[Path], None] | None = None,
+    job: JobDir | None = None,
 ) -> dict:
     """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar.
 
     ``on_segment(path)`` runs as soon as each segment file is complete on disk
     (before ``on_event`` sees the event), so a player can append it at once.
+
+    With ``job`` (already :meth:`~.checkpoint.JobDir.create`-d), every finished
+    section is checkpointed there and the job's status kept up to date. A job
+    that has a checkpoint continues from it: ``on_event`` first sees a
+    :class:`~.checkpoint.Resumed` with the segments already on disk. Running out
+    of memory frees what the failed attempt held, asks for a more conservative
+    plan and retries once from the last checkpoint; a second time raises
+    :class:`~.checkpoint.OutOfMemoryFailure` naming the budget and the peak.
     """
     out = Path(out)
     folder = Path(segments_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    log = SegmentLog(folder, pipeline.preset.video.fps, scale=pipeline.preset.video.display_scale)
+    if job is None:
+        return _render(pipeline, request, out, _log(pipeline, folder), None, None, on_event, on_step, on_segment, {})
+    from .checkpoint import (
+        OutOfMemoryFailure,
+        budget_text,
+        free_device_memory,
+        is_out_of_memory,
+        measured_peak,
+        more_conservative,
+        reset_peak,
+    )
+    from .sampling import Cancelled
+
+    change, oom = "", ""
+    for attempt in (0, 1):
+        gen, resumed = job.restore(pipeline)
+        seg_log = _log(pipeline, folder)
+        seg_log.segments, seg_log.sections = list(resumed.segments), list(resumed.sections)
+        seg_log.context_frames = resumed.context_frames
+        seg_log.frames = resumed.frames + resumed.context_frames
+        if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
+            on_event(resumed)  # listeners replace what they had with what is on disk
+        extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
+        if attempt:
+            extra["out_of_memory_retry"] = change
+        job.set_status("running")
+        try:
+            data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra)
+        except Cancelled:
+            job.set_status("cancelled", "cancelled")
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            job.set_status("interrupted", "stopped; resume it from its last finished section")
+            raise
+        except BaseException as e:
+            if not is_out_of_memory(e):
+                job.set_status("failed", f"{type(e).__name__}: {e}")
+                raise
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            oom = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        else:
+            job.set_status("done")
+            return data
+        # Out of memory. Leaving the except block dropped the traceback and with it the failed
+        # attempt's tensors; drop the generation too, then give the memory back (nothing new is allocated).
+        gen = seg_log = None
+        pipeline.last_generation = None
+        free_device_memory()
+        peak = measured_peak(pipeline)
+        if attempt:
+            msg = (f"out of memory again after retrying with a more conservative plan ({change}): "
+                   f"{budget_text(pipeline)}, {peak}. Last error: {oom}")
+            job.set_status("failed", msg)
+            raise OutOfMemoryFailure(msg)
+        change = more_conservative(pipeline)
+        logger.warning("out of memory (%s; %s); retrying from the last checkpoint: %s", oom, peak, change)
+        reset_peak(pipeline)
+    raise AssertionError("unreachable")
+
+
+def _log(pipeline: Pipeline, folder: Path) -> SegmentLog:
+    return SegmentLog(folder, pipeline.preset.video.fps, scale=pipeline.preset.video.display_scale)
+
+
+def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: SegmentLog, job: JobDir | None,
+            gen: Generation | None, on_event, on_step, on_segment, extra: dict) -> dict:
+    """One attempt: run (or continue ``gen``), write segments, checkpoint, join, write the sidecar."""
     t0 = time.perf_counter()
     first_section_s = None
-    for ev in pipeline.run(request, on_step=on_step):
+    checkpointed = gen is not None  # a restored generation already has its start checkpoint
+    if gen is not None:
+        request = gen.request
+
+    def checkpoint() -> None:
+        if job is not None:
+            job.save_section(pipeline.last_generation, log.segments, log.sections, log.frames, log.context_frames)
+
+    for ev in pipeline.run(request, on_step=on_step, resume=gen):
         if isinstance(ev, ContextFrames):
             log.add(ev.frames, "context")
+            log.context_frames = len(ev.frames)
             if on_segment is not None:
                 on_segment(log.segments[-1])
+        elif isinstance(ev, SectionStarted) and not checkpointed:
+            checkpointed = True
+            checkpoint()  # the start state: start-image conditioning and context latents, before any section
         elif isinstance(ev, SectionDone):
             log.add(ev.frames, f"section_{ev.index:05d}")
+            log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, **{k: round(v, 4) for k, v in ev.timings.items()}})
+            checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
             if on_segment is not None:
                 on_segment(log.segments[-1])
-            log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, **{k: round(v, 4) for k, v in ev.timings.items()}})
             first_section_s = first_section_s or time.perf_counter() - t0
         elif isinstance(ev, Finished):
             concat_segments(log.segments, out)
         if on_event is not None:
             on_event(ev)
-    data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3), "video": str(out)})
+    data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
+                                                   "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))
     return data

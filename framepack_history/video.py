@@ -8,8 +8,10 @@ was encoded is ever encoded again.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -35,16 +37,24 @@ def read_image(path: str | Path, width: int, height: int, field: str = "--image"
     if p.stat().st_size == 0:
         raise InputError(field, f"{p.name} is empty (0 bytes)")
     try:
-        with Image.open(p) as img:
+        with warnings.catch_warnings():  # Pillow warns about large images; the size check below is the answer
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
+    except Image.DecompressionBombError:
+        raise InputError(field, f"{p.name} is far too large (over {Image.MAX_IMAGE_PIXELS * 2 // 1_000_000} megapixels); "
+                                f"the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(field, f"{p.name} is not a readable image (not PNG, JPEG, WebP, BMP, TIFF, GIF or another format Pillow knows)") from None
+    try:
+        with img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise InputError(field, f"{p.name} is {img.width}x{img.height}; the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
             if min(img.width, img.height) < MIN_SIDE:
                 raise InputError(field, f"{p.name} is {img.width}x{img.height}; each side needs at least {MIN_SIDE} pixels")
             img.load()
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale down to 8 bits
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit and float grey: down to 8 bits
+                img = Image.fromarray(_grey_to_uint8(np.asarray(img), img.mode))
             if img.mode in ("RGBA", "LA", "P"):
                 img = img.convert("RGBA")
                 bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -53,24 +63,69 @@ def read_image(path: str | Path, width: int, height: int, field: str = "--image"
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(field, f"{p.name} is not a readable image ({type(e).__name__}: {e})") from None
+        why = "truncated" if "truncated" in str(e) else "corrupt"
+        raise InputError(field, f"{p.name} is not a readable image: the file is {why} ({type(e).__name__})") from None
     return np.asarray(_fit(img, width, height), dtype=np.uint8)
 
 
+def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Full-range 8 bits from wide grey modes (a dark 16-bit image stays dark)."""
+    arr = arr.astype(np.float64)
+    if mode == "F":  # float images are [0, 1] by convention, else 8-bit-like values
+        top = 1.0 if np.nanmax(arr, initial=0) <= 1.0 else 255.0
+    elif mode.startswith("I;16") or arr.max(initial=0) > 255:
+        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+    else:
+        top = 255.0
+    return (np.nan_to_num(np.clip(arr / top, 0, 1)) * 255).round().astype(np.uint8)
+
+
+def _ffmpeg_streams(path: Path) -> str:
+    """What ffmpeg says about a file's container and streams (its stderr for ``-i path``)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    try:
+        # ffmpeg exits 1 here by design ("no output file"): what it printed about the input is the answer
+        return subprocess.run(cmd, capture_output=True, timeout=60, check=False).stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        return "timed out"
+
+
 def probe_video(path: str | Path, field: str = "--continue-video") -> dict:
-    """Container facts from ffmpeg; raises :class:`InputError` if no video stream."""
+    """Container facts from ffmpeg and one decoded frame; a clear :class:`InputError` otherwise.
+
+    Tells apart: not a video at all (or truncated), no video stream (audio
+    only), a codec ffmpeg cannot decode, and a stream without decodable frames.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(field, f"no such file: {str(path)!r}")
     if p.stat().st_size == 0:
         raise InputError(field, f"{p.name} is empty (0 bytes)")
+    info = _ffmpeg_streams(p)
+    streams = re.findall(r"Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): ?(\S*)", info)
+    videos = [codec.rstrip(",") for kind, codec in streams if kind == "Video"]
+    if "Error opening input" in info or info == "timed out" or "Input #0" not in info:
+        raise InputError(field, f"{p.name} is not a video file ffmpeg can read (wrong format, truncated or corrupt)")
+    if re.search(r"Input #0, (\w+_pipe|image2)", info):
+        raise InputError(field, f"{p.name} is a still image, not a video; give it as the start image instead")
+    if not streams:
+        raise InputError(field, f"{p.name} has no video stream (the container is empty)")
+    if not videos:
+        kinds = sorted({kind.lower() for kind, _ in streams})
+        raise InputError(field, f"{p.name} has no video stream (only {' and '.join(kinds)})")
+    if all(codec in ("none", "") for codec in videos) or "no decoder found" in info or "unknown codec" in info:
+        fourcc = re.search(r"Video: \S+ \((\w+) /", info)
+        raise InputError(field, f"{p.name} uses a video codec ffmpeg cannot decode{f' ({fourcc.group(1)})' if fourcc else ''}")
     try:
         reader = imageio_ffmpeg.read_frames(str(p))
         meta = reader.__next__()
+        next(reader)  # one decoded frame: a stream of zero (or only corrupt) frames fails here
         reader.close()
-    except (OSError, RuntimeError, StopIteration, ValueError) as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise InputError(field, f"{p.name} is not a readable video ({msg})") from None
+    except (OSError, RuntimeError, StopIteration, ValueError):
+        raise InputError(field, f"{p.name} has no decodable video frames (the video stream is empty or corrupt)") from None
+    w, h = meta.get("size", (0, 0))
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(field, f"{p.name} is {w}x{h}; the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels per frame")
     return meta
 
 
@@ -89,8 +144,9 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
             frames.append(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
             if len(frames) > 4 * max_frames:
                 frames = frames[-max_frames:]
-    except (OSError, RuntimeError, ValueError) as e:
-        raise InputError(field, f"{Path(path).name} could not be decoded ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
+    except (OSError, RuntimeError, ValueError):
+        if not frames:  # a stream that breaks part-way still gives the frames before the break
+            raise InputError(field, f"{Path(path).name} could not be decoded (the video stream is corrupt)") from None
     if not frames:
         raise InputError(field, f"{Path(path).name} has no decodable video frames")
     frames = frames[-max_frames:]

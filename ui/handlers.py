@@ -274,6 +274,24 @@ class Handlers:
             raise gr.Error(f"{e.field}: {e.message}") from None
         return self.progress_html(job)
 
+    # ------------------------------------------------------------ resuming
+    def interrupted_choices(self) -> tuple[Any, Any]:
+        """Jobs a dead process left unfinished: the picker's choices, and whether to show the box."""
+        rows = self.worker.interrupted()
+        choices = [(f"{r['id']} · {r['sections_done']}/{r['sections_total'] or '?'} sections · {r['prompt'][:50]}", r["id"])
+                   for r in rows]
+        return gr.update(choices=choices, value=choices[0][1] if choices else None), gr.update(visible=bool(rows))
+
+    def resume_click(self, job_id: str | None) -> tuple[str, str]:
+        """Resume: queue the interrupted job again and point this page at it."""
+        if not job_id:
+            raise gr.Error("No interrupted job chosen.")
+        try:
+            job = self.worker.resume(str(job_id))
+        except InputError as e:
+            raise gr.Error(f"{e.field}: {e.message}", title="Can't resume this job") from None
+        return job.id, self.progress_html(job)
+
     def cancel_picked(self, job_id: str) -> None:
         """Queue tab: cancel any job; the page keeps showing the one it follows."""
         self.cancel_click(job_id)
@@ -300,8 +318,15 @@ class Handlers:
         except InputError as e:
             raise gr.Error(f"{e.field}: {e.message}") from None
 
+    def api_resume(self, job_id: str) -> dict:
+        """Queue an interrupted job again (ids are in ``/status``'s ``interrupted``); returns its status."""
+        try:
+            return self.worker.resume(str(job_id or "")).snapshot()
+        except InputError as e:
+            raise gr.Error(f"{e.field}: {e.message}") from None
+
     def api_status(self, job_id: str) -> dict:
-        """One job's status by id, or with an empty id every job (newest first)."""
+        """One job's status by id, or with an empty id every job (newest first) and the interrupted ones."""
         if job_id:
             try:
                 return self.store.get(str(job_id)).snapshot()
@@ -309,7 +334,7 @@ class Handlers:
                 raise gr.Error(f"{e.field}: {e.message}") from None
         current = self.store.current()
         return {"current": current.id if current else None, "queued": self.worker.queued(),
-                "jobs": [j.snapshot() for j in reversed(self.store.jobs())]}
+                "jobs": [j.snapshot() for j in reversed(self.store.jobs())], "interrupted": self.worker.interrupted()}
 
 
 def random_seed() -> int:

@@ -99,6 +99,10 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
+                # jobs a crash or restart left unfinished: they continue after their last finished section
+                with gr.Group(visible=False, elem_id="fph-interrupted") as interrupted_box, gr.Row(equal_height=True):
+                    interrupted = gr.Dropdown([], label="Interrupted jobs", scale=4)
+                    resume = gr.Button("Resume", scale=1, min_width=100)
             with gr.Column(scale=3, min_width=420):
                 player = gr.Video(label="Video (grows section by section)", streaming=True, autoplay=True,
                                   interactive=False, elem_id="fph-player", height=360)
@@ -130,8 +134,11 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         private = {"api_visibility": "private"}
 
         # -- Generate: queue the job, then follow it in this page
+        # preprocess=False: the handlers check every value themselves, with messages that name the input;
+        # gradio's own image decoding would fail on a bad upload with a generic error (uploads are still
+        # checked to come from the upload folder before this point)
         started = generate.click(h.generate_click, inputs, [job_id, files, progress], trigger_mode="multiple",
-                                 concurrency_limit=None, **private)
+                                 concurrency_limit=None, preprocess=False, **private)
         started.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
         dice.click(random_seed, None, seed, queue=False, **private)
@@ -141,6 +148,12 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
         demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, seconds], **private)
+        demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
+
+        # -- resume an interrupted job, follow it here, and refresh the list
+        resumed = resume.click(h.resume_click, [interrupted], [job_id, progress], concurrency_limit=None, **private)
+        resumed.success(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
+        resumed.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- queue tab
         timer.tick(h.refresh, [seen], [seen, queue, picked, gallery], concurrency_limit=None, show_progress="hidden", **private)
@@ -157,7 +170,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
 
         # -- HTTP API (gradio_client): generate / cancel / status
         api_button = gr.Button(visible=False)
-        api_button.click(h.api_generate, inputs, [api_video, api_sidecar], api_name="generate", concurrency_limit=None)
+        api_button.click(h.api_generate, inputs, [api_video, api_sidecar], api_name="generate", concurrency_limit=None,
+                         preprocess=False)
         gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
+        gr.api(h.api_resume, api_name="resume", concurrency_limit=None)
     return demo
