@@ -53,7 +53,7 @@ def test_generate_returns_a_playable_video_and_sidecar(client):
     from framepack_history.video import count_frames
 
     video, sidecar = generate(client).result(timeout=120)
-    assert Path(video).suffix == ".mp4" and count_frames(video) == 8  # 2 sections of 4 frames
+    assert Path(video).suffix == ".mp4" and count_frames(video) == 1 + 8  # the world's start frame, 2 sections of 4 frames
     data = json.loads(Path(sidecar).read_text())
     assert data["seed"] == 3 and data["request"]["steps"] == 2 and len(data["sections"]) == 2
 

@@ -50,8 +50,9 @@ def test_fifo_order_outputs_and_model_cache(worker):
 
     last = done[2]
     assert last.folder.parent.parent == worker.outputs  # outputs/<date>/<job-id>/
-    assert [p.name for p in last.segments] == [f"section_{i:05d}.mp4" for i in range(3)]
-    assert count_frames(last.video) == 3 * FRAMES_PER_SECTION
+    # toy text-to-video starts from the seed's world frame, then the sections
+    assert [p.name for p in last.segments] == ["context.mp4"] + [f"section_{i:05d}.mp4" for i in range(3)]
+    assert count_frames(last.video) == 1 + 3 * FRAMES_PER_SECTION
     side = json.loads(last.sidecar.read_text())
     assert side["seed"] == 2 and side["request"]["prompt"] == "camera pans left"
     p = last.progress
@@ -71,7 +72,7 @@ def test_cancel_queued_and_running(worker):
     assert job.status == "cancelled" and "cancelled after" in job.message
     assert job.progress.sections_done < job.progress.sections_total
     # what was finished is kept: segments joined (no re-encode) and a sidecar that says so
-    assert count_frames(job.video) == len(job.segments) * FRAMES_PER_SECTION
+    assert count_frames(job.video) == 1 + (len(job.segments) - 1) * FRAMES_PER_SECTION  # start frame + sections
     assert json.loads(job.sidecar.read_text())["cancelled"] is True
     assert queued.started is None
     # the worker goes on
@@ -91,9 +92,9 @@ def test_second_client_sees_the_same_job(worker):
         seen.append(len(j.segments))
         if j.terminal:
             break
-    assert seen == sorted(seen) and seen[-1] == 3
+    assert seen == sorted(seen) and seen[-1] == 1 + 3  # the start frame's segment + 3 sections
     late = store.get(job.id).snapshot()  # ... a second one arrives at the end
-    assert late["status"] == "done" and len(late["segments"]) == 3 and late["video"].endswith("video.mp4")
+    assert late["status"] == "done" and len(late["segments"]) == 1 + 3 and late["video"].endswith("video.mp4")
     assert store.current() is job  # still the newest
 
 
