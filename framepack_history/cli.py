@@ -141,18 +141,18 @@ def _load_pipeline(preset, request: GenerationRequest, rate: str | None):
     import torch
 
     from .backbones.base import WeightsNotFoundError
-    from .loading import build_encoder, load_backbone
+    from .loading import build_encoder, load_for_device
     from .pipeline import Pipeline
 
     if preset.hardware.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        backbone = load_backbone(preset.model, preset.hardware.device, preset.hardware.dtype)
+        backbone, memory = load_for_device(preset)
     except WeightsNotFoundError as e:
         raise InputError("--preset", str(e)) from None
     mode = request.history_mode or preset.history.mode
     encoder = build_encoder(preset.model, backbone, rate) if mode == "encoder" else None
-    return Pipeline(backbone, encoder, preset)
+    return Pipeline(backbone, encoder, preset, memory=memory)
 
 
 def _run_job(job, preset, request: GenerationRequest, rate: str | None, out: Path, quiet: bool, keep: bool) -> int:

@@ -231,7 +231,7 @@ class Worker:
 
     def pipeline_for(self, preset: Preset, spec: JobSpec):
         """The cached pipeline for (model spec + hardware, encoder rate, needs an encoder)."""
-        from .loading import build_encoder, load_backbone
+        from .loading import build_encoder, load_for_device
         from .pipeline import Pipeline
 
         mode = spec.request.history_mode or preset.history.mode
@@ -241,18 +241,19 @@ class Worker:
         key = (model_key, rate, needs)
         if model_key not in self._backbones:
             while len(self._backbones) >= self.max_models:  # evict the least recently used backbone
-                old, _ = self._backbones.popitem(last=False)
+                old, (_, memory) = self._backbones.popitem(last=False)
+                if memory is not None:
+                    memory.close()
                 for k in [k for k in self._pipelines if k[0] == old]:
                     del self._pipelines[k]
                 _free_device_memory()
-            hw = preset.hardware
-            self._backbones[model_key] = load_backbone(preset.model, hw.device, hw.dtype)
+            self._backbones[model_key] = load_for_device(preset)  # (backbone, memory manager or None)
             self.loads += 1
         self._backbones.move_to_end(model_key)
         if key not in self._pipelines:
-            backbone = self._backbones[model_key]
+            backbone, memory = self._backbones[model_key]
             encoder = build_encoder(preset.model, backbone, rate) if needs else None
-            self._pipelines[key] = Pipeline(backbone, encoder, preset)
+            self._pipelines[key] = Pipeline(backbone, encoder, preset, memory=memory)
         pipe = self._pipelines[key]
         pipe.preset = preset  # sampling/video defaults may have changed; the weights did not
         return pipe

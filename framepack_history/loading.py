@@ -49,8 +49,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str = "float32") -> Backbone:
-    """The preset's backbone, from weights if given, else random weights from ``spec.config``."""
+def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str = "float32", **hub_kwargs) -> Backbone:
+    """The preset's backbone, from weights if given, else random weights from ``spec.config``.
+
+    ``hub_kwargs`` go to the real backbone's ``from_pretrained`` (offload, text-encoder quantisation).
+    """
     check_device(device, "hardware.device")
     torch_dtype = DTYPES[dtype]
     if spec.backbone == "toy":
@@ -77,6 +80,7 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
             device=device,
             dtype=torch_dtype,
             local_files_only=offline,
+            **hub_kwargs,
         )
     raise ValueError(f"unknown backbone {spec.backbone!r}")
 
@@ -109,3 +113,23 @@ def build_encoder(spec: ModelSpec, backbone: Backbone, rate: str | None = None) 
     enc.eval()
     enc.set_patch_embedding(backbone.patch_embedding())
     return enc
+
+
+def load_for_device(preset: Preset):
+    """The preset's backbone and, where weights must be budgeted, the memory manager that fits them.
+
+    On an accelerator with real HunyuanVideo-FramePack weights the plan for the
+    preset's longest video decides what stays resident, what streams and how
+    the text encoder is quantised; the manager carries it out phase by phase.
+    Everything else (the CPU, the toy model, tiny test models) runs resident.
+    """
+    hw, spec = preset.hardware, preset.model
+    if spec.backbone != "hunyuan_framepack" or not spec.weights or hw.device == "cpu":
+        return load_backbone(spec, hw.device, hw.dtype), None
+    from .memory.manager import MemoryManager
+    from .memory.planner import plan
+
+    p = plan(preset, preset.video.max_seconds)
+    quant = p.strategy.text_encoder if p.strategy.text_encoder in ("nf4", "int8") else None
+    backbone = load_backbone(spec, hw.device, hw.dtype, offload=True, text_encoder_quantization=quant)
+    return backbone, MemoryManager(backbone, p)

@@ -137,6 +137,14 @@ class MemoryManager:
                 self._evict("vae")
             self.residency.sample(f"{name} end")
 
+    def more_conservative(self) -> bool:
+        """After an out-of-memory error: decode in tiles if not already. False when nothing is left to give."""
+        if self.plan.strategy.vae_tiling or not hasattr(self.backbone, "enable_vae_tiling"):
+            return False
+        self.backbone.enable_vae_tiling()
+        self.plan.strategy.vae_tiling = True
+        return True
+
     def close(self) -> None:
         """Back to a plain backbone: hooks removed, every weight on the device."""
         self.streamer.close()
