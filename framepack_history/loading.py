@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import torch
 
 from .backbones.base import Backbone, WeightsNotFoundError
-from .config import InputError, ModelSpec, resolve_path
+from .config import InputError, ModelSpec, Preset, resolve_path
 from .encoder import HistoryEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

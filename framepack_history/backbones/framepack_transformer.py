@@ -1,0 +1,145 @@
+"""diffusers' FramePack transformer with one extra input: history-encoder tokens.
+
+The tokens are already in the DiT's hidden space (the history encoder's
+output). They are prepended to the token sequence exactly like FramePack's
+clean-latent context, with rotary tables computed from their float
+``(t, h, w)`` positions, so they are attended to but never reach the output.
+Subclassing keeps ``from_pretrained`` working on the FramePack-F1 weights and
+keeps LoRA (``PeftAdapterMixin``) and group offloading as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import HunyuanVideoFramepackTransformer3DModel
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.utils import apply_lora_scale
+
+__all__ = ["HistoryFramepackTransformer3DModel"]
+
+
+class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel):
+    """FramePack transformer that also accepts history tokens ``[B, N, D]`` at float positions ``[N, 3]``.
+
+    Same config and state dict as the parent, so ``from_pretrained`` on the
+    FramePack-F1 weights, LoRA (``PeftAdapterMixin``) and diffusers caches keep working.
+    """
+
+    def history_rotary_emb(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables ``[N, head_dim]`` for float ``(t, h, w)`` token-grid positions.
+
+        Same per-axis formula as ``self.rope`` (which evaluates it on an integer
+        grid), so a token at an integer grid point gets exactly that grid row.
+        """
+        pos = positions.to(torch.float32)
+        freqs = [
+            get_1d_rotary_pos_embed(dim, pos[:, axis], self.rope.theta, use_real=True)
+            for axis, dim in enumerate(self.rope.rope_dim)
+        ]
+        return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+        indices_latents: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        latents_clean: torch.Tensor | None = None,
+        indices_latents_clean: torch.Tensor | None = None,
+        latents_history_2x: torch.Tensor | None = None,
+        indices_latents_history_2x: torch.Tensor | None = None,
+        latents_history_4x: torch.Tensor | None = None,
+        indices_latents_history_4x: torch.Tensor | None = None,
+        history_tokens: torch.Tensor | None = None,
+        history_positions: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
+        """The parent's forward plus ``history_tokens``/``history_positions``.
+
+        Re-implemented rather than wrapped because the parent (diffusers 0.42.1)
+        raises ``UnboundLocalError`` unless all three clean contexts are given,
+        requires ``image_embeds`` and builds a 2-D default ``indices_latents``
+        that its rotary grid cannot take. With the parent's inputs and no history
+        tokens it performs the same operations in the same order.
+        """
+        batch_size, _, num_frames, height, width = hidden_states.shape
+        p, p_t = self.config.patch_size, self.config.patch_size_t
+        post_t, post_h, post_w = num_frames // p_t, height // p, width // p
+        device = hidden_states.device
+        if indices_latents is None:
+            indices_latents = torch.arange(post_t, device=device)
+
+        hidden_states = self.x_embedder(hidden_states)
+        rotary = self.rope(frame_indices=indices_latents, height=height, width=width, device=device)
+
+        # FramePack's own clean context: embed and prepend only what was given.
+        clean = (latents_clean, latents_history_2x, latents_history_4x)
+        clean_idx = (indices_latents_clean, indices_latents_history_2x, indices_latents_history_4x)
+        if any(x is not None for x in clean):
+            if self.clean_x_embedder is None:
+                raise ValueError("this transformer has no clean-latent embedder (has_clean_x_embedder=False)")
+            if (p, p_t) != (2, 1):  # its Conv3d kernels and rotary pooling are hard-coded for 1x2x2 patches
+                raise ValueError("FramePack clean-latent context needs patch_size=2 and patch_size_t=1")
+            if any(x is not None and i is None for x, i in zip(clean, clean_idx)):
+                raise ValueError("every clean-latent input needs its frame indices")
+            clean = self.clean_x_embedder(*clean)
+            clean_rotary = [
+                None if x is None else self.rope(frame_indices=i, height=height, width=width, device=device)
+                for x, i in zip(clean, clean_idx)
+            ]
+            hidden_states, rotary = self._pack_history_states(
+                hidden_states, *clean, rotary, *clean_rotary, post_h, post_w
+            )
+
+        # History tokens skip x_embedder (already hidden-space) and go in front of everything.
+        if history_tokens is not None:
+            if history_positions is None or history_positions.shape != (history_tokens.shape[1], 3):
+                raise ValueError("history_positions must be [N, 3] for history_tokens [B, N, D]")
+            cos, sin = self.history_rotary_emb(history_positions.to(device))
+            tokens = history_tokens.to(hidden_states.dtype).expand(batch_size, -1, -1)
+            hidden_states = torch.cat([tokens, hidden_states], dim=1)
+            rotary = (torch.cat([cos, rotary[0]], dim=0), torch.cat([sin, rotary[1]], dim=0))
+
+        temb, _ = self.time_text_embed(timestep, pooled_projections, guidance)
+        encoder_hidden_states = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        if image_embeds is not None and self.image_projection is not None:
+            image_tokens = self.image_projection(image_embeds)
+            # Image tokens go before the text: the mask below assumes padding only at the end.
+            encoder_hidden_states = torch.cat([image_tokens, encoder_hidden_states], dim=1)
+            ones = encoder_attention_mask.new_ones((batch_size, image_tokens.shape[1]))
+            encoder_attention_mask = torch.cat([ones, encoder_attention_mask], dim=1)
+
+        # Same masking as the parent: crop text padding for B=1, boolean key mask otherwise.
+        latent_len = hidden_states.shape[1]
+        effective_cond_len = encoder_attention_mask.sum(dim=1, dtype=torch.int)
+        if batch_size == 1:
+            encoder_hidden_states = encoder_hidden_states[:, : effective_cond_len[0]]
+            attention_mask = None
+        else:
+            total = latent_len + encoder_hidden_states.shape[1]
+            keys = torch.arange(total, device=device)[None, :]
+            attention_mask = (keys < (latent_len + effective_cond_len)[:, None])[:, None, None, :]
+
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            args = (hidden_states, encoder_hidden_states, temb, attention_mask, rotary)
+            if checkpoint:
+                hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(block, *args)
+            else:
+                hidden_states, encoder_hidden_states = block(*args)
+
+        # Context tokens were prepended, so the noisy section is the tail.
+        hidden_states = hidden_states[:, -post_t * post_h * post_w :]
+        hidden_states = self.proj_out(self.norm_out(hidden_states, temb))
+        hidden_states = hidden_states.reshape(batch_size, post_t, post_h, post_w, -1, p_t, p, p)
+        hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
