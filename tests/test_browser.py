@@ -152,9 +152,6 @@ def test_sections_stream_into_one_growing_player(page, server, tmp_path):
     page.wait_for_timeout(2500)  # the queue table refreshes on a 2 s timer
     page.screenshot(path=str(ARTIFACTS / "app-full.png"), full_page=True)
     page.screenshot(path=str(ARTIFACTS / "app.png"))
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(ARTIFACTS / "app.png", docs / "screenshot.png")
 
 
 def test_reload_reattaches_then_cancel(page, server):
