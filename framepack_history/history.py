@@ -28,7 +28,8 @@ class HistoryState:
         self.encoder = encoder
         self.device = torch.device(device)
         self.latents: torch.Tensor | None = None  # [1, C, T, H, W] on the host
-        self._done: torch.Tensor | None = None  # tokens of complete groups [1, Tg, h, w, D] (device)
+        # Tokens of complete groups, one chunk per append (device): appending never copies the past.
+        self._done: list[torch.Tensor] = []
         self._tail: torch.Tensor | None = None  # tokens of the partial last group, or None
 
     # ---------------------------------------------------------------- queries
@@ -39,7 +40,7 @@ class HistoryState:
     @property
     def grid(self) -> torch.Tensor | None:
         """All tokens as a grid ``[1, T', h, w, D]`` (device)."""
-        parts = [p for p in (self._done, self._tail) if p is not None]
+        parts = self._done + ([self._tail] if self._tail is not None else [])
         if not parts:
             return None
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -89,7 +90,7 @@ class HistoryState:
         complete = (self.num_frames - first_group * g) // g
         full, tail = tokens[:, :complete], tokens[:, complete:]
         if complete:
-            self._done = full if self._done is None else torch.cat([self._done, full], dim=1)
+            self._done.append(full)
         self._tail = tail if tail.shape[1] else None
         return self.num_tokens
 
@@ -100,7 +101,8 @@ class HistoryState:
         tensors: dict[str, torch.Tensor] = {}
         if self.latents is not None:
             tensors["latents"] = self.latents.contiguous()
-        for name, t in (("tokens_done", self._done), ("tokens_tail", self._tail)):
+        done = torch.cat(self._done, dim=1) if self._done else None
+        for name, t in (("tokens_done", done), ("tokens_tail", self._tail)):
             if t is not None:
                 tensors[name] = t.detach().to("cpu").contiguous()
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -112,5 +114,5 @@ class HistoryState:
         data = load_file(str(path))
         self.latents = data.get("latents")
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
-        self._done = data["tokens_done"].to(self.device, dtype) if "tokens_done" in data else None
+        self._done = [data["tokens_done"].to(self.device, dtype)] if "tokens_done" in data else []
         self._tail = data["tokens_tail"].to(self.device, dtype) if "tokens_tail" in data else None
