@@ -27,7 +27,9 @@ class HistoryState:
     def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu") -> None:
         self.encoder = encoder
         self.device = torch.device(device)
-        self.latents: torch.Tensor | None = None  # [1, C, T, H, W] on the host
+        # Raw latents on the host, one chunk per append (no copy of the past per section).
+        self._chunks: list[torch.Tensor] = []
+        self._frames = 0
         # Tokens of complete groups, one chunk per append (device): appending never copies the past.
         self._done: list[torch.Tensor] = []
         self._tail: torch.Tensor | None = None  # tokens of the partial last group, or None
@@ -35,7 +37,28 @@ class HistoryState:
     # ---------------------------------------------------------------- queries
     @property
     def num_frames(self) -> int:
-        return 0 if self.latents is None else int(self.latents.shape[2])
+        return self._frames
+
+    @property
+    def latents(self) -> torch.Tensor | None:
+        """All raw latents ``[1, C, T, H, W]`` (host), joined on demand."""
+        if not self._chunks:
+            return None
+        if len(self._chunks) > 1:
+            self._chunks = [torch.cat(self._chunks, dim=2)]
+        return self._chunks[0]
+
+    def _last_frames(self, n: int) -> torch.Tensor | None:
+        """The last ``n`` raw latent frames, reading only the chunks that hold them."""
+        if n <= 0 or not self._chunks:
+            return None
+        picked, have = [], 0
+        for chunk in reversed(self._chunks):
+            picked.append(chunk)
+            have += chunk.shape[2]
+            if have >= n:
+                break
+        return torch.cat(picked[::-1], dim=2)[:, :, -n:]
 
     @property
     def grid(self) -> torch.Tensor | None:
@@ -66,9 +89,7 @@ class HistoryState:
 
     def window(self, frames: int) -> torch.Tensor | None:
         """The last ``frames`` raw latent frames ``[1, C, n, H, W]`` (host)."""
-        if frames <= 0 or self.latents is None:
-            return None
-        return self.latents[:, :, -frames:]
+        return self._last_frames(frames)
 
     # ---------------------------------------------------------------- updates
     @torch.no_grad()
@@ -79,12 +100,13 @@ class HistoryState:
         """
         new_latents = new_latents.detach().to("cpu", torch.float32)
         start = self.num_frames
-        self.latents = new_latents if self.latents is None else torch.cat([self.latents, new_latents], dim=2)
+        self._chunks.append(new_latents)
+        self._frames += int(new_latents.shape[2])
         if self.encoder is None:
             return 0
         g = self.encoder.frames_per_group
         first_group = start // g  # the partial group (if any) is re-encoded with its new frames
-        frames = self.latents[:, :, first_group * g :]
+        frames = self._last_frames(self.num_frames - first_group * g)
         enc_dtype = self.encoder.dtype
         tokens = self.encoder(frames.to(self.device, enc_dtype))  # [1, t', h, w, D]
         complete = (self.num_frames - first_group * g) // g
@@ -112,7 +134,9 @@ class HistoryState:
     def load(self, path: str | Path) -> None:
         """Restore what :meth:`save` wrote; tokens go back to the device."""
         data = load_file(str(path))
-        self.latents = data.get("latents")
+        lat = data.get("latents")
+        self._chunks = [] if lat is None else [lat]
+        self._frames = 0 if lat is None else int(lat.shape[2])
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
         self._done = [data["tokens_done"].to(self.device, dtype)] if "tokens_done" in data else []
         self._tail = data["tokens_tail"].to(self.device, dtype) if "tokens_tail" in data else None
