@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-from framepack_history.cli import UsageError
+from framepack_history.cli import UsageError, report
 from framepack_history.config import InputError, available_presets, load_preset
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -186,15 +186,8 @@ def start(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = prepare(argv)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except InputError as e:
-        print(f"error: {e.field}: {e.message}", file=sys.stderr)
-        return 2
-    except OSError as e:  # an unreadable --auth file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UsageError, InputError, OSError) as e:  # OSError: an unreadable --auth file
+        return report(e)
     demo, worker, local_url, share_url = start(args)
     print(f"FramePack History ({args.preset_name}) on {local_url}" + (f" · public link {share_url}" if share_url else ""), flush=True)
     left = worker.interrupted()

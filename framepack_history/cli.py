@@ -21,6 +21,15 @@ class UsageError(Exception):
     """Raised instead of argparse's multi-line usage dump."""
 
 
+def report(error: Exception) -> int:
+    """Print a user-facing error as one line on stderr; the exit status for bad input (2)."""
+    if isinstance(error, InputError):
+        print(f"error: {error.field}: {error.message}", file=sys.stderr)
+    else:
+        print(error if isinstance(error, UsageError) else f"error: {error}", file=sys.stderr)
+    return 2
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit status 2
         raise UsageError(f"{self.prog}: error: {message}")
@@ -230,9 +239,5 @@ def main(argv: list[str] | None = None) -> int:
         from .memory.command import run as cmd_plan
 
         return {"generate": cmd_generate, "resume": cmd_resume, "inspect": cmd_inspect, "plan": cmd_plan, **training_commands}[args.command](args)
-    except UsageError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except InputError as e:
-        print(f"error: {e.field}: {e.message}", file=sys.stderr)
-        return 2
+    except (UsageError, InputError) as e:
+        return report(e)

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .backbones.base import Backbone, WeightsNotFoundError
+from .backbones.base import Backbone, WeightsNotFoundError, place
 from .config import InputError, ModelSpec, Preset, resolve_path
 from .encoder import HistoryEncoder
 
@@ -107,10 +107,7 @@ def build_encoder(spec: ModelSpec, backbone: Backbone, rate: str | None = None) 
             rate=rate or spec.encoder_rate,
             channels=tuple(spec.encoder_channels),
         )
-    enc = enc.to(backbone.device)
-    if enc.dtype != backbone.dtype:
-        enc = enc.to(backbone.dtype)
-    enc.eval()
+    enc = place(enc, backbone.device, backbone.dtype).eval()
     enc.set_patch_embedding(backbone.patch_embedding())
     return enc
 

@@ -26,6 +26,19 @@ import torch
 from torch import nn
 
 
+def place(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """Move a module to ``device``, casting only when its dtype really differs.
+
+    diffusers warns on every dtype ``to()``, and bitsandbytes-quantised weights
+    were placed when they were quantised, so both are left alone.
+    """
+    if getattr(module, "is_quantized", False):
+        return module
+    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        module = module.to(dtype)
+    return module.to(device)
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """Model weights are neither in a local folder nor in the local hub cache."""
 

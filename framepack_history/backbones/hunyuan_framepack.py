@@ -31,7 +31,7 @@ from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
-from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, WeightsNotFoundError
+from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, WeightsNotFoundError, place
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
 
 __all__ = ["HistoryFramepackTransformer3DModel", "HunyuanFramepackBackbone", "WeightsNotFoundError"]
@@ -127,15 +127,6 @@ def _snapshot(source: str, cache_dir: str | None) -> str:
     return snapshot_download(source, cache_dir=cache_dir, allow_patterns=["*.json", "*.safetensors"])
 
 
-def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    if getattr(module, "is_quantized", False):  # bitsandbytes weights were placed when they were quantised
-        return module
-    # Cast only when needed: diffusers warns on every dtype ``to()``, and loaders already set the dtype.
-    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
-        module = module.to(dtype)
-    return module.to(device)
-
-
 # --- backbone ------------------------------------------------------------------------------------
 
 
@@ -183,13 +174,13 @@ class HunyuanFramepackBackbone(Backbone):
         self.device, self.dtype = torch.device(device), dtype
         self.rope_time_offset = rope_time_offset  # DiT frame index of section t=0 (see module docstring)
         # offload: weights stay where they are (host, or meta for the DiT); a memory manager places them per phase.
-        place = (lambda m, d, t: m) if offload else _place
-        self._transformer = place(transformer, self.device, dtype).eval()
+        put = (lambda m, d, t: m) if offload else place
+        self._transformer = put(transformer, self.device, dtype).eval()
         self.vae, self.text_encoder, self.text_encoder_2 = vae, text_encoder, text_encoder_2
         self.image_encoder = image_encoder
         for module in (vae, text_encoder, text_encoder_2, image_encoder):
             if module is not None:  # frozen helpers; the DiT's trainability is left to the caller
-                place(module, self.device, dtype).eval().requires_grad_(False)
+                put(module, self.device, dtype).eval().requires_grad_(False)
         #: offload mode: builders of components left unloaded, and the DiT's weight folder (read lazily)
         self.loaders: dict[str, Any] = {}
         self.weight_folders: dict[str, str] = {}

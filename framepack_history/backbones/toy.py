@@ -20,7 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .base import Backbone, Conditioning, Context, LatentGeometry
+from .base import Backbone, Conditioning, Context, LatentGeometry, place
 
 # Words of the toy world's captions; anything else maps to <unk>.
 DEFAULT_VOCAB = [
@@ -251,14 +251,6 @@ class ToyDiT(ModelMixin, ConfigMixin):
 
 
 # ------------------------------------------------------------------ backbone
-def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Move to the device; cast only when the dtype really changes."""
-    module = module.to(device)
-    if next(module.parameters()).dtype != dtype:
-        module = module.to(dtype)
-    return module.eval()
-
-
 class ToyBackbone(Backbone):
     """Toy DiT + toy VAE + word tokenizer behind the backbone contract."""
 
@@ -266,8 +258,8 @@ class ToyBackbone(Backbone):
 
     def __init__(self, dit: ToyDiT, vae: ToyVAE, tokenizer: WordTokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device, self.dtype = torch.device(device), dtype
-        self.dit = _place(dit, self.device, dtype)
-        self.vae = _place(vae, self.device, dtype)
+        self.dit = place(dit, self.device, dtype).eval()
+        self.vae = place(vae, self.device, dtype).eval()
         self.tokenizer = tokenizer
         self.geometry = LatentGeometry(
             latent_channels=vae.config.latent_channels,
