@@ -1,7 +1,7 @@
 """The toy world: a procedural place that a small model can learn and that needs memory.
 
 Canvas
-    ``view`` px high and ``views_wide * view`` px wide (default 32 x 128: four views; at least three).
+    ``view`` px high and ``views_wide * view`` px wide (default six views: 16 x 96 at 16 px views; at least three).
     The background is smooth and low-frequency: bands blended through three colours of
     :data:`BACKGROUND_PALETTE` plus a few soft blobs of a fourth. On it stand 8-12 static landmarks,
     each one colour of :data:`PALETTE` and one of :data:`LANDMARK_SHAPES`, no two alike, 5-8 px across
@@ -9,8 +9,8 @@ Canvas
     every landmark pixel is exactly a palette colour.
 Camera
     A window of the full canvas height and one view wide. It pans by ``pan_px_per_frame`` px per frame
-    (default ``view // 16``: 2 px/frame at 32 px, 4 at 64 px; at 4 fps and 32 px that is 8 px/s, one view
-    in 4 s, the whole canvas in 12 s) or holds. At the edges it stops: a pan that would leave the canvas
+    (default ``view // 8``: 2 px/frame at 16 px, 4 at 32 px; at 4 fps that is one view in 2 s and the
+    whole six-view canvas in 10 s, so a pan of 10 s away and 10 s back fits) or holds. At the edges it stops: a pan that would leave the canvas
     holds at the edge. The move from frame ``i`` to ``i + 1`` follows the storyboard entry in force at
     ``t = i / fps`` (:func:`framepack_history.config.prompt_at`), so equal pan times away and back
     return exactly to the start x. Without an explicit start, the start x is the world's home x moved
@@ -69,9 +69,9 @@ _NAMES, _COLOURS = list(PALETTE), np.array(list(PALETTE.values()), np.uint8)
 @dataclass(frozen=True)
 class WorldSpec:
     view: int = 32
-    views_wide: int = 4
+    views_wide: int = 6
     fps: int = 4
-    pan_px_per_frame: int | None = None  # None: view // 16 (2 px/frame at 32 px views)
+    pan_px_per_frame: int | None = None  # None: view // 8 (2 px/frame at 16 px views)
     n_landmarks: tuple[int, int] = (8, 12)  # inclusive
     n_sprites: tuple[int, int] = (1, 3)  # inclusive
 
@@ -83,7 +83,7 @@ class WorldSpec:
 
     @property
     def pan_speed(self) -> int:
-        return self.pan_px_per_frame or max(1, self.view // 16)
+        return self.pan_px_per_frame or max(1, self.view // 8)
 
     @property
     def width(self) -> int:

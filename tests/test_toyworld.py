@@ -36,7 +36,7 @@ def test_different_seeds_differ():
 def test_canvas_frames_and_landmarks(spec):
     w = World.from_seed(11, spec)
     assert w.canvas.shape == (spec.view, spec.width, 3) and w.canvas.dtype == np.uint8
-    assert spec.width >= 3 * spec.view and spec.pan_speed == max(1, spec.view // 16)
+    assert spec.width >= 3 * spec.view and spec.pan_speed == max(1, spec.view // 8)
     assert 8 <= len(w.landmarks) <= 12 and 1 <= len(w.sprites) <= 3
     assert len({(lm.colour, lm.shape) for lm in w.landmarks}) == len(w.landmarks)
     assert all(5 * spec.view / 16 <= lm.size <= 8 * spec.view / 16 for lm in w.landmarks)

@@ -57,11 +57,32 @@ class WordTokenizer:
 
 # ----------------------------------------------------------------------- VAE
 class ToyVAE(ModelMixin, ConfigMixin):
-    """Per-frame convolutional autoencoder; only space is downsampled."""
+    """Per-frame autoencoder; only space is downsampled.
+
+    ``kind = "conv"``: a small learned convolutional autoencoder
+    (``framepack_history train vae``). ``kind = "space_to_depth"``: no
+    weights at all, each ``scale x scale`` pixel block becomes the channels
+    of one latent pixel (``latent_channels = 3 * scale**2``). That one is
+    lossless: the toy world is small enough to need no compression, and a
+    learned VAE would cap the whole model's fidelity at its reconstruction
+    PSNR (29 dB for the conv VAE at 4 channels).
+    """
 
     @register_to_config
-    def __init__(self, latent_channels: int = 8, spatial_scale: int = 4, width: int = 64, scaling_factor: float = 1.0):
+    def __init__(self, latent_channels: int = 8, spatial_scale: int = 4, width: int = 64, scaling_factor: float = 1.0,
+                 kind: str = "conv"):
         super().__init__()
+        if kind not in ("conv", "space_to_depth"):
+            raise ValueError(f"ToyVAE kind must be 'conv' or 'space_to_depth', got {kind!r}")
+        if kind == "space_to_depth":
+            if latent_channels != 3 * spatial_scale**2:
+                raise ValueError(f"a space_to_depth VAE has 3 * spatial_scale**2 = {3 * spatial_scale**2} "
+                                 f"latent channels, got {latent_channels}")
+            # No parameters: a non-persistent buffer gives ModelMixin a device and dtype.
+            self.register_buffer("_dtype_anchor", torch.zeros(()), persistent=False)
+            self.encoder = nn.PixelUnshuffle(spatial_scale)
+            self.decoder = nn.PixelShuffle(spatial_scale)
+            return
         n = int(round(math.log2(spatial_scale)))
         enc: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.SiLU()]
         for _ in range(n):
@@ -72,6 +93,14 @@ class ToyVAE(ModelMixin, ConfigMixin):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
         dec += [nn.Conv2d(width, 3, 3, padding=1)]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def save_pretrained(self, save_directory: str | Path, **kw) -> None:
+        super().save_pretrained(save_directory, **kw)
+        weights = Path(save_directory) / "diffusion_pytorch_model.safetensors"
+        if not weights.exists():  # space_to_depth has no weights; from_pretrained still wants the file
+            from safetensors.torch import save_file
+
+            save_file({}, str(weights))
 
     @staticmethod
     def _frames(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -88,6 +88,9 @@ def main(cfg: TrainConfig) -> Path:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     vae_cfg = {**preset.model.config.get("vae", {}), **cfg.model.get("config", {}).get("vae", {})}
+    if vae_cfg.get("kind") == "space_to_depth":
+        raise InputError("model.config.vae.kind", "a space_to_depth VAE has no weights to train; "
+                                                  "set kind = \"conv\" to train a learned one")
     vae = ToyVAE(**vae_cfg).to(accelerator.device)
     module = VAEModule(vae, cfg)
     v = preset.video

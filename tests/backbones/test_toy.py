@@ -98,3 +98,24 @@ def test_per_sample_query_positions_match_one_call_per_sample():
     for i in range(2):
         one = bb.predict(x[i : i + 1], s[i : i + 1], cond, Context(history_tokens=hist[i : i + 1], history_positions=pos, target_t=tt[i]))
         torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=1e-5)
+
+
+def test_space_to_depth_vae_is_lossless_and_round_trips(tmp_path):
+    import pytest
+
+    from framepack_history.backbones.toy import ToyVAE
+
+    bb = ToyBackbone.from_config(dit=CFG["dit"], vae={"kind": "space_to_depth", "latent_channels": 12, "spatial_scale": 2})
+    assert bb.geometry.latent_channels == 12 and bb.dit.config.in_channels == 12
+    px = (torch.randint(0, 256, (1, 3, 3, 16, 16)).float() / 127.5 - 1)
+    lat = bb.vae_encode(px)
+    assert lat.shape == (1, 12, 3, 8, 8)
+    torch.testing.assert_close(bb.vae_decode(lat), px, rtol=0, atol=0)
+    bb.save_pretrained(tmp_path)
+    back = ToyBackbone.from_pretrained(tmp_path)
+    assert back.vae.config.kind == "space_to_depth" and not list(back.vae.parameters())
+    torch.testing.assert_close(back.vae_encode(px), lat)
+    with pytest.raises(ValueError, match="3 \\* spatial_scale\\*\\*2 = 12"):
+        ToyVAE(kind="space_to_depth", latent_channels=4, spatial_scale=2)
+    with pytest.raises(ValueError, match="kind must be"):
+        ToyVAE(kind="vqgan")

@@ -115,3 +115,13 @@ def test_stage1_batches_draw_a_different_omega_per_sample(tmp_path):
     for o, keep in zip(batch["omega"], batch["keep"]):
         assert keep.nonzero().flatten().tolist() == o.tolist()
     assert 0 < float(batch["mask_sigma"].min()) and float(batch["mask_sigma"].max()) < 1
+
+
+def test_vae_training_refuses_a_weightless_vae(tmp_path):
+    import pytest
+
+    from framepack_history.config import InputError
+
+    over = {"model": {"config": {"vae": {"kind": "space_to_depth", "latent_channels": 12, "spatial_scale": 2}}}}
+    with pytest.raises(InputError, match="model.config.vae.kind.*no weights to train"):
+        train("vae", tmp_path / "vae", **over)
