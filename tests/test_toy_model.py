@@ -13,8 +13,11 @@ from framepack_history.pipeline import Pipeline, SectionDone
 from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec
 
 SHIPPED = ROOT / "framepack_history" / "weights" / "toy"
-#: Largest per-frame mean-colour error (0-255) of a picture of the right world; an untrained model is near 50.
-MAX_COLOUR_ERROR = 20.0
+#: Largest per-frame mean-colour error (0-255) of a picture of the right world; an untrained model is near 57,
+#: the shipped one near 6.
+MAX_COLOUR_ERROR = 12.0
+#: Three held sections against the true world: the shipped model scores about 29 dB, an untrained one 8 dB.
+MIN_PSNR = 24.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,15 +68,15 @@ def untrained():
 
 def test_shipped_model_draws_its_world_not_noise(shipped, untrained):
     _, frames, truth = shipped
-    assert frames.shape == truth.shape == (12, 32, 32, 3)
+    assert frames.shape == truth.shape == (12, 16, 16, 3)
     # the colours of the world, in every frame; an untrained model misses them
     assert colour_error(frames, truth) < MAX_COLOUR_ERROR < colour_error(*untrained)
-    # closer to the true world than the untrained model, over all three sections
-    assert psnr(frames, truth) > psnr(*untrained) + 1.5
+    # the true world, drawn sharply, over all three sections; far from what an untrained model draws
+    assert psnr(frames, truth) > MIN_PSNR > psnr(*untrained) + 10
 
 
 def test_shipped_model_is_consistent_frame_to_frame(shipped):
     _, frames, truth = shipped
     step = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()
     true_step = np.abs(np.diff(truth.astype(np.int16), axis=0)).mean()
-    assert step < true_step + 12  # no flicker far beyond the world's own motion
+    assert step < true_step + 6  # no flicker far beyond the world's own motion
