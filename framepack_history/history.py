@@ -21,6 +21,17 @@ from safetensors.torch import load_file, save_file
 from .encoder import HistoryEncoder
 
 
+def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
+    """Mean of each run of ``group`` values along the last axis (a shorter last run: its own mean)."""
+    t = track.shape[-1]
+    groups = -(-t // group)
+    pad = groups * group - t
+    x = torch.nn.functional.pad(track.float(), (0, pad))
+    counts = torch.full((groups,), float(group))
+    counts[-1] -= pad
+    return x.unflatten(-1, (groups, group)).sum(-1) / counts
+
+
 class HistoryState:
     """Raw latents (host) + compressed tokens (device) + their positions."""
 
@@ -33,6 +44,9 @@ class HistoryState:
         # Tokens of complete groups, one chunk per append (device): appending never copies the past.
         self._done: list[torch.Tensor] = []
         self._tail: torch.Tensor | None = None  # tokens of the partial last group, or None
+        # Camera track: the view's horizontal offset per latent frame (DiT token units); zeros
+        # unless the backbone places tokens on a canvas.
+        self._track: list[float] = []
 
     # ---------------------------------------------------------------- queries
     @property
@@ -85,20 +99,31 @@ class HistoryState:
         _, t, h, w, d = g.shape
         pos = self.encoder.positions(t, h, w)
         pos[..., 0] -= self.num_frames / self.encoder.config.patch_size[0]
+        if any(self._track):
+            pos[..., 2] += group_means(torch.tensor(self._track), self.encoder.frames_per_group)[:, None, None]
         return g.reshape(1, t * h * w, d), pos.reshape(-1, 3).to(self.device)
 
     def window(self, frames: int) -> torch.Tensor | None:
         """The last ``frames`` raw latent frames ``[1, C, n, H, W]`` (host)."""
         return self._last_frames(frames)
 
+    @property
+    def track(self) -> torch.Tensor:
+        """The camera track ``[T]``: the view's w offset of every latent frame (token units)."""
+        return torch.tensor(self._track, dtype=torch.float32)
+
     # ---------------------------------------------------------------- updates
     @torch.no_grad()
-    def append(self, new_latents: torch.Tensor) -> int:
-        """Add latent frames ``[1, C, n, H, W]``; encode only what is new.
+    def append(self, new_latents: torch.Tensor, track: torch.Tensor | None = None) -> int:
+        """Add latent frames ``[1, C, n, H, W]`` (and their camera offsets ``[n]``); encode only what is new.
 
         Returns the number of history tokens after the append.
         """
         new_latents = new_latents.detach().to("cpu", torch.float32)
+        n = int(new_latents.shape[2])
+        if track is not None and len(track) != n:
+            raise ValueError(f"track has {len(track)} offsets for {n} latent frames")
+        self._track += [0.0] * n if track is None else [float(v) for v in track]
         start = self.num_frames
         self._chunks.append(new_latents)
         self._frames += int(new_latents.shape[2])
@@ -124,6 +149,8 @@ class HistoryState:
         if self.latents is not None:
             tensors["latents"] = self.latents.contiguous()
         done = torch.cat(self._done, dim=1) if self._done else None
+        if any(self._track):
+            tensors["track"] = self.track
         for name, t in (("tokens_done", done), ("tokens_tail", self._tail)):
             if t is not None:
                 tensors[name] = t.detach().to("cpu").contiguous()
@@ -137,6 +164,7 @@ class HistoryState:
         lat = data.get("latents")
         self._chunks = [] if lat is None else [lat]
         self._frames = 0 if lat is None else int(lat.shape[2])
+        self._track = data["track"].tolist() if "track" in data else [0.0] * self._frames
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
         self._done = [data["tokens_done"].to(self.device, dtype)] if "tokens_done" in data else []
         self._tail = data["tokens_tail"].to(self.device, dtype) if "tokens_tail" in data else None

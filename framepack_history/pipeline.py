@@ -197,7 +197,22 @@ class Pipeline:
             if win is not None:
                 ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
                 ctx.window_t0 = -float(win.shape[2])
+                track = gen.history.track[-win.shape[2]:]
+                if bool(track.any()):
+                    ctx.window_w = track
+        ctx.target_w = self.camera_track(gen)
         return ctx
+
+    def camera_track(self, gen: Generation) -> torch.Tensor | None:
+        """The next section's view offsets (canvas-position backbones), continuing the history's track."""
+        v = self.preset.video
+        steps = self.backbone.camera_steps(gen.storyboard, gen.next_section * v.section_frames,
+                                           self.section_latent_frames, v.fps, v.width)
+        if steps is None:
+            return None
+        track = gen.history.track
+        last = float(track[-1]) if len(track) else 0.0
+        return last + torch.cumsum(steps.float(), 0)
 
     def generate_section(self, gen: Generation, on_step: Callable[[dict], None] | None = None) -> SectionDone:
         """Denoise, decode and append the next section; advance ``gen``."""
@@ -229,7 +244,7 @@ class Pipeline:
         with torch.no_grad(), self._phase("vae_decode", idx):
             frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
             t2 = time.perf_counter()
-            tokens = gen.history.append(latents)
+            tokens = gen.history.append(latents, track=ctx.target_w)
         t3 = time.perf_counter()
         gen.next_section += 1
         return SectionDone(idx, gen.total_sections, frames,

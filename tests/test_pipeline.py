@@ -125,3 +125,25 @@ def test_bad_requests_are_input_errors(toy_pipeline, tmp_path):
         with pytest.raises(InputError) as e:
             toy_pipeline.start(GenerationRequest(**kw))
         assert e.value.field == field, kw
+
+
+def test_canvas_positions_follow_the_storyboard_camera(tiny_toy_preset):
+    """A canvas-position toy DiT gets each frame's view offset from the storyboard, section after section."""
+    from framepack_history.loading import build_encoder, load_backbone
+    from framepack_history.pipeline import Pipeline
+
+    tiny_toy_preset.model.config["dit"]["canvas_positions"] = True
+    bb = load_backbone(tiny_toy_preset.model)
+    pipe = Pipeline(bb, build_encoder(tiny_toy_preset.model, bb), tiny_toy_preset)
+    seen = []
+    predict = bb.predict
+    bb.predict = lambda x, s, cond, ctx, g=1.0: seen.append((ctx.target_w, ctx.window_w)) or predict(x, s, cond, ctx, g)
+    run(pipe, prompt="0s: camera pans right; 0.5s: camera holds", seconds=1.0, seed=1, window_frames=2)
+    # 32 px views pan 4 px per frame = one DiT token (2x VAE, 2x2 patches); 8 fps: frames 1-4 pan, 5-8 hold
+    track = pipe.last_generation.history.track
+    torch.testing.assert_close(track, torch.tensor([0.0, 1, 2, 3, 4, 4, 4, 4, 4]))
+    torch.testing.assert_close(seen[-1][0], torch.tensor([4.0, 4, 4, 4]))  # last section: target frames
+    torch.testing.assert_close(seen[-1][1], torch.tensor([3.0, 4]))  # its window: the last 2 frames
+    # a view-position DiT (the default) keeps view-relative positions
+    tiny_toy_preset.model.config["dit"]["canvas_positions"] = False
+    assert load_backbone(tiny_toy_preset.model).camera_steps([(0.0, "camera pans right")], 0, 4, 8, 32) is None

@@ -60,6 +60,11 @@ class Context:
     #: Frame-query training (Stage I) asks for frames *inside* the history,
     #: each sample at its own places: ``[T]`` or per sample ``[B, T]``.
     target_t: torch.Tensor | None = None
+    #: Camera track (backbones with canvas positions): horizontal offset of the view, in DiT
+    #: token-grid units, of each noisy frame (``[T]`` or ``[B, T]``) and each window frame
+    #: (``[Tw]`` or ``[B, Tw]``); history positions already include theirs. None = 0.
+    target_w: torch.Tensor | None = None
+    window_w: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -148,6 +153,16 @@ class Backbone(ABC):
         """A start frame ``uint8 [H, W, 3]`` for text-to-video, or None to start from nothing.
 
         The toy backbone draws the first view of the world given by the seed.
+        """
+        return None
+
+    def camera_steps(self, storyboard: list[tuple[float, str]], first_frame: int, n: int, fps: int,
+                     width: int) -> "torch.Tensor | None":
+        """How far the view moves from frame ``first_frame + k`` to the next, in DiT token units (``[n]``).
+
+        Backbones that place tokens on a canvas (the toy DiT with
+        ``canvas_positions``) read the camera track from the storyboard;
+        the others return None and keep view-relative positions.
         """
         return None
 

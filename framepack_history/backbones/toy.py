@@ -187,6 +187,7 @@ class ToyDiT(ModelMixin, ConfigMixin):
         rope_dims: tuple[int, int, int] = (8, 12, 12),
         rope_theta: float = 100.0,
         prediction_type: str = "velocity",
+        canvas_positions: bool = False,
     ) -> None:
         super().__init__()
         if prediction_type not in ("velocity", "sample"):
@@ -221,6 +222,16 @@ class ToyDiT(ModelMixin, ConfigMixin):
         wi = torch.arange(w, dtype=torch.float32, device=device)
         return torch.stack(torch.meshgrid(ti, hi, wi, indexing="ij"), -1).reshape(-1, 3)
 
+    def _shift_w(self, pos: torch.Tensor, shift: torch.Tensor, t: int, per_frame: int) -> torch.Tensor:
+        """Add a per-frame offset (``[t]`` latent frames, or per sample ``[B, t]``) to the w position."""
+        pt = self.config.patch_size[0]
+        s = shift.to(pos.device, torch.float32)
+        s = s.unflatten(-1, (-1, pt)).mean(-1) if pt > 1 else s  # one offset per token frame
+        p = pos.unflatten(-2, (t, per_frame))  # [(B,) t, per_frame, 3]
+        w = p[..., 2] + s[..., :, None]  # broadcasts a per-sample shift over shared positions and back
+        out = torch.stack([p[..., 0].expand_as(w), p[..., 1].expand_as(w), w], dim=-1)
+        return out.flatten(-3, -2)
+
     def _embed_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         y = self.x_embedder(x)  # [B, D, t, h, w]
         return y.flatten(2).transpose(1, 2), tuple(y.shape[2:])
@@ -236,7 +247,15 @@ class ToyDiT(ModelMixin, ConfigMixin):
         window_latents: torch.Tensor | None = None,
         window_t0: float = 0.0,
         target_t: torch.Tensor | None = None,
+        target_w: torch.Tensor | None = None,
+        window_w: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Predict the noisy section; ``target_w``/``window_w`` move frames along the w axis (camera track).
+
+        With ``canvas_positions`` the caller gives each frame's view offset, so
+        a static landmark keeps one rotary position however the camera pans,
+        and a revisited view lines up with its first visit in the history.
+        """
         b, c = hidden_states.shape[:2]
         dev = hidden_states.device
         noisy, (t, h, w) = self._embed_latents(hidden_states)
@@ -247,10 +266,13 @@ class ToyDiT(ModelMixin, ConfigMixin):
             grid = pos[0].view(t, h * w, 3).expand(*tt.shape[:-1], t, h * w, 3).clone()
             grid[..., 0] = tt[..., None]
             pos[0] = grid.flatten(-3, -2)
+        if target_w is not None:
+            pos[0] = self._shift_w(pos[0], target_w, t, h * w)
         if window_latents is not None and window_latents.shape[2] > 0:
             win, (tw, hw, ww) = self._embed_latents(window_latents.to(hidden_states.dtype))
             seqs.insert(0, win + self.type_embed[1])
-            pos.insert(0, self._grid_positions(tw, hw, ww, window_t0 / self.config.patch_size[0], dev))
+            wpos = self._grid_positions(tw, hw, ww, window_t0 / self.config.patch_size[0], dev)
+            pos.insert(0, wpos if window_w is None else self._shift_w(wpos, window_w, tw, hw * ww))
         if history_tokens is not None and history_tokens.shape[1] > 0:
             seqs.insert(0, history_tokens.to(hidden_states.dtype).expand(b, -1, -1) + self.type_embed[2])
             pos.insert(0, history_positions.to(dev))
@@ -260,7 +282,7 @@ class ToyDiT(ModelMixin, ConfigMixin):
         # Text tokens get position 0 on every axis: the identity rotation.
         pos.insert(0, torch.zeros(text_ids.shape[1], 3, device=dev))
         x = torch.cat(seqs, dim=1)
-        if pos[-1].dim() == 3:  # per-sample query positions: give every group a batch axis
+        if any(p.dim() == 3 for p in pos):  # per-sample positions somewhere: give every group a batch axis
             pos = [p if p.dim() == 3 else p.expand(b, -1, -1) for p in pos]
         cos, sin = rope_tables(torch.cat(pos, dim=-2), tuple(self.config.rope_dims), self.config.rope_theta)
 
@@ -343,6 +365,16 @@ class ToyBackbone(Backbone):
             return None
         return start_frame(seed, WorldSpec(view=width), storyboard=prompt, seconds=seconds)
 
+    def camera_steps(self, storyboard, first_frame: int, n: int, fps: int, width: int) -> torch.Tensor | None:
+        """The toy world's documented pan speed, per frame, from the storyboard (canvas-position DiTs only)."""
+        if not self.dit.config.canvas_positions:
+            return None
+        from ..config import prompt_at
+        from ..toyworld import WorldSpec, camera_action
+
+        speed = WorldSpec(view=width, fps=fps).pan_speed / (self.geometry.spatial_scale * self.geometry.patch_size[2])
+        return torch.tensor([camera_action(prompt_at(storyboard, (first_frame + k) / fps)) * speed for k in range(n)])
+
     def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels.to(self.device, self.dtype))
 
@@ -360,6 +392,8 @@ class ToyBackbone(Backbone):
             window_latents=None if context.window_latents is None else context.window_latents.to(self.device),
             window_t0=context.window_t0,
             target_t=context.target_t,
+            target_w=context.target_w,
+            window_w=context.window_w,
         )
         if self.dit.config.prediction_type == "sample":
             # A clean-section predictor is easier to train small; the samplers

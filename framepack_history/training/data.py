@@ -122,6 +122,13 @@ def _shard(folder: Path, i: int) -> Path:
     return folder / f"shard_{i:05d}.safetensors"
 
 
+def _public(value: Any) -> Any:
+    """Drop bookkeeping keys (``_use_default_values`` and the like, whose order is not stable) at any depth."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not str(k).startswith("_")}
+    return value
+
+
 @torch.no_grad()
 def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[torch.Tensor], torch.Tensor],
                        fingerprint: dict[str, Any], shard_size: int = 64, dtype: str = "float16",
@@ -137,8 +144,8 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "cache.json"
-    fp = json.loads(json.dumps(fingerprint, default=str))
-    if meta.exists() and json.loads(meta.read_text()) != fp:
+    fp = _public(json.loads(json.dumps(fingerprint, default=str)))
+    if meta.exists() and _public(json.loads(meta.read_text())) != fp:
         raise InputError("data.cache", f"{folder} was built for other data or another VAE; choose a new folder")
     if rank == 0 and not meta.exists():
         meta.write_text(json.dumps(fp, indent=2))
@@ -153,7 +160,10 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
             items = [dataset[j] for j in idx[s : s + batch]]
             lat = encode(torch.stack([it["video"] for it in items])).float().cpu()
             for j, it in enumerate(items):
-                tensors[str(len(captions))] = lat[j].to(getattr(torch, dtype)).contiguous()
+                key = str(len(captions))
+                tensors[key] = lat[j].to(getattr(torch, dtype)).contiguous()
+                if "camera_x" in it:  # the toy world's camera track, for canvas positions
+                    tensors[f"camera_x.{key}"] = torch.as_tensor(it["camera_x"]).long().contiguous()
                 captions.append(it.get("caption", ""))
         tmp = _shard(folder, i).with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
@@ -162,7 +172,7 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
 
 
 class LatentCacheDataset(Dataset):
-    """Items ``{"latents", "caption"}`` read lazily from the shards of a latent cache."""
+    """Items ``{"latents", "caption"}`` (and ``camera_x`` for the toy world) read lazily from the shards."""
 
     def __init__(self, folder: str | Path) -> None:
         from safetensors import safe_open
@@ -186,7 +196,10 @@ class LatentCacheDataset(Dataset):
         s, key, caption = self.index[i]
         with safe_open(str(self.shards[s]), "pt") as f:
             lat = f.get_tensor(key)
-        return {"latents": lat.float(), "caption": caption}
+            item = {"latents": lat.float(), "caption": caption}
+            if f"camera_x.{key}" in f.keys():
+                item["camera_x"] = f.get_tensor(f"camera_x.{key}")
+        return item
 
 
 # ------------------------------------------------------------ batch order

@@ -34,6 +34,7 @@ from ..history import HistoryState
 from ..pipeline import Pipeline
 from ..sampling import guided, sample
 from .common import DataConfig, find_path
+from .stages import track_of
 
 BANDS = ("old", "middle", "recent")
 
@@ -160,7 +161,8 @@ def query_positions(t: int, per_band: int, gen: torch.Generator) -> dict[str, li
 
 
 @torch.no_grad()
-def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, steps: int, seed: int) -> torch.Tensor:
+def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, steps: int, seed: int,
+             target_w: torch.Tensor | None = None) -> torch.Tensor:
     """Denoise latent frame ``pos`` of the history from its embedding alone; returns ``[1, C, 1, h, w]``."""
     from .data import caption_at
 
@@ -169,7 +171,7 @@ def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, ste
     t, lat = hist.num_frames, hist.latents
     cond = pipeline.text(caption_at(caption, bb.geometry.pixel_frames(t) / p.video.fps))
     ctx = Context(history_tokens=tokens, history_positions=positions,
-                  target_t=torch.tensor([float(pos - t)], device=bb.device))
+                  target_t=torch.tensor([float(pos - t)], device=bb.device), target_w=target_w)
     noise = torch.randn((1, lat.shape[1], 1, *lat.shape[3:]), generator=torch.Generator().manual_seed(seed))
 
     def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
@@ -199,11 +201,14 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
                 lat = bb.vae_encode(video[None].to(bb.device)).float()
             t = lat.shape[2]
             hist = HistoryState(pipe.encoder, bb.device)
-            tokens = hist.append(lat)  # encoded once per clip, exactly as at generation time
+            track = track_of({k: v[None] for k, v in item.items() if k == "camera_x"}, bb)
+            track = None if track is None else track[0].cpu()
+            tokens = hist.append(lat, track=track)  # encoded once per clip, exactly as at generation time
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + i)  # same queries for every model
             for band, positions in query_positions(t, cfg.queries_per_band, gen).items():
                 for q, pos in enumerate(positions):
-                    x0 = retrieve(pipe, hist, item["caption"], pos, steps, cfg.seed * 7 + i * 1000 + q)
+                    x0 = retrieve(pipe, hist, item["caption"], pos, steps, cfg.seed * 7 + i * 1000 + q,
+                                  None if track is None else track[pos : pos + 1])
                     with torch.no_grad():
                         got = to_unit(bb.vae_decode(x0)[:, :, -1])
                         rec = to_unit(bb.vae_decode(lat[:, :, pos : pos + 1])[:, :, -1])

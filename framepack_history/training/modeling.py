@@ -108,7 +108,20 @@ def training_preset(cfg: TrainConfig) -> Preset:
 
 
 def build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | str) -> Backbone:
-    """The preset's backbone; for the toy, optionally with a trained VAE swapped in."""
+    """The preset's backbone; for the toy, optionally with a trained VAE swapped in.
+
+    A toy DiT loaded from weights takes ``canvas_positions`` from the preset's
+    ``[model.config.dit]`` when it is given there, so a view-position model
+    can be finetuned into a canvas-position one.
+    """
+    bb = _build_backbone(cfg, spec, device)
+    canvas = (spec.config.get("dit") or {}).get("canvas_positions")
+    if spec.backbone == "toy" and canvas is not None and bool(canvas) != bb.transformer.config.canvas_positions:
+        bb.transformer.register_to_config(canvas_positions=bool(canvas))
+    return bb
+
+
+def _build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | str) -> Backbone:
     if cfg.vae_weights:
         if spec.backbone != "toy":
             raise InputError("vae_weights", "is for the toy backbone (real backbones bring their VAE)")
@@ -215,16 +228,23 @@ class FlowModule(nn.Module):
     def cfg(self) -> TrainConfig:
         return self._refs[1]
 
-    def history(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``[B, N, D]`` and positions ``[N, 3]`` of a history ending at ``t = 0``.
+    def history(self, latents: torch.Tensor, track: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, N, D]`` and positions ``[N, 3]`` (``[B, N, 3]`` with a camera track ``[B, T]``).
 
         Same convention as :meth:`HistoryState.tokens`: encoder positions with
-        time shifted by minus the history length (in token-grid units).
+        time shifted by minus the history length (in token-grid units), and
+        each token group moved along w by its frames' mean camera offset.
         """
+        from ..history import group_means
+
         grid = self.encoder(latents)
         b, t, h, w, d = grid.shape
         pos = self.encoder.positions(t, h, w).to(latents.device)
         pos[..., 0] -= latents.shape[2] / self.encoder.config.patch_size[0]
+        if track is not None:
+            pos = pos.expand(b, t, h, w, 3).clone()
+            pos[..., 2] += group_means(track, self.encoder.frames_per_group).to(pos.device)[:, :, None, None]
+            return grid.reshape(b, t * h * w, d), pos.reshape(b, -1, 3)
         return grid.reshape(b, t * h * w, d), pos.reshape(-1, 3)
 
     def flow_loss(self, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from ..config import GenerationRequest, InputError, parse_storyboard
 from ..history import HistoryState
 from ..pipeline import Generation, Pipeline, to_pixels
+from .stages import track_of
 from .evaluate import EvalConfig, _cfg_dict, load_run, parse_models, psnr, ssim, summary, uint8_to_unit
 
 
@@ -70,7 +71,9 @@ def _generation(pipeline: Pipeline, ep, mode: str, seed: int, total: int, start:
     bb = pipeline.backbone
     req = GenerationRequest(prompt=ep.caption, seconds=len(ep.frames) / ep.fps, seed=seed, history_mode=mode)
     hist = HistoryState(pipeline.encoder if mode == "encoder" else None, bb.device)
-    hist.append(latents)
+    # The true camera track of the given frames (canvas-position backbones), relative to the start view.
+    track = track_of({"camera_x": torch.as_tensor(ep.camera_x - ep.camera_x[0])[None]}, bb)
+    hist.append(latents, track=None if track is None else track[0, : latents.shape[2]].cpu())
     gen = Generation(req, parse_storyboard(ep.caption), total, hist, next_section=start)
     gen.image_cond = bb.encode_image(to_pixels(ep.frames[:1])[0, :, 0].to(bb.device))
     return gen

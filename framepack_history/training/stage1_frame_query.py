@@ -24,7 +24,7 @@ from ..backbones.base import Context
 from .common import TrainConfig, logit_normal
 from .data import caption_at
 from .modeling import FlowModule
-from .stages import StageTask, latents_of
+from .stages import StageTask, latents_of, track_of
 
 
 def sample_omega(t: int, gen: torch.Generator, omega_min: int, omega_max: int, contiguous_p: float) -> torch.Tensor:
@@ -47,7 +47,8 @@ class FrameQueryModule(FlowModule):
         s = batch["mask_sigma"].view(b, 1, 1, 1, 1)
         keep = batch["keep"].view(b, 1, t, 1, 1)
         masked = torch.where(keep, x, (1 - s) * x + s * batch["mask_noise"])
-        tokens, pos = self.history(masked)
+        track = batch.get("track")  # [B, T] camera offsets (canvas positions), or None
+        tokens, pos = self.history(masked, track)
         # Every sample queries its own positions; the count is shared within a step so
         # the whole batch goes through the DiT in one call (per-sample target_t).
         omega = batch["omega"]  # [B, k] history latent-frame indices
@@ -55,7 +56,8 @@ class FrameQueryModule(FlowModule):
         noise, sigma = batch["noise"], batch["sigma"]
         sv = sigma.view(b, 1, 1, 1, 1)
         ctx = Context(history_tokens=tokens, history_positions=pos,
-                      target_t=(omega - t).float().to(x.device))  # relative to the end of the history
+                      target_t=(omega - t).float().to(x.device),  # relative to the end of the history
+                      target_w=None if track is None else torch.gather(track, 1, omega))
         pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
         loss = self.flow_loss(pred, x0, noise, sigma).mean()
         return {"loss": loss, "omega_frames": torch.tensor(float(omega.shape[1]))}
@@ -84,7 +86,7 @@ class Stage1Task(StageTask):
         end_s = bb.geometry.pixel_frames(t) / self.fps
         prompts = ["" if drop[i] else caption_at(items["caption"][i], end_s) for i in range(b)]
         return {
-            "latents": x, "keep": keep.to(dev), "mask_sigma": mask_sigma.to(dev), "mask_noise": mask_noise.to(dev),
+            "latents": x, "track": track_of(items, bb), "keep": keep.to(dev), "mask_sigma": mask_sigma.to(dev), "mask_noise": mask_noise.to(dev),
             "omega": omegas.to(dev), "noise": noise, "sigma": sigma.to(dev), "cond": self.batched(self.conditions(prompts, x)),
         }
 

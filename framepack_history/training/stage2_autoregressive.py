@@ -30,7 +30,7 @@ from ..config import InputError
 from .common import TrainConfig, logit_normal
 from .data import caption_at
 from .modeling import FlowModule
-from .stages import StageTask, latents_of
+from .stages import StageTask, latents_of, track_of
 
 
 class NextSectionModule(FlowModule):
@@ -39,13 +39,18 @@ class NextSectionModule(FlowModule):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x, split, n = batch["latents"], batch["split"], batch["section"]
         x0 = x[:, :, split : split + n]
+        track = batch.get("track")  # [B, T] camera offsets (canvas positions), or None
         ctx = Context()
         if batch["use_encoder"]:
-            ctx.history_tokens, ctx.history_positions = self.history(x[:, :, :split])
+            ctx.history_tokens, ctx.history_positions = self.history(
+                x[:, :, :split], None if track is None else track[:, :split])
         w = batch["window"]
         if w > 0:
             ctx.window_latents = x[:, :, split - w : split]
             ctx.window_t0 = -float(w)
+            ctx.window_w = None if track is None else track[:, split - w : split]
+        if track is not None:
+            ctx.target_w = track[:, split : split + n]
         sigma, noise = batch["sigma"], batch["noise"]
         sv = sigma.view(-1, 1, 1, 1, 1)
         pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
@@ -81,7 +86,7 @@ class Stage2Task(StageTask):
         drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
         start_s = bb.geometry.pixel_frames(split) / self.fps  # pixel frames before the split
         prompts = ["" if drop[i] else caption_at(items["caption"][i], start_s) for i in range(b)]
-        return {"latents": x, "split": split, "section": n, "use_encoder": use_encoder, "window": window,
+        return {"latents": x, "track": track_of(items, bb), "split": split, "section": n, "use_encoder": use_encoder, "window": window,
                 "sigma": sigma.to(x.device), "noise": noise.to(x.device), "cond": self.batched(self.conditions(prompts, x))}
 
 

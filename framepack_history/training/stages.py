@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..backbones.base import Backbone, Conditioning
-from ..config import Preset
+from ..config import InputError, Preset
 from .common import TrainConfig, find_path
 from .modeling import (
     FlowModule,
@@ -94,6 +94,21 @@ def latents_of(items: dict[str, Any], backbone: Backbone) -> torch.Tensor:
     if "latents" in items:
         return items["latents"].to(backbone.device, torch.float32)
     return backbone.vae_encode(items["video"].to(backbone.device)).float()
+
+
+def track_of(items: dict[str, Any], backbone: Backbone) -> torch.Tensor | None:
+    """Camera track ``[B, T]`` in DiT token units for canvas-position backbones, else None."""
+    cfg = getattr(backbone.transformer, "config", None)
+    if not getattr(cfg, "canvas_positions", False):
+        return None
+    if "camera_x" not in items:
+        raise InputError("data", "canvas_positions needs clips with a camera track (the toy world's camera_x); "
+                                 "rebuild the latent cache into a new folder")
+    geo = backbone.geometry
+    if geo.temporal_scale != 1:
+        raise InputError("model", "canvas_positions needs a VAE without temporal compression")
+    px = torch.as_tensor(items["camera_x"]).float()
+    return (px / (geo.spatial_scale * geo.patch_size[2])).to(backbone.device)
 
 
 def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accelerator):

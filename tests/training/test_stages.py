@@ -125,3 +125,26 @@ def test_vae_training_refuses_a_weightless_vae(tmp_path):
     over = {"model": {"config": {"vae": {"kind": "space_to_depth", "latent_channels": 12, "spatial_scale": 2}}}}
     with pytest.raises(InputError, match="model.config.vae.kind.*no weights to train"):
         train("vae", tmp_path / "vae", **over)
+
+
+def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
+    """Stage II with canvas positions reads camera_x from the clips (through the latent cache too)."""
+    import pytest
+
+    from framepack_history.config import InputError
+
+    over = {"model": {"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder"),
+                      "config": {"dit": {"canvas_positions": True}}}, "max_steps": 2}
+    out = train("stage2", tmp_path / "canvas", data={"cache": str(tmp_path / "cache")}, **over)
+    assert json.loads((out / "transformer" / "config.json").read_text())["canvas_positions"] is True
+    assert all(math.isfinite(r["loss"]) for r in read_log(out / "loss.jsonl"))
+
+    from framepack_history.training.stages import track_of
+    from framepack_history.loading import load_backbone
+    from framepack_history.config import load_preset
+
+    bb = load_backbone(load_preset(out / "preset.toml").model)
+    track = track_of({"camera_x": torch.tensor([[0, 4, 8]])}, bb)  # 32 px views: 4 px = one DiT token
+    torch.testing.assert_close(track.cpu(), torch.tensor([[0.0, 1.0, 2.0]]))
+    with pytest.raises(InputError, match="camera track"):
+        track_of({}, bb)
