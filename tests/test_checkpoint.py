@@ -241,7 +241,10 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
 
     second = launch(tmp_path / "second.log")
     try:
-        log = (tmp_path / "second.log").read_text()
+        # The app lists interrupted jobs just after it starts serving: wait for the lines.
+        deadline = time.time() + 60
+        while job_id not in (log := (tmp_path / "second.log").read_text()) and time.time() < deadline:
+            time.sleep(0.2)
         assert "1 interrupted job(s)" in log and job_id in log, log
         client = Client(url, verbose=False)
         listed = client.predict("", api_name="/status")["interrupted"]
