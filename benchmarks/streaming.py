@@ -39,8 +39,15 @@ from framepack_history.jobs import JobSpec, Worker
 GOAL_FIRST_S = 5.0
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*.mp4") if p.is_file()) if folder.exists() else 0
+def folder_bytes(folder: Path, until: float = float("inf")) -> int:
+    """Bytes of the mp4 files in ``folder`` last written no later than ``until`` (an mtime).
+
+    A fast model finishes later sections while this loop still handles an
+    earlier one; they must not count against it.
+    """
+    if not folder.exists():
+        return 0
+    return sum(st.st_size for p in folder.rglob("*.mp4") if p.is_file() and (st := p.stat()).st_mtime <= until)
 
 
 def reencode(segments: list[Path], out: Path) -> int:
@@ -68,7 +75,7 @@ def run_job(worker: Worker, preset: str, seconds: float, seed: int, tmp: Path, n
         segs = list(job.segments)
         for seg in segs[sent:]:
             own = seg.stat().st_size
-            encoded = folder_bytes(job.folder / "segments") - sum(r["own"] for r in rows)
+            encoded = folder_bytes(job.folder / "segments", seg.stat().st_mtime) - sum(r["own"] for r in rows)
             chunk, _ = asyncio.run(player.stream_output(str(seg), stream_id, first_chunk=sent == 0))
             if first_playable is None:
                 first_playable = time.perf_counter() - t0

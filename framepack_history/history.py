@@ -84,8 +84,9 @@ class HistoryState:
 
     @property
     def num_tokens(self) -> int:
-        g = self.grid
-        return 0 if g is None else int(g.shape[1] * g.shape[2] * g.shape[3])
+        # Counted per chunk: joining the grid here would copy the whole history on every append.
+        parts = self._done + ([self._tail] if self._tail is not None else [])
+        return sum(int(p.shape[1] * p.shape[2] * p.shape[3]) for p in parts)
 
     def tokens(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(tokens [1, N, D], positions [N, 3])`` with time relative to the next frame.
