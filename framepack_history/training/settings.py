@@ -52,6 +52,13 @@ class Stage2Config:
     window_frames: int = 0  # tiny sliding window of raw latent frames next to the embedding
     p_window_mode: float = 0.0  # chance a step trains the sliding-window baseline instead (same weights)
     min_history_frames: int = 1  # latent frames of history at the earliest split
+    # Chance that a step's split is drawn in proportion to how much of the target section shows canvas
+    # that the history saw but the window does not (camera tracks only; else ignored). Applies to both
+    # history modes alike, so the window baseline trains on the same sections.
+    p_revisit_split: float = 0.0
+    # Chance that a step trains Stage I's frame-query objective instead (same batch of clips): keeps the
+    # embedding decodable and the DiT practised at reading past frames out of it.
+    p_frame_query: float = 0.0
 
 
 @dataclass
@@ -185,7 +192,9 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     for key, (val, ok) in choices.items():
         _need(val in ok, key, f"must be one of {', '.join(ok)} (got {val!r})")
     for key, p in (("caption_dropout", cfg.caption_dropout), ("stage1.omega_contiguous_p", cfg.stage1.omega_contiguous_p),
-                   ("stage2.p_window_mode", cfg.stage2.p_window_mode), ("ema_decay", cfg.ema_decay)):
+                   ("stage2.p_window_mode", cfg.stage2.p_window_mode),
+                   ("stage2.p_revisit_split", cfg.stage2.p_revisit_split),
+                   ("stage2.p_frame_query", cfg.stage2.p_frame_query), ("ema_decay", cfg.ema_decay)):
         _need(0.0 <= p <= 1.0, key, f"must be in [0, 1] (got {p})")
     _need(0.0 < cfg.stage1.mask_noise_center < 1.0, "stage1.mask_noise_center", "must be in (0, 1)")
     _need(1 <= cfg.stage1.omega_min <= cfg.stage1.omega_max, "stage1.omega_min",

@@ -9,6 +9,12 @@ section start, and predicts the section with the rectified-flow loss.
 * the DiT gets a fresh LoRA (real backbones) or keeps finetuning (toy); the
   encoder starts from Stage I (``model.encoder``) and stays trainable unless
   ``stage2.freeze_encoder`` (the paper's ablation);
+* with probability ``stage2.p_frame_query`` a step trains Stage I's
+  frame-query objective instead (the embedding must stay decodable, and the
+  DiT keeps reading past frames out of it);
+* with probability ``stage2.p_revisit_split`` the split is drawn where the
+  target shows canvas that only the history beyond the window has seen
+  (camera tracks only): the sections where memory, not the window, helps;
 * with probability ``stage2.p_window_mode`` a step trains the sliding-window
   baseline instead (no embedding, the last section of raw latents, exactly
   what :class:`~framepack_history.pipeline.Pipeline` feeds in ``window``
@@ -30,6 +36,7 @@ from ..config import InputError
 from .common import TrainConfig, logit_normal
 from .data import caption_at
 from .modeling import FlowModule
+from .stage1_frame_query import FrameQueryModule, Stage1Task
 from .stages import StageTask, latents_of, track_of
 
 
@@ -37,6 +44,9 @@ class NextSectionModule(FlowModule):
     """``forward(batch)``: history -> embedding (+ window) -> denoise the next section."""
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if batch.get("frame_query"):
+            out = FrameQueryModule.forward(self, batch)
+            return {"loss": out["loss"], "frame_query": torch.tensor(1.0)}
         x, split, n = batch["latents"], batch["split"], batch["section"]
         x0 = x[:, :, split : split + n]
         track = batch.get("track")  # [B, T] camera offsets (canvas positions), or None
@@ -56,7 +66,32 @@ class NextSectionModule(FlowModule):
         pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
         loss = self.flow_loss(pred, x0, noise, sigma).mean()
         return {"loss": loss, "history_frames": torch.tensor(float(split)),
-                "window_mode": torch.tensor(0.0 if batch["use_encoder"] else 1.0)}
+                "window_mode": torch.tensor(0.0 if batch["use_encoder"] else 1.0), "frame_query": torch.tensor(0.0)}
+
+
+def revisit_weights(camera_x: torch.Tensor, view: int, window: int, section: int) -> torch.Tensor:
+    """Per split point: pixels of the target section that only the history beyond the window has seen.
+
+    ``camera_x`` ``[B, T]`` is each frame's left edge on the canvas (one latent frame per frame).
+    ``out[s]`` sums, over the batch and the ``section`` frames from ``s``, the columns in view that some
+    frame before ``s - window`` showed and none of the ``window`` frames just before ``s`` shows: the
+    part of a section that only memory can draw (a sliding window cannot). Float ``[T + 1]``.
+    """
+    cx = camera_x.long()
+    b, t = cx.shape
+    width = int(cx.max()) + view
+    cols = torch.arange(width)
+    cover = (cols >= cx[..., None]) & (cols < cx[..., None] + view)  # [B, T, W]
+    seen = torch.cummax(cover.to(torch.uint8), dim=1).values.bool()  # columns shown by frames 0..i
+    out = torch.zeros(t + 1)
+    for s in range(1, t - section + 1):
+        h = s - window  # history frames before the window
+        if h < 1:
+            continue
+        in_window = cover[:, h:s].any(1) if window > 0 else torch.zeros(b, width, dtype=torch.bool)
+        only_memory = seen[:, h - 1] & ~in_window  # [B, W]
+        out[s] = (cover[:, s : s + section] & only_memory[:, None]).sum()
+    return out
 
 
 def section_latent_frames(module: FlowModule, section_frames: int) -> int:
@@ -68,6 +103,8 @@ class Stage2Task(StageTask):
 
     def make_batch(self, items: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
         c2, bb = self.cfg.stage2, self.module.backbone
+        if c2.p_frame_query > 0 and float(torch.rand(1, generator=gen)) < c2.p_frame_query:
+            return {**Stage1Task.make_batch(self, items, gen), "frame_query": True}
         x = latents_of(items, bb)
         b, t = x.shape[0], x.shape[2]
         n = section_latent_frames(self.module, self.preset.video.section_frames)
@@ -76,6 +113,12 @@ class Stage2Task(StageTask):
             raise InputError("data.frames", f"clips have {t} latent frames; stage 2 needs at least {lo + n} "
                                           f"(history {lo} + section {n})")
         split = int(torch.randint(lo, t - n + 1, (1,), generator=gen))
+        revisit = float(torch.rand(1, generator=gen)) < c2.p_revisit_split
+        if revisit and "camera_x" in items and bb.geometry.temporal_scale == 1:
+            weight = revisit_weights(torch.as_tensor(items["camera_x"]), self.preset.video.width, c2.window_frames, n)
+            weight = weight[lo : t - n + 1]
+            if float(weight.sum()) > 0:
+                split = lo + int(torch.multinomial(weight, 1, generator=gen))
         use_encoder = not (float(torch.rand(1, generator=gen)) < c2.p_window_mode)
         # Window sizes exactly as the pipeline: encoder mode uses the add-on window (0 = none),
         # window mode defaults to one section of raw latents.

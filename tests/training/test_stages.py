@@ -148,3 +148,31 @@ def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
     torch.testing.assert_close(track.cpu(), torch.tensor([[0.0, 1.0, 2.0]]))
     with pytest.raises(InputError, match="camera track"):
         track_of({}, bb)
+
+
+def test_revisit_weights_count_what_only_memory_has_seen():
+    """A pan away and back: only the sections coming back over seen canvas get weight."""
+    from framepack_history.training.stage2_autoregressive import revisit_weights
+
+    cx = torch.tensor([[0, 2, 4, 6, 8, 10, 12, 14, 16, 14, 12, 10, 8, 6, 4, 2, 0, 0, 0, 0]])
+    w = revisit_weights(cx, view=16, window=2, section=4)
+    assert w.shape == (21,)
+    assert w[:8].sum() == 0  # panning away: everything entering the view is new
+    # split 8: window frames 6-7 show columns 12..29, frames 0..5 saw 0..25; frame 11 (x=10) shows 10, 11
+    assert w[8] == 2 and w[10] == 20
+    assert w[17:].sum() == 0  # no room for a whole section
+    # the same clip twice counts twice; a held camera never needs memory
+    assert torch.equal(revisit_weights(cx.repeat(2, 1), 16, 2, 4), 2 * w)
+    assert revisit_weights(torch.zeros(1, 20, dtype=torch.long), 16, 2, 4).sum() == 0
+
+
+def test_memory_terms_train_from_cached_clips(tmp_path, stage1_run):
+    """stage2.p_revisit_split reads the clips' camera tracks (cached clips too); p_frame_query mixes in Stage I steps."""
+    over = {"model": {"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder")},
+            "stage2": {"p_revisit_split": 1.0, "p_frame_query": 0.5, "window_frames": 1}, "max_steps": 6}
+    out = train("stage2", tmp_path / "memory", data={"cache": str(tmp_path / "cache")}, **over)
+    log = read_log(out / "loss.jsonl")
+    assert len(log) == 6 and all(math.isfinite(r["loss"]) for r in log)
+    kinds = {r["frame_query"] for r in log}
+    assert kinds == {0.0, 1.0}  # both objectives ran (the step generators are seeded: always the same mix)
+    assert all("history_frames" in r for r in log if r["frame_query"] == 0.0)
