@@ -9,6 +9,9 @@ The scored section is the one that contains the return frame.
 (a) teacher-forced: the return section predicted from the TRUE history
     (history mode ``encoder`` vs ``window``, same weights), PSNR/SSIM
     against the true frames;
+    Two diagnostics of whether the DiT reads the embedding: the same section
+    with another episode's history (its own add-on window kept), and PSNR on
+    the memory-only pixels (canvas that the add-on window does not show);
 (b) free-running: the whole episode generated from the start frame; each
     frame of the return section is compared with the model's *own* frame of
     the first visit to the same camera position (at least half the gap
@@ -89,12 +92,34 @@ def first_visits(camera_x: np.ndarray, frames: range, min_gap: int) -> list[tupl
     return pairs
 
 
-def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, gap: float) -> dict[str, Any]:
-    """Teacher-forced and free-running scores for one episode, per history mode."""
+def memory_columns(camera_x: np.ndarray, section: range, window: int, view: int) -> np.ndarray:
+    """Bool ``[F, view]``: the section's columns that none of the ``window`` frames before it shows."""
+    shown = set()
+    for f in range(max(0, section.start - window), section.start):
+        shown.update(range(int(camera_x[f]), int(camera_x[f]) + view))
+    return np.array([[int(camera_x[f]) + c not in shown for c in range(view)] for f in section], bool)
+
+
+def masked_psnr(got: torch.Tensor, truth: torch.Tensor, columns: np.ndarray) -> float:
+    """PSNR (dB) over the pixels of ``columns`` (``[F, W]``) of ``[F, 3, H, W]`` images in [0, 1]."""
+    err = (got.float() - truth.float()).pow(2).mean(1)  # [F, H, W]
+    mask = torch.as_tensor(columns)[:, None, :].expand_as(err)
+    return float(10 * torch.log10(1.0 / err[mask].mean().clamp(min=1e-10)))
+
+
+def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, gap: float,
+                  other=None) -> dict[str, Any]:
+    """Teacher-forced and free-running scores for one episode, per history mode.
+
+    ``other``: another episode of the same kind and gap, whose history replaces this one's
+    (all but the add-on window) in one more encoder-mode prediction.
+    """
     s, fps = pipeline.preset.video.section_frames, ep.fps
     lat = encode_like_pipeline(pipeline, ep.frames, k)  # true history: start frame + k sections
     section = range(1 + k * s, 1 + (k + 1) * s)
     truth = uint8_to_unit(ep.frames[section.start : section.stop])
+    win = pipeline.preset.history.window_frames
+    columns = memory_columns(ep.camera_x, section, win, ep.frames.shape[2])
     pairs = first_visits(ep.camera_x, section, max(1, int(gap * fps / 2)))
     true_all = uint8_to_unit(ep.frames)
     out: dict[str, Any] = {"pairs": len(pairs)}
@@ -108,6 +133,14 @@ def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, ga
         got = uint8_to_unit(pipeline.generate_section(gen).frames)
         row["teacher_forced_psnr"] = float(psnr(got, truth).mean())
         row["teacher_forced_ssim"] = float(ssim(got, truth).mean())
+        if columns.any():
+            row["teacher_forced_psnr_memory_columns"] = masked_psnr(got, truth, columns)
+        if mode == "encoder" and other is not None:
+            swapped = encode_like_pipeline(pipeline, other.frames, k)
+            if win:
+                swapped[:, :, -win:] = lat[:, :, -win:]
+            got = uint8_to_unit(pipeline.generate_section(_generation(pipeline, ep, mode, seed, k + 1, k, swapped)).frames)
+            row["teacher_forced_psnr_other_history"] = float(psnr(got, truth).mean())
         if cfg.free_running:
             gen = _generation(pipeline, ep, mode, seed, k + 1, 0, lat[:, :, :1])
             video = [ep.frames[:1]] + [pipeline.generate_section(gen).frames for _ in range(k + 1)]
@@ -133,7 +166,9 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
         per: dict[str, Any] = {}
         for kind in cfg.kinds:
             for gap in cfg.returns_after:
-                eps = [score_episode(pipe, cfg, *_ep(pipe, cfg, kind, gap, i), gap) for i in range(cfg.data.num_videos)]
+                made = [_ep(pipe, cfg, kind, gap, i) for i in range(cfg.data.num_videos)]
+                eps = [score_episode(pipe, cfg, *m, gap, other=made[(i + 1) % len(made)][0] if len(made) > 1 else None)
+                       for i, m in enumerate(made)]
                 agg: dict[str, Any] = {"episodes": len(eps), "truth_self_psnr": summary(
                     [e["truth_self_psnr"] for e in eps if "truth_self_psnr" in e])}
                 for mode in cfg.modes:

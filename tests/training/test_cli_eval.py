@@ -62,4 +62,27 @@ def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run):
         for mode in ("encoder", "window"):
             assert cell[mode]["teacher_forced_psnr"]["n"] == 2
             assert cell[mode]["free_running_psnr_vs_first_visit"]["n"] >= 1
+        # the history-swap diagnostic runs in encoder mode only
+        assert cell["encoder"]["teacher_forced_psnr_other_history"]["n"] == 2
+        assert "teacher_forced_psnr_other_history" not in cell["window"]
     assert (out / "revisit.png").stat().st_size > 0
+
+
+def test_memory_columns_are_what_the_window_does_not_show():
+    import numpy as np
+    import pytest
+    import torch
+
+    from framepack_history.training.revisit import masked_psnr, memory_columns
+
+    cx = np.array([0, 2, 4, 6, 4, 2, 0, 0])  # 8 px views: pan right, then back
+    cols = memory_columns(cx, range(4, 8), window=2, view=8)
+    # window frames 2-3 show canvas 4..13; coming back to x=4, 2, 0 shows nothing new, then 2 and 4 new columns
+    assert cols.sum(1).tolist() == [0, 2, 4, 4]
+    assert cols[1, :2].all() and not cols[1, 2:].any()
+    assert memory_columns(cx, range(4, 8), window=0, view=8).all()
+    truth = torch.zeros(4, 3, 8, 8)
+    shown = torch.as_tensor(~cols)[:, None, None, :].expand_as(truth)
+    got = torch.where(shown, 1.0, truth)  # wrong only where the window shows the canvas
+    assert masked_psnr(got, truth, cols) == pytest.approx(100.0)
+    assert masked_psnr(got, truth, ~cols) == pytest.approx(0.0)
