@@ -113,7 +113,8 @@ class Stage2Task(StageTask):
             raise InputError("data.frames", f"clips have {t} latent frames; stage 2 needs at least {lo + n} "
                                           f"(history {lo} + section {n})")
         split = int(torch.randint(lo, t - n + 1, (1,), generator=gen))
-        revisit = float(torch.rand(1, generator=gen)) < c2.p_revisit_split
+        # Draw only when the term is on, so runs without it keep their random stream.
+        revisit = c2.p_revisit_split > 0 and float(torch.rand(1, generator=gen)) < c2.p_revisit_split
         if revisit and "camera_x" in items and bb.geometry.temporal_scale == 1:
             weight = revisit_weights(torch.as_tensor(items["camera_x"]), self.preset.video.width, c2.window_frames, n)
             weight = weight[lo : t - n + 1]
