@@ -43,6 +43,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--continue-video", help="a video to continue")
     g.add_argument("--history", choices=HISTORY_MODES, help="history mode (default: the preset's)")
     g.add_argument("--window-frames", type=int, help="raw latent frames of the sliding-window add-on")
+    g.add_argument("--history-guidance", type=float,
+                   help="history guidance (encoder mode): 1 = off, >1 leans harder on the history embedding")
     g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
     g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
     g.add_argument("--seed", type=int, default=0)
@@ -87,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _request(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
         prompt=args.prompt, seconds=args.seconds, seed=args.seed, image=args.image, continue_video=args.continue_video,
-        history_mode=args.history, window_frames=args.window_frames, steps=args.steps, guidance=args.guidance,
+        history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
+        steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler,
     )
 

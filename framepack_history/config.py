@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "presets"
 HISTORY_MODES = ("encoder", "window", "none")
+MAX_HISTORY_GUIDANCE = 20.0  # history guidance beyond this only amplifies noise
 
 
 class InputError(ValueError):
@@ -71,6 +72,10 @@ class SamplingSpec:
 class HistorySpec:
     mode: str = "encoder"
     window_frames: int = 0  # tiny sliding window of raw latents (add-on)
+    # History guidance (mode "encoder"): every DiT call also runs without the history embedding (the
+    # add-on window alone, which Stage II trains with the same weights) and the prediction moves
+    # ``guidance`` times as far from that one: 1 = off, > 1 leans harder on memory. Costs a second pass.
+    guidance: float = 1.0
 
 
 @dataclass
@@ -161,6 +166,8 @@ def _check(preset: Preset) -> None:
         raise InputError("history.mode", f"must be one of {', '.join(HISTORY_MODES)} (got {h.mode!r})")
     if h.window_frames < 0:
         raise InputError("history.window_frames", f"must be >= 0 (got {h.window_frames})")
+    if not (math.isfinite(h.guidance) and 0 <= h.guidance <= MAX_HISTORY_GUIDANCE):
+        raise InputError("history.guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {h.guidance!r})")
     if m.backbone not in ("toy", "hunyuan_framepack"):
         raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
     from .encoder import parse_rate
@@ -280,6 +287,7 @@ class GenerationRequest:
     continue_video: str | None = None
     history_mode: str | None = None  # None = the preset's
     window_frames: int | None = None
+    history_guidance: float | None = None
     steps: int | None = None
     guidance: float | None = None
     cfg: float | None = None
@@ -312,6 +320,10 @@ class GenerationRequest:
         for name, val in (("--guidance", self.guidance), ("--cfg", self.cfg), ("--shift", self.shift)):
             if val is not None and (not math.isfinite(val) or val < 0 or val > 100):
                 raise InputError(name, f"must be a number in [0, 100] (got {val!r})")
+        hg = self.history_guidance
+        if hg is not None and (isinstance(hg, bool) or not isinstance(hg, (int, float)) or not math.isfinite(hg)
+                               or not 0 <= hg <= MAX_HISTORY_GUIDANCE):
+            raise InputError("--history-guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {hg!r})")
         if self.cfg is not None and self.cfg < 1:
             raise InputError("--cfg", f"must be >= 1 (got {self.cfg:g})")
         if self.shift is not None and self.shift <= 0:

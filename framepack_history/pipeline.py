@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
@@ -22,7 +22,7 @@ from .backbones.base import Backbone, Conditioning, Context
 from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
 from .history import HistoryState
-from .sampling import guided, sample
+from .sampling import guided, history_guided, sample
 from .video import read_image, read_video
 
 MAX_CONTINUE_SECONDS = 30.0  # how much of an uploaded video becomes history
@@ -128,7 +128,8 @@ class Pipeline:
         value = getattr(request, name)
         if value is not None:
             return value
-        source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames")}.get(name, ("sampling", name))
+        source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames"),
+                  "history_guidance": ("history", "guidance")}.get(name, ("sampling", name))
         return getattr(getattr(self.preset, source[0]), source[1])
 
     @property
@@ -227,9 +228,13 @@ class Pipeline:
             neg = Conditioning({**gen.image_cond.tensors, **self.text(self.preset.sampling.negative_prompt).tensors})
         ctx = self.context(gen)
         guidance = float(self.option(req, "guidance"))
+        # history guidance needs history tokens to guide with (none in the other modes, none yet
+        # when a text-to-video request has no start frame)
+        hg = float(self.option(req, "history_guidance")) if ctx.history_tokens is not None else 1.0
+        no_history = replace(ctx, history_tokens=None, history_positions=None)
 
-        def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
-            return bb.predict(x, s, cond if conditional else neg, ctx, guidance).float()
+        def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
+            return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
 
         geo = bb.geometry
         shape = (1, geo.latent_channels, self.section_latent_frames, v.height // geo.spatial_scale, v.width // geo.spatial_scale)
@@ -237,7 +242,7 @@ class Pipeline:
         t0 = time.perf_counter()
         with self._phase("denoise", idx):
             latents = sample(
-                self.option(req, "sampler"), guided(model, cfg), noise,
+                self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise,
                 int(self.option(req, "steps")), float(self.option(req, "shift")), on_step,
             )
         t1 = time.perf_counter()

@@ -53,6 +53,27 @@ def guided(model: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], cf
     return fn
 
 
+def history_guided(model: Callable[[torch.Tensor, torch.Tensor, bool, bool], torch.Tensor],
+                   scale: float) -> Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]:
+    """History guidance on top of a ``model(x, sigma, conditional, with_history)``.
+
+    ``without + scale * (with - without)``: the prediction moves ``scale``
+    times as far from the one made without the history embedding (the
+    add-on window alone) as the history moves it. The same weights learn
+    both predictions in Stage II (its window-mode steps play the part of
+    classifier-free guidance's dropped condition), so no extra model is
+    needed. ``scale == 1`` runs only the pass with the history.
+    """
+    if scale == 1.0:
+        return lambda x, s, c: model(x, s, c, True)
+
+    def fn(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
+        with_h, without = model(x, s, conditional, True), model(x, s, conditional, False)
+        return without + scale * (with_h - without)
+
+    return fn
+
+
 def _report(callback: Callback, step: int, total: int, x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> None:
     if callback is not None:
         callback({"step": step, "total": total, "x": x, "sigma": float(sigma), "denoised": x - sigma * v})

@@ -24,6 +24,7 @@ def test_shipped_presets_load(name):
         ("[video]\nwidth = 33\n", "video.width"),
         ("[sampling]\nsampler = 'ddpm'\n", "sampling.sampler"),
         ("[history]\nmode = 'forget'\n", "history.mode"),
+        ("[history]\nguidance = -0.5\n", "history.guidance"),
         ("[model]\nencoder_rate = '4x4'\n", "model.encoder_rate"),
         ("[model]\nbackbone = 'sora'\n", "model.backbone"),
         ("[video]\nframes_per_second = 8\n", "video.frames_per_second"),

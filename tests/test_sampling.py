@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack_history.sampling import Cancelled, flow_sigmas, guided, sample, shift_sigmas
+from framepack_history.sampling import Cancelled, flow_sigmas, guided, history_guided, sample, shift_sigmas
 
 
 def exact_model(x0: torch.Tensor):
@@ -56,6 +56,26 @@ def test_real_cfg_combines_passes():
     calls.clear()
     guided(model, 1.0)(torch.zeros(1), torch.ones(1))
     assert calls == [True]  # cfg 1: one pass
+
+
+def test_history_guidance_extrapolates_from_the_prediction_without_history():
+    calls = []
+
+    def model(x, s, cond, with_history):
+        calls.append((cond, with_history))
+        return torch.full_like(x, (5.0 if with_history else 3.0) + (0.0 if cond else 100.0))
+
+    out = history_guided(model, 2.0)(torch.zeros(1), torch.ones(1), True)
+    assert out.item() == 3.0 + 2.0 * (5.0 - 3.0)
+    assert sorted(calls) == [(True, False), (True, True)]  # both passes keep the text condition
+    calls.clear()
+    assert history_guided(model, 1.0)(torch.zeros(1), torch.ones(1), False).item() == 105.0
+    assert calls == [(False, True)]  # scale 1: one pass, with the history
+    # with real CFG on top, the unconditional pass is history-guided too
+    calls.clear()
+    out = guided(history_guided(model, 2.0), 3.0)(torch.zeros(1), torch.ones(1))
+    assert out.item() == 107.0 + 3.0 * (7.0 - 107.0)
+    assert len(calls) == 4
 
 
 def test_unknown_sampler():

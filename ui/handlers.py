@@ -78,7 +78,7 @@ class Handlers:
 
     # ------------------------------------------------------------- submitting
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
-             shift: Any, encoder_rate: Any, history: Any, window: Any) -> JobSpec:
+             shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``.
@@ -93,6 +93,7 @@ class Handlers:
             continue_video=_path(video),
             history_mode=history or None,
             window_frames=_num(window, "sliding-window frames", integer=True),
+            history_guidance=_num(history_guidance, "history guidance"),
             steps=_num(steps, "steps", integer=True),
             guidance=_num(guidance, "guidance"),
             shift=_num(shift, "shift"),
@@ -236,6 +237,7 @@ class Handlers:
             gr.update(value=p.sampling.steps), gr.update(value=p.sampling.guidance), gr.update(value=p.sampling.shift),
             gr.update(choices=rates, value=p.model.encoder_rate, visible=len(rates) > 1),
             gr.update(value=p.history.mode), gr.update(value=p.history.window_frames),
+            gr.update(value=p.history.guidance),
             gr.update(maximum=p.video.max_seconds),
         )
 
@@ -301,10 +303,10 @@ class Handlers:
     def api_generate(self, prompt: str, start_image: str | None = None, continue_video: Any = None, seconds: float = 5.0,
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
-                     window_frames: int | None = None) -> tuple[str, str]:
+                     window_frames: int | None = None, history_guidance: float | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled."""
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames)
+                          encoder_rate, history_mode, window_frames, history_guidance)
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":

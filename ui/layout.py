@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from framepack_history.config import HISTORY_MODES, InputError, available_presets, load_preset
+from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, InputError, available_presets, load_preset
 from framepack_history.jobs import Worker
 
 from .handlers import Handlers, random_seed
@@ -96,6 +96,8 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                         history = gr.Radio(list(HISTORY_MODES), value=preset.history.mode, label="History")
                         window = gr.Number(value=preset.history.window_frames, precision=0, minimum=0, maximum=1000,
                                            label="Sliding-window frames")
+                        history_guidance = gr.Number(value=preset.history.guidance, minimum=0, maximum=MAX_HISTORY_GUIDANCE,
+                                                     label="History guidance (1 = off)")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
@@ -129,7 +131,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         api_video = gr.File(visible=False, label="video")
         api_sidecar = gr.File(visible=False, label="sidecar")
 
-        inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window]
+        inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance]
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -147,7 +149,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, seconds], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds], **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -162,7 +164,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, seconds], **private)
+        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Context
-from ..config import InputError, load_preset
+from ..config import MAX_HISTORY_GUIDANCE, InputError, load_preset
 from ..history import HistoryState
 from ..pipeline import Pipeline
 from ..sampling import guided, sample
@@ -46,6 +46,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "cpu"
     steps: int = 0  # 0 = each model's preset
+    history_guidance: float = -1.0  # revisit: < 0 = each model's preset (history.guidance); 1 = off
     data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", num_videos=8))
     queries_per_band: int = 2  # retrieval: history frames asked per clip and band
     returns_after: list[float] = field(default_factory=lambda: [10.0, 20.0])  # revisit gaps (s)
@@ -66,6 +67,8 @@ def check_eval_config(cfg: EvalConfig) -> EvalConfig:
         raise InputError("modes", f"unknown {bad[0]!r} (encoder, window)")
     if any(g <= 0 for g in cfg.returns_after) or cfg.queries_per_band < 1 or cfg.steps < 0:
         raise InputError("returns_after", "gaps must be > 0, queries_per_band >= 1 and steps >= 0")
+    if not cfg.history_guidance <= MAX_HISTORY_GUIDANCE:  # also refuses NaN
+        raise InputError("history_guidance", f"must be <= {MAX_HISTORY_GUIDANCE:g} (< 0: each model's preset)")
     return cfg
 
 

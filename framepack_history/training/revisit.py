@@ -163,6 +163,8 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
         pipe = load_run(path, cfg.device)
         if cfg.steps:
             pipe.preset.sampling.steps = cfg.steps
+        if cfg.history_guidance >= 0:
+            pipe.preset.history.guidance = cfg.history_guidance
         per: dict[str, Any] = {}
         for kind in cfg.kinds:
             for gap in cfg.returns_after:
@@ -176,7 +178,7 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
                     if rows:
                         agg[mode] = {m: summary([r[m] for r in rows if m in r]) for m in rows[0]}
                 per.setdefault(kind, {})[f"{gap:g}s"] = agg
-        results["models"][label] = {"path": str(path), **per}
+        results["models"][label] = {"path": str(path), "history_guidance": pipe.preset.history.guidance, **per}
     (out / "revisit.json").write_text(json.dumps(results, indent=2))
     plot_revisit(results, out / "revisit.png")
     return results
@@ -195,7 +197,7 @@ def plot_revisit(results: dict[str, Any], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = results["models"]
-    groups = [(k, g) for lb in models for k, gaps in models[lb].items() if k != "path" for g in gaps]
+    groups = [(k, g) for lb in models for k, gaps in models[lb].items() if isinstance(gaps, dict) for g in gaps]
     groups = list(dict.fromkeys(groups))
     series = [(lb, m) for lb in models for m in ("encoder", "window")
               if any(m in models[lb].get(k, {}).get(g, {}) for k, g in groups)]

@@ -66,6 +66,17 @@ def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run):
         assert cell["encoder"]["teacher_forced_psnr_other_history"]["n"] == 2
         assert "teacher_forced_psnr_other_history" not in cell["window"]
     assert (out / "revisit.png").stat().st_size > 0
+    assert row["history_guidance"] == 1.0  # the run's preset
+
+    # history guidance from the command line: encoder mode changes, the window baseline cannot
+    assert main(["eval", "revisit", "--config", str(CONFIGS / "tiny_eval.toml"), "--out", str(tmp_path / "hg"),
+                 "--models", f'["stage2={stage2_run}"]', "--returns_after", "[1.0]", "--free_running", "false",
+                 "--history_guidance", "3.0"]) == 0
+    hg = json.loads((tmp_path / "hg" / "revisit.json").read_text())["models"]["stage2"]
+    assert hg["history_guidance"] == 3.0
+    cell, hcell = row["pan_away_and_back"]["1s"], hg["pan_away_and_back"]["1s"]
+    assert hcell["window"]["teacher_forced_psnr"]["mean"] == cell["window"]["teacher_forced_psnr"]["mean"]
+    assert hcell["encoder"]["teacher_forced_psnr"]["mean"] != cell["encoder"]["teacher_forced_psnr"]["mean"]
 
 
 def test_memory_columns_are_what_the_window_does_not_show():
