@@ -55,7 +55,9 @@ def make_episode(pipeline: Pipeline, cfg: EvalConfig, kind: str, gap: float, ind
     s = v.section_frames
     ret = round(gap * v.fps)  # the return frame (frame 0 is the start frame)
     k = max(0, (ret - 1) // s)  # section k covers frames 1 + k*s .. (k+1)*s
-    seed = EVAL_SEED_START + int(cfg.data.options.get("first", 0)) + index
+    # held-out worlds by default (data.split = "eval"); data.options.first picks another block of them
+    base = 0 if cfg.data.split == "train" else EVAL_SEED_START
+    seed = base + int(cfg.data.options.get("first", 0)) + index
     ep = World.from_seed(seed, spec).render(storyboard(kind, gap, spec), (1 + (k + 1) * s) / v.fps)
     return ep, k, seed
 

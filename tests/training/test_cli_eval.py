@@ -97,3 +97,22 @@ def test_memory_columns_are_what_the_window_does_not_show():
     got = torch.where(shown, 1.0, truth)  # wrong only where the window shows the canvas
     assert masked_psnr(got, truth, cols) == pytest.approx(100.0)
     assert masked_psnr(got, truth, ~cols) == pytest.approx(0.0)
+
+
+def test_revisit_worlds_follow_the_split_and_first():
+    from types import SimpleNamespace
+
+    from framepack_history.config import load_preset
+    from framepack_history.toyworld import EVAL_SEED_START
+    from framepack_history.training.evaluate import EvalConfig
+    from framepack_history.training.revisit import make_episode
+
+    pipe = SimpleNamespace(preset=load_preset("toy-cpu"))
+    cfg = EvalConfig(models=["x=y"])
+    seeds = {}
+    for split, first in (("eval", 0), ("eval", 1000), ("train", 0)):
+        cfg.data.split, cfg.data.options = split, {"first": first}
+        seeds[split, first] = make_episode(pipe, cfg, "pan_away_and_back", 10.0, 3)[2]
+    assert seeds["eval", 0] == EVAL_SEED_START + 3  # held-out worlds by default
+    assert seeds["eval", 1000] == EVAL_SEED_START + 1003  # another block of held-out worlds (validation)
+    assert seeds["train", 0] == 3
