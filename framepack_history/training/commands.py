@@ -13,7 +13,6 @@ on every process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -78,11 +77,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               for b in ("old", "middle", "recent", "all"))
             print(f"{label:>16}: {cells}  ({row['history_tokens_per_second']:.1f} tokens/s)")
     else:
-        from .revisit import run_revisit
+        from .revisit import run_revisit, summary_lines
 
         res = run_revisit(cfg)
-        print(json.dumps({lb: {k: v for k, v in row.items() if k != "path"} for lb, row in res["models"].items()},
-                         indent=1)[:4000])
+        print("\n".join(summary_lines(res)))
     print(f"wrote {cfg.out}/{args.metric}.json and {cfg.out}/{args.metric}.png", file=sys.stderr)
     return 0
 

@@ -21,6 +21,7 @@ The scored section is the one that contains the return frame.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,32 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
     (out / "revisit.json").write_text(json.dumps(results, indent=2))
     plot_revisit(results, out / "revisit.png")
     return results
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """One line per model, episode kind and gap: mean PSNR (dB), ``encoder`` vs ``window`` and the margin."""
+    def mean(cell: dict, mode: str, metric: str) -> float:
+        return cell.get(mode, {}).get(metric, {}).get("mean", float("nan"))
+
+    lines = []
+    for label, row in results["models"].items():
+        lines.append(f"{label} (history guidance {row.get('history_guidance', 1.0):g}): encoder vs window, dB")
+        for kind, gaps in row.items():
+            if not isinstance(gaps, dict):
+                continue
+            for gap, cell in gaps.items():
+                parts = []
+                for name, metric in (("teacher-forced", "teacher_forced_psnr"),
+                                     ("free-running vs first visit", "free_running_psnr_vs_first_visit"),
+                                     ("memory-only pixels", "teacher_forced_psnr_memory_columns")):
+                    e, w = mean(cell, "encoder", metric), mean(cell, "window", metric)
+                    if not (math.isnan(e) and math.isnan(w)):
+                        parts.append(f"{name} {e:.1f} vs {w:.1f} ({e - w:+.1f})")
+                swap = mean(cell, "encoder", "teacher_forced_psnr_other_history")
+                if not math.isnan(swap):
+                    parts.append(f"another episode's history {swap:.1f}")
+                lines.append(f"  {kind.replace('_', ' ')} {gap}: " + "; ".join(parts))
+    return lines
 
 
 def _ep(pipe: Pipeline, cfg: EvalConfig, kind: str, gap: float, i: int):

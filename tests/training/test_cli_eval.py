@@ -40,7 +40,7 @@ def test_cli_rejects_bad_keys_with_one_line(capsys):
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
 
 
-def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run):
+def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run, capsys):
     out = tmp_path / "eval"
     models = f'["stage1={stage1_run}", "stage2={stage2_run}"]'
     assert main(["eval", "retrieval", "--config", str(CONFIGS / "tiny_eval.toml"), "--out", str(out), "--models", models]) == 0
@@ -52,10 +52,17 @@ def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run):
         assert 0 < row["all"]["psnr"]["mean"] < 100 and -1 <= row["all"]["ssim"]["mean"] <= 1
     assert (out / "retrieval.png").stat().st_size > 0
 
+    capsys.readouterr()
     assert main(["eval", "revisit", "--config", str(CONFIGS / "tiny_eval.toml"), "--out", str(out),
                  "--models", f'["stage2={stage2_run}"]', "--returns_after", "[1.0]"]) == 0
     res = json.loads((out / "revisit.json").read_text())
     row = res["models"]["stage2"]
+    # the terminal gets one line per kind and gap, with the margins the JSON holds
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("stage2 (history guidance 1)") and len(printed) == 3
+    tf = row["pan_away_and_back"]["1s"]
+    margin = tf["encoder"]["teacher_forced_psnr"]["mean"] - tf["window"]["teacher_forced_psnr"]["mean"]
+    assert printed[1].startswith("  pan away and back 1s: teacher-forced") and f"({margin:+.1f})" in printed[1]
     for kind in ("pan_away_and_back", "leave_and_return"):
         cell = row[kind]["1s"]
         assert cell["episodes"] == 2
