@@ -10,10 +10,11 @@ raising from it stops sampling cleanly (see :class:`Cancelled`).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None] | None
@@ -30,11 +31,36 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """``steps + 1`` sigmas from 1 down to 0 (the last one is exactly 0)."""
+def f1_mu(tokens: int, exp_max: float = 7.0) -> float:
+    """FramePack-F1's dynamic shift exponent for a section of ``tokens`` DiT tokens.
+
+    Flux's rule: ``mu`` linear from 0.5 at 256 tokens to 1.15 at 4,096, capped at
+    ``log(exp_max)`` (shift 7 from about 3,900 tokens on, e.g. every 480x832 section).
+    The shift itself is ``exp(mu)``.
+    """
+    slope = (1.15 - 0.5) / (4096 - 256)
+    return min(tokens * slope + (0.5 - slope * 256), math.log(exp_max))
+
+
+def time_shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
+    """Flux's exponential time shift ``e^mu / (e^mu + 1/sigma - 1)``, written as the references compute it."""
+    e = math.exp(mu)
+    return e / (e + (1 / sigmas - 1))
+
+
+def flow_sigmas(steps: int, shift: float = 1.0, mu: float | None = None) -> torch.Tensor:
+    """``steps + 1`` sigmas from 1 down to 0 (the last one is exactly 0).
+
+    ``mu`` (FramePack-F1's dynamic shift, see :func:`f1_mu`) replaces ``shift``:
+    the grid is float64 ``linspace`` cast to float32 and shifted in float32, as
+    diffusers' FlowMatchEuler scheduler does, so the timesteps match it bit for bit.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift)
+    if mu is None:
+        return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1), shift)
+    grid = torch.from_numpy(np.linspace(1.0, 0.0, steps + 1)[:-1].astype(np.float32))
+    return torch.cat([time_shift_sigmas(grid, mu), torch.zeros(1)])
 
 
 def guided(model: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], cfg: float) -> Model:
@@ -92,26 +118,73 @@ def sample_euler(model: Model, noise: torch.Tensor, sigmas: torch.Tensor, callba
     return x
 
 
+def _unipc_step(denoise: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, m: list[torch.Tensor],
+                s_prev: list[float], s: float, order: int, bh1: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One UniPC predictor-corrector step from ``s_prev[-1]`` to ``s`` (data prediction, ``lambda = -log sigma``).
+
+    ``m`` holds the last ``order`` x0 predictions at ``s_prev``. Returns the
+    corrected sample and the model's x0 at the predicted one (reused next step).
+    """
+    lam0 = -math.log(s_prev[-1])
+    h = -math.log(s) - lam0
+    # Earlier predictions as divided differences against the newest one, at their relative log-sigma offsets.
+    r = [(-math.log(s_prev[-(k + 1)]) - lam0) / h for k in range(1, order)]
+    diffs = [(m[-(k + 1)] - m[-1]) / rk for k, rk in enumerate(r, start=1)]
+    hh = -h
+    phi1 = math.expm1(hh)
+    big_b = hh if bh1 else math.expm1(hh)  # B(h): bh1 = h, bh2 = e^h - 1
+    rows, rhs, phi_k, fact = [], [], phi1 / hh - 1, 1.0
+    for k in range(1, order + 1):
+        rows.append([rk ** (k - 1) for rk in [*r, 1.0]])
+        rhs.append(phi_k * fact / big_b)
+        fact *= k + 1
+        phi_k = phi_k / hh - 1 / fact
+    R, b = torch.tensor(rows, dtype=torch.float64), torch.tensor(rhs, dtype=torch.float64)
+    x_lin = (s / s_prev[-1]) * x - phi1 * m[-1]  # first-order (DDIM-like) step
+    x_pred = x_lin
+    if diffs:  # predictor (UniP): one order below the corrector
+        rho_p = [0.5] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+        x_pred = x_lin - big_b * sum(rho * d for rho, d in zip(rho_p, diffs))
+    m_new = denoise(x_pred, s)
+    rho_c = [0.5] if order == 1 else torch.linalg.solve(R, b).tolist()  # corrector (UniC)
+    corr = sum((rho * d for rho, d in zip(rho_c[:-1], diffs)), torch.zeros_like(x)) + rho_c[-1] * (m_new - m[-1])
+    return x_lin - big_b * corr, m_new
+
+
 @torch.no_grad()
-def sample_unipc(model: Model, noise: torch.Tensor, steps: int, shift: float = 1.0, callback: Callback = None) -> torch.Tensor:
-    """UniPC (bh2) in flow mode, through diffusers' scheduler."""
-    sched = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, solver_order=2
-    )
-    sched.set_timesteps(steps, device=noise.device)
+def sample_unipc(model: Model, noise: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None,
+                 variant: str = "bh1") -> torch.Tensor:
+    """UniPC for flow matching as FramePack samples: variant ``bh1``, order up to 3, over ``sigmas``.
+
+    Works on x0 predictions (``x - sigma * v``) with ``lambda = -log sigma``;
+    the result is the last x0 prediction (the final sigma, 0, is never evaluated).
+    """
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"UniPC variant must be 'bh1' or 'bh2' (got {variant!r})")
+    total = len(sigmas) - 1
+    order = min(3, total - 1)
+    sig = [float(v) for v in sigmas]
     x = noise
-    for i, t in enumerate(sched.timesteps):
-        s = sched.sigmas[i].to(x.device, torch.float32)
-        v = model(x, s.expand(x.shape[0]))
-        _report(callback, i + 1, steps, x, s, v)
-        x = sched.step(v, t, x, return_dict=False)[0]
-    return x
+
+    def denoise(x_: torch.Tensor, s: float, step: int) -> torch.Tensor:
+        v = model(x_, torch.full((x_.shape[0],), s, device=x_.device, dtype=torch.float32))
+        _report(callback, step, total, x_, torch.tensor(s), v)
+        return x_ - s * v
+
+    m = [denoise(x, sig[0], 1)]
+    for i in range(1, total):
+        x, m_new = _unipc_step(lambda x_, s, i=i: denoise(x_, s, i + 1), x, m, sig[max(0, i - order):i],
+                               sig[i], min(i, order), variant == "bh1")
+        m = (m + [m_new])[-order:]
+    return m[-1]
 
 
-def sample(name: str, model: Model, noise: torch.Tensor, steps: int, shift: float, callback: Callback = None) -> torch.Tensor:
-    """Dispatch by sampler name (``"euler"`` or ``"unipc"``)."""
+def sample(name: str, model: Model, noise: torch.Tensor, steps: int, shift: float, callback: Callback = None,
+           mu: float | None = None) -> torch.Tensor:
+    """Dispatch by sampler name (``"euler"`` or ``"unipc"``); ``mu`` selects F1's dynamic shift over ``shift``."""
+    sigmas = flow_sigmas(steps, shift, mu).to(noise.device)
     if name == "euler":
-        return sample_euler(model, noise, flow_sigmas(steps, shift).to(noise.device), callback)
+        return sample_euler(model, noise, sigmas, callback)
     if name == "unipc":
-        return sample_unipc(model, noise, steps, shift, callback)
+        return sample_unipc(model, noise, sigmas, callback)
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
