@@ -62,7 +62,9 @@ class VideoSpec:
 class SamplingSpec:
     sampler: str = "euler"
     steps: int = 8
-    shift: float = 1.0
+    #: timestep shift; left out = the backbone's own schedule (FramePack-F1: its dynamic shift from
+    #: the section's token count, 7 at 480x832; the toy: 1)
+    shift: float | None = None
     guidance: float = 1.0  # distilled guidance (embedded in the model)
     cfg: float = 1.0  # real classifier-free guidance (two passes when > 1)
     negative_prompt: str = ""
@@ -71,7 +73,9 @@ class SamplingSpec:
 @dataclass
 class HistorySpec:
     mode: str = "encoder"
-    window_frames: int = 0  # tiny sliding window of raw latents (add-on)
+    # Raw latents of a sliding window (add-on) for backbones without a context of their own (the toy);
+    # FramePack-F1 reads its own multi-scale context (the last 19 latents) and ignores this.
+    window_frames: int = 0
     # History guidance (mode "encoder"): every DiT call also runs without the history embedding (the
     # add-on window alone, which Stage II trains with the same weights) and the prediction moves
     # ``guidance`` times as far from that one: 1 = off, > 1 leans harder on memory. Costs a second pass.
@@ -104,6 +108,9 @@ class Preset:
 def _coerce(where: str, value: Any, typ: Any) -> Any:
     """Check one TOML value against a dataclass field type."""
     origin = getattr(typ, "__origin__", None)
+    options = [t for t in getattr(typ, "__args__", ()) if t is not type(None)]
+    if origin is None and type(None) in getattr(typ, "__args__", ()) and len(options) == 1:  # ``X | None``
+        return None if value is None else _coerce(where, value, options[0])
     if typ is bool:
         if not isinstance(value, bool):
             raise InputError(where, f"must be true or false (got {value!r})")
@@ -160,7 +167,7 @@ def _check(preset: Preset) -> None:
         raise InputError("video.width" if v.width % 2 else "video.height", "must be even (H.264 needs it)")
     if s.sampler not in ("euler", "unipc"):
         raise InputError("sampling.sampler", f"must be 'euler' or 'unipc' (got {s.sampler!r})")
-    if s.shift <= 0 or s.cfg < 1 or s.guidance < 0:
+    if (s.shift is not None and s.shift <= 0) or s.cfg < 1 or s.guidance < 0:
         raise InputError("sampling", "shift must be > 0, cfg >= 1 and guidance >= 0")
     if h.mode not in HISTORY_MODES:
         raise InputError("history.mode", f"must be one of {', '.join(HISTORY_MODES)} (got {h.mode!r})")

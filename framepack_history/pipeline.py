@@ -22,6 +22,7 @@ from .backbones.base import Backbone, Conditioning, Context
 from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
 from .history import HistoryState
+from .overlap import OverlapDecoder
 from .sampling import guided, history_guided, sample
 from .video import read_image, read_video
 
@@ -58,6 +59,7 @@ class SectionDone:
     frames: np.ndarray  # uint8 [F, H, W, 3]
     timings: dict[str, float]
     history_tokens: int
+    shift: float | None = None  # the timestep shift this section was sampled with
 
 
 @dataclass
@@ -105,6 +107,9 @@ class Generation:
     history: HistoryState
     next_section: int = 0
     image_cond: Conditioning = field(default_factory=Conditioning)
+    #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
+    #: never checkpointed, a resume decodes it again from the history
+    held: torch.Tensor | None = None
 
 
 class Pipeline:
@@ -183,26 +188,55 @@ class Pipeline:
 
     # ------------------------------------------------------------- one section
     def context(self, gen: Generation) -> Context:
-        """What the DiT sees of the past, by history mode."""
+        """What the DiT sees of the past, by history mode.
+
+        ``window`` is the backbone's own context when it has one (FramePack-F1's
+        multi-scale clean latents from the last 19 latents), else a sliding
+        window of ``window_frames`` raw latents; ``encoder`` adds the history
+        tokens of the whole past to it; ``none`` keeps only the start anchor.
+        """
         mode = self.option(gen.request, "history_mode")
-        window = int(self.option(gen.request, "window_frames"))
-        if mode == "window" and window == 0:
-            window = self.section_latent_frames  # the baseline: one section of raw latents
+        bb = self.backbone
         ctx = Context()
         if mode == "encoder":
             toks = gen.history.tokens()
             if toks is not None:
                 ctx.history_tokens, ctx.history_positions = toks
-        if mode in ("encoder", "window") and window > 0:
-            win = gen.history.window(window)
-            if win is not None:
-                ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
-                ctx.window_t0 = -float(win.shape[2])
-                track = gen.history.track[-win.shape[2]:]
-                if bool(track.any()):
-                    ctx.window_w = track
+        if mode in ("encoder", "window") and bb.context_frames > 0:
+            recent = gen.history.window(bb.context_frames)
+            if recent is None:  # nothing yet: the backbone's context is all zeros, as F1 starts
+                recent = torch.zeros(1, *self.latent_shape[1:2], 0, *self.latent_shape[3:])
+            ctx.recent_latents = recent.to(bb.device, bb.dtype)
+        elif mode in ("encoder", "window"):
+            self._window_context(gen, ctx, mode)
         ctx.target_w = self.camera_track(gen)
         return ctx
+
+    def _window_context(self, gen: Generation, ctx: Context, mode: str) -> None:
+        """The generic sliding window of raw latents (backbones without a context of their own)."""
+        window = int(self.option(gen.request, "window_frames"))
+        if mode == "window" and window == 0:
+            window = self.section_latent_frames  # the baseline: one section of raw latents
+        win = gen.history.window(window) if window > 0 else None
+        if win is not None:
+            ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
+            ctx.window_t0 = -float(win.shape[2])
+            track = gen.history.track[-win.shape[2]:]
+            if bool(track.any()):
+                ctx.window_w = track
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int, int]:
+        """``[1, C, T, h, w]`` of one section's latents."""
+        geo, v = self.backbone.geometry, self.preset.video
+        return (1, geo.latent_channels, self.section_latent_frames, v.height // geo.spatial_scale, v.width // geo.spatial_scale)
+
+    def schedule(self, shift: float | None) -> tuple[float, float | None]:
+        """``(shift, mu)`` for a section: ``shift`` when given, else the backbone's own (F1: dynamic, ``e^mu``)."""
+        if shift is not None:
+            return float(shift), None
+        mu = self.backbone.schedule_mu(self.latent_shape)
+        return (1.0, None) if mu is None else (math.exp(mu), mu)
 
     def camera_track(self, gen: Generation) -> torch.Tensor | None:
         """The next section's view offsets (canvas-position backbones), continuing the history's track."""
@@ -236,24 +270,44 @@ class Pipeline:
         def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
             return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
 
-        geo = bb.geometry
-        shape = (1, geo.latent_channels, self.section_latent_frames, v.height // geo.spatial_scale, v.width // geo.spatial_scale)
-        noise = section_noise(shape, req.seed, idx).to(bb.device)
+        noise = section_noise(self.latent_shape, req.seed, idx).to(bb.device)
+        shift, mu = self.schedule(self.option(req, "shift"))
         t0 = time.perf_counter()
         with self._phase("denoise", idx):
             latents = sample(
                 self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise,
-                int(self.option(req, "steps")), float(self.option(req, "shift")), on_step,
+                int(self.option(req, "steps")), shift, on_step, mu=mu,
             )
         t1 = time.perf_counter()
         with torch.no_grad(), self._phase("vae_decode", idx):
-            frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
-            t2 = time.perf_counter()
-            tokens = gen.history.append(latents, track=ctx.target_w)
+            if bb.overlap_decode:  # F1 decodes from the history, so the section goes in first
+                frames, t2, tokens = self._overlap_decode(gen, latents, ctx)
+            else:
+                frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
+                t2 = time.perf_counter()
+                tokens = gen.history.append(latents, track=ctx.target_w)
         t3 = time.perf_counter()
         gen.next_section += 1
         return SectionDone(idx, gen.total_sections, frames,
-                           {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens)
+                           {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens, shift)
+
+    def _overlap_decode(self, gen: Generation, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
+        """Append the section, then decode as F1 does: send what is final, hold back the overlap tail.
+
+        Returns the frames to send, when decoding ended and the history's token count.
+        """
+        idx, n = gen.next_section, self.section_latent_frames
+        start_frames = gen.history.num_frames - n * idx  # latents before section 0 (start image, continued video)
+        decoder = OverlapDecoder(self.backbone, n)
+        if gen.held is None and idx > 0:  # resumed: decode the last tail again from the raw latents
+            gen.held = decoder.held_after(gen.history, idx, start_frames)
+        t_append = time.perf_counter()
+        tokens = gen.history.append(latents, track=ctx.target_w)
+        t_append = time.perf_counter() - t_append
+        ready, gen.held = decoder.step(gen.history, idx, start_frames, gen.held)
+        if idx == gen.total_sections - 1:  # the last section: nothing will blend the tail, send it now
+            ready, gen.held = torch.cat([ready, gen.held], dim=2), None
+        return to_uint8(ready[0]), time.perf_counter() - t_append, tokens
 
     def preview(self, index: int, info: dict) -> StepPreview:
         with torch.no_grad(), self._phase("preview", index):

@@ -187,16 +187,24 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
             checkpointed = True
             checkpoint()  # the start state: start-image conditioning and context latents, before any section
         elif isinstance(ev, SectionDone):
-            log.add(ev.frames, f"section_{ev.index:05d}")
-            log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, **{k: round(v, 4) for k, v in ev.timings.items()}})
+            # An overlap-decoding backbone may hold a whole first section back (text-to-video): no segment then.
+            wrote = len(ev.frames) > 0
+            if wrote:
+                log.add(ev.frames, f"section_{ev.index:05d}")
+            log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
+                                 **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
+                                 **{k: round(v, 4) for k, v in ev.timings.items()}})
             checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
-            if on_segment is not None:
+            if on_segment is not None and wrote:
                 on_segment(log.segments[-1])
             first_section_s = first_section_s or time.perf_counter() - t0
         elif isinstance(ev, Finished):
             concat_segments(log.segments, out)
         if on_event is not None:
             on_event(ev)
+    shifts = sorted({sec["shift"] for sec in log.sections if "shift" in sec})
+    if shifts:  # the timestep shift sampled with (F1's dynamic one unless the preset or request set it)
+        extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

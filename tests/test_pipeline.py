@@ -98,7 +98,7 @@ def test_history_guidance(toy_pipeline):
 
     shape = (1, bb.geometry.latent_channels, toy_pipeline.section_latent_frames, 32 // bb.geometry.spatial_scale,
              32 // bb.geometry.spatial_scale)
-    x = sample_euler(model, section_noise(shape, 2, 0), flow_sigmas(steps, toy_pipeline.preset.sampling.shift))
+    x = sample_euler(model, section_noise(shape, 2, 0), flow_sigmas(steps, *toy_pipeline.schedule(toy_pipeline.preset.sampling.shift)))
     torch.testing.assert_close(x, guided_latents)
     # window mode has no history to guide with: the scale changes nothing there
     w1 = np.concatenate([d.frames for d in run(toy_pipeline, **req, history_mode="window")[1]])

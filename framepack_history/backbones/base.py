@@ -49,7 +49,10 @@ class Context:
 
     ``history_tokens`` are already in the DiT's hidden space (the history
     encoder's output); ``window_latents`` are raw recent latents that the
-    backbone patchifies itself (FramePack's 1x clean-latent path).
+    backbone patchifies itself (FramePack's 1x clean-latent path);
+    ``recent_latents`` are the last :attr:`Backbone.context_frames` raw latents
+    for a backbone that builds its own clean context from them (FramePack-F1:
+    16 latents at 4x, 2 at 2x, 1 at 1x).
     """
 
     history_tokens: torch.Tensor | None = None  # [B, N, D]
@@ -65,6 +68,8 @@ class Context:
     #: (``[Tw]`` or ``[B, Tw]``); history positions already include theirs. None = 0.
     target_w: torch.Tensor | None = None
     window_w: torch.Tensor | None = None
+    #: the history's last raw latents ``[B, C, Tr, H, W]`` (``Tr <= Backbone.context_frames``; fewer at the start)
+    recent_latents: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -123,6 +128,19 @@ class Backbone(ABC):
     geometry: LatentGeometry
     device: torch.device
     dtype: torch.dtype
+    #: Raw history latents the backbone's own clean context reads (``Context.recent_latents``);
+    #: 0 = none, the pipeline's generic sliding window (``history.window_frames``) is used instead.
+    context_frames: int = 0
+    #: Decode each section together with the one before and cross-fade the overlap (FramePack-F1);
+    #: False = every section is decoded alone.
+    overlap_decode: bool = False
+
+    def schedule_mu(self, noisy_shape: tuple[int, ...]) -> float | None:
+        """The model's own timestep-shift exponent for a section of this latent shape (shift ``e^mu``).
+
+        Used when the preset leaves ``sampling.shift`` out; None = no shift (1).
+        """
+        return None
 
     # --- modules -----------------------------------------------------------
     @property

@@ -33,6 +33,7 @@ from torch import nn
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
 from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, WeightsNotFoundError, place
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
+from framepack_history.sampling import f1_mu
 
 __all__ = ["HistoryFramepackTransformer3DModel", "HunyuanFramepackBackbone", "WeightsNotFoundError"]
 
@@ -141,6 +142,7 @@ def _context_row(ctx: Context, i: int, b: int) -> Context:
         ctx,
         history_tokens=None if ctx.history_tokens is None else _row(ctx.history_tokens, i, b),
         window_latents=None if ctx.window_latents is None else _row(ctx.window_latents, i, b),
+        recent_latents=None if ctx.recent_latents is None else _row(ctx.recent_latents, i, b),
         target_t=ctx.target_t[i],
     )
 
@@ -154,6 +156,11 @@ class HunyuanFramepackBackbone(Backbone):
     """
 
     name = "hunyuan_framepack"
+    #: FramePack-F1's clean context: the history's last 19 latents, oldest first, 16 through the 4x
+    #: clean embedder, 2 through the 2x, 1 through the 1x (DiT frame indices 1-16, 17-18, 19)
+    F1_HISTORY = (16, 2, 1)
+    context_frames = sum(F1_HISTORY)
+    overlap_decode = True  # F1 decodes the newest two sections together and cross-fades the overlap
 
     def __init__(
         self,
@@ -255,11 +262,40 @@ class HunyuanFramepackBackbone(Backbone):
         return (latents * self.vae.config.scaling_factor).float()
 
     @torch.no_grad()
-    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def vae_decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Pixels in ``[-1, 1]``; ``clamp=False`` keeps the raw output (F1 cross-fades before clamping)."""
         z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+        pixels = self.vae.decode(z, return_dict=False)[0].float()
+        return pixels.clamp(-1, 1) if clamp else pixels
 
     # --- denoiser ------------------------------------------------------------
+    def schedule_mu(self, noisy_shape: tuple[int, ...]) -> float:
+        """F1's dynamic shift: flux's ``mu`` from the noisy section's token count (capped at shift 7)."""
+        t, h, w = noisy_shape[2:]
+        _, ph, pw = self.geometry.patch_size
+        return f1_mu(t * h * w / (ph * pw))
+
+    def f1_context(self, recent: torch.Tensor, start: torch.Tensor | None, offset: float) -> dict[str, torch.Tensor]:
+        """FramePack-F1's clean-latent inputs, laid out as it was trained.
+
+        ``recent`` are the history's last latents (at most 19); zeros stand in for
+        the ones a short history lacks, in front. The start latent (if any) goes
+        through the 1x path at frame index 0 next to the newest latent at 19; the
+        2 before it through the 2x path at 17-18; the 16 before those through the
+        4x path at 1-16 (``offset``, the noisy section's first index, is 20).
+        """
+        dev, dt, n = self.device, self.dtype, self.context_frames
+        recent = recent[:, :, -n:].to(dev, dt)
+        if recent.shape[2] < n:
+            pad = recent.new_zeros(*recent.shape[:2], n - recent.shape[2], *recent.shape[3:])
+            recent = torch.cat([pad, recent], dim=2)
+        x4, x2, x1 = recent.split(self.F1_HISTORY, dim=2)
+        i4, i2, i1 = (offset + torch.arange(-n, 0, device=dev, dtype=torch.float32)).split(self.F1_HISTORY)
+        if start is not None:
+            x1, i1 = torch.cat([start.to(dev, dt).expand(x1.shape[0], -1, -1, -1, -1), x1], dim=2), torch.cat([torch.zeros(1, device=dev), i1])
+        return {"latents_clean": x1, "indices_latents_clean": i1, "latents_history_2x": x2,
+                "indices_latents_history_2x": i2, "latents_history_4x": x4, "indices_latents_history_4x": i4}
+
     def predict(
         self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0
     ) -> torch.Tensor:
@@ -286,20 +322,28 @@ class HunyuanFramepackBackbone(Backbone):
         kwargs: dict[str, Any] = {}
         if "image_embeds" in c:
             kwargs["image_embeds"] = batched(c["image_embeds"])
-        # FramePack's 1x clean-latent path: the start-image anchor at index 0, then the window.
-        clean, indices = [], []
-        if "start_latents" in c:
-            if c["start_latents"].shape[-2:] != noisy.shape[-2:]:
-                raise ValueError(f"start image latents {tuple(c['start_latents'].shape[-2:])} do not match the section's {tuple(noisy.shape[-2:])}")
-            clean.append(c["start_latents"])
-            indices.append(torch.zeros(1, device=dev))
-        if context.window_latents is not None:
-            window = context.window_latents
-            clean.append(window)
-            indices.append(shift + context.window_t0 + torch.arange(window.shape[2], device=dev))
-        if clean:
-            kwargs["latents_clean"] = batched(torch.cat([x.to(dev, dt) for x in clean], dim=2))
-            kwargs["indices_latents_clean"] = torch.cat(indices)
+        start = c.get("start_latents")
+        if start is not None and start.shape[-2:] != noisy.shape[-2:]:
+            raise ValueError(f"start image latents {tuple(start.shape[-2:])} do not match the section's {tuple(noisy.shape[-2:])}")
+        if context.recent_latents is not None:
+            if context.window_latents is not None:
+                raise ValueError("give either recent_latents (F1's own context) or window_latents, not both")
+            f1 = self.f1_context(context.recent_latents, start, shift)
+            kwargs.update({k: batched(v) if k.startswith("latents") else v for k, v in f1.items()})
+        else:
+            # FramePack's 1x clean-latent path only: the start-image anchor at index 0, then a raw window
+            # (what training's window-mode steps use).
+            clean, indices = [], []
+            if start is not None:
+                clean.append(start)
+                indices.append(torch.zeros(1, device=dev))
+            if context.window_latents is not None:
+                window = context.window_latents
+                clean.append(window)
+                indices.append(shift + context.window_t0 + torch.arange(window.shape[2], device=dev))
+            if clean:
+                kwargs["latents_clean"] = batched(torch.cat([x.to(dev, dt) for x in clean], dim=2))
+                kwargs["indices_latents_clean"] = torch.cat(indices)
         if context.history_tokens is not None:
             kwargs["history_tokens"] = batched(context.history_tokens)
             positions = context.history_positions.to(dev, torch.float32)

@@ -180,7 +180,8 @@ def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, ste
     def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
         return bb.predict(x, s, cond, ctx, p.sampling.guidance).float()
 
-    return sample(p.sampling.sampler, guided(model, 1.0), noise.to(bb.device), steps, p.sampling.shift)
+    shift, mu = pipeline.schedule(p.sampling.shift)
+    return sample(p.sampling.sampler, guided(model, 1.0), noise.to(bb.device), steps, shift, mu=mu)
 
 
 def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
