@@ -29,7 +29,8 @@ def test_help_lists_subcommands():
     [
         (TINY_TOY, ["--prompt", "camera pans left", "--seconds", "1.5"], 1 + 12),  # the world's start frame + 3 sections of 4 frames
         (TINY_TOY, ["--prompt", "0s: camera pans right; 1s: camera pans left", "--seconds", "2", "--history", "window"], 1 + 16),
-        (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 10),  # 2 sections of 5 frames
+        # 2 sections of 2 latents, decoded as FramePack-F1: 5 frames, then 8 more after the cross-faded overlap
+        (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 5 + 8),
     ],
     ids=["toy-t2v", "toy-storyboard-window", "hunyuan-t2v"],
 )
@@ -60,7 +61,7 @@ def test_hunyuan_image_to_video(tmp_path, start_image):
     out = tmp_path / "h.mp4"
     r = cli("generate", "--preset", str(TINY_HUNYUAN), "--image", str(start_image), "--prompt", "a cat", "--seconds", "0.5", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert count_frames(out) == 1 + 5
+    assert count_frames(out) == 1 + 8  # the start image, then 4 frames per latent as FramePack-F1 decodes
 
 
 @pytest.mark.parametrize(
