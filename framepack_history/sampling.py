@@ -44,8 +44,9 @@ def f1_mu(tokens: int, exp_max: float = 7.0) -> float:
 
 def time_shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
     """Flux's exponential time shift ``e^mu / (e^mu + 1/sigma - 1)``, written as the references compute it."""
-    e = math.exp(mu)
-    return e / (e + (1 / sigmas - 1))
+    # Tensor / tensor: torch evaluates ``scalar / tensor`` as a reciprocal times the scalar, which rounds differently.
+    e = torch.full_like(sigmas, math.exp(mu))
+    return e / (e + (torch.ones_like(sigmas) / sigmas - 1))
 
 
 def flow_sigmas(steps: int, shift: float = 1.0, mu: float | None = None) -> torch.Tensor:
