@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import GenerationRequest, Preset
-from .pipeline import ContextFrames, Event, Finished, Generation, Pipeline, SectionDone, SectionStarted
+from .pipeline import ContextFrames, Event, Finished, Generation, Pipeline, SectionDone, SectionStarted, to_uint8
+from .sampling import Cancelled
 from .video import concat_segments, write_json, write_segment
 
 if TYPE_CHECKING:
@@ -111,7 +112,6 @@ def render(
         more_conservative,
         reset_peak,
     )
-    from .sampling import Cancelled
 
     change, oom = "", ""
     for attempt in (0, 1):
@@ -160,6 +160,17 @@ def render(
     raise AssertionError("unreachable")
 
 
+def _flush_held(pipeline: Pipeline, log: SegmentLog, on_segment: Callable[[Path], None] | None) -> None:
+    """Write the overlap tail a cancelled generation still holds as one more segment."""
+    gen = getattr(pipeline, "last_generation", None)
+    if gen is None or gen.held is None or not gen.next_section:
+        return
+    log.add(to_uint8(gen.held[0]), f"section_{gen.next_section - 1:05d}_tail")
+    gen.held = None
+    if on_segment is not None:
+        on_segment(log.segments[-1])
+
+
 def _log(pipeline: Pipeline, folder: Path) -> SegmentLog:
     return SegmentLog(folder, pipeline.preset.video.fps, scale=pipeline.preset.video.display_scale)
 
@@ -177,31 +188,35 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
         if job is not None:
             job.save_section(pipeline.last_generation, log.segments, log.sections, log.frames, log.context_frames)
 
-    for ev in pipeline.run(request, on_step=on_step, resume=gen):
-        if isinstance(ev, ContextFrames):
-            log.add(ev.frames, "context")
-            log.context_frames = len(ev.frames)
-            if on_segment is not None:
-                on_segment(log.segments[-1])
-        elif isinstance(ev, SectionStarted) and not checkpointed:
-            checkpointed = True
-            checkpoint()  # the start state: start-image conditioning and context latents, before any section
-        elif isinstance(ev, SectionDone):
-            # An overlap-decoding backbone may hold a whole first section back (text-to-video): no segment then.
-            wrote = len(ev.frames) > 0
-            if wrote:
-                log.add(ev.frames, f"section_{ev.index:05d}")
-            log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
-                                 **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
-                                 **{k: round(v, 4) for k, v in ev.timings.items()}})
-            checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
-            if on_segment is not None and wrote:
-                on_segment(log.segments[-1])
-            first_section_s = first_section_s or time.perf_counter() - t0
-        elif isinstance(ev, Finished):
-            concat_segments(log.segments, out)
-        if on_event is not None:
-            on_event(ev)
+    try:
+        for ev in pipeline.run(request, on_step=on_step, resume=gen):
+            if isinstance(ev, ContextFrames):
+                log.add(ev.frames, "context")
+                log.context_frames = len(ev.frames)
+                if on_segment is not None:
+                    on_segment(log.segments[-1])
+            elif isinstance(ev, SectionStarted) and not checkpointed:
+                checkpointed = True
+                checkpoint()  # the start state: start-image conditioning and context latents, before any section
+            elif isinstance(ev, SectionDone):
+                # An overlap-decoding backbone may hold a whole first section back (text-to-video): no segment then.
+                wrote = len(ev.frames) > 0
+                if wrote:
+                    log.add(ev.frames, f"section_{ev.index:05d}")
+                log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
+                                     **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
+                                     **{k: round(v, 4) for k, v in ev.timings.items()}})
+                checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
+                if on_segment is not None and wrote:
+                    on_segment(log.segments[-1])
+                first_section_s = first_section_s or time.perf_counter() - t0
+            elif isinstance(ev, Finished):
+                concat_segments(log.segments, out)
+            if on_event is not None:
+                on_event(ev)
+    except Cancelled:  # what was held back of the last finished section is kept, unblended
+        _flush_held(pipeline, log, on_segment)
+        raise
     shifts = sorted({sec["shift"] for sec in log.sections if "shift" in sec})
     if shifts:  # the timestep shift sampled with (F1's dynamic one unless the preset or request set it)
         extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}

@@ -253,3 +253,32 @@ def test_resume_recreates_the_held_back_tail(folders, backbone, runs, tmp_path) 
             if isinstance(ev, SectionDone)]
     expected = [ev.frames for ev in runs["events"] if isinstance(ev, SectionDone)]
     assert all(np.array_equal(a, b) for a, b in zip(done + rest, expected)) and len(done + rest) == len(expected)
+
+
+def test_render_joins_the_stream_and_records_the_shift(folders, backbone, runs, tmp_path) -> None:
+    """The mp4 is the segments joined (109 frames, as the reference); the sidecar names F1's dynamic shift."""
+    from framepack_history.render import render
+    from framepack_history.video import read_video
+
+    pipe = Pipeline(backbone, None, folders["preset"])
+    data = render(pipe, runs["gen"].request, tmp_path / "v.mp4", tmp_path / "seg")
+    assert data["frames"] == len(runs["ref_video"]) == 109
+    assert len(read_video(str(tmp_path / "v.mp4"), SIZE, SIZE, 30, 1000)) == 109
+    assert data["shift"] == pytest.approx(float(np.exp(f1_mu(9 * 8 * 8 / 4))), rel=1e-6)
+    assert [s["frames"] for s in data["sections"]] == [3, 36, 69]
+
+
+def test_cancel_keeps_the_held_back_tail(folders, backbone, runs, tmp_path) -> None:
+    """Cancelled during section 2: sections 0-1 and section 1's unblended tail are on disk, nothing else."""
+    from framepack_history.render import render
+    from framepack_history.sampling import Cancelled
+
+    def stop(index: int, info: dict) -> None:
+        if index == 2:
+            raise Cancelled()
+
+    written: list = []
+    with pytest.raises(Cancelled):
+        render(Pipeline(backbone, None, folders["preset"]), runs["gen"].request, tmp_path / "v.mp4", tmp_path / "seg",
+               on_step=stop, on_segment=written.append)
+    assert [p.name for p in written] == ["context.mp4", "section_00000.mp4", "section_00001.mp4", "section_00001_tail.mp4"]
