@@ -282,3 +282,22 @@ def test_cancel_keeps_the_held_back_tail(folders, backbone, runs, tmp_path) -> N
         render(Pipeline(backbone, None, folders["preset"]), runs["gen"].request, tmp_path / "v.mp4", tmp_path / "seg",
                on_step=stop, on_segment=written.append)
     assert [p.name for p in written] == ["context.mp4", "section_00000.mp4", "section_00001.mp4", "section_00001_tail.mp4"]
+
+
+def test_encoder_mode_in_the_loop(folders, backbone) -> None:
+    """Text-to-video, 2 sections: before any history the embedding is empty and ``encoder`` makes ``window``'s
+    section bit for bit; once section 0 is encoded, its tokens change section 1."""
+    from dataclasses import replace
+
+    from framepack_history.loading import build_encoder
+
+    preset = folders["preset"]
+    encoder = build_encoder(replace(preset.model, encoder_rate="2x2x2", encoder_channels=[8, 16, 16, 32]), backbone)
+    latents = {}
+    for mode in ("window", "encoder"):
+        pipe = Pipeline(backbone, encoder, preset)
+        list(pipe.run(GenerationRequest(prompt=PROMPT, seconds=2 * 36 / 30, seed=5, history_mode=mode)))
+        latents[mode] = pipe.last_generation.history.latents
+    assert latents["window"].shape[2] == latents["encoder"].shape[2] == 18
+    assert torch.equal(latents["window"][:, :, :9], latents["encoder"][:, :, :9])
+    assert (latents["window"][:, :, 9:] - latents["encoder"][:, :, 9:]).abs().max() > 1e-4
