@@ -16,6 +16,12 @@ video and the unrotated text/image tokens depends on absolute positions, not
 just on differences. FramePack-F1 was trained with the noisy section at frame
 index 20 (start image 0, 4x history 1-16, 2x 17-18, 1x 19), so section
 ``t = 0`` goes there and every context keeps its relative offset.
+
+Given ``Context.recent_latents`` (the pipeline's ``window`` and ``encoder``
+modes), :meth:`HunyuanFramepackBackbone.predict` builds exactly that
+multi-scale context from the history's last 19 latents (:meth:`f1_context`);
+history tokens, when present, come on top of it. ``window_latents`` instead
+put a raw window through the 1x path alone (training's window-mode steps).
 """
 
 from __future__ import annotations
