@@ -68,7 +68,7 @@ def test_rtx4070_minute_fits_12gb_and_32gb():
     st = p.strategy
     assert st.streamed and st.resident and st.text_encoder == "nf4" and st.vae_tiling
     den = [r for r in p if r.phase == "denoise"]
-    assert len(den) == 44 and [r.section for r in den] == list(range(44))
+    assert len(den) == 50 and [r.section for r in den] == list(range(50))  # 60 s at 30 fps, 36-frame sections
     tokens = [r.history_tokens for r in den]
     assert tokens == sorted(tokens) and tokens[-1] > 3 * p.tokens_per_20s - 1000
     assert den[-1].activation_bytes > den[0].activation_bytes  # longer history, longer sequence
@@ -180,8 +180,8 @@ def test_streamed_run_stays_in_budget_and_matches_resident_run(kind):
     assert max(pre) <= max(r.weights_bytes for r in p if r.phase == "denoise")
     manager.close()  # back to a plain backbone: same frames again
     pipe.memory = None
-    first = _frames(pipe, seconds=0.4)
-    assert np.array_equal(first, resident_frames[: len(first)])
+    # the whole run: FramePack-F1 cross-fades a section's tail into the next one, so a shorter video is no prefix
+    assert np.array_equal(_frames(pipe), resident_frames)
 
 
 def test_text_encoder_streamed_by_layer_gives_the_same_embeddings():

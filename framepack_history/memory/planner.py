@@ -227,7 +227,19 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         if s not in acts:
             f = (hist(frames[s]) - hist(frames[lo])) / max(1, hist(frames[hi]) - hist(frames[lo]))
             acts[s] = int(acts[lo] + f * (acts[hi] - acts[lo]))
-    pix = 3 * v.section_frames * v.height * v.width
+    def span(s: int) -> int:
+        """Latents decoded after section ``s``: FramePack-F1 decodes the newest two sections together."""
+        if not bb.overlap_decode:
+            return t
+        return min(start, 1) + t if s == 0 else 2 * t
+
+    def pixels(s: int) -> int:
+        return 3 * (geo.pixel_frames(span(s)) if bb.overlap_decode else v.section_frames) * v.height * v.width
+
+    def decode_activation(s: int, tiled: bool) -> int:
+        # The decode's float output stays while to_uint8 makes two more float copies of it.
+        return max(vae_decode_activation(comps, (1, geo.latent_channels, span(s), h, w), tiled=tiled), 12 * pixels(s))
+
     enc_act = cached_trace(comps, ("history", t, h, w), lambda: trace_peak(lambda: enc(torch.empty(
         1, geo.latent_channels, t + enc.frames_per_group, h, w, device="meta", dtype=enc.dtype))))
 
@@ -239,12 +251,11 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         return den, dec
 
     # Tiling trades decode memory for nothing but seams and time: only when everything else would not fit.
-    # The decode's float output stays while to_uint8 makes two more float copies of it.
-    untiled = max(vae_decode_activation(comps, (1, geo.latent_channels, t, h, w), tiled=False), 12 * pix)
+    untiled = decode_activation(sections - 1, tiled=False)
     tileable = hasattr(bb.vae, "enable_tiling")
     den, dec = needs(sections - 1, untiled, True)
     tiling = tileable and max(den, dec) + sum(sizes) > budget.usable
-    decode_act = max(vae_decode_activation(comps, (1, geo.latent_channels, t, h, w), tiled=True), 12 * pix) if tiling else untiled
+    decode_act = decode_activation(sections - 1, tiled=True) if tiling else untiled
 
     strategy = _choose(sizes, budget.usable, lambda vr: needs(sections - 1, decode_act, vr))
     strategy.vae_tiling = tiling
@@ -284,7 +295,8 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
                               "vae loaded for the phase", None, vae_b, a))
     all_w = weights_dev + stream_host + vae_b + enc_b
     for s in range(sections):
-        den, dec = needs(s, decode_act, strategy.vae_resident)
+        act_s = decode_activation(s, tiling) if span(s) != span(sections - 1) else decode_act
+        den, dec = needs(s, act_s, strategy.vae_resident)
         buf = strategy.buffer_bytes
         n_tok = hist(frames[s]) + min(window, frames[s]) * h * w // (geo.patch_size[1] * geo.patch_size[2])
         n_tok += t * h * w // (geo.patch_size[1] * geo.patch_size[2]) + comps.cond_len + comps.image_tokens * image
@@ -294,9 +306,9 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
                               hist(frames[s]), strategy.describe() + ("" if strategy.vae_resident else ", vae on host"),
                               s, wd, acts[s], n_tok))
         wd = weights_dev + enc_b + vae_b
-        rows.append(PhasePlan("vae_decode", weights_dev + dec - nonblock, host + 5 * pix + (decode_act if on_cpu else 0),
+        rows.append(PhasePlan("vae_decode", weights_dev + dec - nonblock, host + 5 * pixels(s) + (act_s if on_cpu else 0),
                               hist(frames[s + 1]), ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay",
-                              s, wd, max(decode_act, enc_act)))
+                              s, wd, max(act_s, enc_act)))
     b20 = hist(start + geo.latent_frames(20 * v.fps)) - hist(start) if mode == "encoder" else 0
     return Plan(rows, preset=preset.name, seconds=seconds, budget=budget, strategy=strategy, tokens_per_20s=b20,
                 fps=v.fps, section_seconds=v.section_frames / v.fps)
