@@ -199,6 +199,9 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     t = geo.latent_frames(v.section_frames)
     if mode == "window" and window == 0:
         window = t
+    if bb.context_frames and mode != "none":
+        # FramePack-F1's own context is 2.5 frames of tokens (1x: 2, 2x: 1/4, 4x: 1/4): traced as a 3-frame window
+        window = 3
     h, w = v.height // geo.spatial_scale, v.width // geo.spatial_scale
     sections = max(1, math.ceil(seconds * v.fps / v.section_frames - 1e-9))
     image = start_image and bb.name != "toy"
