@@ -64,7 +64,9 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL and ck["status"] == "running"
     done_before = ck["next_section"]
     assert 2 <= done_before < 6, "the kill should land mid-run"
-    assert (job / ck["history"]).is_file() and (job / ck["tensors"]).is_file()
+    named = [c["file"] for c in ck["chunks"]]
+    assert named == [f"history/chunk-{i:05d}.safetensors" for i in range(done_before + 1)]  # the start + one per section
+    assert all((job / f).is_file() for f in [*named, ck["cond"]])
     assert sorted(p.name for p in job.glob("*.tmp")) == [], "no half-written file is ever named as the checkpoint"
     first_segment = job / "segments" / "section_00000.mp4"
     kept = first_segment.stat().st_mtime_ns
@@ -74,7 +76,8 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert first_segment.stat().st_mtime_ns == kept  # finished sections are not generated again
     ck = checkpoint(job)
-    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["history"] is None  # tensors dropped when done
+    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["chunks"] == [] and ck["cond"] is None
+    assert not (job / "history").exists() and not list(job.glob("*.safetensors"))  # tensors dropped when done
     side = json.loads((tmp_path / "resumed.json").read_text())
     assert side["resumed_from_section"] == done_before and len(side["sections"]) == 6
 
