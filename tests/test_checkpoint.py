@@ -22,7 +22,7 @@ import torch
 
 from framepack_history.checkpoint import JobDir, is_out_of_memory
 from framepack_history.cli import main
-from framepack_history.config import GenerationRequest
+from framepack_history.config import GenerationRequest, InputError
 from framepack_history.jobs import JobSpec, Worker
 from tests.conftest import TINY_TOY
 
@@ -90,6 +90,146 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert main(["resume", str(job)]) == 0
     assert main(["resume", str(tmp_path)]) == 2
     assert main(["generate", *args, "--job-dir", str(job)]) == 2  # never overwrite a job
+
+
+class _Crash(BaseException):
+    """The process dies here: nothing after this point reaches the disk."""
+
+
+class CrashingJobDir(JobDir):
+    """A job folder whose process dies between two steps of the checkpoint after section ``section``."""
+
+    def __init__(self, root: Path, at: str, section: int) -> None:
+        super().__init__(root)
+        self.at, self.section, self.dead = at, section, False
+
+    def _die(self, at: str, ck: dict) -> None:
+        if self.at == at and ck.get("next_section") == self.section:
+            self.dead = True
+            raise _Crash(at)
+
+    def _commit(self, ck: dict) -> int:
+        self._die("before_commit", ck)  # the chunk is on disk, checkpoint.json does not name it yet
+        return super()._commit(ck)
+
+    def _cleanup(self, ck: dict) -> None:
+        self._die("before_cleanup", ck)  # checkpoint.json names the chunk, nothing was deleted yet
+        super()._cleanup(ck)
+
+    def set_status(self, *args, **kwargs) -> None:
+        if not self.dead:
+            super().set_status(*args, **kwargs)
+
+
+def on_disk(job: Path) -> set[str]:
+    return {p.relative_to(job).as_posix() for p in [*job.glob("history/*"), *job.glob("*.safetensors*")]}
+
+
+def named(ck: dict) -> set[str]:
+    return {c["file"] for c in ck.get("chunks", [])} | ({ck["cond"]} if ck.get("cond") else set())
+
+
+def resume_checking_files(pipeline, request, job_root: Path, out: Path) -> list:
+    """Finish the job; after every section the folder holds exactly the files checkpoint.json names."""
+    from framepack_history.pipeline import SectionDone
+    from framepack_history.render import render
+
+    seen = []
+
+    def on_event(ev) -> None:
+        if isinstance(ev, SectionDone):
+            ck = checkpoint(job_root)
+            seen.append(ck)
+            assert on_disk(job_root) == named(ck), "stale or missing tensor files"
+
+    render(pipeline, request, out, job_root / "segments", on_event=on_event, job=JobDir(job_root))
+    return seen
+
+
+@pytest.mark.parametrize("at", ["before_commit", "before_cleanup"])
+def test_crash_inside_a_checkpoint_loses_at_most_that_section(toy_pipeline, tmp_path, at):
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt=STORYBOARD, seconds=3, seed=3, steps=2)
+    render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    job = CrashingJobDir(tmp_path / "job", at, section=3)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    ck = checkpoint(job.root)
+    assert ck["status"] == "running"
+    if at == "before_commit":  # the new chunk is on disk but not named: the checkpoint is still section 2's
+        assert ck["next_section"] == 2 and "history/chunk-00003.safetensors" in on_disk(job.root) - named(ck)
+    else:  # committed: section 3 is safe
+        assert ck["next_section"] == 3 and on_disk(job.root) == named(ck)
+    (job.root / "history" / "chunk-00099.safetensors.tmp").write_bytes(b"half a file")  # a kill mid-write
+    gen, resumed = JobDir(job.root).restore(toy_pipeline)
+    assert resumed.sections_done == gen.next_section == ck["next_section"]
+    assert gen.history.num_frames == ck["chunks"][-1]["frames"] and gen.history.num_tokens == ck["history_tokens"]
+
+    seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
+    assert [c["next_section"] for c in seen] == list(range(ck["next_section"] + 1, 7))
+    final = checkpoint(job.root)
+    assert final["status"] == "done" and on_disk(job.root) == set()
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
+
+
+def test_checkpoints_write_only_the_new_section(toy_pipeline, tmp_path):
+    """Each chunk holds one section's latents and tokens; together they rebuild the history exactly."""
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="camera pans right", seconds=5, seed=1, steps=1)
+    job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=10)  # stop after the last section's chunk
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)
+    ck = checkpoint(job.root)
+    sizes = [c["bytes"] for c in ck["chunks"][1:]]  # [0] is the start frame
+    whole = toy_pipeline.last_generation.history
+    assert len(sizes) == 10 and max(sizes) <= 1.2 * min(sizes), sizes  # flat, not growing with the video
+    full = sum(t.numel() * t.element_size() for t in whole.chunk(0, 0).values())
+    assert sizes[-1] < full / 5
+    gen, _ = JobDir(job.root).restore(toy_pipeline)
+    for name, t in whole.chunk(0, 0).items():
+        assert torch.equal(gen.history.chunk(0, 0)[name], t), name
+    assert torch.equal(gen.history.tokens()[0], whole.tokens()[0])
+
+
+def test_format_1_job_folders_still_resume(toy_pipeline, tmp_path):
+    """A folder written when every checkpoint held the whole history resumes, and is converted."""
+    from safetensors.torch import save_file
+
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt=STORYBOARD, seconds=3, seed=8, steps=2)
+    render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    job = CrashingJobDir(tmp_path / "job", "before_commit", section=3)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    gen, _ = JobDir(job.root).restore(toy_pipeline)  # rewrite the folder as format 1 wrote it
+    ck = checkpoint(job.root)
+    gen.history.save(job.root / "history-00002.safetensors")
+    save_file({**{f"cond.{k}": v for k, v in gen.image_cond.tensors.items()}, "rng.cpu": torch.get_rng_state()},
+              str(job.root / "tensors-00002.safetensors"))
+    for f in named(ck) | on_disk(job.root) - {"history-00002.safetensors", "tensors-00002.safetensors"}:
+        (job.root / f).unlink()
+    for key in ("chunks", "cond"):
+        del ck[key]
+    ck.update(format=1, history="history-00002.safetensors", tensors="tensors-00002.safetensors")
+    (job.root / "checkpoint.json").write_text(json.dumps(ck))
+
+    seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
+    first = seen[0]  # the first new checkpoint holds the whole history once, then one section each
+    assert first["format"] == 2 and [c["file"] for c in first["chunks"]] == ["history/chunk-00003.safetensors"]
+    assert not (job.root / "history-00002.safetensors").exists()
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
+
+    ck = checkpoint(job.root)
+    ck.update(format=99, status="running")
+    (job.root / "checkpoint.json").write_text(json.dumps(ck))
+    with pytest.raises(InputError, match="checkpoint format 99 is not one this version reads"):
+        JobDir(job.root).restore(toy_pipeline)
 
 
 def test_out_of_memory_once_retries_from_the_checkpoint(toy_pipeline, tmp_path, monkeypatch):
