@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from framepack_history.checkpoint import JobDir, is_out_of_memory
+from framepack_history.checkpoint import JobDir, chunk_file, is_out_of_memory
 from framepack_history.cli import main
 from framepack_history.config import GenerationRequest, InputError
 from framepack_history.jobs import JobSpec, Worker
@@ -64,9 +64,8 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL and ck["status"] == "running"
     done_before = ck["next_section"]
     assert 2 <= done_before < 6, "the kill should land mid-run"
-    named = [c["file"] for c in ck["chunks"]]
-    assert named == [f"history/chunk-{i:05d}.safetensors" for i in range(done_before + 1)]  # the start + one per section
-    assert all((job / f).is_file() for f in [*named, ck["cond"]])
+    assert ck["chunks"] == done_before + 1  # the start state + one chunk per finished section
+    assert all((job / f).is_file() for f in [*(chunk_file(i) for i in range(ck["chunks"])), ck["cond"]])
     assert sorted(p.name for p in job.glob("*.tmp")) == [], "no half-written file is ever named as the checkpoint"
     first_segment = job / "segments" / "section_00000.mp4"
     kept = first_segment.stat().st_mtime_ns
@@ -76,7 +75,7 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert first_segment.stat().st_mtime_ns == kept  # finished sections are not generated again
     ck = checkpoint(job)
-    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["chunks"] == [] and ck["cond"] is None
+    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["chunks"] == 0 and ck["cond"] is None
     assert not (job / "history").exists() and not list(job.glob("*.safetensors"))  # tensors dropped when done
     side = json.loads((tmp_path / "resumed.json").read_text())
     assert side["resumed_from_section"] == done_before and len(side["sections"]) == 6
@@ -126,7 +125,7 @@ def on_disk(job: Path) -> set[str]:
 
 
 def named(ck: dict) -> set[str]:
-    return {c["file"] for c in ck.get("chunks", [])} | ({ck["cond"]} if ck.get("cond") else set())
+    return {chunk_file(i) for i in range(ck.get("chunks", 0))} | ({ck["cond"]} if ck.get("cond") else set())
 
 
 def resume_checking_files(pipeline, request, job_root: Path, out: Path) -> list:
@@ -165,7 +164,9 @@ def test_crash_inside_a_checkpoint_loses_at_most_that_section(toy_pipeline, tmp_
     (job.root / "history" / "chunk-00099.safetensors.tmp").write_bytes(b"half a file")  # a kill mid-write
     gen, resumed = JobDir(job.root).restore(toy_pipeline)
     assert resumed.sections_done == gen.next_section == ck["next_section"]
-    assert gen.history.num_frames == ck["chunks"][-1]["frames"] and gen.history.num_tokens == ck["history_tokens"]
+    assert gen.history.num_frames == ck["progress"]["history_frames"] and gen.history.num_tokens == ck["history_tokens"]
+    assert [p.name for p in resumed.segments] == ["context.mp4"] + [f"section_{i:05d}.mp4" for i in range(ck["next_section"])]
+    assert [s["index"] for s in resumed.sections] == list(range(ck["next_section"]))
 
     seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
     assert [c["next_section"] for c in seen] == list(range(ck["next_section"] + 1, 7))
@@ -184,7 +185,7 @@ def test_checkpoints_write_only_the_new_section(toy_pipeline, tmp_path):
     with pytest.raises(_Crash):
         render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)
     ck = checkpoint(job.root)
-    sizes = [c["bytes"] for c in ck["chunks"][1:]]  # [0] is the start frame
+    sizes = [(job.root / chunk_file(i)).stat().st_size for i in range(1, ck["chunks"])]  # chunk 0: the start frame
     whole = toy_pipeline.last_generation.history
     assert len(sizes) == 10 and max(sizes) <= 1.2 * min(sizes), sizes  # flat, not growing with the video
     full = sum(t.numel() * t.element_size() for t in whole.chunk(0, 0).values())
@@ -207,21 +208,22 @@ def test_format_1_job_folders_still_resume(toy_pipeline, tmp_path):
     job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
     with pytest.raises(_Crash):
         render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
-    gen, _ = JobDir(job.root).restore(toy_pipeline)  # rewrite the folder as format 1 wrote it
+    gen, resumed = JobDir(job.root).restore(toy_pipeline)  # rewrite the folder as format 1 wrote it
     ck = checkpoint(job.root)
     gen.history.save(job.root / "history-00002.safetensors")
     save_file({**{f"cond.{k}": v for k, v in gen.image_cond.tensors.items()}, "rng.cpu": torch.get_rng_state()},
               str(job.root / "tensors-00002.safetensors"))
     for f in named(ck) | on_disk(job.root) - {"history-00002.safetensors", "tensors-00002.safetensors"}:
         (job.root / f).unlink()
-    for key in ("chunks", "cond"):
+    for key in ("chunks", "cond", "progress"):
         del ck[key]
-    ck.update(format=1, history="history-00002.safetensors", tensors="tensors-00002.safetensors")
+    ck.update(format=1, history="history-00002.safetensors", tensors="tensors-00002.safetensors",
+              segments=[p.name for p in resumed.segments], sections=resumed.sections)
     (job.root / "checkpoint.json").write_text(json.dumps(ck))
 
     seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
     first = seen[0]  # the first new checkpoint holds the whole history once, then one section each
-    assert first["format"] == 2 and [c["file"] for c in first["chunks"]] == ["history/chunk-00003.safetensors"]
+    assert first["format"] == 2 and first["chunks"] == 1 and "segments" not in first and "history" not in first
     assert not (job.root / "history-00002.safetensors").exists()
     assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
 
