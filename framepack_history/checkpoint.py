@@ -1,27 +1,39 @@
 """Job folders: a checkpoint after every finished section, resume, and out-of-memory recovery.
 
 A job folder holds everything needed to finish a job after a crash, a kill
-or a restart, each file written atomically (temp file + rename)::
+or a restart::
 
     request.json                the request, the preset it named, encoder rate, output paths
     preset.json                 the preset as it was when the job started (resume uses this one)
     checkpoint.json             written last, so it is the commit point: status, next section,
-                                seed, storyboard, segments so far, per-section timings, owner pid
-    history-NNNNN.safetensors   history latents (host) + history embedding after NNNNN sections
-    tensors-NNNNN.safetensors   start-image conditioning and the torch RNG state
+                                seed, storyboard, owner pid, how many history chunks it covers
+                                (a constant size: per-section records live in the chunks)
+    cond.safetensors            start-image conditioning (written once, at the first checkpoint)
+    history/chunk-NNNNN.safetensors
+                                chunk 0 is the start state, then one per finished section: the
+                                history's new latents, camera offsets and complete token groups,
+                                the partial last token group as it is now (small; only the newest
+                                counts), the torch RNG state, and (metadata) the names of the new
+                                segments and the sections' timings
     segments/                   one mp4 per finished section (the CLI; the app keeps them in outputs/)
 
-Only the files ``checkpoint.json`` names are used; a section that was being
-written when the process died is simply generated again. Every section's
-noise comes from ``(seed, section index)``, so a resumed job is frame-identical
-to one that was never interrupted.
+A checkpoint writes only what is new, so its cost does not grow with the
+video. Order, so that a kill at any moment leaves one complete checkpoint:
+the chunk is written to a temp name, fsynced and renamed (and its folder
+fsynced); then ``checkpoint.json`` is replaced the same way, counting the chunks
+it covers; only then do files that no checkpoint names go. A section that was
+being written when the process died is simply generated again. Every
+section's noise comes from ``(seed, section index)``, so a resumed job is
+frame-identical to one that was never interrupted.
+
+Folders of checkpoint format 1 (one ``history-NNNNN`` + ``tensors-NNNNN`` pair
+rewritten whole each time) still resume; their next checkpoint converts them.
 
 No torch at import time: the page lists job folders through this module.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import socket
@@ -32,31 +44,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import GenerationRequest, InputError, Preset, preset_from_dict
+from .device import free_device_memory as free_device_memory  # re-exported: render and jobs use it from here
+from .fsio import atomic_save_tensors, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:
     from .pipeline import Generation, Pipeline
 
-FORMAT = 1
+FORMAT = 1  # request.json
+CHECKPOINT_FORMAT = 2  # checkpoint.json: 1 = whole history rewritten per checkpoint, 2 = chunks
 REQUEST, PRESET, CHECKPOINT = "request.json", "preset.json", "checkpoint.json"
+COND, CHUNKS = "cond.safetensors", "history"
 #: statuses of a job that has not finished and whose process may have died
 UNFINISHED = ("queued", "running", "interrupted")
 GiB = 1024**3
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` so that readers see the old file or the new one, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return path
-
-
 def _write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    atomic_write_json(path, data)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -142,9 +146,9 @@ class JobDir:
             "created": time.time(), **extra,
         })
         _write_json(self.root / CHECKPOINT, {
-            "format": FORMAT, "status": status, "message": "", "seed": request.seed, "next_section": 0,
-            "total_sections": None, "segments": [], "sections": [], "frames": 0, "context_frames": 0,
-            "history_tokens": 0, "history": None, "tensors": None, "updated": time.time(), "owner": _owner(),
+            "format": CHECKPOINT_FORMAT, "status": status, "message": "", "seed": request.seed, "next_section": 0,
+            "total_sections": None, "frames": 0, "context_frames": 0,
+            "history_tokens": 0, "chunks": 0, "cond": None, "updated": time.time(), "owner": _owner(),
         })
 
     # ------------------------------------------------------------- reading
@@ -192,43 +196,85 @@ class JobDir:
         ck = self.checkpoint()
         ck.update(status=status, message=message, updated=time.time(), owner=_owner())
         if status == "done":
-            for key in ("history", "tensors"):
-                if ck.get(key):
-                    (self.root / ck[key]).unlink(missing_ok=True)
-                ck[key] = None
+            _drop_format_1(ck)
+            ck.update(format=CHECKPOINT_FORMAT, chunks=0, cond=None)
         _write_json(self.root / CHECKPOINT, ck)
+        if status == "done":
+            self._cleanup(ck)
 
     def save_section(self, gen: Generation, segments: list[Path], sections: list[dict], frames: int,
-                     context_frames: int = 0) -> None:
+                     context_frames: int = 0) -> int:
         """Checkpoint ``gen`` after its last finished section (``next_section`` sections done).
 
-        The segments must already be on disk. Tensors are written under new
-        names first, then ``checkpoint.json`` switches to them, then the old
-        ones go: a kill at any moment leaves one complete checkpoint.
+        The segments must already be on disk (fsynced). Writes what is new since
+        the last checkpoint as one chunk (the history's new part, the new
+        segments' names and section records), then ``checkpoint.json`` counting
+        it, then removes files no checkpoint names. ``checkpoint.json`` keeps a
+        constant size. Returns the bytes written.
         """
-        import torch
-        from safetensors.torch import save_file
-
-        n = gen.next_section
-        hist, tens = f"history-{n:05d}.safetensors", f"tensors-{n:05d}.safetensors"
-        gen.history.save(self.root / hist)
-        tensors = {f"cond.{k}": v.detach().to("cpu").contiguous() for k, v in gen.image_cond.tensors.items()}
-        tensors["rng.cpu"] = torch.get_rng_state()
-        tmp = self.root / (tens + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(self.root / tens)
         ck = self.checkpoint()
+        done = _progress_of(ck)
+        h = gen.history
+        if h.num_frames < done["history_frames"] or len(segments) < done["segments"] or len(sections) < done["sections"]:
+            raise ValueError(f"{self.root}: the generation is not a continuation of its last checkpoint")
+        written = 0
+        cond = ck.get("cond") if ck.get("format") == CHECKPOINT_FORMAT else None
+        if not cond:  # the start-image conditioning never changes within a job: written once
+            cond = COND
+            written += self._write_tensors(cond, {f"cond.{k}": v for k, v in gen.image_cond.tensors.items()})
+        k = done["chunks"]
+        meta = {"frames": str(h.num_frames), "groups": str(h.num_groups),
+                "segments": json.dumps([Path(s).name for s in segments[done["segments"]:]]),
+                "sections": json.dumps(list(sections[done["sections"]:]), default=str)}
+        written += self._write_chunk(chunk_file(k), gen, (done["history_frames"], done["history_groups"]), meta)
         ck.update(
-            status="running", message="", seed=gen.request.seed, next_section=n, total_sections=gen.total_sections,
-            storyboard=gen.storyboard, segments=[Path(s).name for s in segments], sections=list(sections), frames=frames,
-            context_frames=context_frames, history_tokens=gen.history.num_tokens, history=hist, tensors=tens,
-            rng={"noise": "section_noise(seed, section index)", "torch_cpu_state": f"{tens}:rng.cpu"},
+            format=CHECKPOINT_FORMAT, status="running", message="", seed=gen.request.seed, next_section=gen.next_section,
+            total_sections=gen.total_sections, storyboard=gen.storyboard, frames=frames, context_frames=context_frames,
+            history_tokens=h.num_tokens, chunks=k + 1, cond=cond,
+            progress={"history_frames": h.num_frames, "history_groups": h.num_groups, "segments": len(segments),
+                      "sections": len(sections)},
+            rng={"noise": "section_noise(seed, section index)", "torch_cpu_state": f"{chunk_file(k)}:rng.cpu"},
             updated=time.time(), owner=_owner(),
         )
-        _write_json(self.root / CHECKPOINT, ck)
-        for old in [*self.root.glob("history-*.safetensors"), *self.root.glob("tensors-*.safetensors")]:
-            if old.name not in (hist, tens):
-                old.unlink(missing_ok=True)
+        _drop_format_1(ck)
+        written += self._commit(ck)
+        self._cleanup(ck)
+        return written
+
+    # The three steps of a checkpoint, apart so that tests can stop a process between them.
+    def _write_chunk(self, name: str, gen: Generation, since: tuple[int, int], meta: dict[str, str]) -> int:
+        """The history's new part, the RNG state and ``meta``, durable on disk under ``name``."""
+        import torch
+
+        tensors = gen.history.chunk(*since)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        folder = self.root / CHUNKS
+        if not folder.is_dir():
+            folder.mkdir()
+            fsync_dir(self.root)
+        return self._write_tensors(name, tensors, meta)
+
+    def _commit(self, ck: dict) -> int:
+        """Replace ``checkpoint.json``: from here on, the new chunk is part of the job's state."""
+        return atomic_write_json(self.root / CHECKPOINT, ck).stat().st_size
+
+    def _cleanup(self, ck: dict) -> None:
+        """Delete tensor files ``ck`` does not name (orphaned by a crash, format 1, temp files; all when done)."""
+        files, cond = _tensor_files(ck, str(self.root))
+        keep = {*files, cond}
+        folder = self.root / CHUNKS
+        stale = [*folder.glob("*")] if folder.is_dir() else []
+        stale += [*self.root.glob("history-*.safetensors*"), *self.root.glob("tensors-*.safetensors*"),
+                  *self.root.glob(COND + "*")]
+        for path in stale:
+            if path.is_file() and path.relative_to(self.root).as_posix() not in keep:
+                path.unlink(missing_ok=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def _write_tensors(self, name: str, tensors: dict, meta: dict[str, str] | None = None) -> int:
+        host = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        return atomic_save_tensors(self.root / name, host, meta).stat().st_size
 
     # ----------------------------------------------------------- restoring
     def restore(self, pipeline: Pipeline) -> tuple[Generation | None, Resumed]:
@@ -237,38 +283,95 @@ class JobDir:
         ``pipeline`` must be built from this job's preset and encoder rate.
         """
         ck, info = self.checkpoint(), self.info()
-        if not ck.get("history"):  # not one section started yet: the job starts from scratch
+        files, cond_file = _tensor_files(ck, str(self.root))
+        if not files:  # not one section started yet: the job starts from scratch
             return None, Resumed(0, 0, [], [], 0, 0, 0)
-        segments = [info.segments_dir / name for name in ck.get("segments", [])]
-        missing = [s for s in segments if not s.is_file()]
-        if missing:
-            raise InputError(str(self.root), f"segment {missing[0]} is missing; the finished sections cannot be joined")
-        context = int(ck.get("context_frames", 0))
-        resumed = Resumed(int(ck.get("next_section", 0)), int(ck.get("total_sections") or 0), segments,
-                          list(ck.get("sections", [])), int(ck.get("frames", 0)) - context, context,
-                          int(ck.get("history_tokens", 0)))
         import torch
-        from safetensors.torch import load_file
 
         from .backbones.base import Conditioning
         from .history import HistoryState
         from .pipeline import Generation
 
+        try:
+            chunks = [_read_tensors(self.root / f) for f in files]
+            cond_tensors, _ = _read_tensors(self.root / cond_file)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise InputError(str(self.root), f"checkpoint tensors unreadable ({type(e).__name__}: {e})") from None
+        names, records = _records(ck, [meta for _, meta in chunks])
+        segments = [info.segments_dir / name for name in names]
+        missing = [s for s in segments if not s.is_file()]
+        if missing:
+            raise InputError(str(self.root), f"segment {missing[0]} is missing; the finished sections cannot be joined")
+        context = int(ck.get("context_frames", 0))
+        resumed = Resumed(int(ck.get("next_section", 0)), int(ck.get("total_sections") or 0), segments, records,
+                          int(ck.get("frames", 0)) - context, context, int(ck.get("history_tokens", 0)))
         request = info.request
         board = request.validate(pipeline.preset)
         mode = pipeline.option(request, "history_mode")
         device = pipeline.backbone.device
         history = HistoryState(pipeline.encoder if mode == "encoder" else None, device)
         try:
-            history.load(self.root / ck["history"])
-            tensors = load_file(str(self.root / ck["tensors"]))
-        except (OSError, ValueError, RuntimeError) as e:
-            raise InputError(str(self.root), f"checkpoint tensors unreadable ({type(e).__name__}: {e})") from None
-        cond = {k[len("cond."):]: v.to(device) for k, v in tensors.items() if k.startswith("cond.")}
-        if "rng.cpu" in tensors:
-            torch.set_rng_state(tensors["rng.cpu"])
+            history.load_chunks([tensors for tensors, _ in chunks])
+        except (ValueError, RuntimeError) as e:
+            raise InputError(str(self.root), f"checkpoint history inconsistent ({e})") from None
+        cond = {k[len("cond."):]: v.to(device) for k, v in cond_tensors.items() if k.startswith("cond.")}
+        rng = chunks[-1][0].get("rng.cpu", cond_tensors.get("rng.cpu"))  # format 1 kept it with the conditioning
+        if rng is not None:
+            torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
         return gen, resumed
+
+
+def chunk_file(index: int) -> str:
+    """The job-folder path of history chunk ``index`` (chunk 0: the start state, then one per section)."""
+    return f"{CHUNKS}/chunk-{index:05d}.safetensors"
+
+
+def _progress_of(ck: dict) -> dict[str, int]:
+    """What the last checkpoint covers (all zero for format 1: its next checkpoint writes everything)."""
+    zero = {"chunks": 0, "history_frames": 0, "history_groups": 0, "segments": 0, "sections": 0}
+    if ck.get("format") != CHECKPOINT_FORMAT or not ck.get("chunks"):
+        return zero
+    return {**zero, **{k: int(v) for k, v in (ck.get("progress") or {}).items() if k in zero}, "chunks": int(ck["chunks"])}
+
+
+def _read_tensors(path: Path) -> tuple[dict, dict[str, str]]:
+    """Tensors and metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def _records(ck: dict, metas: list[dict[str, str]]) -> tuple[list[str], list[dict]]:
+    """Segment names and section records: joined from the chunks (format 2) or listed in the json (format 1)."""
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        return list(ck.get("segments", [])), list(ck.get("sections", []))
+    names: list[str] = []
+    records: list[dict] = []
+    for meta in metas:
+        names += json.loads(meta.get("segments", "[]"))
+        records += json.loads(meta.get("sections", "[]"))
+    return names, records
+
+
+def _drop_format_1(ck: dict) -> None:
+    for key in ("history", "tensors", "segments", "sections"):
+        ck.pop(key, None)
+
+
+def _tensor_files(ck: dict, where: str) -> tuple[list[str], str | None]:
+    """``(history files oldest first, conditioning file)`` that ``checkpoint.json`` names."""
+    fmt = ck.get("format")
+    if fmt == CHECKPOINT_FORMAT:
+        files = [chunk_file(i) for i in range(int(ck.get("chunks") or 0))]
+        if files and not ck.get("cond"):
+            raise InputError(where, f"{CHECKPOINT} counts history chunks but names no conditioning file; the job folder is damaged")
+        return files, ck.get("cond")
+    if fmt == 1:  # one file with the whole history, one with conditioning + RNG
+        return ([ck["history"]], ck.get("tensors")) if ck.get("history") else ([], None)
+    raise InputError(where, f"checkpoint format {fmt!r} is not one this version reads (1 or {CHECKPOINT_FORMAT}); "
+                            "resume it with the version that wrote it")
 
 
 def list_jobs(root: str | Path) -> list[JobDir]:
@@ -307,20 +410,6 @@ def is_out_of_memory(err: BaseException) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
-
-
-def free_device_memory() -> None:
-    """Hand cached blocks back; allocates nothing (call it after the failed frames are gone)."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
 
 
 def more_conservative(pipeline: Pipeline) -> str:

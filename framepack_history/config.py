@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from .device import DTYPE_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "presets"
 HISTORY_MODES = ("encoder", "window", "none")
@@ -184,7 +186,7 @@ def _check(preset: Preset) -> None:
             parse_rate(rate)
         except ValueError as e:
             raise InputError(key, str(e)) from None
-    if preset.hardware.dtype not in ("float32", "bfloat16", "float16"):
+    if preset.hardware.dtype not in DTYPE_NAMES:
         raise InputError("hardware.dtype", f"must be float32, bfloat16 or float16 (got {preset.hardware.dtype!r})")
 
 

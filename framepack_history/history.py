@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .encoder import HistoryEncoder
+from .fsio import atomic_save_tensors
 
 
 def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
@@ -143,29 +144,67 @@ class HistoryState:
         return self.num_tokens
 
     # ------------------------------------------------------------- persistence
-    def save(self, path: str | Path) -> None:
-        """Write latents and tokens as safetensors (atomic: temp file + rename)."""
-        path = Path(path)
+    @property
+    def num_groups(self) -> int:
+        """Complete token groups (the partial last group, if any, is not counted)."""
+        return sum(int(p.shape[1]) for p in self._done)
+
+    def chunk(self, since_frames: int = 0, since_groups: int = 0) -> dict[str, torch.Tensor]:
+        """What was added after ``since_frames`` latent frames and ``since_groups`` complete token groups.
+
+        Host tensors: ``latents`` and ``track`` of the new frames, ``tokens_done`` of the new
+        complete groups, and ``tokens_tail``, the partial last group as it is now (it is
+        replaced whenever the group grows, so only the newest chunk's tail counts).
+        ``chunk(0, 0)`` is the whole state; chunks in order rebuild it (:meth:`load_chunks`).
+        """
+        if not (0 <= since_frames <= self.num_frames and 0 <= since_groups <= self.num_groups):
+            raise ValueError(f"no chunk since ({since_frames} frames, {since_groups} groups): "
+                             f"the history holds {self.num_frames} frames, {self.num_groups} complete groups")
         tensors: dict[str, torch.Tensor] = {}
-        if self.latents is not None:
-            tensors["latents"] = self.latents.contiguous()
-        done = torch.cat(self._done, dim=1) if self._done else None
-        if any(self._track):
-            tensors["track"] = self.track
+        new = self.num_frames - since_frames
+        if new:
+            tensors["latents"] = self._last_frames(new).contiguous()
+            tensors["track"] = torch.tensor(self._track[since_frames:], dtype=torch.float32)
+        done = self._last_groups(self.num_groups - since_groups)
         for name, t in (("tokens_done", done), ("tokens_tail", self._tail)):
             if t is not None:
                 tensors[name] = t.detach().to("cpu").contiguous()
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        return tensors
+
+    def _last_groups(self, n: int) -> torch.Tensor | None:
+        """Tokens of the last ``n`` complete groups, reading only the chunks that hold them."""
+        if n <= 0:
+            return None
+        picked, have = [], 0
+        for part in reversed(self._done):
+            picked.append(part)
+            have += part.shape[1]
+            if have >= n:
+                break
+        return torch.cat(picked[::-1], dim=1)[:, -n:]
+
+    def load_chunks(self, chunks: list[dict[str, torch.Tensor]]) -> None:
+        """Rebuild the state from :meth:`chunk` outputs, oldest first; tokens go back to the device."""
+        dtype = self.encoder.dtype if self.encoder is not None else torch.float32
+        self._chunks, self._track, self._done, self._tail = [], [], [], None
+        for c in chunks:
+            lat = c.get("latents")
+            if lat is not None:
+                self._chunks.append(lat.to("cpu", torch.float32))
+                n = int(lat.shape[2])
+                self._track += c["track"].tolist() if "track" in c else [0.0] * n
+            if "tokens_done" in c:
+                self._done.append(c["tokens_done"].to(self.device, dtype))
+        self._frames = sum(int(c.shape[2]) for c in self._chunks)
+        if len(self._track) != self._frames:
+            raise ValueError(f"history chunks hold {self._frames} latent frames but {len(self._track)} track offsets")
+        tail = chunks[-1].get("tokens_tail") if chunks else None
+        self._tail = None if tail is None else tail.to(self.device, dtype)
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole state as one safetensors file (atomic: temp file, fsync, rename)."""
+        atomic_save_tensors(path, self.chunk(0, 0))
 
     def load(self, path: str | Path) -> None:
-        """Restore what :meth:`save` wrote; tokens go back to the device."""
-        data = load_file(str(path))
-        lat = data.get("latents")
-        self._chunks = [] if lat is None else [lat]
-        self._frames = 0 if lat is None else int(lat.shape[2])
-        self._track = data["track"].tolist() if "track" in data else [0.0] * self._frames
-        dtype = self.encoder.dtype if self.encoder is not None else torch.float32
-        self._done = [data["tokens_done"].to(self.device, dtype)] if "tokens_done" in data else []
-        self._tail = data["tokens_tail"].to(self.device, dtype) if "tokens_tail" in data else None
+        """Restore what :meth:`save` wrote."""
+        self.load_chunks([load_file(str(path))])

@@ -15,9 +15,8 @@ import torch
 
 from .backbones.base import Backbone, WeightsNotFoundError, place
 from .config import InputError, ModelSpec, Preset, resolve_path
+from .device import torch_dtype as dtype_named
 from .encoder import HistoryEncoder
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_device(device: str | torch.device, field: str = "--device") -> torch.device:
@@ -55,7 +54,7 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
     ``hub_kwargs`` go to the real backbone's ``from_pretrained`` (offload, text-encoder quantisation).
     """
     check_device(device, "hardware.device")
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = dtype_named(dtype)
     if spec.backbone == "toy":
         from .backbones.toy import ToyBackbone
 

@@ -7,7 +7,6 @@ was encoded is ever encoded again.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import InputError
+from .fsio import atomic_path, atomic_write_json
 
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MIN_SIDE = 8
@@ -156,17 +156,16 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
 def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int = 18) -> Path:
     """Encode ``uint8 [F, H, W, 3]`` frames as one H.264 mp4 (atomically)."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".part" + path.suffix)
     h, w = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
-        output_params=["-crf", str(quality), "-g", str(max(1, len(frames))), "-movflags", "+faststart"],
-    )
-    writer.send(None)
-    for f in frames:
-        writer.send(np.ascontiguousarray(f))
-    writer.close()
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # fsynced: checkpoints name finished segments
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+            output_params=["-crf", str(quality), "-g", str(max(1, len(frames))), "-movflags", "+faststart"],
+        )
+        writer.send(None)
+        for f in frames:
+            writer.send(np.ascontiguousarray(f))
+        writer.close()
     return path
 
 
@@ -174,17 +173,16 @@ def concat_segments(segments: list[Path], out: str | Path) -> Path:
     """Join segments without re-encoding (ffmpeg concat demuxer, ``-c copy``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".part" + out.suffix)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
         for s in segments:
             lst.write(f"file '{Path(s).resolve().as_posix()}'\n")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
-           "-i", lst.name, "-c", "copy", "-movflags", "+faststart", str(tmp)]
     try:
-        subprocess.run(cmd, check=True, capture_output=True)
+        with atomic_path(out, keep_suffix=True) as tmp:
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                   "-i", lst.name, "-c", "copy", "-movflags", "+faststart", str(tmp)]
+            subprocess.run(cmd, check=True, capture_output=True)
     finally:
         Path(lst.name).unlink(missing_ok=True)
-    tmp.replace(out)
     return out
 
 
@@ -194,9 +192,5 @@ def count_frames(path: str | Path) -> int:
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write JSON atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    """Write JSON atomically (temp file, fsync, rename)."""
+    return atomic_write_json(path, data)

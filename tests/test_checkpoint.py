@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from framepack_history.checkpoint import JobDir, is_out_of_memory
+from framepack_history.checkpoint import JobDir, chunk_file, is_out_of_memory
 from framepack_history.cli import main
-from framepack_history.config import GenerationRequest
+from framepack_history.config import GenerationRequest, InputError
 from framepack_history.jobs import JobSpec, Worker
 from tests.conftest import TINY_TOY
 
@@ -64,7 +64,8 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL and ck["status"] == "running"
     done_before = ck["next_section"]
     assert 2 <= done_before < 6, "the kill should land mid-run"
-    assert (job / ck["history"]).is_file() and (job / ck["tensors"]).is_file()
+    assert ck["chunks"] == done_before + 1  # the start state + one chunk per finished section
+    assert all((job / f).is_file() for f in [*(chunk_file(i) for i in range(ck["chunks"])), ck["cond"]])
     assert sorted(p.name for p in job.glob("*.tmp")) == [], "no half-written file is ever named as the checkpoint"
     first_segment = job / "segments" / "section_00000.mp4"
     kept = first_segment.stat().st_mtime_ns
@@ -74,7 +75,8 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert first_segment.stat().st_mtime_ns == kept  # finished sections are not generated again
     ck = checkpoint(job)
-    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["history"] is None  # tensors dropped when done
+    assert ck["status"] == "done" and ck["next_section"] == 6 and ck["chunks"] == 0 and ck["cond"] is None
+    assert not (job / "history").exists() and not list(job.glob("*.safetensors"))  # tensors dropped when done
     side = json.loads((tmp_path / "resumed.json").read_text())
     assert side["resumed_from_section"] == done_before and len(side["sections"]) == 6
 
@@ -87,6 +89,149 @@ def test_kill_9_mid_section_then_resume_is_frame_identical(tmp_path):
     assert main(["resume", str(job)]) == 0
     assert main(["resume", str(tmp_path)]) == 2
     assert main(["generate", *args, "--job-dir", str(job)]) == 2  # never overwrite a job
+
+
+class _Crash(BaseException):
+    """The process dies here: nothing after this point reaches the disk."""
+
+
+class CrashingJobDir(JobDir):
+    """A job folder whose process dies between two steps of the checkpoint after section ``section``."""
+
+    def __init__(self, root: Path, at: str, section: int) -> None:
+        super().__init__(root)
+        self.at, self.section, self.dead = at, section, False
+
+    def _die(self, at: str, ck: dict) -> None:
+        if self.at == at and ck.get("next_section") == self.section:
+            self.dead = True
+            raise _Crash(at)
+
+    def _commit(self, ck: dict) -> int:
+        self._die("before_commit", ck)  # the chunk is on disk, checkpoint.json does not name it yet
+        return super()._commit(ck)
+
+    def _cleanup(self, ck: dict) -> None:
+        self._die("before_cleanup", ck)  # checkpoint.json names the chunk, nothing was deleted yet
+        super()._cleanup(ck)
+
+    def set_status(self, *args, **kwargs) -> None:
+        if not self.dead:
+            super().set_status(*args, **kwargs)
+
+
+def on_disk(job: Path) -> set[str]:
+    return {p.relative_to(job).as_posix() for p in [*job.glob("history/*"), *job.glob("*.safetensors*")]}
+
+
+def named(ck: dict) -> set[str]:
+    return {chunk_file(i) for i in range(ck.get("chunks", 0))} | ({ck["cond"]} if ck.get("cond") else set())
+
+
+def resume_checking_files(pipeline, request, job_root: Path, out: Path) -> list:
+    """Finish the job; after every section the folder holds exactly the files checkpoint.json names."""
+    from framepack_history.pipeline import SectionDone
+    from framepack_history.render import render
+
+    seen = []
+
+    def on_event(ev) -> None:
+        if isinstance(ev, SectionDone):
+            ck = checkpoint(job_root)
+            seen.append(ck)
+            assert on_disk(job_root) == named(ck), "stale or missing tensor files"
+
+    render(pipeline, request, out, job_root / "segments", on_event=on_event, job=JobDir(job_root))
+    return seen
+
+
+@pytest.mark.parametrize("at", ["before_commit", "before_cleanup"])
+def test_crash_inside_a_checkpoint_loses_at_most_that_section(toy_pipeline, tmp_path, at):
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt=STORYBOARD, seconds=3, seed=3, steps=2)
+    render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    job = CrashingJobDir(tmp_path / "job", at, section=3)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    ck = checkpoint(job.root)
+    assert ck["status"] == "running"
+    if at == "before_commit":  # the new chunk is on disk but not named: the checkpoint is still section 2's
+        assert ck["next_section"] == 2 and "history/chunk-00003.safetensors" in on_disk(job.root) - named(ck)
+    else:  # committed: section 3 is safe
+        assert ck["next_section"] == 3 and on_disk(job.root) == named(ck)
+    (job.root / "history" / "chunk-00099.safetensors.tmp").write_bytes(b"half a file")  # a kill mid-write
+    gen, resumed = JobDir(job.root).restore(toy_pipeline)
+    assert resumed.sections_done == gen.next_section == ck["next_section"]
+    assert gen.history.num_frames == ck["progress"]["history_frames"] and gen.history.num_tokens == ck["history_tokens"]
+    assert [p.name for p in resumed.segments] == ["context.mp4"] + [f"section_{i:05d}.mp4" for i in range(ck["next_section"])]
+    assert [s["index"] for s in resumed.sections] == list(range(ck["next_section"]))
+
+    seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
+    assert [c["next_section"] for c in seen] == list(range(ck["next_section"] + 1, 7))
+    final = checkpoint(job.root)
+    assert final["status"] == "done" and on_disk(job.root) == set()
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
+
+
+def test_checkpoints_write_only_the_new_section(toy_pipeline, tmp_path):
+    """Each chunk holds one section's latents and tokens; together they rebuild the history exactly."""
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="camera pans right", seconds=5, seed=1, steps=1)
+    job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=10)  # stop after the last section's chunk
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)
+    ck = checkpoint(job.root)
+    sizes = [(job.root / chunk_file(i)).stat().st_size for i in range(1, ck["chunks"])]  # chunk 0: the start frame
+    whole = toy_pipeline.last_generation.history
+    assert len(sizes) == 10 and max(sizes) <= 1.2 * min(sizes), sizes  # flat, not growing with the video
+    full = sum(t.numel() * t.element_size() for t in whole.chunk(0, 0).values())
+    assert sizes[-1] < full / 5
+    gen, _ = JobDir(job.root).restore(toy_pipeline)
+    for name, t in whole.chunk(0, 0).items():
+        assert torch.equal(gen.history.chunk(0, 0)[name], t), name
+    assert torch.equal(gen.history.tokens()[0], whole.tokens()[0])
+
+
+def test_format_1_job_folders_still_resume(toy_pipeline, tmp_path):
+    """A folder written when every checkpoint held the whole history resumes, and is converted."""
+    from safetensors.torch import save_file
+
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt=STORYBOARD, seconds=3, seed=8, steps=2)
+    render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    job = CrashingJobDir(tmp_path / "job", "before_commit", section=3)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    gen, resumed = JobDir(job.root).restore(toy_pipeline)  # rewrite the folder as format 1 wrote it
+    ck = checkpoint(job.root)
+    gen.history.save(job.root / "history-00002.safetensors")
+    save_file({**{f"cond.{k}": v for k, v in gen.image_cond.tensors.items()}, "rng.cpu": torch.get_rng_state()},
+              str(job.root / "tensors-00002.safetensors"))
+    for f in named(ck) | on_disk(job.root) - {"history-00002.safetensors", "tensors-00002.safetensors"}:
+        (job.root / f).unlink()
+    for key in ("chunks", "cond", "progress"):
+        del ck[key]
+    ck.update(format=1, history="history-00002.safetensors", tensors="tensors-00002.safetensors",
+              segments=[p.name for p in resumed.segments], sections=resumed.sections)
+    (job.root / "checkpoint.json").write_text(json.dumps(ck))
+
+    seen = resume_checking_files(toy_pipeline, request, job.root, tmp_path / "resumed.mp4")
+    first = seen[0]  # the first new checkpoint holds the whole history once, then one section each
+    assert first["format"] == 2 and first["chunks"] == 1 and "segments" not in first and "history" not in first
+    assert not (job.root / "history-00002.safetensors").exists()
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
+
+    ck = checkpoint(job.root)
+    ck.update(format=99, status="running")
+    (job.root / "checkpoint.json").write_text(json.dumps(ck))
+    with pytest.raises(InputError, match="checkpoint format 99 is not one this version reads"):
+        JobDir(job.root).restore(toy_pipeline)
 
 
 def test_out_of_memory_once_retries_from_the_checkpoint(toy_pipeline, tmp_path, monkeypatch):

@@ -147,3 +147,47 @@ def test_plan_lines_show_history_budget():
     assert "rate 4x4x2" in lines[1]
     assert lines[2].startswith("plan tiny-toy, 10 s: device peak")  # the memory planner's summary
     assert "no history tokens" in plan_lines(TINY, None, 10, history_mode="none")[0]
+
+
+def test_queue_is_fifo_bounded_and_cancels_what_waits():
+    import threading
+
+    from framepack_history.job_queue import JobQueue
+
+    q = JobQueue(max_size=2)
+    q.put("a")
+    with pytest.raises(RuntimeError, match="refused"):  # an admit that fails queues nothing
+        q.put("x", lambda: (_ for _ in ()).throw(RuntimeError("refused")))
+    q.put("b")
+    with pytest.raises(InputError, match="full"):
+        q.put("c", lambda: pytest.fail("a full queue admits nothing"))
+    assert q.ids() == ["a", "b"] and q.remove("a") and not q.remove("a") and q.ids() == ["b"]
+    q.put("c")
+    assert [q.take(), q.take()] == ["b", "c"]
+    got = []
+    taker = threading.Thread(target=lambda: got.append(q.take()))
+    taker.start()  # blocks: nothing waits
+    q.close()
+    taker.join(5)
+    assert got == [None] and q.closed
+    q.reopen()
+    q.put("d")
+    assert q.take() == "d"
+
+
+def test_model_cache_keeps_the_least_recently_used_out(tmp_path):
+    from framepack_history.config import load_preset
+    from framepack_history.model_cache import ModelCache
+
+    a = load_preset(TINY)
+    b = load_preset(TINY)
+    b.model.seed = 1  # another model: other weights
+    cache = ModelCache(max_models=1)
+    sa = spec()
+    pa = cache.pipeline_for(a, sa)
+    assert cache.pipeline_for(a, sa) is pa and cache.loads == 1  # cached
+    window = cache.pipeline_for(a, spec(history_mode="window"))
+    assert window.encoder is None and window.backbone is pa.backbone and cache.loads == 1  # same weights, no encoder
+    pb = cache.pipeline_for(b, spec())
+    assert pb.backbone is not pa.backbone and cache.loads == 2
+    assert cache.pipeline_for(a, sa) is not pa and cache.loads == 3  # a was evicted to make room for b

@@ -20,11 +20,11 @@ from torch import nn
 
 from ..backbones.base import Backbone, Conditioning, Context
 from ..config import ModelSpec, Preset, resolve_path
+from ..device import torch_dtype
 from ..encoder import HistoryEncoder
 from .measure import LiveBytes, trace_peak
 
 CONFIGS = Path(__file__).resolve().parent.parent / "backbones" / "configs"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUNYUAN_TEXT_TOKENS = 256  # max_sequence_length of encode_text: what the DiT reads at most
 HUNYUAN_TEMPLATE_TOKENS = 95  # LLaMA-3 tokens of the prompt template (cropped after encoding)
 
@@ -159,7 +159,7 @@ def _key(preset: Preset) -> str:
 def _build(key: str, rate: str | None) -> MetaComponents:
     model, dtype_name = json.loads(key)
     spec = ModelSpec(**model)
-    dtype = DTYPES[dtype_name]
+    dtype = torch_dtype(dtype_name)
     with torch.device("meta"):
         if spec.backbone == "toy":
             bb, shallow, info = _toy(spec, dtype, False), _toy(spec, dtype, True), {}

@@ -27,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import InputError, parse_storyboard, prompt_at
+from ..device import torch_dtype
+from ..fsio import atomic_save_tensors
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
@@ -138,7 +140,6 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
     ``fingerprint`` (VAE config, clip geometry, data source) is stored in
     ``cache.json``; a cache built for something else is refused, not mixed.
     """
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     folder = Path(folder)
@@ -161,13 +162,12 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
             lat = encode(torch.stack([it["video"] for it in items])).float().cpu()
             for j, it in enumerate(items):
                 key = str(len(captions))
-                tensors[key] = lat[j].to(getattr(torch, dtype)).contiguous()
+                tensors[key] = lat[j].to(torch_dtype(dtype)).contiguous()
                 if "camera_x" in it:  # the toy world's camera track, for canvas positions
                     tensors[f"camera_x.{key}"] = torch.as_tensor(it["camera_x"]).long().contiguous()
                 captions.append(it.get("caption", ""))
-        tmp = _shard(folder, i).with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
-        tmp.replace(_shard(folder, i))  # atomic: a half-written shard never looks finished
+        # atomic: a half-written shard never looks finished
+        atomic_save_tensors(_shard(folder, i), tensors, metadata={"captions": json.dumps(captions)})
     return folder
 
 

@@ -19,7 +19,8 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..config import InputError, ModelSpec, Preset, _build, load_preset
 from ..encoder import HistoryEncoder, parse_rate
-from ..loading import DTYPES, load_backbone
+from ..device import torch_dtype
+from ..loading import load_backbone
 from .common import TrainConfig, dump_toml, find_path
 
 # The DiT's attention and MLP linear layers (not embedders, norms or modulation).
@@ -136,7 +137,7 @@ def _build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | st
             return bb
         cfg_vae = {k: v for k, v in vae.config.items() if not k.startswith("_")}
         bb = ToyBackbone.from_config(dit=spec.config.get("dit"), vae=cfg_vae, seed=spec.seed, device=device,
-                                     dtype=DTYPES[cfg.weights_dtype])
+                                     dtype=torch_dtype(cfg.weights_dtype))
         bb.vae = vae.to(bb.device).eval()
         return bb
     return load_backbone(spec, device, cfg.weights_dtype)

@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from ..config import InputError, _build
+from ..device import DTYPE_NAMES
 
 
 @dataclass
@@ -183,12 +184,12 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                          ("stage2.min_history_frames", cfg.stage2.min_history_frames, 1)):
         _need(val >= lo, key, f"must be >= {lo} (got {val})")
     choices = {"mixed_precision": (cfg.mixed_precision, ("no", "bf16", "fp16")),
-               "weights_dtype": (cfg.weights_dtype, ("float32", "bfloat16", "float16")),
+               "weights_dtype": (cfg.weights_dtype, DTYPE_NAMES),
                "lr_schedule": (cfg.lr_schedule, ("constant", "cosine")),
                "loss_weighting": (cfg.loss_weighting, ("auto", "velocity", "x0")),
                "encoder.kind": (cfg.encoder.kind, ("history", "large_patchifier")),
                "data.kind": (cfg.data.kind, ("toyworld", "folder", "cache") if cfg.stage != "vae" else ("toyworld", "folder")),
-               "data.cache_dtype": (cfg.data.cache_dtype, ("float16", "bfloat16", "float32"))}
+               "data.cache_dtype": (cfg.data.cache_dtype, DTYPE_NAMES)}
     for key, (val, ok) in choices.items():
         _need(val in ok, key, f"must be one of {', '.join(ok)} (got {val!r})")
     for key, p in (("caption_dropout", cfg.caption_dropout), ("stage1.omega_contiguous_p", cfg.stage1.omega_contiguous_p),

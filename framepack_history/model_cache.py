@@ -1,0 +1,58 @@
+"""The worker's model cache: backbones loaded when a job first needs them, kept LRU, and their pipelines.
+
+Only the worker thread calls it (it owns the device). Nothing is imported from
+the model code until a pipeline is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from .device import free_device_memory
+
+if TYPE_CHECKING:
+    from .config import Preset
+    from .job_store import JobSpec
+    from .pipeline import Pipeline
+
+
+class ModelCache:
+    """At most ``max_models`` backbones (with their memory managers); one pipeline per encoder rate and mode."""
+
+    def __init__(self, max_models: int = 2) -> None:
+        self.max_models = max_models
+        self._backbones: OrderedDict[str, Any] = OrderedDict()
+        self._pipelines: dict[tuple[str, str | None, bool], Any] = {}
+        self.loads = 0  # how many times a backbone was loaded (tests check the cache)
+
+    def pipeline_for(self, preset: Preset, spec: JobSpec) -> Pipeline:
+        """The cached pipeline for (model spec + hardware, encoder rate, needs an encoder)."""
+        from .loading import build_encoder, load_for_device
+        from .pipeline import Pipeline
+
+        mode = spec.request.history_mode or preset.history.mode
+        needs = mode == "encoder"
+        rate = (spec.encoder_rate or preset.model.encoder_rate) if needs else None
+        model_key = json.dumps([dataclasses.asdict(preset.model), dataclasses.asdict(preset.hardware)], sort_keys=True)
+        key = (model_key, rate, needs)
+        if model_key not in self._backbones:
+            while len(self._backbones) >= self.max_models:  # evict the least recently used backbone
+                old, (_, memory) = self._backbones.popitem(last=False)
+                if memory is not None:
+                    memory.close()
+                for k in [k for k in self._pipelines if k[0] == old]:
+                    del self._pipelines[k]
+                free_device_memory()
+            self._backbones[model_key] = load_for_device(preset)  # (backbone, memory manager or None)
+            self.loads += 1
+        self._backbones.move_to_end(model_key)
+        if key not in self._pipelines:
+            backbone, memory = self._backbones[model_key]
+            encoder = build_encoder(preset.model, backbone, rate) if needs else None
+            self._pipelines[key] = Pipeline(backbone, encoder, preset, memory=memory)
+        pipe = self._pipelines[key]
+        pipe.preset = preset  # sampling/video defaults may have changed; the weights did not
+        return pipe
