@@ -305,16 +305,19 @@ class ToyDiT(ModelMixin, ConfigMixin):
 # ------------------------------------------------------------------- preview
 @torch.no_grad()
 def fit_latent_rgb(vae: ToyVAE, frames: torch.Tensor) -> LatentRGB:
-    """Least-squares linear map from each latent pixel to its ``scale x scale`` block of pixels.
+    """Least-squares linear map from each latent pixel to its ``scale x scale`` block of decoded pixels.
 
-    ``frames`` are ``[N, 3, H, W]`` in ``[-1, 1]``. The space-to-depth VAE is
-    itself such a map (a permutation of channels), so the fit finds it
-    exactly; for a learned VAE it is the best linear stand-in for its decoder.
+    ``frames`` are ``[N, 3, H, W]`` in ``[-1, 1]``; the target is what the VAE
+    decodes their latents to (the frame a preview stands in for). The
+    space-to-depth VAE is itself such a map (a permutation of channels), so the
+    fit finds it exactly; for a learned VAE it is the best linear stand-in for its decoder.
     """
     s = vae.config.spatial_scale
-    latents = vae.encode(frames.to(vae.device, vae.dtype)[:, :, None]).float()[:, :, 0]  # [N, C, h, w]
+    latents = vae.encode(frames.to(vae.device, vae.dtype)[:, :, None])  # [N, C, 1, h, w]
+    decoded = vae.decode(latents)[:, :, 0].float().clamp(-1, 1).cpu()
+    latents = latents[:, :, 0].float().cpu()
     x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-    y = F.pixel_unshuffle(frames.float(), s).permute(0, 2, 3, 1).reshape(-1, 3 * s * s)  # pixel_shuffle's order
+    y = F.pixel_unshuffle(decoded, s).permute(0, 2, 3, 1).reshape(-1, 3 * s * s)  # pixel_shuffle's order
     x1 = torch.cat([x, torch.ones(len(x), 1)], 1).double()
     sol = torch.linalg.lstsq(x1, y.double(), driver="gelsd").solution  # [C + 1, 3 s^2]
     return LatentRGB(sol[:-1].T.float().contiguous(), sol[-1].float(), s, (-1.0, 1.0))
