@@ -289,7 +289,7 @@ class Worker:
             check_cancel()
             now = time.perf_counter()
             preview = None
-            if now - clock.last_preview >= clock.every:  # previews cost a decode: throttled
+            if now - clock.last_preview >= clock.every:  # previews are cheap (a linear map) but wake every page: throttled
                 clock.last_preview = now
                 preview = pipeline.preview(index, info).image
 

@@ -107,11 +107,6 @@ class Generation:
     next_section: int = 0
     image_cond: Conditioning = field(default_factory=Conditioning)
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)`` generated at (the request's, chosen by :meth:`Pipeline.start`)."""
-        return int(self.request.width), int(self.request.height)
-
 
 class Pipeline:
     """Generates a long video section by section from one backbone + encoder."""
@@ -201,6 +196,11 @@ class Pipeline:
                              f"{w}x{h} is not a multiple of the {self.backbone.name} backbone's {grid[1]}x{grid[0]} pixel grid")
         return w, h
 
+    def size_of(self, gen: Generation) -> tuple[int, int]:
+        """``(width, height)`` ``gen`` is generated at: its request's (chosen by :meth:`start`), else the preset's."""
+        r, v = gen.request, self.preset.video
+        return (r.width, r.height) if r.width and r.height else (v.width, v.height)
+
     # ------------------------------------------------------------- one section
     def context(self, gen: Generation) -> Context:
         """What the DiT sees of the past, by history mode."""
@@ -228,7 +228,7 @@ class Pipeline:
         """The next section's view offsets (canvas-position backbones), continuing the history's track."""
         v = self.preset.video
         steps = self.backbone.camera_steps(gen.storyboard, gen.next_section * v.section_frames,
-                                           self.section_latent_frames, v.fps, gen.size[0])
+                                           self.section_latent_frames, v.fps, self.size_of(gen)[0])
         if steps is None:
             return None
         track = gen.history.track
@@ -257,7 +257,7 @@ class Pipeline:
             return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
 
         geo = bb.geometry
-        width, height = gen.size
+        width, height = self.size_of(gen)
         shape = (1, geo.latent_channels, self.section_latent_frames, height // geo.spatial_scale, width // geo.spatial_scale)
         noise = section_noise(shape, req.seed, idx).to(bb.device)
         t0 = time.perf_counter()

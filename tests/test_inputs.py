@@ -70,7 +70,7 @@ def test_start_image_gets_framepacks_bucket_through_pipeline_start(hunyuan, tmp_
     request = GenerationRequest(prompt="a cat", seconds=0.5, image=str(_image(tmp_path, *source)))
     gen, frames = pipe.start(request)
     want = REFERENCE_CHOICES[source]
-    assert gen.size == want and (request.width, request.height) == want
+    assert pipe.size_of(gen) == want and (request.width, request.height) == want
     assert frames.shape == (1, want[1], want[0], 3)
     scale = pipe.backbone.geometry.spatial_scale
     assert tuple(gen.image_cond.tensors["start_latents"].shape[-2:]) == (want[1] // scale, want[0] // scale)
@@ -84,10 +84,10 @@ def test_tiny_preset_buckets_and_a_section_at_the_bucket(hunyuan, tmp_path):
     sizes = {}
     for name, (w, h) in {"portrait": (300, 500), "square": (200, 200), "landscape": (500, 300)}.items():
         gen, frames = pipe.start(GenerationRequest(prompt="x", seconds=0.5, image=str(_image(tmp_path, w, h, f"{name}.png"))))
-        sizes[name] = gen.size
+        sizes[name] = pipe.size_of(gen)
         if name == "portrait":
             done = pipe.generate_section(gen)
-            assert done.frames.shape[1:3] == (gen.size[1], gen.size[0])
+            assert done.frames.shape[1:3] == (sizes[name][1], sizes[name][0])
     assert sizes == {"portrait": (48, 80), "square": (64, 64), "landscape": (80, 48)}
     assert all(w * h <= 64 * 64 for w, h in sizes.values())
 
@@ -96,7 +96,7 @@ def test_text_to_video_uses_the_preset_size(hunyuan):
     pipe = _pipeline(hunyuan, 64, 64)
     request = GenerationRequest(prompt="x", seconds=0.5)
     gen, _ = pipe.start(request)
-    assert gen.size == (64, 64) == (request.width, request.height)
+    assert pipe.size_of(gen) == (64, 64) == (request.width, request.height)
 
 
 @pytest.mark.parametrize("size,needle", [
@@ -123,8 +123,9 @@ def test_continued_video_gets_its_bucket(hunyuan, tmp_path):
     from framepack_history.video import write_segment
 
     clip = write_segment(np.full((4, 96, 160, 3), 90, np.uint8), tmp_path / "wide.mp4", fps=8)
-    gen, frames = _pipeline(hunyuan, 64, 64).start(GenerationRequest(prompt="x", seconds=0.5, continue_video=str(clip)))
-    assert gen.size == (80, 48) and frames.shape[1:3] == (48, 80)
+    pipe = _pipeline(hunyuan, 64, 64)
+    gen, frames = pipe.start(GenerationRequest(prompt="x", seconds=0.5, continue_video=str(clip)))
+    assert pipe.size_of(gen) == (80, 48) and frames.shape[1:3] == (48, 80)
 
 
 def test_bucket_settings_are_checked():
