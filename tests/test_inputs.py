@@ -310,3 +310,19 @@ def test_cli_records_start_frame_and_size_in_the_sidecar(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["request"]["start_frame"] == "green" and (data["request"]["width"], data["request"]["height"]) == (64, 64)
     assert data["frames"] == 5  # one section, no start frame in the video
+
+
+# --------------------------------------------------------------------- page
+def test_page_start_frame_picker_follows_the_preset_and_yields_to_a_start_image(tmp_path):
+    from framepack_history.jobs import Worker
+    from ui.handlers import Handlers
+
+    h = Handlers(Worker(outputs=tmp_path / "outputs"), str(TINY_HUNYUAN), temp_dir=tmp_path / "tmp")
+    picker = h.preset_defaults(str(TINY_HUNYUAN))[-1]
+    assert [v for _, v in picker["choices"]] == ["noise", "black", "white", "green"]
+    assert picker["value"] == "noise" and picker["visible"]
+    toy = h.preset_defaults("toy-cpu")[-1]
+    assert [v for _, v in toy["choices"]] == ["world"] and not toy["visible"]
+    values = ["x", None, None, 1, 0, str(TINY_HUNYUAN), None, None, None, None, None, None, None]
+    assert h.spec(*values, "white").request.start_frame == "white"
+    assert h.spec(*values[:1], str(_image(tmp_path, 64, 64)), *values[2:], "white").request.start_frame is None
