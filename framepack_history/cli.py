@@ -41,6 +41,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--prompt", default="", help="prompt, or a storyboard such as '0s: camera pans right; 10s: camera pans left'")
     g.add_argument("--image", help="start image (image-to-video)")
     g.add_argument("--continue-video", help="a video to continue")
+    g.add_argument("--start-frame", metavar="KIND",
+                   help="text-to-video start frame: hunyuan_framepack noise (default), black, white or green "
+                        "(green screen); the toy: world (its first view)")
     g.add_argument("--history", choices=HISTORY_MODES, help="history mode (default: the preset's)")
     g.add_argument("--window-frames", type=int, help="raw latent frames of the sliding-window add-on")
     g.add_argument("--history-guidance", type=float,
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _request(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
         prompt=args.prompt, seconds=args.seconds, seed=args.seed, image=args.image, continue_video=args.continue_video,
+        start_frame=args.start_frame,
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler,

@@ -20,6 +20,10 @@ from .device import DTYPE_NAMES
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "presets"
 HISTORY_MODES = ("encoder", "window", "none")
+#: text-to-video start frames each backbone offers, its default first. An image-to-video checkpoint
+#: (FramePack-F1) always wants a start image: black, white, green screen (chroma-key 0,177,64) or
+#: seeded noise, as FramePack-Studio offers; the toy draws its world's first view.
+START_FRAMES = {"toy": ("world",), "hunyuan_framepack": ("noise", "black", "white", "green")}
 MAX_HISTORY_GUIDANCE = 20.0  # history guidance beyond this only amplifies noise
 
 
@@ -57,6 +61,9 @@ class VideoSpec:
     fps: int = 8
     section_frames: int = 8  # pixel frames per generated section
     display_scale: int = 1  # nearest-neighbour upscale of written videos (tiny toy frames)
+    #: start images and continued videos pick the resolution bucket nearest their aspect ratio within
+    #: width x height pixels (FramePack's 640 list at 832x480). Unset: on for hunyuan_framepack, off for the toy
+    buckets: bool | None = None
     max_seconds: float = 600.0
 
 
@@ -179,6 +186,13 @@ def _check(preset: Preset) -> None:
         raise InputError("history.guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {h.guidance!r})")
     if m.backbone not in ("toy", "hunyuan_framepack"):
         raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
+    if v.buckets is None:
+        v.buckets = m.backbone == "hunyuan_framepack"
+    if v.buckets and m.backbone == "toy":
+        raise InputError("video.buckets", "the toy backbone draws a fixed square view of its world; set it to false")
+    if v.buckets and (v.width % 16 or v.height % 16):
+        raise InputError("video.width" if v.width % 16 else "video.height",
+                         "must be a multiple of 16 with resolution buckets (the VAE's 8 pixels x the DiT's 2x2 patch)")
     from .encoder import parse_rate
 
     for key, rate in [("model.encoder_rate", m.encoder_rate)] + [("model.encoder_rates", r) for r in m.encoder_rates]:
@@ -302,6 +316,12 @@ class GenerationRequest:
     cfg: float | None = None
     shift: float | None = None
     sampler: str | None = None
+    #: text-to-video start frame (see ``START_FRAMES``); None = the backbone's default, filled in by ``validate``
+    start_frame: str | None = None
+    #: the size generated at: the preset's, or a start image's / continued video's bucket (filled in
+    #: when the inputs are read; see :mod:`.buckets`)
+    width: int | None = None
+    height: int | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -344,7 +364,41 @@ class GenerationRequest:
         board = parse_storyboard(self.prompt)
         if not board[0][1] and not (self.image or self.continue_video):
             raise InputError("--prompt", "is empty; give a prompt, a start image or a video to continue")
+        self._check_start_frame(preset)
+        self._check_size(preset)
         return board
+
+    def _check_start_frame(self, preset: Preset) -> None:
+        """A known start frame, for text-to-video only; unset becomes the backbone's default (recorded)."""
+        offered = START_FRAMES.get(preset.model.backbone, ())
+        if self.image or self.continue_video:
+            if self.start_frame is not None:
+                given = "a start image" if self.image else "a video to continue"
+                raise InputError("--start-frame", f"is for text-to-video; this request has {given}")
+            return
+        if self.start_frame is None:
+            self.start_frame = offered[0] if offered else None
+        elif self.start_frame not in offered:
+            raise InputError("--start-frame", f"{self.start_frame!r} is not offered by the {preset.model.backbone} "
+                                              f"backbone (choices: {', '.join(offered)})")
+
+    def _check_size(self, preset: Preset) -> None:
+        """Width and height both set or both unset; text-to-video is generated at the preset's size."""
+        v = preset.video
+        if (self.width is None) != (self.height is None):
+            raise InputError("--width" if self.width is None else "--height", "width and height go together")
+        if self.width is None:
+            if not (self.image or self.continue_video):
+                self.width, self.height = v.width, v.height
+            return
+        for name, val in (("--width", self.width), ("--height", self.height)):
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 2:
+                raise InputError(name, f"must be a positive even integer (got {val!r})")
+        if self.width * self.height > v.width * v.height:
+            raise InputError("--width", f"{self.width}x{self.height} is over the preset's budget of "
+                                        f"{v.width}x{v.height} pixels")
+        if not v.buckets and (self.width, self.height) != (v.width, v.height):
+            raise InputError("--width", f"{self.width}x{self.height}: this preset generates at {v.width}x{v.height} only")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -155,7 +155,7 @@ class ProgressListener:
         self.check_cancel()
         clock, now = self.clock, time.perf_counter()
         preview = None
-        if now - clock.last_preview >= clock.every:  # previews cost a decode: throttled
+        if now - clock.last_preview >= clock.every:  # previews are cheap (a linear map) but wake every page: throttled
             clock.last_preview = now
             preview = self.pipeline.preview(index, info).image
 

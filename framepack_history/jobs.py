@@ -37,13 +37,12 @@ __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Progress", "Wo
 log = logging.getLogger(__name__)
 
 def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, str] = ("start image", "video to continue")) -> None:
-    """Read the start image / probe the video now, so a bad file fails at submit."""
-    from .video import probe_video, read_image
+    """Read the start image / probe the video now, so a bad file fails at submit; record the size it gets."""
+    from .buckets import choose_size, source_size
 
-    if request.image:
-        read_image(request.image, preset.video.width, preset.video.height, field=fields[0])
-    if request.continue_video:
-        probe_video(request.continue_video, field=fields[1])
+    source = source_size(request, fields)
+    if request.width is None or request.height is None:
+        request.width, request.height = choose_size(preset, source, fields[1] if request.continue_video else fields[0])
 
 
 def keep_inputs(request: GenerationRequest, folder: Path) -> None:
@@ -244,14 +243,15 @@ def past_results(outputs: str | Path, limit: int = 24) -> list[tuple[str, str]]:
 
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
-               history_mode: str | None = None) -> list[str]:
-    """What the device will hold: history tokens now, for the whole request, and the memory plan."""
+               history_mode: str | None = None, size: tuple[int, int] | None = None) -> list[str]:
+    """What the device will hold: history tokens now, for the whole request (at ``size``, its bucket), and the memory plan."""
     now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
-    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode))
+    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size))
 
 
 @functools.lru_cache(maxsize=64)
-def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None) -> tuple[str, ...]:
+def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None,
+                size: tuple[int, int] | None = None) -> tuple[str, ...]:
     """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
     from .budget import history_budget
 
@@ -270,7 +270,7 @@ def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, hist
     try:
         from .memory import plan
 
-        lines.append(plan(preset, seconds, history_mode=mode, rate=rate).summary())
+        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size).summary())
     except Exception:  # the plan is advice: its absence or failure must not break the page
         log.warning("no memory plan for %s", preset.name, exc_info=True)
         budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, Conditioning, Context
+from .buckets import resolve_size
 from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
 from .history import HistoryState
@@ -158,6 +159,7 @@ class Pipeline:
         Returns the generation state and the frames the video starts with.
         """
         board = request.validate(self.preset)
+        w, h = self.size_for(request)
         mode = self.option(request, "history_mode")
         if mode == "encoder" and self.encoder is None:
             raise InputError("--history", "this preset has no history encoder; use 'window' or 'none'")
@@ -169,22 +171,40 @@ class Pipeline:
                 self.text(prompt)
             if float(self.option(request, "cfg")) != 1.0:
                 self.text(self.preset.sampling.negative_prompt)
-        frames: np.ndarray | None = None
+        frames, latents, shown = None, None, True
         if request.continue_video:
-            frames = read_video(request.continue_video, v.width, v.height, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
+            frames = read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
         elif request.image:
-            frames = read_image(request.image, v.width, v.height)[None]
-        else:  # text-to-video: the backbone may offer a start frame (the toy world does)
-            start = self.backbone.default_start(request.seed, request.prompt, request.seconds, v.width, v.height)
-            frames = None if start is None else start[None]
-        if frames is not None:
-            # The image condition is the frame the video goes on from: the start image, or the last frame.
-            with torch.no_grad(), self._phase("image_encode"):
-                gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device))
+            frames = read_image(request.image, w, h)[None]
+        elif request.start_frame is not None:  # text-to-video: the backbone's start frame (config.START_FRAMES)
+            start = self.backbone.default_start(request.start_frame, request.seed, request.prompt, request.seconds, w, h)
+            if start is not None:
+                frames, latents, shown = start.image[None], start.latents, start.content
+        if frames is None:
+            return gen, None
+        # The image condition is the frame the video goes on from: the start image, or the last frame.
+        with torch.no_grad(), self._phase("image_encode"):
+            gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device), latents)
+        if latents is None:
             with torch.no_grad(), self._phase("vae_encode"):
                 latents = self.backbone.vae_encode(to_pixels(frames))
-            history.append(latents)
-        return gen, frames
+        history.append(latents)
+        return gen, frames if shown else None
+
+    def size_for(self, request: GenerationRequest) -> tuple[int, int]:
+        """The request's ``(width, height)``: its start image's or video's bucket, chosen and recorded once."""
+        w, h = resolve_size(request, self.preset)
+        geo = self.backbone.geometry
+        grid = geo.spatial_scale * geo.patch_size[1], geo.spatial_scale * geo.patch_size[2]
+        if w % grid[1] or h % grid[0]:
+            raise InputError("--width" if w % grid[1] else "--height",
+                             f"{w}x{h} is not a multiple of the {self.backbone.name} backbone's {grid[1]}x{grid[0]} pixel grid")
+        return w, h
+
+    def size_of(self, gen: Generation) -> tuple[int, int]:
+        """``(width, height)`` ``gen`` is generated at: its request's (chosen by :meth:`start`), else the preset's."""
+        r, v = gen.request, self.preset.video
+        return (r.width, r.height) if r.width and r.height else (v.width, v.height)
 
     # ------------------------------------------------------------- one section
     def context(self, gen: Generation) -> Context:
@@ -205,7 +225,8 @@ class Pipeline:
         if mode in ("encoder", "window") and bb.context_frames > 0:
             recent = gen.history.window(bb.context_frames)
             if recent is None:  # nothing yet: the backbone's context is all zeros, as F1 starts
-                recent = torch.zeros(1, *self.latent_shape[1:2], 0, *self.latent_shape[3:])
+                shape = self.latent_shape(gen)
+                recent = torch.zeros(*shape[:2], 0, *shape[3:])
             ctx.recent_latents = recent.to(bb.device, bb.dtype)
         elif mode in ("encoder", "window"):
             self._window_context(gen, ctx, mode)
@@ -225,24 +246,25 @@ class Pipeline:
             if bool(track.any()):
                 ctx.window_w = track
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int, int]:
-        """``[1, C, T, h, w]`` of one section's latents."""
-        geo, v = self.backbone.geometry, self.preset.video
-        return (1, geo.latent_channels, self.section_latent_frames, v.height // geo.spatial_scale, v.width // geo.spatial_scale)
+    def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
+        """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""
+        geo = self.backbone.geometry
+        width, height = (self.preset.video.width, self.preset.video.height) if gen is None else self.size_of(gen)
+        return (1, geo.latent_channels, self.section_latent_frames, height // geo.spatial_scale, width // geo.spatial_scale)
 
-    def schedule(self, shift: float | None) -> tuple[float, float | None]:
-        """``(shift, mu)`` for a section: ``shift`` when given, else the backbone's own (F1: dynamic, ``e^mu``)."""
+    def schedule(self, shift: float | None, gen: Generation | None = None) -> tuple[float, float | None]:
+        """``(shift, mu)`` for a section: ``shift`` when given, else the backbone's own (F1: dynamic, ``e^mu``,
+        from the token count at ``gen``'s size)."""
         if shift is not None:
             return float(shift), None
-        mu = self.backbone.schedule_mu(self.latent_shape)
+        mu = self.backbone.schedule_mu(self.latent_shape(gen))
         return (1.0, None) if mu is None else (math.exp(mu), mu)
 
     def camera_track(self, gen: Generation) -> torch.Tensor | None:
         """The next section's view offsets (canvas-position backbones), continuing the history's track."""
         v = self.preset.video
         steps = self.backbone.camera_steps(gen.storyboard, gen.next_section * v.section_frames,
-                                           self.section_latent_frames, v.fps, v.width)
+                                           self.section_latent_frames, v.fps, self.size_of(gen)[0])
         if steps is None:
             return None
         track = gen.history.track
@@ -270,8 +292,8 @@ class Pipeline:
         def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
             return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
 
-        noise = section_noise(self.latent_shape, req.seed, idx).to(bb.device)
-        shift, mu = self.schedule(self.option(req, "shift"))
+        noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
+        shift, mu = self.schedule(self.option(req, "shift"), gen)
         t0 = time.perf_counter()
         with self._phase("denoise", idx):
             latents = sample(
@@ -310,8 +332,9 @@ class Pipeline:
         return to_uint8(ready[0]), time.perf_counter() - t_append, tokens
 
     def preview(self, index: int, info: dict) -> StepPreview:
-        with torch.no_grad(), self._phase("preview", index):
-            img = to_uint8(self.backbone.preview(info["denoised"].to(self.backbone.dtype))[:, None])[0]
+        """The step's denoised estimate through the backbone's linear latent-to-RGB map: no VAE, no phase."""
+        with torch.no_grad():
+            img = to_uint8(self.backbone.preview(info["denoised"])[:, None])[0]
         return StepPreview(index, info["step"], info["total"], img)
 
     # ---------------------------------------------------------------- loop

@@ -29,8 +29,8 @@ def _fit(img: Image.Image, width: int, height: int) -> Image.Image:
     return ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
 
 
-def read_image(path: str | Path, width: int, height: int, field: str = "--image") -> np.ndarray:
-    """A start image as ``uint8 [H, W, 3]`` at the preset's size; clear errors otherwise."""
+def read_image(path: str | Path, width: int | None, height: int | None, field: str = "--image") -> np.ndarray:
+    """A start image as ``uint8 [H, W, 3]`` at ``width x height`` (None: its own size, upright); clear errors otherwise."""
     p = Path(path)
     if not p.is_file():
         raise InputError(field, f"no such file: {str(path)!r}")
@@ -65,7 +65,7 @@ def read_image(path: str | Path, width: int, height: int, field: str = "--image"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         why = "truncated" if "truncated" in str(e) else "corrupt"
         raise InputError(field, f"{p.name} is not a readable image: the file is {why} ({type(e).__name__})") from None
-    return np.asarray(_fit(img, width, height), dtype=np.uint8)
+    return np.asarray(img if width is None or height is None else _fit(img, width, height), dtype=np.uint8)
 
 
 def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -127,6 +127,14 @@ def probe_video(path: str | Path, field: str = "--continue-video") -> dict:
     if w * h > MAX_IMAGE_PIXELS:
         raise InputError(field, f"{p.name} is {w}x{h}; the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels per frame")
     return meta
+
+
+def video_size(path: str | Path, field: str = "--continue-video") -> tuple[int, int]:
+    """``(width, height)`` of a video's frames as decoded (rotation applied); a clear error if unknown."""
+    size = probe_video(path, field).get("size")
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)):
+        raise InputError(field, f"{Path(path).name}: ffmpeg reports no usable frame size (got {size!r})")
+    return int(size[0]), int(size[1])
 
 
 def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: int, field: str = "--continue-video") -> np.ndarray:

@@ -56,6 +56,8 @@ def test_generate_returns_a_playable_video_and_sidecar(client):
     assert Path(video).suffix == ".mp4" and count_frames(video) == 1 + 8  # the world's start frame, 2 sections of 4 frames
     data = json.loads(Path(sidecar).read_text())
     assert data["seed"] == 3 and data["request"]["steps"] == 2 and len(data["sections"]) == 2
+    # the text-to-video start frame (the toy's default) and the size generated at are recorded
+    assert data["request"]["start_frame"] == "world" and (data["request"]["width"], data["request"]["height"]) == (32, 32)
 
     everything = client.predict("", api_name="/status")
     job = everything["jobs"][0]
@@ -103,6 +105,8 @@ def test_bad_input_is_a_clear_error_and_the_server_lives(client, tmp_path):
         generate(client, start_image=handle_file(str(bad))).result(timeout=30)
     with pytest.raises(AppError):
         generate(client, seconds=100_000).result(timeout=30)
+    with pytest.raises(AppError, match="start-frame: 'green' is not offered by the toy backbone"):
+        generate(client, start_frame="green").result(timeout=30)
     with pytest.raises(AppError, match="no job"):
         client.predict("no-such-job", api_name="/cancel")
     big = tmp_path / "big.png"

@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 
-from framepack_history.config import GenerationRequest, InputError, load_preset
+from framepack_history.config import START_FRAMES, GenerationRequest, InputError, load_preset
 from framepack_history.jobs import TERMINAL, Job, JobSpec, Worker, past_results, plan_lines
 from framepack_history.video import concat_segments
 
@@ -78,10 +78,12 @@ class Handlers:
 
     # ------------------------------------------------------------- submitting
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
-             shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None) -> JobSpec:
+             shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
+             start_frame: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
-        Numbers are checked here; the request, the preset and the files in ``Worker.submit``.
+        Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
+        text-to-video start frame is dropped when a start image or video is given (the page always sends one).
         """
         seconds_v = _num(seconds, "seconds")
         seed_v = _num(seed, "seed", integer=True)
@@ -97,6 +99,7 @@ class Handlers:
             steps=_num(steps, "steps", integer=True),
             guidance=_num(guidance, "guidance"),
             shift=_num(shift, "shift"),
+            start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -208,7 +211,8 @@ class Handlers:
 
     def plan_md(self, job: Job) -> str:
         r = job.spec.request
-        return self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens, r.history_mode)
+        size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
+        return self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens, r.history_mode, size)
 
     def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None) -> str:
         """The plan shown before a job starts (preset / rate / length / history mode changed)."""
@@ -219,9 +223,10 @@ class Handlers:
         return self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None)
 
     @staticmethod
-    def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None) -> str:
+    def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None,
+                 size: tuple[int, int] | None = None) -> str:
         try:
-            lines = plan_lines(preset, rate, seconds, tokens, mode)
+            lines = plan_lines(preset, rate, seconds, tokens, mode, size)
         except (InputError, OSError, ValueError) as e:
             return f"memory plan unavailable: {e}"
         return "\n".join(f"- {line}" for line in lines)
@@ -239,6 +244,7 @@ class Handlers:
             gr.update(value=p.history.mode), gr.update(value=p.history.window_frames),
             gr.update(value=p.history.guidance),
             gr.update(maximum=p.video.max_seconds),
+            start_frame_update(p.model.backbone),
         )
 
     # ------------------------------------------------------------ the queue
@@ -303,10 +309,15 @@ class Handlers:
     def api_generate(self, prompt: str, start_image: str | None = None, continue_video: Any = None, seconds: float = 5.0,
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
-                     window_frames: int | None = None, history_guidance: float | None = None) -> tuple[str, str]:
-        """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled."""
+                     window_frames: int | None = None, history_guidance: float | None = None,
+                     start_frame: str | None = None) -> tuple[str, str]:
+        """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
+
+        ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
+        empty = the backbone's default; ignored with a start image or video.
+        """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames, history_guidance)
+                          encoder_rate, history_mode, window_frames, history_guidance, start_frame)
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":
@@ -337,6 +348,16 @@ class Handlers:
         current = self.store.current()
         return {"current": current.id if current else None, "queued": self.worker.queued(),
                 "jobs": [j.snapshot() for j in reversed(self.store.jobs())], "interrupted": self.worker.interrupted()}
+
+
+START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen", "world": "the world's first view"}
+
+
+def start_frame_update(backbone: str) -> Any:
+    """The start-frame picker for a backbone: its choices, its default, shown when there is a choice."""
+    kinds = START_FRAMES.get(backbone, ())
+    return gr.update(choices=[(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
+                     visible=len(kinds) > 1)
 
 
 def random_seed() -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, InputError, available_presets, load_preset
+from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
 from framepack_history.jobs import Worker
 
-from .handlers import Handlers, random_seed
+from .handlers import START_FRAME_LABELS, Handlers, random_seed
 
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
 
@@ -78,6 +78,10 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                     image = gr.Image(label="Start image (optional)", type="filepath", height=150, sources=["upload", "clipboard"],
                                      elem_id="fph-image")
                     video = gr.Video(label="Video to continue (optional)", height=150, sources=["upload"])
+                kinds = START_FRAMES.get(preset.model.backbone, ())
+                start_frame = gr.Dropdown([(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
+                                          label="Start frame (text-to-video)", visible=len(kinds) > 1, elem_id="fph-start-frame",
+                                          info="what a video without a start image or video starts from")
                 with gr.Row():
                     # the server-side bound is the largest any preset allows; each preset's own is checked on submit
                     seconds = gr.Slider(0.5, preset.video.max_seconds, value=5, step=0.5, label="Length (seconds)")
@@ -131,7 +135,8 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         api_video = gr.File(visible=False, label="video")
         api_sidecar = gr.File(visible=False, label="sidecar")
 
-        inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance]
+        inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
+                  start_frame]
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -149,7 +154,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -164,7 +169,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds], **private)
+        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):

@@ -90,6 +90,49 @@ class Conditioning:
         return Conditioning({k: v.to(device) for k, v in self.tensors.items()})
 
 
+@dataclass
+class StartFrame:
+    """What a text-to-video request starts from (``Backbone.default_start``).
+
+    ``image`` is what the image encoder sees; ``latents``, when given, replace
+    its VAE encoding as the start latent (FramePack-Studio's "noise" start is
+    noise in latent space, which no image encodes to); ``content`` says whether
+    the frame belongs to the video (the toy world's first view) or only
+    conditions it (a black, white, green or noise start).
+    """
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    latents: torch.Tensor | None = None  # [1, C, 1, h, w] in the backbone's scaled VAE space
+    content: bool = True
+
+
+@dataclass(frozen=True)
+class LatentRGB:
+    """A linear latent-to-RGB map for previews: no VAE, one small matmul.
+
+    Each latent pixel becomes a ``block x block`` patch of RGB (``weight`` is
+    ``[3 * block**2, C]``, rows in ``pixel_shuffle`` order); the patch grid is
+    then enlarged nearest-neighbour to the frame. ``unit`` is the range the map
+    writes: ``(0, 1)`` or ``(-1, 1)``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    block: int = 1
+    unit: tuple[float, float] = (-1.0, 1.0)
+
+    def __call__(self, latents: torch.Tensor, spatial_scale: int) -> torch.Tensor:
+        """``[C, h, w]`` latents -> ``[3, h * spatial_scale, w * spatial_scale]`` in ``[-1, 1]``."""
+        x = latents.float()
+        y = torch.einsum("oc,chw->ohw", self.weight.to(x.device, x.dtype), x) + self.bias.to(x.device, x.dtype)[:, None, None]
+        if self.block > 1:
+            y = torch.nn.functional.pixel_shuffle(y[None], self.block)[0]
+        lo, hi = self.unit
+        y = ((y - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+        up = spatial_scale // self.block
+        return y.repeat_interleave(up, 1).repeat_interleave(up, 2) if up > 1 else y
+
+
 @dataclass(frozen=True)
 class LatentGeometry:
     """How pixels map to latents and latents to DiT tokens."""
@@ -160,15 +203,18 @@ class Backbone(ABC):
     def encode_text(self, prompt: str) -> Conditioning:
         """Embed one prompt. The pipeline caches the result per distinct prompt."""
 
-    def encode_image(self, image: torch.Tensor) -> Conditioning:
+    def encode_image(self, image: torch.Tensor, start_latents: torch.Tensor | None = None) -> Conditioning:
         """Embed a start image ``[3, H, W]`` in ``[-1, 1]`` (image-to-video).
 
-        Backbones without an image encoder return empty conditioning.
+        ``start_latents`` replace the image's own VAE latent where the backbone
+        keeps one (a noise start). Backbones without an image encoder return
+        empty conditioning.
         """
         return Conditioning()
 
-    def default_start(self, seed: int, prompt: str, seconds: float, width: int, height: int) -> "np.ndarray | None":
-        """A start frame ``uint8 [H, W, 3]`` for text-to-video, or None to start from nothing.
+    def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int,
+                      height: int) -> StartFrame | None:
+        """The text-to-video start of ``kind`` (one of ``config.START_FRAMES[name]``), or None to start from nothing.
 
         The toy backbone draws the first view of the world given by the seed.
         """
@@ -210,14 +256,17 @@ class Backbone(ABC):
         embed it (ignored by the others).
         """
 
-    def preview(self, latents: torch.Tensor) -> torch.Tensor:
-        """A cheap RGB preview ``[3, H, W]`` in ``[-1, 1]`` of the last latent frame.
+    @abstractmethod
+    def latent_rgb(self) -> LatentRGB:
+        """The backbone's linear latent-to-RGB preview map."""
 
-        The default decodes one frame; large backbones override it with a
-        linear latent-to-RGB map.
+    def preview(self, latents: torch.Tensor) -> torch.Tensor:
+        """A cheap RGB preview ``[3, H, W]`` in ``[-1, 1]`` of the last latent frame of ``[B, C, T, h, w]``.
+
+        A linear map per latent pixel (:meth:`latent_rgb`), never the VAE:
+        previews run between denoising steps, where the VAE may not be on the device.
         """
-        frame = self.vae_decode(latents[:, :, -1:])
-        return frame[0, :, -1]
+        return self.latent_rgb()(latents[0, :, -1], self.geometry.spatial_scale)
 
     # --- bookkeeping -----------------------------------------------------------
     def describe(self) -> dict[str, Any]:

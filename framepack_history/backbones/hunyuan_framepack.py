@@ -32,18 +32,35 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
-from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, WeightsNotFoundError, place
+from framepack_history.backbones.base import (
+    Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, WeightsNotFoundError, place,
+)
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
 from framepack_history.sampling import f1_mu
 
 __all__ = ["HistoryFramepackTransformer3DModel", "HunyuanFramepackBackbone", "WeightsNotFoundError"]
 
 _HINT = "download them or point to a local folder"
+
+# Preview map of HunyuanVideo's 16 scaled latent channels to RGB in [0, 1], one RGB per latent pixel:
+# FramePack's ``vae_decode_fake`` (lllyasviel/FramePack, diffusers_helper/hunyuan.py), whose factors
+# come from ComfyUI's HunyuanVideo latent format. ComfyUI reads the same map's output as [-1, 1];
+# we follow FramePack, the reference this backbone matches.
+LATENT_RGB_FACTORS = (
+    (-0.0395, -0.0331, 0.0445), (0.0696, 0.0795, 0.0518), (0.0135, -0.0945, -0.0282), (0.0108, -0.0250, -0.0765),
+    (-0.0209, 0.0032, 0.0224), (-0.0804, -0.0254, -0.0639), (-0.0991, 0.0271, -0.0669), (-0.0646, -0.0422, -0.0400),
+    (-0.0696, -0.0595, -0.0894), (-0.0799, -0.0208, -0.0375), (0.1166, 0.1627, 0.0962), (0.1165, 0.0432, 0.0407),
+    (-0.2315, -0.1920, -0.1355), (-0.0270, 0.0401, -0.0821), (-0.0616, -0.0997, -0.0727), (0.0249, -0.0469, -0.1703),
+)  # [channel][r, g, b]
+LATENT_RGB_BIAS = (0.0259, -0.0192, -0.0761)
+#: text-to-video start colours (FramePack-Studio's; green is its chroma-key green)
+START_COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 177, 64)}
 
 
 def _default_template() -> dict[str, Any]:
@@ -241,14 +258,17 @@ class HunyuanFramepackBackbone(Backbone):
         })
 
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> Conditioning:
+    def encode_image(self, image: torch.Tensor, start_latents: torch.Tensor | None = None) -> Conditioning:
         """SigLIP last hidden state of a ``[3, H, W]`` image in ``[-1, 1]``, plus its latent.
 
         FramePack-F1 always saw the start image as a clean latent at frame
         index 0 (``-rope_time_offset`` from the section start); ``start_latents``
-        keeps that anchor in every section (see :meth:`predict`).
+        keeps that anchor in every section (see :meth:`predict`). Given, it
+        replaces the image's own latent (a noise start).
         """
-        out = {"start_latents": self.vae_encode(image[None, :, None])}
+        if start_latents is None:
+            start_latents = self.vae_encode(image[None, :, None])
+        out = {"start_latents": start_latents.to(self.device, torch.float32)}
         if self.image_encoder is None or self.feature_extractor is None:
             return Conditioning(out)
         pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
@@ -256,6 +276,29 @@ class HunyuanFramepackBackbone(Backbone):
         values = inputs["pixel_values"].to(self.device, self.dtype)
         out["image_embeds"] = self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)
         return Conditioning(out)
+
+    def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int,
+                      height: int) -> StartFrame:
+        """Text-to-video on an image-to-video checkpoint starts from a made-up first frame (FramePack-Studio's choices).
+
+        ``black``/``white``/``green``: a flat frame, VAE-encoded like any start
+        image. ``noise``: as FramePack-Studio, the start latent is unit
+        Gaussian noise in the scaled latent space (seeded by ``seed``) and
+        SigLIP sees a black frame (it has no meaningful embedding of noise).
+        None of them is shown: they condition the video, they are not part of it.
+        """
+        if kind == "noise":
+            g = torch.Generator().manual_seed((seed * 1_000_003 - 1) % (2**63 - 1))  # not any section's stream
+            s = self.geometry.spatial_scale
+            latents = torch.randn((1, self.geometry.latent_channels, 1, height // s, width // s), generator=g)
+            return StartFrame(np.zeros((height, width, 3), np.uint8), latents, content=False)
+        if kind not in START_COLOURS:
+            raise ValueError(f"unknown start frame {kind!r} (choices: noise, {', '.join(START_COLOURS)})")
+        return StartFrame(np.full((height, width, 3), START_COLOURS[kind], np.uint8), content=False)
+
+    def latent_rgb(self) -> LatentRGB:
+        """FramePack's fixed preview map (see ``LATENT_RGB_FACTORS``)."""
+        return LatentRGB(torch.tensor(LATENT_RGB_FACTORS).T.contiguous(), torch.tensor(LATENT_RGB_BIAS), 1, (0.0, 1.0))
 
     # --- VAE -----------------------------------------------------------------
     @torch.no_grad()

@@ -14,13 +14,14 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .base import Backbone, Conditioning, Context, LatentGeometry, place
+from .base import Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, place
 
 # Words of the toy world's captions; anything else maps to <unk>.
 DEFAULT_VOCAB = [
@@ -301,6 +302,39 @@ class ToyDiT(ModelMixin, ConfigMixin):
         return x.reshape(b, c, t * pt, h * ph, w * pw)
 
 
+# ------------------------------------------------------------------- preview
+@torch.no_grad()
+def fit_latent_rgb(vae: ToyVAE, frames: torch.Tensor) -> LatentRGB:
+    """Least-squares linear map from each latent pixel to its ``scale x scale`` block of decoded pixels.
+
+    ``frames`` are ``[N, 3, H, W]`` in ``[-1, 1]``; the target is what the VAE
+    decodes their latents to (the frame a preview stands in for). The
+    space-to-depth VAE is itself such a map (a permutation of channels), so the
+    fit finds it exactly; for a learned VAE it is the best linear stand-in for its decoder.
+    """
+    s = vae.config.spatial_scale
+    latents = vae.encode(frames.to(vae.device, vae.dtype)[:, :, None])  # [N, C, 1, h, w]
+    decoded = vae.decode(latents)[:, :, 0].float().clamp(-1, 1).cpu()
+    latents = latents[:, :, 0].float().cpu()
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    y = F.pixel_unshuffle(decoded, s).permute(0, 2, 3, 1).reshape(-1, 3 * s * s)  # pixel_shuffle's order
+    x1 = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    sol = torch.linalg.lstsq(x1, y.double(), driver="gelsd").solution  # [C + 1, 3 s^2]
+    return LatentRGB(sol[:-1].T.float().contiguous(), sol[-1].float(), s, (-1.0, 1.0))
+
+
+def toy_world_frames(n_worlds: int = 8, view: int = 16) -> torch.Tensor:
+    """A few toy-world views (several worlds, camera places, sprite moments) as ``[N, 3, H, W]`` in ``[-1, 1]``."""
+    from ..toyworld import World, WorldSpec
+
+    spec, views = WorldSpec(view=view), []
+    for seed in range(n_worlds):
+        world = World(seed, spec)
+        for k, x in enumerate(np.linspace(0, spec.max_x, 3).astype(int)):
+            views.append(world.view_at(int(x), 3 * k))
+    return torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 # ------------------------------------------------------------------ backbone
 class ToyBackbone(Backbone):
     """Toy DiT + toy VAE + word tokenizer behind the backbone contract."""
@@ -320,6 +354,8 @@ class ToyBackbone(Backbone):
             patch_size=tuple(dit.config.patch_size),
             hidden_size=dit.config.hidden_size,
         )
+        # fitted once, here (not on meta: the memory planner builds backbones there): previews never touch the VAE
+        self._latent_rgb = None if self.vae.device.type == "meta" else self._fit_latent_rgb()
 
     @classmethod
     def from_config(cls, dit: dict | None = None, vae: dict | None = None, seed: int = 0, **kw) -> "ToyBackbone":
@@ -357,13 +393,24 @@ class ToyBackbone(Backbone):
         ids, mask = self.tokenizer(prompt)
         return Conditioning({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
 
-    def default_start(self, seed: int, prompt: str, seconds: float, width: int, height: int):
-        """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start."""
+    def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int, height: int) -> StartFrame | None:
+        """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start (``kind`` "world")."""
         from ..toyworld import WorldSpec, start_frame
 
+        if kind != "world":
+            raise ValueError(f"the toy backbone starts from its world's first view ('world'), not {kind!r}")
         if width != height:
             return None
-        return start_frame(seed, WorldSpec(view=width), storyboard=prompt, seconds=seconds)
+        return StartFrame(start_frame(seed, WorldSpec(view=width), storyboard=prompt, seconds=seconds))
+
+    def latent_rgb(self) -> LatentRGB:
+        """The least-squares map fitted on toy-world views (exact for the space-to-depth VAE)."""
+        if self._latent_rgb is None:
+            self._latent_rgb = self._fit_latent_rgb()
+        return self._latent_rgb
+
+    def _fit_latent_rgb(self) -> LatentRGB:
+        return fit_latent_rgb(self.vae, toy_world_frames(view=max(16, 4 * self.geometry.spatial_scale)))
 
     def camera_steps(self, storyboard, first_frame: int, n: int, fps: int, width: int) -> torch.Tensor | None:
         """The toy world's documented pan speed, per frame, from the storyboard (canvas-position DiTs only)."""

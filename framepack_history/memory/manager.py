@@ -28,7 +28,7 @@ PHASE_NEEDS: dict[str, tuple[str, ...]] = {
     "vae_encode": ("vae",),
     "denoise": ("transformer",),
     "vae_decode": ("vae", "transformer"),  # the DiT's resident part stays for the next section
-    "preview": ("vae", "transformer"),  # between denoising steps: activations are freed, the VAE fits
+    "preview": (),  # nothing: previews are a linear latent-to-RGB map (Backbone.preview), never the VAE
 }
 COMPONENTS = ("text_encoder", "text_encoder_2", "image_encoder", "vae")
 

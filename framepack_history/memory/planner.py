@@ -18,7 +18,7 @@ safetensors pages are file cache the kernel can drop, so they are not counted.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -186,9 +186,15 @@ def spread_order(n: int) -> list[int]:
 
 # ---------------------------------------------------------------------- plan
 def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
-         start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None) -> Plan:
-    """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``."""
+         start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None,
+         size: tuple[int, int] | None = None) -> Plan:
+    """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``.
+
+    ``size`` is the request's ``(width, height)`` (a start image's resolution bucket); None = the preset's.
+    """
     preset = load_preset(preset) if isinstance(preset, str) else preset
+    if size is not None:
+        preset = replace(preset, video=replace(preset.video, width=size[0], height=size[1]))
     budget = budget or Budget.for_preset(preset)
     comps = meta_components(preset, rate)
     bb, geo, v, enc = comps.backbone, comps.backbone.geometry, preset.video, comps.encoder

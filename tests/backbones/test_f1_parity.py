@@ -100,7 +100,7 @@ def runs(folders, backbone) -> dict:
         tokenizer_2=backbone.tokenizer_2, image_encoder=backbone.image_encoder, feature_extractor=backbone.feature_extractor,
     )
     ref.set_progress_bar_config(disable=True)
-    noises = iter([section_noise(pipe.latent_shape, request.seed, i) for i in range(SECTIONS)])
+    noises = iter([section_noise(pipe.latent_shape(), request.seed, i) for i in range(SECTIONS)])
     ref.prepare_latents = lambda *args, **kwargs: next(noises)  # this object only: our per-section noise
     start = gen.image_cond.tensors["start_latents"]
     # It takes ``image_latents`` only instead of an image (whose SigLIP embedding it needs): the mode is given here.
@@ -207,7 +207,7 @@ def test_encoder_mode_is_window_plus_history_tokens(backbone, runs) -> None:
     gen = runs["gen"]
     cond = runs["pipe"].text(PROMPT)
     cond.tensors.update(gen.image_cond.tensors)
-    x = section_noise(runs["pipe"].latent_shape, 1, 0)
+    x = section_noise(runs["pipe"].latent_shape(), 1, 0)
     sigma = torch.tensor([0.7])
     recent = gen.history.window(19)
     window = backbone.predict(x, sigma, cond, Context(recent_latents=recent), 10.0)
