@@ -29,8 +29,8 @@ def test_help_lists_subcommands():
     [
         (TINY_TOY, ["--prompt", "camera pans left", "--seconds", "1.5"], 1 + 12),  # the world's start frame + 3 sections of 4 frames
         (TINY_TOY, ["--prompt", "0s: camera pans right; 1s: camera pans left", "--seconds", "2", "--history", "window"], 1 + 16),
-        # 2 sections of 2 latents, decoded as FramePack-F1: 5 frames, then 8 more after the cross-faded overlap
-        (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 5 + 8),
+        # 2 sections of 2 latents after the (hidden) noise start latent, decoded as FramePack-F1: 4 frames per latent
+        (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 8 + 8),
     ],
     ids=["toy-t2v", "toy-storyboard-window", "hunyuan-t2v"],
 )

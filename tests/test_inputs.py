@@ -309,7 +309,7 @@ def test_cli_records_start_frame_and_size_in_the_sidecar(tmp_path):
                  "--out", str(out), "--quiet"]) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["request"]["start_frame"] == "green" and (data["request"]["width"], data["request"]["height"]) == (64, 64)
-    assert data["frames"] == 5  # one section, no start frame in the video
+    assert data["frames"] == 8  # one section of 2 latents after the hidden start latent (F1 decode: 4 per latent), no start frame shown
 
 
 # --------------------------------------------------------------------- page
