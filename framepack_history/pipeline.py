@@ -225,8 +225,8 @@ class Pipeline:
         if mode in ("encoder", "window") and bb.context_frames > 0:
             recent = gen.history.window(bb.context_frames)
             if recent is None:  # nothing yet: the backbone's context is all zeros, as F1 starts
-                shape = self.latent_shape(gen)
-                recent = torch.zeros(*shape[:2], 0, *shape[3:])
+                _, c, _, h, w = self.latent_shape(gen)
+                recent = torch.zeros(1, c, 0, h, w)
             ctx.recent_latents = recent.to(bb.device, bb.dtype)
         elif mode in ("encoder", "window"):
             self._window_context(gen, ctx, mode)
