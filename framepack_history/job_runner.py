@@ -78,7 +78,8 @@ class JobRunner:
 
     def _render(self, job: Job, jd: JobDir, preset: Preset, pipeline: Pipeline, progress: ProgressListener) -> None:
         from .backbones.base import WeightsNotFoundError
-        from .checkpoint import OutOfMemoryFailure, free_device_memory
+        from .checkpoint import OutOfMemoryFailure
+        from .device import free_device_memory
         from .render import render
         from .sampling import Cancelled
 

@@ -1,10 +1,13 @@
 """Jobs, the server-side job store and the one worker thread that owns the device.
 
 * Jobs and their store live in :mod:`.job_store` (re-exported here).
-* The :class:`Worker` is the only thread that touches models: it loads them
-  lazily when a job first needs them, caches them, and runs jobs one at a
-  time in FIFO order. Cancelling raises :class:`~.sampling.Cancelled` from
-  the step callback; a bad job fails alone and the worker goes on.
+* The :class:`Worker` is the only thread that touches models. It is a thin
+  facade over three parts with one job each: :class:`~.job_queue.JobQueue`
+  (FIFO order, a maximum size, cancelling what has not started),
+  :class:`~.model_cache.ModelCache` (models loaded lazily when a job first
+  needs them, kept LRU) and :class:`~.job_runner.JobRunner` (runs one job:
+  progress, previews, status). Cancelling raises :class:`~.sampling.Cancelled`
+  from the step callback; a bad job fails alone and the worker goes on.
 * Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
   request, preset and a checkpoint after every section, so a job whose
   process died can be resumed (:meth:`Worker.resume`). Segments and videos

@@ -405,3 +405,27 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
     finally:
         second.terminate()
         second.wait(30)
+
+
+def test_atomic_writes_are_fsynced_before_they_are_named(tmp_path, monkeypatch):
+    from framepack_history import fsio
+
+    target = tmp_path / "a.json"
+    fsio.atomic_write_json(target, {"v": 1})
+    events = []
+    real_file, real_dir = fsio.fsync_file, fsio.fsync_dir
+    monkeypatch.setattr(fsio, "fsync_file", lambda p: (events.append(("file", Path(p).name, target.read_text())), real_file(p)))
+    monkeypatch.setattr(fsio, "fsync_dir", lambda p: (events.append(("dir", Path(p).name, target.read_text())), real_dir(p)))
+    fsio.atomic_write_json(target, {"v": 2})
+    old, new = json.dumps({"v": 1}, indent=2), json.dumps({"v": 2}, indent=2)
+    # the data reaches the disk under the temp name, then the rename, then the folder entry
+    assert events == [("file", "a.json.tmp", old), ("dir", tmp_path.name, new)]
+
+    with pytest.raises(RuntimeError), fsio.atomic_path(target) as tmp:
+        tmp.write_text('{"v": 3')  # half written when the writer fails
+        raise RuntimeError("the writer failed")
+    assert json.loads(target.read_text()) == {"v": 2} and sorted(tmp_path.iterdir()) == [target]
+    with fsio.atomic_path(tmp_path / "v.mp4", keep_suffix=True) as tmp:  # ffmpeg picks the format by extension
+        assert tmp.name == "v.part.mp4"
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "v.mp4").read_bytes() == b"x"
