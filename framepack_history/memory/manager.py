@@ -272,6 +272,10 @@ class MemoryManager:
         self._lru.move_to_end(name)
         return module
 
+    def evict(self, name: str) -> None:
+        """Take ``name`` off the device now (it comes back on its next forward)."""
+        self._evict(name)
+
     # ---------------------------------------------------------------- hooks
     @contextmanager
     def phase(self, name: str, section: int | None = None) -> Iterator[None]:
