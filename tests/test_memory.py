@@ -286,3 +286,18 @@ def test_offload_mode_reads_the_dit_by_block_and_builds_encoders_on_use(tmp_path
     # built on first call, dropped (not moved) when the DiT needed the room
     assert isinstance(lazy.text_encoder, OnFirstCall) and isinstance(lazy.image_encoder, OnFirstCall)
     assert [ph for ph, _, _ in manager.phases[:3]] == ["text_encode", "image_encode", "vae_encode"]
+
+
+def test_one_large_backbone_per_device_unless_the_budget_holds_two():
+    from types import SimpleNamespace
+
+    from framepack_history.loading import fits_beside, needs_manager
+
+    preset = load_preset("rtx4070-12gb")
+    assert needs_manager(preset) and not needs_manager(load_preset(TINY_HUNYUAN))
+    cuda, cpu = SimpleNamespace(device=torch.device("cuda")), SimpleNamespace(device=torch.device("cpu"))
+    large = SimpleNamespace(plan=plan(preset, preset.video.max_seconds))
+    small = SimpleNamespace(plan=SimpleNamespace(device_peak=0))
+    assert not fits_beside(preset, [(cuda, large)])  # two 12 GB plans do not share 12 GB
+    assert fits_beside(preset, [(cuda, small)]) and fits_beside(preset, [(cpu, large)]) and fits_beside(preset, [])
+    assert fits_beside(load_preset(TINY_TOY), [(cpu, None)])

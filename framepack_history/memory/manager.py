@@ -228,7 +228,8 @@ class MemoryManager:
             self.residency.track(name, None)
             setattr(self.backbone, name, OnFirstCall(self, name))  # rebuilt from disk when next called
             del module
-            gc.collect()
+            if self.residency.device.type == "cuda":
+                gc.collect()  # bitsandbytes state can sit in reference cycles: free the device memory now
         elif name in self.groups:
             self.groups[name].offload()
         elif name in self.streamers:
