@@ -113,7 +113,7 @@ class MemoryManager:
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident components, least recently used first
         self._stack: list[str] = []  # phases entered and not yet left (a preview runs inside denoise)
         self._expected: dict[str, int] = {}  # bytes of components built on use, for making room before the build
-        self.fixed_bytes = 0  # always-resident weights outside the components (history encoders)
+        self._watched: dict[int, int] = {}  # id -> bytes of always-resident modules outside the components
         self.failed_phase: str | None = None
         self.changes: list[str] = []  # what each re-plan or out-of-memory retry changed
         self.phases: list[tuple[str, int | None, int]] = []  # (phase, section, resident bytes at its start)
@@ -159,9 +159,14 @@ class MemoryManager:
                 reg.remove_hook(RESIDENT_HOOK, recurse=False)
                 reg.remove_hook(STRICT_HOOK, recurse=False)
 
+    @property
+    def fixed_bytes(self) -> int:
+        """Always-resident weights outside the components (history encoders)."""
+        return sum(self._watched.values())
+
     def watch(self, module: nn.Module, name: str = "history_encoder") -> None:
         """An always-resident module (a history encoder): strict checks, and its bytes kept out of the room."""
-        self.fixed_bytes += module_bytes(module)
+        self._watched[id(module)] = module_bytes(module)
         if self.strict:
             for qual, m in module.named_modules():
                 reg = HookRegistry.check_if_exists_or_initialize(m)
