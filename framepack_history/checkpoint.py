@@ -415,13 +415,16 @@ def is_out_of_memory(err: BaseException) -> bool:
 def more_conservative(pipeline: Pipeline) -> str:
     """Ask for a plan that needs less device memory; returns what changed (for the log and messages).
 
-    The memory manager, when one is attached, knows best (``more_conservative() -> bool``:
-    more streaming, smaller tiles); otherwise VAE tiling is the one lever a backbone offers.
+    The memory manager, when one is attached, changes its plan where the error struck
+    (``more_conservative() -> str``: more blocks streamed, fewer in flight, a tiled decode);
+    otherwise VAE tiling is the one lever a backbone offers.
     """
     memory = getattr(pipeline, "memory", None)
     step = getattr(memory, "more_conservative", None)
-    if callable(step) and step():
-        return "the memory manager switched to a more conservative plan"
+    if callable(step):
+        change = step()
+        if change:
+            return change if isinstance(change, str) else "the memory manager switched to a more conservative plan"
     backbone = pipeline.backbone
     tiling = getattr(backbone, "enable_vae_tiling", None)
     if callable(tiling) and not getattr(backbone, "_oom_tiling", False):
@@ -432,18 +435,23 @@ def more_conservative(pipeline: Pipeline) -> str:
 
 
 def measured_peak(pipeline: Pipeline) -> str:
-    """The highest memory this process used on the pipeline's device (host RSS on a CPU)."""
+    """The highest memory this process used on the pipeline's device (host RSS on a CPU).
+
+    With a memory manager, also the peak of weights its residency ledger saw on the device.
+    """
     torch = sys.modules.get("torch")
     device = getattr(pipeline.backbone, "device", None)
+    ledger = getattr(getattr(getattr(pipeline, "memory", None), "residency", None), "peak", None)
+    weights = f", weights on the device at most {ledger / GiB:.3f} GiB" if isinstance(ledger, int) else ""
     if torch is not None and device is not None and getattr(device, "type", "") == "cuda" and torch.cuda.is_initialized():
-        return f"measured peak {torch.cuda.max_memory_allocated(device) / GiB:.2f} GiB on {device}"
+        return f"measured peak {torch.cuda.max_memory_allocated(device) / GiB:.2f} GiB on {device}{weights}"
     try:
         import resource  # not on Windows
 
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     except ImportError:
-        return f"no peak measurement on {device}"
-    return f"measured peak {rss / GiB:.2f} GiB of host memory (device {device})"
+        return f"no peak measurement on {device}{weights}"
+    return f"measured peak {rss / GiB:.2f} GiB of host memory (device {device}){weights}"
 
 
 def reset_peak(pipeline: Pipeline) -> None:

@@ -111,16 +111,22 @@ def build_encoder(spec: ModelSpec, backbone: Backbone, rate: str | None = None) 
     return enc
 
 
+def needs_manager(preset: Preset) -> bool:
+    """Whether the preset's weights must be budgeted (real HunyuanVideo-FramePack weights on an accelerator)."""
+    hw, spec = preset.hardware, preset.model
+    return spec.backbone == "hunyuan_framepack" and bool(spec.weights) and hw.device != "cpu"
+
+
 def load_for_device(preset: Preset):
     """The preset's backbone and, where weights must be budgeted, the memory manager that fits them.
 
     On an accelerator with real HunyuanVideo-FramePack weights the plan for the
-    preset's longest video decides what stays resident, what streams and how
-    the text encoder is quantised; the manager carries it out phase by phase.
+    preset's longest video in its default mode is where the manager starts;
+    each request re-plans for itself (:meth:`~.memory.manager.MemoryManager.prepare`).
     Everything else (the CPU, the toy model, tiny test models) runs resident.
     """
     hw, spec = preset.hardware, preset.model
-    if spec.backbone != "hunyuan_framepack" or not spec.weights or hw.device == "cpu":
+    if not needs_manager(preset):
         return load_backbone(spec, hw.device, hw.dtype), None
     from .memory.manager import MemoryManager
     from .memory.planner import plan
@@ -129,3 +135,22 @@ def load_for_device(preset: Preset):
     quant = p.strategy.text_encoder if p.strategy.text_encoder in ("nf4", "int8") else None
     backbone = load_backbone(spec, hw.device, hw.dtype, offload=True, text_encoder_quantization=quant)
     return backbone, MemoryManager(backbone, p)
+
+
+def fits_beside(preset: Preset, loaded: list) -> bool:
+    """Whether ``preset``'s backbone may join the ``loaded`` ``(backbone, manager or None)`` pairs.
+
+    One large (managed) backbone per device, unless the device budget holds the
+    planned peaks of all of them at once.
+    """
+    device = torch.device(preset.hardware.device)
+    same = [(bb, m) for bb, m in loaded if torch.device(getattr(bb, "device", "cpu")) == device]
+    if not needs_manager(preset) and all(m is None for _, m in same):
+        return True
+    if not same:
+        return True
+    from .memory.planner import plan
+
+    mine = plan(preset, preset.video.max_seconds)
+    others = sum(m.plan.device_peak for _, m in same if m is not None)
+    return mine.device_peak + others <= mine.budget.usable

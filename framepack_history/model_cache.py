@@ -30,7 +30,7 @@ class ModelCache:
 
     def pipeline_for(self, preset: Preset, spec: JobSpec) -> Pipeline:
         """The cached pipeline for (model spec + hardware, encoder rate, needs an encoder)."""
-        from .loading import build_encoder, load_for_device
+        from .loading import build_encoder, fits_beside, load_for_device
         from .pipeline import Pipeline
 
         mode = spec.request.history_mode or preset.history.mode
@@ -39,10 +39,12 @@ class ModelCache:
         model_key = json.dumps([dataclasses.asdict(preset.model), dataclasses.asdict(preset.hardware)], sort_keys=True)
         key = (model_key, rate, needs)
         if model_key not in self._backbones:
-            while len(self._backbones) >= self.max_models:  # evict the least recently used backbone
+            # evict the least recently used backbone (one large one per device unless the budget holds two)
+            while self._backbones and (len(self._backbones) >= self.max_models
+                                       or not fits_beside(preset, list(self._backbones.values()))):
                 old, (_, memory) = self._backbones.popitem(last=False)
                 if memory is not None:
-                    memory.close()
+                    memory.unload()
                 for k in [k for k in self._pipelines if k[0] == old]:
                     del self._pipelines[k]
                 free_device_memory()

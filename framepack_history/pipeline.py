@@ -96,6 +96,9 @@ class MemoryHooks(Protocol):
 
     def phase(self, name: str, section: int | None = None) -> AbstractContextManager: ...
 
+    # optional: ``watch(module)`` (an always-resident module, e.g. the history encoder) and
+    # ``prepare(preset, seconds, *, history_mode, rate, start_image)`` (a plan for the request)
+
 
 # --------------------------------------------------------------- generation
 @dataclass
@@ -122,8 +125,10 @@ class Pipeline:
         self.encoder = encoder
         self.preset = preset
         self._text_cache: dict[str, Conditioning] = {}
-        #: called around every phase (text/image/VAE encode, denoise, decode) to load and evict weights
+        #: called around every phase (text/image/VAE encode, denoise, decode); its hooks load what runs
         self.memory = memory
+        if encoder is not None and hasattr(memory, "watch"):
+            memory.watch(encoder)
 
     def _phase(self, name: str, section: int | None = None) -> AbstractContextManager:
         return nullcontext() if self.memory is None else self.memory.phase(name, section)
@@ -146,11 +151,11 @@ class Pipeline:
         return max(1, math.ceil(seconds * self.preset.video.fps / self.preset.video.section_frames - 1e-9))
 
     def text(self, prompt: str) -> Conditioning:
-        """Prompt embeddings, computed once per distinct prompt."""
+        """Prompt embeddings, computed once per distinct prompt and kept on the host between uses."""
         if prompt not in self._text_cache:
             with torch.no_grad(), self._phase("text_encode"):
-                self._text_cache[prompt] = self.backbone.encode_text(prompt)
-        return self._text_cache[prompt]
+                self._text_cache[prompt] = self.backbone.encode_text(prompt).to("cpu")
+        return self._text_cache[prompt].to(self.backbone.device)
 
     # -------------------------------------------------------------- start
     def start(self, request: GenerationRequest) -> tuple[Generation, np.ndarray | None]:
@@ -166,6 +171,10 @@ class Pipeline:
         v = self.preset.video
         history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device)
         gen = Generation(request, board, self.sections_for(request.seconds), history)
+        if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
+            rate = None if self.encoder is None else self.encoder.config.rate
+            starts = bool(request.image or request.continue_video) or self.backbone.name == "toy"
+            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts)
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)

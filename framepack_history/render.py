@@ -113,7 +113,7 @@ def render(
         reset_peak,
     )
 
-    change, oom = "", ""
+    change, oom, first_peak = "", "", ""
     for attempt in (0, 1):
         gen, resumed = job.restore(pipeline)
         seg_log = _log(pipeline, folder)
@@ -123,8 +123,8 @@ def render(
         if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
             on_event(resumed)  # listeners replace what they had with what is on disk
         extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
-        if attempt:
-            extra["out_of_memory_retry"] = change
+        if attempt:  # what the retry changed, and what the failed attempt measured
+            extra["out_of_memory_retry"], extra["out_of_memory_peak"] = change, first_peak
         job.set_status("running")
         try:
             data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra)
@@ -154,7 +154,7 @@ def render(
                    f"{budget_text(pipeline)}, {peak}. Last error: {oom}")
             job.set_status("failed", msg)
             raise OutOfMemoryFailure(msg)
-        change = more_conservative(pipeline)
+        change, first_peak = more_conservative(pipeline), peak
         logger.warning("out of memory (%s; %s); retrying from the last checkpoint: %s", oom, peak, change)
         reset_peak(pipeline)
     raise AssertionError("unreachable")

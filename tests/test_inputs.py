@@ -280,12 +280,6 @@ def test_hunyuan_preview_is_framepacks_fixed_map_without_the_vae(hunyuan):
     assert LATENT_RGB_BIAS == (0.0259, -0.0192, -0.0761) and len(LATENT_RGB_FACTORS) == 16
 
 
-def test_preview_phase_needs_no_weights():
-    from framepack_history.memory.manager import PHASE_NEEDS
-
-    assert PHASE_NEEDS.get("preview", ()) == ()
-
-
 # ---------------------------------------------------------------------- CLI
 def test_cli_start_frame_and_bad_sizes_exit_2(tmp_path, capsys):
     from framepack_history.cli import main

@@ -6,8 +6,9 @@
   text-encoder quantisation, VAE tiling) that fits the :class:`Budget`;
 * :mod:`.streaming` / :mod:`.manager` — which tensors move: DiT blocks
   streamed from pinned host memory one block ahead of the computation,
-  components loaded for their phase and evicted after, and a residency
-  ledger that measures what sat on the device;
+  components made resident by hooks when their code runs and evicted when
+  the room is needed, and a residency ledger that measures what sat on the
+  device (strict mode: a module run off the device raises);
 * :mod:`.measure` — live tensor bytes without a GPU (also on ``meta``).
 
 Names are imported on first use, so ``import framepack_history.memory`` stays cheap.

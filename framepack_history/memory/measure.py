@@ -13,7 +13,10 @@ Two things a meta trace cannot know are made explicit:
   takes the math path and materialises ``N x N`` scores, while the GPU runs a
   fused kernel whose memory is linear in ``N``. With ``fused_attention=True``
   SDPA is replaced during the trace by its fused-kernel footprint: an output
-  like the query plus a float32 log-sum-exp row per head;
+  like the query plus a float32 log-sum-exp row per head. The swap is a
+  :class:`~torch.overrides.TorchFunctionMode`, which (like the dispatch mode)
+  is thread-local: a plan made on the page's thread never touches the
+  attention of a job denoising on the worker's thread;
 * data-dependent scalars (``.item()`` of a meta tensor, e.g. a text-length crop)
   are answered with ``scalar``.
 
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from typing_extensions import Self
@@ -47,6 +51,15 @@ def _fused_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *ar
     return out
 
 
+class FusedAttention(TorchFunctionMode):
+    """Within the block, on this thread only, SDPA calls allocate what a fused kernel would (see module doc)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is F.scaled_dot_product_attention:
+            return _fused_sdpa(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
 class LiveBytes(TorchDispatchMode):
     """Tracks bytes of tensor storages allocated inside the block: ``live`` now, ``peak`` at most."""
 
@@ -57,17 +70,20 @@ class LiveBytes(TorchDispatchMode):
         self.scalar = scalar
         self.fused_attention = fused_attention
         self._sizes: dict[int, int] = {}
-        self._sdpa: Callable | None = None
+        self._attention: FusedAttention | None = None
 
     def __enter__(self) -> Self:
-        if self.fused_attention:
-            self._sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, _fused_sdpa
+        if self.fused_attention:  # a thread-local mode, never a process-wide replacement of SDPA
+            self._attention = FusedAttention()
+            self._attention.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        if self._sdpa is not None:
-            F.scaled_dot_product_attention, self._sdpa = self._sdpa, None
-        return super().__exit__(*exc)
+        out = super().__exit__(*exc)
+        if self._attention is not None:
+            self._attention.__exit__(*exc)
+            self._attention = None
+        return out
 
     def reset_peak(self) -> None:
         self.peak = self.live

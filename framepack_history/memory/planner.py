@@ -290,18 +290,18 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         a = tact + (_largest_linear(llama) if kind in ("nf4", "int8") else 0)  # dequantised weight in flight
         staged = module_bytes(llama) if kind == "streamed" else max(p.numel() * p.element_size() for p in llama.parameters())
         rows.append(PhasePlan("text_encode", wt + a, overhead + staged + (wt + a if on_cpu else 0), 0,
-                              f"llama {kind}, clip resident; evicted after (embeddings cached)", None, wt, a))
+                              f"llama {kind}, clip; evicted when the room is needed (embeddings cached on the host)", None, wt, a))
     if image:
         wt = module_bytes(comps.image)
         px = torch.empty(1, 3, comps.image_size, comps.image_size, device="meta", dtype=bb.dtype)
         a = cached_trace(comps, ("image",), lambda: trace_peak(lambda: comps.image(pixel_values=px)))
         rows.append(PhasePlan("image_encode", wt + a, overhead + wt + (a if on_cpu else 0), 0,
-                              "siglip loaded for the phase, then evicted", None, wt, a))
+                              "siglip loaded on call, evicted when the room is needed", None, wt, a))
     if start_image:
         px = torch.empty(1, 3, 1, v.height, v.width, device="meta")
         a = cached_trace(comps, ("vae_encode", v.height, v.width, tiling), lambda: vae_encode_activation(comps, px, tiling))
         rows.append(PhasePlan("vae_encode", vae_b + a, overhead + vae_b + (a if on_cpu else 0), hist(frames[0]),
-                              "vae loaded for the phase", None, vae_b, a))
+                              "vae loaded on call", None, vae_b, a))
     all_w = weights_dev + stream_host + vae_b + enc_b
     for s in range(sections):
         act_s = decode_activation(s, tiling) if span(s) != span(sections - 1) else decode_act

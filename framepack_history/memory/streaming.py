@@ -59,10 +59,10 @@ class Residency:
         else:
             self.modules[name] = module
 
-    def resident_bytes(self) -> int:
-        """Bytes of distinct device storages among every tracked module's weights."""
+    def resident_bytes(self, names: Iterable[str] | None = None) -> int:
+        """Bytes of distinct device storages among the tracked modules' weights (``names``, or all)."""
         seen: dict[int, int] = {}
-        for m in self.modules.values():
+        for m in (self.modules.values() if names is None else [self.modules[n] for n in names if n in self.modules]):
             for t in (*m.parameters(), *m.buffers(), *quant_state_tensors(m)):
                 if t.device.type != "meta" and self.is_resident(t):
                     s = t.untyped_storage()
@@ -172,12 +172,13 @@ class BlockStreamer:
     """
 
     def __init__(self, transformer: nn.Module, resident: Iterable[int], residency: Residency,
-                 use_stream: bool | None = None, name: str = "transformer") -> None:
+                 use_stream: bool | None = None, name: str = "transformer", prefetch: bool = True) -> None:
         from .components import transformer_blocks
 
         self.residency = residency
         self.blocks = transformer_blocks(transformer)
         self.resident = set(resident)
+        self.prefetch = prefetch  # False: one streamed block on the device at a time (after an out-of-memory error)
         stem = [m for name, m in transformer.named_children() if not isinstance(m, nn.ModuleList)]
         own = [t for t in (*transformer._parameters.values(), *transformer._buffers.values()) if t is not None]
         self.stem = WeightGroup.of("stem", stem, residency, keep_host=False, extra=own)
@@ -231,6 +232,11 @@ class BlockStreamer:
             self.groups[i].wait()
 
     @property
+    def resident_bytes(self) -> int:
+        """Stem + resident blocks: what stays on the device between sections."""
+        return self.stem.nbytes() + sum(self.groups[i].nbytes() for i in self.resident)
+
+    @property
     def streamed_bytes(self) -> int:
         return sum(self.groups[i].nbytes() for i in self.order)
 
@@ -243,7 +249,7 @@ class BlockStreamer:
             group = self.groups[self.order[pos]]
             group.onload(self.stream)  # no-op when the previous block prefetched it
             group.wait()
-            if len(self.order) > 1:
+            if len(self.order) > 1 and self.prefetch:
                 back = self._done.pop((pos - 1) % len(self.order), None)
                 if back is not None:
                     back.synchronize()  # the block before this one is done: its memory is free to reuse
