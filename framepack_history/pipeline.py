@@ -97,7 +97,7 @@ class MemoryHooks(Protocol):
     def phase(self, name: str, section: int | None = None) -> AbstractContextManager: ...
 
     # optional: ``watch(module)`` (an always-resident module, e.g. the history encoder) and
-    # ``prepare(preset, seconds, *, history_mode, rate, start_image)`` (a plan for the request)
+    # ``prepare(preset, seconds, *, history_mode, rate, start_image, size)`` (a plan for the request)
 
 
 # --------------------------------------------------------------- generation
@@ -173,8 +173,9 @@ class Pipeline:
         gen = Generation(request, board, self.sections_for(request.seconds), history)
         if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
             rate = None if self.encoder is None else self.encoder.config.rate
-            starts = bool(request.image or request.continue_video) or self.backbone.name == "toy"
-            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts)
+            # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
+            starts = bool(request.image or request.continue_video or request.start_frame)
+            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)

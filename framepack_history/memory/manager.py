@@ -306,12 +306,13 @@ class MemoryManager:
             self.residency.sample(f"{name} end")
 
     # ------------------------------------------------------------- planning
-    def prepare(self, preset: Any, seconds: float, *, history_mode: str, rate: str | None, start_image: bool) -> str:
+    def prepare(self, preset: Any, seconds: float, *, history_mode: str, rate: str | None, start_image: bool,
+                size: tuple[int, int] | None = None) -> str:
         """Plan this request; switch to a more conservative strategy if it needs more than the current one.
 
         Returns what changed ("" when the current strategy already covers it).
         """
-        p = plan(preset, seconds, history_mode=history_mode, rate=rate, start_image=start_image,
+        p = plan(preset, seconds, history_mode=history_mode, rate=rate, start_image=start_image, size=size,
                  text_encoder_quantization=self.plan.strategy.text_encoder, budget=self.plan.budget)
         cur, new = self.plan.strategy, p.strategy
         resident = lambda st: sum(self.streamer.groups[i].nbytes() for i in st.resident)  # noqa: E731
