@@ -47,6 +47,16 @@ SECONDS = 1.0  # two sections
 STORYBOARD = "0s: a red circle moves left; 0.5s: a blue square holds still"
 
 
+@pytest.fixture
+def start_image(tmp_path):
+    """A square start image: its resolution bucket is the preset's 64x64, the size the tight plans are made for."""
+    from PIL import Image
+
+    path = tmp_path / "square.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The tiny model saved like the hub repos, and its preset."""
