@@ -130,6 +130,10 @@ class MemoryManager:
             backbone.enable_vae_tiling()
         self.groups: dict[str, WeightGroup] = {}
         self.streamers: dict[str, BlockStreamer] = {}  # components streamed layer by layer (text encoder)
+        for name, ph in (("text_encoder", "text_encode"), ("image_encoder", "image_encode")):
+            planned = [r.weights_bytes for r in plan if r.phase == ph]  # room to make before the first build
+            if planned:
+                self._expected[name] = max(planned)
         for name in COMPONENTS:
             self._adopt(name)
         for name in COMPONENTS:
