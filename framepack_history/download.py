@@ -344,3 +344,95 @@ def local_preset(preset_path: str | Path, plan: Plan, spec: ModelSpec) -> Path:
     out = plan.local_dir / Path(preset_path).name
     out.write_text(text, encoding="utf-8")
     return out
+
+
+# ------------------------------------------------------------------ the page
+@dataclass
+class DownloadState:
+    """What the page shows for one preset's download."""
+
+    status: str = "idle"  # idle | running | done | failed
+    done: int = 0
+    total: int = 0
+    file: str = ""
+    files_done: int = 0
+    files_total: int = 0
+    message: str = ""
+
+
+class Downloader:
+    """One download at a time, in its own thread; the page starts it and polls :meth:`state`.
+
+    Not the worker: a download moves bytes to the disk and never touches the device.
+    """
+
+    PLAN_TTL_S = 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, DownloadState] = {}
+        self._plans: dict[tuple[str, str], tuple[float, Plan]] = {}
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+
+    def plan(self, spec: ModelSpec, preset: str, fresh: bool = False) -> Plan:
+        """The preset's file list and sizes (cached a few minutes: the page asks on every preset change)."""
+        key = (preset, str(cache_dir()))
+        with self._lock:
+            hit = self._plans.get(key)
+        if hit and not fresh and time.monotonic() - hit[0] < self.PLAN_TTL_S:
+            return hit[1]
+        plan = make_plan(spec, preset)
+        with self._lock:
+            self._plans[key] = (time.monotonic(), plan)
+        return plan
+
+    def state(self, preset: str) -> DownloadState:
+        with self._lock:
+            s = self._states.get(preset) or DownloadState()
+            return DownloadState(**vars(s))
+
+    def busy(self) -> str | None:
+        """The preset being downloaded, if any."""
+        with self._lock:
+            return next((p for p, s in self._states.items() if s.status == "running"), None)
+
+    def start(self, spec: ModelSpec, preset: str) -> DownloadState:
+        """Start downloading ``preset``'s missing files; a second preset waits for the first."""
+        with self._lock:
+            running = next((p for p, s in self._states.items() if s.status == "running"), None)
+            if running == preset:
+                return DownloadState(**vars(self._states[preset]))
+            if running is not None:
+                raise DownloadError(f"{running} is downloading; wait for it to finish")
+            self._states[preset] = DownloadState(status="running", message="listing files")
+            self._cancel.clear()
+            self._thread = threading.Thread(target=self._run, args=(spec, preset), name="framepack-download", daemon=True)
+            self._thread.start()
+        return self.state(preset)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _set(self, preset: str, **changes: object) -> None:
+        with self._lock:
+            s = self._states.setdefault(preset, DownloadState())
+            for k, v in changes.items():
+                setattr(s, k, v)
+
+    def _run(self, spec: ModelSpec, preset: str) -> None:
+        try:
+            plan = self.plan(spec, preset, fresh=True)
+            check_disk(plan)
+            self._set(preset, total=plan.todo, files_total=sum(not f.done for f in plan.files), message="")
+
+            def on_progress(p: Progress) -> None:
+                self._set(preset, done=p.done, file=p.file, files_done=p.files_done)
+
+            fetch(plan, on_progress, self._cancel)
+        except DownloadError as e:
+            self._set(preset, status="failed", message=str(e))
+        except Exception as e:  # noqa: BLE001 (the page must hear about anything)
+            self._set(preset, status="failed", message=f"{type(e).__name__}: {e}")
+        else:
+            self._set(preset, status="done", message="")

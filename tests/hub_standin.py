@@ -24,6 +24,30 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
+#: the repos of tests/presets/tiny-hub.toml
+F1, BASE, REDUX = "tiny/framepack-f1", "tiny/hunyuanvideo", "tiny/redux"
+
+
+def save_tiny_repos(root: Path) -> None:
+    """The tiny model's components in hub layout, plus decoys that no preset needs."""
+    from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
+
+    bb = HunyuanFramepackBackbone.tiny(seed=3)
+    bb.transformer.save_pretrained(root / F1)
+    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
+        getattr(bb, name).save_pretrained(root / BASE / name)
+    bb.image_encoder.save_pretrained(root / REDUX / "image_encoder")
+    bb.feature_extractor.save_pretrained(root / REDUX / "feature_extractor")
+    # decoys: pickles, another model's folder, docs
+    (root / BASE / "text_encoder" / "pytorch_model.bin").write_bytes(b"\x80\x04pickle" * 100)
+    bb.transformer.save_pretrained(root / BASE / "transformer")
+    (root / BASE / "model_index.json").write_text("{}")
+    (root / REDUX / "image_embedder").mkdir()
+    (root / REDUX / "image_embedder" / "config.json").write_text("{}")
+    (root / F1 / "README.md").write_text("tiny")
+    (root / F1 / "notes.pt").write_bytes(b"\x80\x04" * 10)
+
+
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 

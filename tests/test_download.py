@@ -18,33 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_standin import HubStandIn
+from tests.hub_standin import BASE, F1, REDUX, HubStandIn, save_tiny_repos
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "tests" / "presets" / "tiny-hub.toml"
-F1, BASE, REDUX = "tiny/framepack-f1", "tiny/hunyuanvideo", "tiny/redux"
 WEIGHTS = f"{F1}/diffusion_pytorch_model.safetensors"
 NEVER = ("pytorch_model.bin", "transformer/", "image_embedder/", "README.md", "model_index.json", "notes.pt")
-
-
-def save_tiny_repos(root: Path) -> None:
-    """The tiny model's components in hub layout, plus decoys that no preset needs."""
-    from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
-
-    bb = HunyuanFramepackBackbone.tiny(seed=3)
-    bb.transformer.save_pretrained(root / F1)
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(bb, name).save_pretrained(root / BASE / name)
-    bb.image_encoder.save_pretrained(root / REDUX / "image_encoder")
-    bb.feature_extractor.save_pretrained(root / REDUX / "feature_extractor")
-    # decoys: pickles, another model's folder, docs
-    (root / BASE / "text_encoder" / "pytorch_model.bin").write_bytes(b"\x80\x04pickle" * 100)
-    bb.transformer.save_pretrained(root / BASE / "transformer")
-    (root / BASE / "model_index.json").write_text("{}")
-    (root / REDUX / "image_embedder").mkdir()
-    (root / REDUX / "image_embedder" / "config.json").write_text("{}")
-    (root / F1 / "README.md").write_text("tiny")
-    (root / F1 / "notes.pt").write_bytes(b"\x80\x04" * 10)
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +164,52 @@ def test_offline_and_unreachable_name_what_is_missing_and_the_command(hub, tmp_p
 def test_presets_without_hub_weights_need_nothing(tmp_path):
     r = run("http://127.0.0.1:9", tmp_path / "hf", "download", "--preset", "toy-cpu")
     assert r.returncode == 0 and "needs no download" in r.stdout
+
+
+@pytest.fixture
+def online(hub, tmp_path, monkeypatch):
+    """This test only: the stand-in hub, a fresh cache, offline mode off (huggingface_hub read it at import)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    return hub
+
+
+def test_progress_reports_every_file_and_ends_at_the_total(online, repos, tmp_path):
+    from framepack_history.config import load_preset
+    from framepack_history.download import check_disk, fetch, make_plan
+    from framepack_history.hub import missing
+
+    spec = load_preset(PRESET).model
+    plan = make_plan(spec, str(PRESET))
+    check_disk(plan)
+    wanted = wanted_files(repos)
+    assert plan.todo == plan.total == sum(p.stat().st_size for p in wanted.values())
+    seen = []
+    fetch(plan, lambda p: seen.append((p.done, p.files_done, p.file, p.file_done, p.file_size)))
+    assert [d for d, *_ in seen] == sorted(d for d, *_ in seen) and seen[-1][:2] == (plan.total, len(wanted))
+    assert {f for _, _, f, _, _ in seen} == set(wanted)
+    assert all(0 <= fd <= fs for *_, fd, fs in seen)
+    assert missing(spec, cache_dir=str(tmp_path / "cache")) == []
+
+
+def test_the_page_downloader_runs_in_its_own_thread(online, tmp_path):
+    import time
+
+    from framepack_history.config import load_preset
+    from framepack_history.download import Downloader, DownloadError
+
+    spec = load_preset(PRESET).model
+    d = Downloader()
+    assert d.state("p").status == "idle"
+    d.start(spec, "p")
+    with pytest.raises(DownloadError, match="p is downloading"):  # a second preset waits for the first
+        d.start(spec, "q")
+    deadline = time.time() + 60
+    while d.state("p").status == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    s = d.state("p")
+    assert s.status == "done" and s.done == s.total > 0 and s.files_done == s.files_total == 15, s
