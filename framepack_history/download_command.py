@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if plan.local_dir is not None:
         copy = local_preset(preset.path, plan, preset.model)
-        print(f"done: {plan.local_dir}; start with `python app.py --preset {copy}`")
+        print(f"done: {plan.local_dir}; start with `{hub.python()} app.py --preset {copy}`")
     else:
-        print(f"done: {preset.name}'s weights are in {plan.target}; start with `python app.py --preset {args.preset}`")
+        print(f"done: {preset.name}'s weights are in {plan.target}; start with `{hub.python()} app.py --preset {args.preset}`")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -129,8 +130,18 @@ def preset_ref(spec: ModelSpec) -> str:
     return "YOUR_PRESET.toml"
 
 
+def python() -> str:
+    """How to call this interpreter in a printed command: ``.venv/bin/python`` inside the project's environment."""
+    from .config import ROOT
+
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        return "python"
+    exe = Path(sys.executable)
+    return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
+
+
 def download_command(preset: str) -> str:
-    return f"python -m framepack_history download --preset {preset}"
+    return f"{python()} -m framepack_history download --preset {preset}"
 
 
 def missing_message(spec: ModelSpec, gone: list[Component], preset: str | None = None) -> str:

@@ -74,7 +74,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         # the first screen: which preset runs, what it needs (weights, with a Download button), what to do next
         weights = WeightsPanel()
         with gr.Group(elem_id="fph-first"):
-            first_md = gr.Markdown(elem_id="fph-weights", padding=True)
+            first_md = gr.Markdown(weights.view(default_preset, sizes=False)[0], elem_id="fph-weights", padding=True)
             download = gr.Button("Download", visible=False, variant="primary", elem_id="fph-download")
             download_progress = gr.HTML("", elem_id="fph-download-progress")
         with gr.Row(equal_height=False):

@@ -37,8 +37,11 @@ class WeightsPanel:
     def __init__(self, downloader: Downloader | None = None) -> None:
         self.downloads = downloader or Downloader()
 
-    def view(self, preset_ref: str) -> tuple[str, Any]:
-        """(first-screen markdown, Download button update) for ``preset_ref``."""
+    def view(self, preset_ref: str, sizes: bool = True) -> tuple[str, Any]:
+        """(first-screen markdown, Download button update) for ``preset_ref``.
+
+        ``sizes=False`` stays off the network (the page's first paint); the load event then asks the hub.
+        """
         try:
             preset = load_preset(preset_ref)
         except InputError as e:
@@ -56,6 +59,8 @@ class WeightsPanel:
             return f"{head}\n\nWeights: downloading…", gr.update(visible=True, interactive=False, value="Downloading…")
         names = ", ".join(f"{c.name}" for c in gone)
         cmd = f"`{hub.download_command(preset_ref)}`"
+        if not sizes:
+            return f"{head}\n\nWeights **not downloaded**: {names} (asking the hub for their size…).", gr.update(visible=False)
         try:
             plan = self.downloads.plan(preset.model, preset_ref)
         except DownloadError as e:
