@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import ModelSpec, Preset, available_presets, load_preset, resolve_path
+from .config import ModelSpec, available_presets, load_preset, resolve_path
 
 #: what a component's folder may hold that we fetch: configs, tokenizers, safetensors (never .bin/.pt/.ckpt)
 WANTED_SUFFIXES = (".json", ".safetensors", ".txt")

@@ -79,7 +79,8 @@ def test_first_screen_download_button_then_a_video(app):
         expect(first).to_contain_text("Preset tiny-hub runs on the CPU")
         expect(first).to_contain_text("not downloaded")
         expect(first).to_contain_text(f"{human(wanted)} to fetch", timeout=60_000)
-        expect(first).to_contain_text(re.compile(r"python -m framepack_history download --preset \S*tests/presets/tiny-hub\.toml"))
+        command = re.compile(r"python -m framepack_history download --preset \S*tests/presets/tiny-hub\.toml")
+        expect(first).to_contain_text(command)
         button = page.locator("#fph-download")
         expect(button).to_be_visible()
 
