@@ -159,7 +159,6 @@ def start(args: argparse.Namespace):
     atexit.register(shutil.rmtree, temp, True)
     os.environ["GRADIO_TEMP_DIR"] = temp
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import gradio as gr
 

@@ -30,12 +30,13 @@ def geometry_from_configs(preset: Preset) -> LatentGeometry:
         return LatentGeometry(vae_cfg["latent_channels"], vae_cfg["spatial_scale"], 1, False,
                               tuple(dit_cfg["patch_size"]), dit_cfg["hidden_size"])
     import torch
-    from accelerate import init_empty_weights
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     cfg = json.loads(F1_CONFIG.read_text()) if m.weights else {}
     cfg = {k: v for k, v in {**cfg, **m.config.get("transformer", {})}.items() if not k.startswith("_")}
-    with init_empty_weights():
+    # torch.device("meta") holds for this thread only; accelerate's init_empty_weights patches every
+    # nn.Module of the process, so a model the worker loads at the same moment would come out empty.
+    with torch.device("meta"):
         t = HunyuanVideoFramepackTransformer3DModel.from_config(cfg)
     assert next(t.parameters()).device == torch.device("meta")
     c = t.config

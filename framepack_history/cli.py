@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .memory.command import add_parser as add_plan_parser
 
     add_plan_parser(sub)  # plan: predicted memory per phase
+    from .download_command import add_parser as add_download_parser
+
+    add_download_parser(sub)  # download: a preset's weights
     return p
 
 
@@ -109,6 +112,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         preset.hardware.device = str(check_device(args.device, "--device"))
     request = _request(args)
     request.validate(preset)  # fail fast, before any weights load
+    from . import hub
+
+    if gone := hub.missing(preset.model):  # never a silent multi-GB download: say how to get them
+        raise InputError("--preset", hub.missing_message(preset.model, gone, args.preset))
     rate = args.encoder_rate
     if rate is not None and rate not in preset.model.encoder_rates:
         raise InputError("--encoder-rate", f"{rate!r} is not offered by {preset.name} (choices: {', '.join(preset.model.encoder_rates)})")
@@ -243,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .training.commands import COMMANDS as training_commands
 
+        from .download_command import run as cmd_download
         from .memory.command import run as cmd_plan
 
-        return {"generate": cmd_generate, "resume": cmd_resume, "inspect": cmd_inspect, "plan": cmd_plan, **training_commands}[args.command](args)
+        return {"generate": cmd_generate, "resume": cmd_resume, "inspect": cmd_inspect, "plan": cmd_plan,
+                "download": cmd_download, **training_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)

@@ -6,13 +6,11 @@ loaded at import time: the worker calls these when a job first needs them.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from . import hub
 from .backbones.base import Backbone, WeightsNotFoundError, place
 from .config import InputError, ModelSpec, Preset, resolve_path
 from .device import torch_dtype as dtype_named
@@ -37,17 +35,6 @@ def check_device(device: str | torch.device, field: str = "--device") -> torch.d
     return dev
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers at all (one TCP connect, no retries)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str = "float32", **hub_kwargs) -> Backbone:
     """The preset's backbone, from weights if given, else random weights from ``spec.config``.
 
@@ -69,16 +56,18 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
 
         if not spec.weights:
             return HunyuanFramepackBackbone.tiny(seed=spec.seed, device=device, dtype=torch_dtype, **spec.config)
-        # Without a network, the hub client retries every file for half a minute before failing;
-        # a single connect decides it up front, so missing weights fail at once with a clear message.
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"} or not hub_reachable()
+        # Loading never downloads (a job must not start a silent multi-GB download): what is missing
+        # fails at once, naming the `download` command that fetches it.
+        gone = hub.missing(spec)
+        if gone:
+            raise WeightsNotFoundError(hub.missing_message(spec, gone))
         return HunyuanFramepackBackbone.from_pretrained(
             transformer=resolve_path(spec.weights),
             base=resolve_path(spec.components.get("base", "hunyuanvideo-community/HunyuanVideo")),
             image_encoder=resolve_path(spec.components.get("image_encoder", "lllyasviel/flux_redux_bfl")),
             device=device,
             dtype=torch_dtype,
-            local_files_only=offline,
+            local_files_only=True,
             **hub_kwargs,
         )
     raise ValueError(f"unknown backbone {spec.backbone!r}")

@@ -296,7 +296,8 @@ def test_missing_hub_weights_fail_fast_without_network(tmp_path):
     r = subprocess.run([sys.executable, "-m", "framepack_history", "generate", "--preset", str(preset), "--device", "cpu",
                         "--prompt", "a", "--seconds", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "download them or point to a local folder" in r.stderr and "Retrying" not in r.stderr
+    assert f"python -m framepack_history download --preset {preset}" in r.stderr and "Retrying" not in r.stderr
+    assert "nobody/no-such-weights" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 60
 

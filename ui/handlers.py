@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 
+from framepack_history import hub
 from framepack_history.config import START_FRAMES, GenerationRequest, InputError, load_preset
 from framepack_history.jobs import TERMINAL, Job, JobSpec, Worker, past_results, plan_lines
 from framepack_history.video import concat_segments
@@ -108,7 +109,11 @@ class Handlers:
 
     def submit(self, *values: Any) -> Job:
         try:
-            return self.worker.submit(self.spec(*values))
+            spec = self.spec(*values)
+            model = load_preset(spec.preset).model
+            if gone := hub.missing(model):  # a job never starts a silent multi-GB download
+                raise InputError("weights", hub.missing_message(model, gone, spec.preset))
+            return self.worker.submit(spec)
         except InputError as e:
             raise gr.Error(f"{e.field.lstrip('-')}: {e.message}", title="Can't start this job") from None
 

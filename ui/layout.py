@@ -18,6 +18,7 @@ from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_
 from framepack_history.jobs import Worker
 
 from .handlers import START_FRAME_LABELS, Handlers, random_seed
+from .weights import WeightsPanel
 
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
 
@@ -70,6 +71,12 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         seen = gr.State(None)
         gr.Markdown("## FramePack History · long video, section by section\n"
                     "Every finished section plays at once; the whole past is kept as a short history embedding.")
+        # the first screen: which preset runs, what it needs (weights, with a Download button), what to do next
+        weights = WeightsPanel()
+        with gr.Group(elem_id="fph-first"):
+            first_md = gr.Markdown(weights.view(default_preset, sizes=False)[0], elem_id="fph-weights", padding=True)
+            download = gr.Button("Download", visible=False, variant="primary", elem_id="fph-download")
+            download_progress = gr.HTML("", elem_id="fph-download-progress")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 prompt = gr.Textbox(label="Prompt or storyboard", lines=3, max_length=2000, info=STORYBOARD_HINT,
@@ -174,6 +181,13 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):
             event(h.preview_plan, plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **private)
+
+        # -- the first screen follows the preset; Download runs beside the worker and reports progress
+        first = [first_md, download, download_progress]
+        for event in (demo.load, preset_dd.change):
+            event(weights.follow, [preset_dd], first, concurrency_limit=None, show_progress="hidden", **private)
+        fetching = download.click(weights.start, [preset_dd], None, concurrency_limit=None, **private)
+        fetching.success(weights.follow, [preset_dd], first, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- HTTP API (gradio_client): generate / cancel / status
         api_button = gr.Button(visible=False)

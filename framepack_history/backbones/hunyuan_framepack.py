@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
+from framepack_history import hub
 from framepack_history.backbones.base import (
     Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, WeightsNotFoundError, place,
 )
@@ -71,10 +71,7 @@ def _default_template() -> dict[str, Any]:
 
 
 def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return local_files_only
-    # Read at call time (huggingface_hub reads it once at import).
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+    return local_files_only if local_files_only is not None else hub.offline()
 
 
 def _is_hub_id(source: str) -> bool:

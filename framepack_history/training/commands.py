@@ -27,10 +27,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Train: python -m framepack_history train vae|stage1|stage2 --config FILE [--key value ...]")
     t.add_argument("stage", choices=("vae", "stage1", "stage2"))
     t.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
+    t.set_defaults(help_parser=t)
     e = sub.add_parser("eval", help="retrieval PSNR/SSIM or revisit consistency of trained runs",
                        description="Evaluate: python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]")
     e.add_argument("metric", choices=("retrieval", "revisit"))
     e.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
+    e.set_defaults(help_parser=e)
+
+
+def _wants_help(args: argparse.Namespace) -> bool:
+    """``--help`` after the stage lands in the overrides (REMAINDER); it still means help."""
+    return any(a in ("-h", "--help") for a in args.overrides)
+
+
+def _help(args: argparse.Namespace, cls: type) -> int:
+    """The subcommand's usage plus every config key with its default (exit status 0)."""
+    import dataclasses
+
+    def keys(obj: object, prefix: str = "") -> list[str]:
+        rows = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                rows += keys(value, f"{prefix}{f.name}.")
+            else:
+                rows.append(f"  --{prefix}{f.name} {value!r}")
+        return rows
+
+    print(args.help_parser.format_help().rstrip())
+    print("\nconfig keys (defaults; a --config file or --key value overrides them):")
+    print("\n".join(keys(cls())))
+    return 0
 
 
 def _split(args: argparse.Namespace) -> tuple[str | None, dict]:
@@ -44,6 +71,8 @@ def _split(args: argparse.Namespace) -> tuple[str | None, dict]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .common import TrainConfig, check_train_config, load_config
 
+    if _wants_help(args):
+        return _help(args, TrainConfig)
     path, over = _split(args)
     cfg = load_config(TrainConfig, path, over)
     if cfg.stage and cfg.stage != args.stage:
@@ -66,6 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .common import load_config
     from .evaluate import EvalConfig, check_eval_config
 
+    if _wants_help(args):
+        return _help(args, EvalConfig)
     path, over = _split(args)
     cfg = check_eval_config(load_config(EvalConfig, path, over))
     if args.metric == "retrieval":
