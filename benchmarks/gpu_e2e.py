@@ -173,7 +173,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
-    from framepack_history.pipeline import Pipeline, SectionDone, to_pixels
+    from framepack_history.pipeline import Pipeline, SectionDone
 
     if args.tiny:
         preset = load_preset(TINY)

@@ -233,7 +233,7 @@ def test_resume_recreates_the_held_back_tail(folders, backbone, runs, tmp_path) 
     """Checkpoint after section 1, restore into a fresh generation (no held tail): the same frames follow."""
     from framepack_history.checkpoint import JobDir
 
-    pipe, gen = runs["pipe"], runs["gen"]
+    gen = runs["gen"]
     request = gen.request
     job = JobDir(tmp_path / "job")
     job.create(request, folders["preset"], out=tmp_path / "v.mp4")
