@@ -285,19 +285,22 @@ def test_cancel_keeps_the_held_back_tail(folders, backbone, runs, tmp_path) -> N
 
 
 def test_encoder_mode_in_the_loop(folders, backbone) -> None:
-    """Text-to-video, 2 sections: before any history the embedding is empty and ``encoder`` makes ``window``'s
-    section bit for bit; once section 0 is encoded, its tokens change section 1."""
+    """Text-to-video, 2 sections from the same seeded noise start latent: ``encoder`` reads that latent's
+    history tokens from section 0 on, so its sections differ from ``window``'s while the start is shared.
+    (An empty embedding leaving F1's context bit for bit: ``test_encoder_mode_is_window_plus_history_tokens``.)"""
     from dataclasses import replace
 
     from framepack_history.loading import build_encoder
 
     preset = folders["preset"]
     encoder = build_encoder(replace(preset.model, encoder_rate="2x2x2", encoder_channels=[8, 16, 16, 32]), backbone)
-    latents = {}
+    latents, tokens = {}, {}
     for mode in ("window", "encoder"):
         pipe = Pipeline(backbone, encoder, preset)
-        list(pipe.run(GenerationRequest(prompt=PROMPT, seconds=2 * 36 / 30, seed=5, history_mode=mode)))
+        events = list(pipe.run(GenerationRequest(prompt=PROMPT, seconds=2 * 36 / 30, seed=5, history_mode=mode)))
         latents[mode] = pipe.last_generation.history.latents
-    assert latents["window"].shape[2] == latents["encoder"].shape[2] == 18
-    assert torch.equal(latents["window"][:, :, :9], latents["encoder"][:, :, :9])
-    assert (latents["window"][:, :, 9:] - latents["encoder"][:, :, 9:]).abs().max() > 1e-4
+        tokens[mode] = [e.history_tokens for e in events if isinstance(e, SectionDone)]
+    assert latents["window"].shape[2] == latents["encoder"].shape[2] == 1 + 18  # the start latent, then 2 x 9
+    assert torch.equal(latents["window"][:, :, :1], latents["encoder"][:, :, :1])
+    assert tokens["window"] == [0, 0] and 0 < tokens["encoder"][0] < tokens["encoder"][1]
+    assert (latents["window"][:, :, 1:10] - latents["encoder"][:, :, 1:10]).abs().max() > 1e-4
