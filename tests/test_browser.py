@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,9 +16,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.app_process import ROOT, running_app  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -32,40 +30,13 @@ PLAYER = """() => { const v = document.querySelector('#fph-player video');
 pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("ffprobe")), reason="needs chromium and ffmpeg")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real app in a subprocess; yields its URL and outputs folder."""
-    port = free_port()
     outputs = tmp_path_factory.mktemp("outputs")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")  # noqa: SIM115 (outlives this block)
-    proc = subprocess.Popen([sys.executable, "app.py", "--preset", "tests/presets/tiny-toy.toml", "--port", str(port),
-                             "--outputs", str(outputs)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                proc.kill()
-                pytest.fail(f"app did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.5)
-    yield url, outputs
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_app("tests/presets/tiny-toy.toml", outputs, tmp_path_factory.mktemp("log") / "app.log", env) as url:
+        yield url, outputs
 
 
 @pytest.fixture(scope="module")

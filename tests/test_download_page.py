@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from tests.hub_standin import F1, HubStandIn, save_tiny_repos
-from tests.test_browser import ARGS, CHROMIUM, PLAYER, ROOT, free_port
+from tests.app_process import running_app
+from tests.test_browser import ARGS, CHROMIUM, PLAYER
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
@@ -34,32 +31,11 @@ def app(tmp_path_factory):
     home = tmp_path_factory.mktemp("hf")
     with HubStandIn(root) as hub:
         hub.cut[f"{F1}/diffusion_pytorch_model.safetensors"] = [4096]  # one cut connection on the way
-        port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
         env.update(GRADIO_ANALYTICS_ENABLED="False", HF_ENDPOINT=hub.url, HF_HOME=str(home), OMP_NUM_THREADS="1")
-        log = open(tmp_path_factory.mktemp("log") / "app.log", "w+")  # noqa: SIM115 (outlives this block)
-        proc = subprocess.Popen([sys.executable, "app.py", "--preset", "tests/presets/tiny-hub.toml", "--port", str(port),
-                                 "--outputs", str(tmp_path_factory.mktemp("outputs"))],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    proc.kill()
-                    pytest.fail(f"app did not start:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
-        yield url, hub, home
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with running_app("tests/presets/tiny-hub.toml", tmp_path_factory.mktemp("outputs"),
+                         tmp_path_factory.mktemp("log") / "app.log", env) as url:
+            yield url, hub, home
 
 
 def test_first_screen_download_button_then_a_video(app):
