@@ -92,7 +92,7 @@ class JobRunner:
             render(pipeline, spec.request, out, job.folder / "segments", on_event=progress.on_event,
                    on_step=progress.on_step, on_segment=progress.on_segment, job=jd)
         except Cancelled:
-            self._keep_partial(job, preset, progress.sections, job.progress.frames + progress.clock.context_frames)
+            self._keep_partial(job, preset, progress.sections)
             done = job.progress.sections_done
             store.update(job, status="cancelled", message=f"cancelled after {done} of {job.progress.sections_total} sections",
                          finished=time.time())
@@ -115,16 +115,20 @@ class JobRunner:
         self.store.update(job, status="failed", message=message, finished=time.time())
         record_status(jd, "failed", message)
 
-    def _keep_partial(self, job: Job, preset: Preset, sections: list[dict], frames: int) -> None:
-        """A cancelled job keeps what it finished: segments joined without re-encoding."""
+    def _keep_partial(self, job: Job, preset: Preset, sections: list[dict]) -> None:
+        """A cancelled job keeps what it finished: segments joined without re-encoding.
+
+        The frame count is read from the joined video: it holds the start frames and an overlap
+        tail that FramePack-F1's decode held back, which no section's progress counted.
+        """
         if not job.segments:
             return
         from .render import SegmentLog, sidecar
-        from .video import concat_segments, write_json
+        from .video import concat_segments, count_frames, write_json
 
         out = job.folder / "video.mp4"
         concat_segments(job.segments, out)
-        seg_log = SegmentLog(job.folder / "segments", preset.video.fps, list(job.segments), sections, frames)
+        seg_log = SegmentLog(job.folder / "segments", preset.video.fps, list(job.segments), sections, count_frames(out))
         write_json(sidecar(job.spec.request, preset, seg_log, {"cancelled": True, "video": str(out)}), out.with_suffix(".json"))
         self.store.update(job, video=out, sidecar=out.with_suffix(".json"))
 

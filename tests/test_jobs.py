@@ -73,7 +73,8 @@ def test_cancel_queued_and_running(worker):
     assert job.progress.sections_done < job.progress.sections_total
     # what was finished is kept: segments joined (no re-encode) and a sidecar that says so
     assert count_frames(job.video) == 1 + (len(job.segments) - 1) * FRAMES_PER_SECTION  # start frame + sections
-    assert json.loads(job.sidecar.read_text())["cancelled"] is True
+    side = json.loads(job.sidecar.read_text())
+    assert side["cancelled"] is True and side["frames"] == count_frames(job.video)
     assert queued.started is None
     # the worker goes on
     assert wait(worker, worker.submit(spec()).id).status == "done"
