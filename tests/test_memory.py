@@ -215,7 +215,7 @@ def test_quantised_text_encoder_runs_on_cpu(kind, tmp_path):
     pytest.importorskip("bitsandbytes")
     from transformers import LlamaConfig, LlamaModel
 
-    from framepack_history.backbones.hunyuan_framepack import text_encoder_quantization_config
+    from framepack_history.backbones.hunyuan_weights import text_encoder_quantization_config
 
     bb = load_backbone(load_preset(TINY_HUNYUAN).model)
     tok = bb.tokenizer

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,16 +36,16 @@ from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
-from framepack_history import hub
 from framepack_history.backbones.base import (
     Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, WeightsNotFoundError, place,
 )
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
+from framepack_history.backbones.hunyuan_weights import (
+    is_offline, load, load_frozen, locate, snapshot, text_encoder_quantization_config,
+)
 from framepack_history.sampling import f1_mu
 
 __all__ = ["HistoryFramepackTransformer3DModel", "HunyuanFramepackBackbone", "WeightsNotFoundError"]
-
-_HINT = "download them or point to a local folder"
 
 # Preview map of HunyuanVideo's 16 scaled latent channels to RGB in [0, 1], one RGB per latent pixel:
 # FramePack's ``vae_decode_fake`` (lllyasviel/FramePack, diffusers_helper/hunyuan.py), whose factors
@@ -68,84 +67,6 @@ def _default_template() -> dict[str, Any]:
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
 
     return dict(DEFAULT_PROMPT_TEMPLATE)
-
-
-def _offline(local_files_only: bool | None) -> bool:
-    return local_files_only if local_files_only is not None else hub.offline()
-
-
-def _is_hub_id(source: str) -> bool:
-    looks_like_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
-    return not looks_like_path and not Path(source).expanduser().exists()
-
-
-def _locate(
-    source: str, subfolder: str, marker: str, component: str, offline: bool, cache_dir: str | None
-) -> str | None:
-    """Local folder holding ``component``; ``None`` means "let the hub client fetch it".
-
-    Checked up front for every component, so a missing one fails in
-    milliseconds instead of after loading gigabytes (or retrying the hub).
-    """
-    if _is_hub_id(source):
-        if not offline:
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, f"{subfolder}/{marker}" if subfolder else marker, cache_dir=cache_dir)
-        if not isinstance(cached, str):
-            raise WeightsNotFoundError(
-                f"{component}: '{source}' (subfolder '{subfolder or '.'}') is not in the local Hugging Face cache "
-                f"and the hub is offline (HF_HUB_OFFLINE=1 / local_files_only); {_HINT}."
-            )
-        folder = Path(cached).parent
-    else:
-        folder = Path(source).expanduser() / subfolder
-    is_model = marker == "config.json"
-    if (folder / marker).is_file() and (not is_model or any(folder.glob("*.safetensors*"))):
-        return str(folder)
-    wanted = f"{marker} and *.safetensors" if is_model else marker
-    raise WeightsNotFoundError(f"{component}: no {wanted} in '{folder}' (from '{source}'); {_HINT}.")
-
-
-def _load(component: str, loader: Any, where: str | None, source: str, subfolder: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` from a located folder or the hub; missing files become ``WeightsNotFoundError``."""
-    try:
-        if where is not None:
-            return loader.from_pretrained(where, **kwargs)
-        return loader.from_pretrained(source, subfolder=subfolder or None, **kwargs)
-    except OSError as err:  # diffusers/transformers report missing files as OSError/EnvironmentError
-        if isinstance(err, WeightsNotFoundError):
-            raise
-        raise WeightsNotFoundError(f"{component}: could not load from '{source}': {err}; {_HINT}.") from err
-
-
-def text_encoder_quantization_config(kind: str | None, dtype: torch.dtype) -> Any:
-    """transformers' ``BitsAndBytesConfig`` for the LLaMA text encoder: ``"nf4"`` (4-bit, double
-    quantisation, ~0.53 byte/weight), ``"int8"`` (LLM.int8) or ``None`` (full precision).
-
-    Only ``nn.Linear`` weights are quantised; embeddings and norms keep ``dtype``.
-    """
-    if kind is None:
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if kind == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
-    if kind == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise ValueError(f"text_encoder_quantization must be 'nf4', 'int8' or None (got {kind!r})")
-
-
-def _load_frozen(*args: Any, **kwargs: Any) -> nn.Module:
-    return _load(*args, **kwargs).eval().requires_grad_(False)
-
-
-def _snapshot(source: str, cache_dir: str | None) -> str:
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(source, cache_dir=cache_dir, allow_patterns=["*.json", "*.safetensors"])
 
 
 # --- backbone ------------------------------------------------------------------------------------
@@ -433,7 +354,7 @@ class HunyuanFramepackBackbone(Backbone):
         """
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
-        offline = _offline(local_files_only)
+        offline = is_offline(local_files_only)
         cfg, tok, proc = "config.json", "tokenizer_config.json", "preprocessor_config.json"
         # name: (source, subfolder, marker file, loader, dtype keyword: diffusers vs transformers, None = no weights)
         specs = {
@@ -446,7 +367,7 @@ class HunyuanFramepackBackbone(Backbone):
             "image_encoder": (image_encoder, "image_encoder", cfg, SiglipVisionModel, "dtype"),
             "feature_extractor": (image_encoder, "feature_extractor", proc, AutoImageProcessor, None),
         }
-        where = {k: _locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
+        where = {k: locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
         parts: dict[str, Any] = {}
         lazy: dict[str, Any] = {}
         for k, (src, sub, _, loader, dtype_key) in specs.items():
@@ -458,14 +379,14 @@ class HunyuanFramepackBackbone(Backbone):
                 kw["device_map"] = {"": str(torch.device(device))}
             if offload and k in ("text_encoder", "text_encoder_2", "image_encoder"):
                 kw["device_map"] = {"": str(torch.device(device))}  # straight from the files to the device
-                lazy[k], parts[k] = functools.partial(_load_frozen, k, loader, where[k], src, sub, **kw), None
+                lazy[k], parts[k] = functools.partial(load_frozen, k, loader, where[k], src, sub, **kw), None
             elif offload and k == "transformer":
-                folder = where[k] or _snapshot(src, cache_dir)
+                folder = where[k] or snapshot(src, cache_dir)
                 with torch.device("meta"):
                     parts[k] = loader.from_config(loader.load_config(folder)).to(dtype)
                 lazy["transformer_folder"] = folder
             else:
-                parts[k] = _load(k, loader, where[k], src, sub, **kw)
+                parts[k] = load(k, loader, where[k], src, sub, **kw)
         bb = cls(**parts, device=device, dtype=dtype, offload=offload)
         if offload:
             bb.weight_folders["transformer"] = lazy.pop("transformer_folder")
