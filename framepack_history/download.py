@@ -336,7 +336,7 @@ def fetch(plan: Plan, on_progress: Callable[[Progress], None] | None = None,
     return prog
 
 
-def local_preset(preset_path: str | Path, plan: Plan, spec: ModelSpec) -> Path:
+def local_preset(preset_path: str | Path, plan: Plan) -> Path:
     """A copy of the preset that reads its weights from ``plan.local_dir`` (written beside them)."""
     text = Path(preset_path).read_text(encoding="utf-8")
     for repo in plan.commits:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
         return 130
     if plan.local_dir is not None:
-        copy = local_preset(preset.path, plan, preset.model)
+        copy = local_preset(preset.path, plan)
         print(f"done: {plan.local_dir}; start with `{hub.python()} app.py --preset {copy}`")
     else:
         print(f"done: {preset.name}'s weights are in {plan.target}; start with `{hub.python()} app.py --preset {args.preset}`")
