@@ -265,7 +265,7 @@ class JobDir:
         folder = self.root / CHUNKS
         stale = [*folder.glob("*")] if folder.is_dir() else []
         stale += [*self.root.glob("history-*.safetensors*"), *self.root.glob("tensors-*.safetensors*"),
-                  *self.root.glob(COND + "*")]
+                  *self.root.glob(COND + "*"), *self.root.glob("*.tmp")]  # a kill inside an atomic write
         for path in stale:
             if path.is_file() and path.relative_to(self.root).as_posix() not in keep:
                 path.unlink(missing_ok=True)
