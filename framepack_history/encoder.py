@@ -11,6 +11,12 @@ DiT's hidden space (arXiv 2512.23851):
   SiLU (time first, then space), 64->128->256->512 channels, spatial
   self-attention at 512, and a 1x1 projection to the hidden width, scaled by
   a zero-initialised gate so training starts from the LR branch alone.
+* Box branch (optional, ``use_box_branch``): one learned linear map of each
+  whole token box (a conv whose kernel and stride are the box), zero at
+  initialisation. Why: the FramePack-style large patchifier is exactly such
+  a map, and the LR branch is a fixed linear map of the same box (pool, then
+  patchify), so LR + box can represent the large patchifier and starts where
+  it starts (pool + patchify); the HR branch then only has to add to it.
 
 A rate ``HxWxT`` (e.g. ``4x4x2``) is relative to the DiT token grid: one
 history token summarises an ``H x W`` block of DiT tokens over ``T`` token
@@ -97,9 +103,10 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
         attention_heads: int = 8,
         use_lr_branch: bool = True,
         use_hr_branch: bool = True,
+        use_box_branch: bool = False,
     ) -> None:
         super().__init__()
-        if not (use_lr_branch or use_hr_branch):
+        if not (use_lr_branch or use_hr_branch or use_box_branch):
             raise ValueError("the history encoder needs at least one branch")
         rh, rw, rt = parse_rate(rate)
         pt, ph, pw = patch_size
@@ -134,6 +141,11 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             self.hr_proj = nn.Conv3d(ch, hidden_size, 1)
             # Zero gate: at initialisation the embedding is the LR branch alone.
             self.hr_gate = nn.Parameter(torch.zeros(hidden_size))
+        if use_box_branch:
+            # Built after the HR branch, so its initial weights match an encoder without it.
+            self.box_proj = nn.Conv3d(latent_channels, hidden_size, self.factor, stride=self.factor)
+            nn.init.zeros_(self.box_proj.weight)
+            nn.init.zeros_(self.box_proj.bias)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -194,6 +206,8 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             y = self.hr_attn(y)
             y = self.hr_proj(y) * self.hr_gate.view(1, -1, 1, 1, 1)
             out = out + y
+        if self.config.get("use_box_branch", False):
+            out = out + self.box_proj(x.to(self.dtype))
         return out.permute(0, 2, 3, 4, 1)  # [B, T', H', W', D]
 
     def positions(self, t_groups: int, h: int, w: int, t_start: int = 0) -> torch.Tensor:

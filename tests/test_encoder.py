@@ -168,3 +168,73 @@ def test_history_camera_track_moves_token_groups_and_survives_save_load(tmp_path
     torch.testing.assert_close(back.tokens()[1], pos)
     with pytest.raises(ValueError, match="track has 2 offsets for 3 latent frames"):
         state.append(torch.randn(1, 4, 3, 16, 16), track=torch.zeros(2))
+
+
+# ------------------------------------------------------------- box branch
+def test_old_config_loads_unchanged_and_gives_identical_outputs(tmp_path):
+    """A config saved before ``use_box_branch`` existed loads without the branch, with the same weights and outputs."""
+    import json
+
+    from framepack_history.config import ROOT
+
+    shipped = ROOT / "framepack_history" / "weights" / "toy" / "history_encoder"
+    assert "use_box_branch" not in json.loads((shipped / "config.json").read_text())
+    old = HistoryEncoder.load(shipped).eval()
+    assert not hasattr(old, "box_proj") and not any(k.startswith("box_") for k in old.state_dict())
+    cfg = {k: v for k, v in old.config.items() if not k.startswith("_") and k != "use_box_branch"}
+    new = HistoryEncoder(**cfg, use_box_branch=False).eval()
+    new.load_state_dict(old.state_dict(), strict=True)  # the same parameter set, nothing new
+    embed = nn.Conv3d(cfg["latent_channels"], cfg["hidden_size"], tuple(cfg["patch_size"]), stride=tuple(cfg["patch_size"]))
+    old.set_patch_embedding(embed)
+    new.set_patch_embedding(embed)
+    x = torch.randn(1, cfg["latent_channels"], 8, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(old(x), new(x))
+    # and a fresh encoder with the option off draws exactly the weights it drew before the option existed
+    a, b = make_encoder("2x2x2"), make_encoder("2x2x2", use_box_branch=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_box_branch_starts_at_zero_and_keeps_the_other_weights():
+    plain, box = make_encoder("2x2x2"), make_encoder("2x2x2", use_box_branch=True)
+    box.set_patch_embedding(plain._lr_embed[0])
+    for k, v in plain.state_dict().items():  # built after the HR branch: same initial HR weights
+        assert torch.equal(v, box.state_dict()[k]), k
+    x = torch.randn(1, 4, 4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(box(x), plain(x))
+        box.box_proj.weight.normal_()
+        assert (box(x) - plain(x)).abs().max() > 1e-3
+
+
+def test_box_branch_contains_the_large_patchifier():
+    """LR + box can be set to equal any large patchifier exactly (HR gate at zero)."""
+    from framepack_history.training.modeling import LargePatchifier
+
+    torch.manual_seed(3)
+    fp = LargePatchifier(latent_channels=4, hidden_size=32, patch_size=(1, 2, 2), rate="2x2x4")
+    torch.nn.init.normal_(fp.proj.weight, std=0.1)
+    enc = make_encoder("2x2x4", use_box_branch=True)
+    embed = enc._lr_embed[0]
+    with torch.no_grad():
+        enc.hr_gate.zero_()
+        lr_as_box = LargePatchifier(latent_channels=4, hidden_size=32, patch_size=(1, 2, 2), rate="2x2x4")
+        lr_as_box.init_from(embed)  # the LR branch (pool + patchify) written as one box kernel
+        enc.box_proj.weight.copy_(fp.proj.weight - lr_as_box.proj.weight)
+        enc.box_proj.bias.copy_(fp.proj.bias - embed.bias)
+        x = torch.randn(2, 4, 8, 16, 16)
+        torch.testing.assert_close(enc(x), fp(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sections", [[2, 2, 2], [3, 5, 1, 7]])
+def test_box_branch_append_equals_reencode(sections):
+    enc = make_encoder("2x2x2", use_box_branch=True)
+    with torch.no_grad():
+        enc.box_proj.weight.normal_(std=0.1)
+    latents = torch.randn(1, 4, sum(sections), 16, 16)
+    state = HistoryState(enc)
+    for i, n in enumerate(sections):
+        state.append(latents[:, :, sum(sections[:i]) : sum(sections[: i + 1])])
+    with torch.no_grad():
+        full = enc(latents)
+    assert (state.tokens()[0] - full.reshape(1, -1, 32)).abs().max().item() <= 1e-5

@@ -36,6 +36,7 @@ class EncoderConfig:
     kind: str = "history"  # history | large_patchifier (FramePack-style baseline)
     use_lr_branch: bool = True
     use_hr_branch: bool = True
+    use_box_branch: bool = False  # + one linear map of each token box (contains the large patchifier)
 
 
 @dataclass
@@ -200,7 +201,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     _need(0.0 < cfg.stage1.mask_noise_center < 1.0, "stage1.mask_noise_center", "must be in (0, 1)")
     _need(1 <= cfg.stage1.omega_min <= cfg.stage1.omega_max, "stage1.omega_min",
           f"need 1 <= omega_min <= omega_max (got {cfg.stage1.omega_min}, {cfg.stage1.omega_max})")
-    _need(cfg.encoder.use_lr_branch or cfg.encoder.use_hr_branch, "encoder", "needs at least one branch")
+    _need(cfg.encoder.use_lr_branch or cfg.encoder.use_hr_branch or cfg.encoder.use_box_branch, "encoder",
+          "needs at least one branch")
     _need(cfg.lr > 0, "lr", f"must be > 0 (got {cfg.lr})")
     return cfg
 
