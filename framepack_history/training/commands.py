@@ -100,13 +100,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path, over = _split(args)
     cfg = check_eval_config(load_config(EvalConfig, path, over))
     if args.metric == "retrieval":
-        from .evaluate import run_retrieval
+        from .evaluate import mean_se, run_retrieval
 
         res = run_retrieval(cfg)
         for label, row in res["models"].items():
-            cells = "  ".join(f"{b} {row[b]['psnr']['mean']:.2f} dB/{row[b]['ssim']['mean']:.3f}"
+            cells = "  ".join(f"{b} {mean_se(row[b]['psnr'], 2)} dB/{mean_se(row[b]['ssim'], 3)}"
                               for b in ("old", "middle", "recent", "all"))
-            print(f"{label:>16}: {cells}  ({row['history_tokens_per_second']:.1f} tokens/s)")
+            print(f"{label:>16}: {cells}  ({row['history_tokens_per_second']:.1f} tokens/s, "
+                  f"{row['all']['psnr']['episodes']} clips; ± standard error)")
     else:
         from .revisit import run_revisit, summary_lines
 

@@ -110,10 +110,33 @@ def uint8_to_unit(frames) -> torch.Tensor:
     return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float], episodes: list[int] | None = None) -> dict[str, float]:
+    """Mean, std, count and the standard error of the mean (``se``).
+
+    ``episodes`` (one id per value): values of one episode are not independent
+    (several queries of one clip share its world), so the standard error is
+    then taken over the per-episode means, ``std / sqrt(episodes)``.
+    """
     t = torch.tensor(values, dtype=torch.float64) if values else torch.zeros(0, dtype=torch.float64)
-    return {"mean": float(t.mean()) if len(t) else float("nan"),
-            "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t)}
+    if episodes is None:
+        units = t
+    else:
+        if len(episodes) != len(values):
+            raise ValueError(f"summary: {len(episodes)} episode ids for {len(values)} values")
+        ids = sorted(set(episodes))
+        units = torch.stack([t[[j for j, e in enumerate(episodes) if e == i]].mean() for i in ids]) if ids else t
+    se = float(units.std() / len(units) ** 0.5) if len(units) > 1 else float("nan")
+    out = {"mean": float(t.mean()) if len(t) else float("nan"),
+           "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t), "se": se}
+    if episodes is not None:
+        out["episodes"] = len(units)
+    return out
+
+
+def mean_se(cell: dict[str, Any], digits: int = 1) -> str:
+    """``"16.8 ± 0.4"``: a summary as mean ± standard error."""
+    se = cell.get("se", float("nan"))
+    return f"{cell['mean']:.{digits}f}" + ("" if se != se else f" ± {se:.{digits}f}")
 
 
 # ------------------------------------------------------------------ models
@@ -197,6 +220,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
         steps = cfg.steps or pipe.preset.sampling.steps
         data = eval_dataset(cfg, pipe)
         scores: dict[str, dict[str, list[float]]] = {b: {"psnr": [], "ssim": []} for b in (*BANDS, "vae")}
+        clips: dict[str, list[int]] = {b: [] for b in (*BANDS, "vae")}  # the clip of each score
         tokens = 0
         for i in range(len(data)):
             item = data[i]
@@ -222,8 +246,11 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
                     scores[band]["ssim"].append(float(ssim(got, truth)))
                     scores["vae"]["psnr"].append(float(psnr(rec, truth)))
                     scores["vae"]["ssim"].append(float(ssim(rec, truth)))
-        row: dict[str, Any] = {k: {m: summary(v_) for m, v_ in s.items()} for k, s in scores.items()}
-        row["all"] = {m: summary([x for b in BANDS for x in scores[b][m]]) for m in ("psnr", "ssim")}
+                    clips[band].append(i)
+                    clips["vae"].append(i)
+        row: dict[str, Any] = {k: {m: summary(v_, clips[k]) for m, v_ in s.items()} for k, s in scores.items()}
+        row["all"] = {m: summary([x for b in BANDS for x in scores[b][m]], [c for b in BANDS for c in clips[b]])
+                      for m in ("psnr", "ssim")}
         seconds = data[0]["video"].shape[1] / v.fps
         row["history_tokens"] = tokens
         row["history_tokens_per_second"] = tokens / seconds
@@ -251,7 +278,8 @@ def plot_retrieval(results: dict[str, Any], png: Path) -> None:
         for j, label in enumerate(labels):
             row = results["models"][label]
             vals = [row[g][metric]["mean"] for g in groups]
-            ax.bar([i + j * width for i in range(len(groups))], vals, width, label=label)
+            err = [row[g][metric].get("se", 0.0) for g in groups]  # ± standard error
+            ax.bar([i + j * width for i in range(len(groups))], vals, width, yerr=err, capsize=2, label=label)
         ceiling = sum(results["models"][lb]["vae"][metric]["mean"] for lb in labels) / max(1, len(labels))
         if metric == "ssim" or ceiling < 90:  # a lossless VAE (100 dB) would squash the bars
             ax.axhline(ceiling, color="k", ls="--", lw=1, label="VAE reconstruction")

@@ -180,6 +180,8 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
                     rows = [e[mode] for e in eps if mode in e]
                     if rows:
                         agg[mode] = {m: summary([r[m] for r in rows if m in r]) for m in rows[0]}
+                if "encoder" in cfg.modes and "window" in cfg.modes:
+                    agg["margin"] = paired_margins(eps)
                 per.setdefault(kind, {})[f"{gap:g}s"] = agg
         results["models"][label] = {"path": str(path), "history_guidance": pipe.preset.history.guidance, **per}
     (out / "revisit.json").write_text(json.dumps(results, indent=2))
@@ -187,14 +189,36 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
     return results
 
 
+def paired_margins(eps: list[dict[str, Any]]) -> dict[str, Any]:
+    """``encoder`` − ``window`` per episode, summarised (mean ± standard error of the paired differences).
+
+    Both modes score the same episodes, so the per-episode difference cancels
+    what the world itself contributes: its standard error is the one to read
+    a margin by (smaller than the two modes' own errors combined).
+    """
+    out = {}
+    for m in ("teacher_forced_psnr", "free_running_psnr_vs_first_visit", "teacher_forced_psnr_memory_columns"):
+        d = [e["encoder"][m] - e["window"][m] for e in eps
+             if m in e.get("encoder", {}) and m in e.get("window", {})]
+        if d:
+            out[m] = summary(d)
+    return out
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """One line per model, episode kind and gap: mean PSNR (dB), ``encoder`` vs ``window`` and the margin."""
+    """One line per model, episode kind and gap: mean PSNR (dB) ± standard error, ``encoder`` vs ``window`` and
+    the margin (± the standard error of the paired per-episode differences)."""
     def mean(cell: dict, mode: str, metric: str) -> float:
         return cell.get(mode, {}).get(metric, {}).get("mean", float("nan"))
 
+    def se(cell: dict, mode: str, metric: str) -> str:
+        s = cell.get(mode, {}).get(metric, {}).get("se", float("nan"))
+        return "" if math.isnan(s) else f" ± {s:.1f}"
+
     lines = []
     for label, row in results["models"].items():
-        lines.append(f"{label} (history guidance {row.get('history_guidance', 1.0):g}): encoder vs window, dB")
+        lines.append(f"{label} (history guidance {row.get('history_guidance', 1.0):g}): encoder vs window, dB "
+                     "(mean ± standard error over episodes)")
         for kind, gaps in row.items():
             if not isinstance(gaps, dict):
                 continue
@@ -205,11 +229,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                                      ("memory-only pixels", "teacher_forced_psnr_memory_columns")):
                     e, w = mean(cell, "encoder", metric), mean(cell, "window", metric)
                     if not (math.isnan(e) and math.isnan(w)):
-                        parts.append(f"{name} {e:.1f} vs {w:.1f} ({e - w:+.1f})")
+                        parts.append(f"{name} {e:.1f}{se(cell, 'encoder', metric)} vs {w:.1f}{se(cell, 'window', metric)}"
+                                     f" ({e - w:+.1f}{se(cell, 'margin', metric)})")
                 swap = mean(cell, "encoder", "teacher_forced_psnr_other_history")
                 if not math.isnan(swap):
-                    parts.append(f"another episode's history {swap:.1f}")
-                lines.append(f"  {kind.replace('_', ' ')} {gap}: " + "; ".join(parts))
+                    parts.append(f"another episode's history {swap:.1f}{se(cell, 'encoder', 'teacher_forced_psnr_other_history')}")
+                lines.append(f"  {kind.replace('_', ' ')} {gap} ({cell.get('episodes', 0)} episodes): " + "; ".join(parts))
     return lines
 
 
@@ -236,9 +261,9 @@ def plot_revisit(results: dict[str, Any], png: Path) -> None:
               ("free_running_psnr_vs_first_visit", "free-running: PSNR vs own first visit"))
     for ax, (metric, title) in zip(axes, panels):
         for j, (lb, mode) in enumerate(series):
-            vals = [models[lb].get(k, {}).get(g, {}).get(mode, {}).get(metric, {}).get("mean", float("nan"))
-                    for k, g in groups]
-            ax.bar([i + j * width for i in range(len(groups))], vals, width, label=f"{lb} / {mode}")
+            cells = [models[lb].get(k, {}).get(g, {}).get(mode, {}).get(metric, {}) for k, g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], [c.get("mean", float("nan")) for c in cells], width,
+                   yerr=[c.get("se", 0.0) for c in cells], capsize=2, label=f"{lb} / {mode}")
         if metric.startswith("free"):
             ceil = [next(iter(models.values())).get(k, {}).get(g, {}).get("truth_self_psnr", {}).get("mean", float("nan"))
                     for k, g in groups]

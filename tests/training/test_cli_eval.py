@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from framepack_history.cli import main
 
 from .conftest import CONFIGS
@@ -49,6 +51,8 @@ def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run, capsys
         row = res["models"][label]
         assert {"old", "middle", "recent", "all", "vae"} <= set(row)
         assert row["all"]["psnr"]["n"] == 2 * 3 and row["history_tokens"] > 0
+        # the standard error is over clips (their queries share a world), not over the 6 queries
+        assert row["all"]["psnr"]["episodes"] == 2 and row["all"]["psnr"]["se"] > 0
         assert 0 < row["all"]["psnr"]["mean"] < 100 and -1 <= row["all"]["ssim"]["mean"] <= 1
     assert (out / "retrieval.png").stat().st_size > 0
 
@@ -62,7 +66,12 @@ def test_cli_eval_retrieval_and_revisit(tmp_path, stage1_run, stage2_run, capsys
     assert printed[0].startswith("stage2 (history guidance 1)") and len(printed) == 3
     tf = row["pan_away_and_back"]["1s"]
     margin = tf["encoder"]["teacher_forced_psnr"]["mean"] - tf["window"]["teacher_forced_psnr"]["mean"]
-    assert printed[1].startswith("  pan away and back 1s: teacher-forced") and f"({margin:+.1f})" in printed[1]
+    assert printed[1].startswith("  pan away and back 1s (2 episodes): teacher-forced")
+    m = tf["margin"]["teacher_forced_psnr"]
+    assert m["mean"] == pytest.approx(margin) and m["n"] == 2 and m["se"] > 0
+    assert f"({margin:+.1f} ± {m['se']:.1f})" in printed[1]  # the margin ± the paired standard error
+    e = tf["encoder"]["teacher_forced_psnr"]
+    assert e["se"] == pytest.approx(e["std"] / 2**0.5) and f"{e['mean']:.1f} ± {e['se']:.1f} vs" in printed[1]
     for kind in ("pan_away_and_back", "leave_and_return"):
         cell = row[kind]["1s"]
         assert cell["episodes"] == 2
@@ -123,3 +132,20 @@ def test_revisit_worlds_follow_the_split_and_first():
     assert seeds["eval", 0] == EVAL_SEED_START + 3  # held-out worlds by default
     assert seeds["eval", 1000] == EVAL_SEED_START + 1003  # another block of held-out worlds (validation)
     assert seeds["train", 0] == 3
+
+
+def test_summary_standard_error_counts_episodes_not_queries():
+    import torch
+
+    from framepack_history.training.evaluate import mean_se, summary
+
+    vals = [10.0, 12.0, 14.0, 16.0]
+    s = summary(vals)
+    assert s["se"] == pytest.approx(torch.tensor(vals, dtype=torch.float64).std().item() / 2)
+    # two queries per episode: the error is that of the 2 episode means (11 and 15), std 2.83 / sqrt(2) = 2
+    g = summary(vals, [0, 0, 1, 1])
+    assert g["mean"] == 13.0 and g["n"] == 4 and g["episodes"] == 2 and g["se"] == pytest.approx(2.0)
+    assert summary([3.0])["se"] != summary([3.0])["se"]  # one value: no error (NaN), not a fake 0
+    assert mean_se(g, 2) == "13.00 ± 2.00" and mean_se(summary([3.0])) == "3.0"
+    with pytest.raises(ValueError, match="3 episode ids for 4 values"):
+        summary(vals, [0, 0, 1])
