@@ -285,7 +285,7 @@ class Handlers:
         try:
             p = load_preset(preset or self.default_preset)
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}") from None
+            raise self._error(e) from None
         rates = [p.model.encoder_rate] if p.model.encoder else p.model.encoder_rates
         return (
             gr.update(value=p.sampling.steps), gr.update(value=p.sampling.guidance), gr.update(value=p.sampling.shift),
