@@ -103,6 +103,7 @@ def parse_devices(text: str | None) -> list[str] | None:
     from framepack_history.loading import check_device  # torch: only when asked for
 
     devices = [str(check_device(n, "--devices")) for n in names]
+    devices = ["cuda:0" if d == "cuda" else d for d in devices]  # so that cuda and cuda:0 count as one
     twice = sorted({d for d in devices if devices.count(d) > 1 and not d.startswith("cpu")})
     if twice:  # each worker plans the whole device's memory for itself
         raise InputError("--devices", f"{', '.join(twice)} is listed more than once; give each device once")

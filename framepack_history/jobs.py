@@ -275,10 +275,10 @@ class Worker:
 
     # ----------------------------------------------------------------- thread
     def _loop(self, lane: Lane) -> None:
-        if lane.device and lane.device.startswith("cuda"):  # CUDA's current device is per thread: side streams use it
+        if lane.device and lane.device.startswith("cuda:"):  # CUDA's current device is per thread: side streams use it
             import torch
 
-            torch.cuda.set_device(lane.device)
+            torch.cuda.set_device(torch.device(lane.device))
         while (job_id := self.queue.take()) is not None:
             job = self.store.get(job_id)
             self.store.update(job, status="running", started=time.time(), message="loading models…", device=lane.device,
