@@ -55,6 +55,12 @@ def _num(value: Any, name: str, integer: bool = False) -> float | int | None:
     return x
 
 
+def _current(jobs: list[Job]) -> Job | None:
+    """The job a page shows first: the running one, else the newest."""
+    running = [j for j in jobs if j.status == "running"]
+    return running[0] if running else (jobs[-1] if jobs else None)
+
+
 def _path(value: Any) -> str | None:
     """File inputs arrive as a path, a dict with 'path'/'video', or nothing."""
     if isinstance(value, dict):
@@ -135,9 +141,6 @@ class Handlers:
             request = LocalContext.request.get(None)
         return getattr(request, "username", None) or None
 
-    def may_see(self, job: Job, request: gr.Request | None = None) -> bool:
-        return self.studio.may_see(self.user(request), job.spec.owner)
-
     def own(self, job_id: Any, request: gr.Request | None = None) -> str:
         """``job_id`` if the request's user may see and act on that job, else the error an unknown id gets.
 
@@ -181,9 +184,7 @@ class Handlers:
 
     def attach(self, request: gr.Request | None = None) -> str:
         """Page load: this user's running job, else their newest one ('' when there is none)."""
-        jobs = self.visible_jobs(request)
-        running = [j for j in jobs if j.status == "running"]
-        job = running[0] if running else (jobs[-1] if jobs else None)
+        job = _current(self.visible_jobs(request))
         return job.id if job else ""
 
     def follow(self, job_id: str, request: gr.Request | None = None) -> Iterator[tuple]:
@@ -417,8 +418,7 @@ class Handlers:
             except InputError as e:
                 raise self._error(e) from None
         jobs = self.visible_jobs(request)
-        running = [j for j in jobs if j.status == "running"]
-        current = running[0] if running else (jobs[-1] if jobs else None)
+        current = _current(jobs)
         mine = {j.id for j in jobs}
         return {"current": current.id if current else None, "queued": [i for i in self.worker.queued() if i in mine],
                 "jobs": [self.view(j) for j in reversed(jobs)], "interrupted": self.interrupted(request),
