@@ -214,3 +214,13 @@ def test_files_are_served_to_their_owner_only(studio_app):
     for spelling in (s.replace("..", "%2E%2E") for s in spellings):
         assert login(url, "alice").get(f"/gradio_api/file={spelling}").status_code == 200, spelling
         assert bob.get(f"/gradio_api/file={spelling}").status_code == 403, spelling
+
+
+def test_admin_flag_is_checked(capsys):
+    import app
+
+    assert app.prepare(["--auth", "ana:pw", "--admin", "ana"]).admin == ["ana"]
+    for argv, needle in ((["--admin", "ana"], "needs --auth"), (["--auth", "ana:pw", "--admin", "bo"], "'bo' is not a user of --auth")):
+        assert app.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--admin" in err and needle in err, err
