@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page to your network)")
     p.add_argument("--port", type=int, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
-    p.add_argument("--auth", help="USER:PASS, or a file with one USER:PASS per line")
+    p.add_argument("--auth", help="USER:PASS, or a file with one USER:PASS per line; each user sees only their own jobs")
+    p.add_argument("--admin", action="append", metavar="USER",
+                   help="with --auth: a user who sees, cancels and resumes every user's jobs (repeatable)")
+    p.add_argument("--devices", help="one worker per device, all taking jobs from one queue, e.g. cuda:0,cuda:1 "
+                                     "(default: one worker on the preset's device)")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
     p.add_argument("--outputs", default="outputs", help="where videos are written and served from (default outputs/)")
     p.add_argument("--jobs-dir", help="job folders with per-section checkpoints, never served (default: jobs/ beside --outputs)")
@@ -74,6 +78,36 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
     if not pairs:
         raise InputError("--auth", f"{path.name} has no USER:PASS lines")
     return pairs
+
+
+def check_admins(admins: list[str] | None, auth: list[tuple[str, str]] | None) -> list[str]:
+    """``--admin`` names: each must be one of the ``--auth`` users."""
+    if not admins:
+        return []
+    if not auth:
+        raise InputError("--admin", "needs --auth: without it there is one local user, who sees everything")
+    users = {u for u, _ in auth}
+    unknown = [a for a in admins if a not in users]
+    if unknown:
+        raise InputError("--admin", f"{', '.join(map(repr, unknown))} is not a user of --auth")
+    return list(admins)
+
+
+def parse_devices(text: str | None) -> list[str] | None:
+    """``cuda:0,cuda:1`` -> the devices, each present here; a device other than the CPU at most once."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",")]
+    if not names or any(not n for n in names):
+        raise InputError("--devices", f"expected a comma-separated list such as cuda:0,cuda:1 (got {text!r})")
+    from framepack_history.loading import check_device  # torch: only when asked for
+
+    devices = [str(check_device(n, "--devices")) for n in names]
+    devices = ["cuda:0" if d == "cuda" else d for d in devices]  # so that cuda and cuda:0 count as one
+    twice = sorted({d for d in devices if devices.count(d) > 1 and not d.startswith("cpu")})
+    if twice:  # each worker plans the whole device's memory for itself
+        raise InputError("--devices", f"{', '.join(twice)} is listed more than once; give each device once")
+    return devices
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -119,6 +153,8 @@ def prepare(argv: list[str] | None = None) -> argparse.Namespace:
         args.preset = str(Path(args.preset).resolve())
     args.preset_name = load_preset(args.preset).name
     args.auth = read_auth(args.auth)
+    args.admin = check_admins(args.admin, args.auth)
+    args.devices = parse_devices(args.devices)
     check_args(args)
     if not args.auth and (args.share or not is_loopback(args.server_name)):
         # Anyone who reaches the page can run jobs on this machine's GPU and read every video in outputs/.
@@ -163,11 +199,19 @@ def start(args: argparse.Namespace):
     import gradio as gr
 
     from framepack_history.jobs import Worker
+    from framepack_history.studio import Studio
     from ui import build_app
+    from ui.file_guard import FileGuard
     from ui.layout import CSS
 
-    worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir).start()
-    demo = build_app(worker, args.preset)
+    studio = Studio.from_auth(args.auth, getattr(args, "admin", None))
+    worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir, devices=getattr(args, "devices", None)).start()
+    demo = build_app(worker, args.preset, studio)
+    app_kwargs = {}
+    if studio.shared:  # a user fetches only their own files by URL
+        from starlette.middleware import Middleware
+
+        app_kwargs["middleware"] = [Middleware(FileGuard, studio=studio, outputs=outputs, owner_of_file=worker.owner_of_file)]
     demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=8)
     share = args.share
     if share and not network_ok():
@@ -176,7 +220,7 @@ def start(args: argparse.Namespace):
     _, local_url, share_url = demo.launch(
         server_name=args.server_name, server_port=args.port, share=share, auth=args.auth, inbrowser=args.inbrowser,
         allowed_paths=[str(outputs)], blocked_paths=blocked_paths(jobs_dir), max_file_size=args.max_file_size,
-        show_error=True, prevent_thread_lock=True,
+        show_error=True, prevent_thread_lock=True, app_kwargs=app_kwargs,
         quiet=True, theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
     )
     return demo, worker, local_url, share_url

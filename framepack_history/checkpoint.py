@@ -317,7 +317,10 @@ class JobDir:
         cond = {k[len("cond."):]: v.to(device) for k, v in cond_tensors.items() if k.startswith("cond.")}
         rng = chunks[-1][0].get("rng.cpu", cond_tensors.get("rng.cpu"))  # format 1 kept it with the conditioning
         if rng is not None:
-            torch.set_rng_state(rng)
+            from .device import RNG_LOCK
+
+            with RNG_LOCK:  # another worker may be seeding a model load
+                torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
         return gen, resumed
 

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+#: held while torch's global RNG is seeded and drawn from (random initial weights) or restored (a checkpoint):
+#: with several workers in one process, one worker's load must not draw from another's seed
+RNG_LOCK = threading.RLock()
 
 #: the weight dtypes a preset (``hardware.dtype``) or a training config may name
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

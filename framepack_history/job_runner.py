@@ -10,6 +10,7 @@ No torch at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -35,17 +36,25 @@ def record_status(jd: JobDir, status: str, message: str = "") -> None:
         log.warning("could not record %s in the job folder %s", status, jd.root, exc_info=True)
 
 
+def on_device(preset: Preset, device: str | None) -> Preset:
+    """``preset`` run on ``device`` (a copy; ``None`` keeps the preset's own)."""
+    if not device or device == preset.hardware.device:
+        return preset
+    return dataclasses.replace(preset, hardware=dataclasses.replace(preset.hardware, device=device))
+
+
 class JobRunner:
     """Runs one job at a time (called by the worker thread only)."""
 
     def __init__(self, store: JobStore, job_dir: Callable[[str], JobDir],
                  pipeline_for: Callable[[Preset, JobSpec], Pipeline], preview_every_s: float = 0.5,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, device: str | None = None) -> None:
         self.store = store
         self.job_dir = job_dir
         self.pipeline_for = pipeline_for
         self.preview_every_s = preview_every_s
         self.stopping = stopping  # the server is shutting down: a stopped job stays resumable
+        self.device = device  # this worker's device; None = each job's preset says
 
     def run(self, job: Job) -> None:
         """Run ``job`` to its end; every outcome (done, cancelled, failed) is recorded, none raises."""
@@ -70,7 +79,8 @@ class JobRunner:
         from .backbones.base import WeightsNotFoundError
 
         try:
-            preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
+            preset = on_device(jd.info().preset if jd.exists() else load_preset(job.spec.preset), self.device)
+            self.store.update(job, device=preset.hardware.device)
             return preset, self.pipeline_for(preset, job.spec)
         except (InputError, WeightsNotFoundError) as e:
             self._fail(job, jd, str(e))

@@ -36,6 +36,7 @@ class JobSpec:
     request: GenerationRequest
     preset: str = "toy-cpu"
     encoder_rate: str | None = None  # None = the preset's
+    owner: str | None = None  # the logged-in user who queued it (None without --auth)
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # load_s, first_segment_s (from start)
+    device: str | None = None  # where it runs (or ran): set when a worker takes it
+    worker: int | None = None  # which worker (1, 2, ...) took it
     version: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -97,6 +100,9 @@ class Job:
             "finished": self.finished,
             "timings": dict(self.timings),
             "version": self.version,
+            "owner": self.spec.owner,
+            "device": self.device,
+            "worker": self.worker,
         }
 
 

@@ -1,12 +1,13 @@
-"""Jobs, the server-side job store and the one worker thread that owns the device.
+"""Jobs, the server-side job store and the worker threads that own the devices.
 
 * Jobs and their store live in :mod:`.job_store` (re-exported here).
-* The :class:`Worker` is the only thread that touches models. It is a thin
-  facade over three parts with one job each: :class:`~.job_queue.JobQueue`
-  (FIFO order, a maximum size, cancelling what has not started),
+* The :class:`Worker`'s threads are the only ones that touch models: one
+  :class:`Lane` per device (one by default). It is a thin facade over three
+  parts with one job each: :class:`~.job_queue.JobQueue` (FIFO order, a
+  maximum size, cancelling what has not started; shared by the lanes),
   :class:`~.model_cache.ModelCache` (models loaded lazily when a job first
-  needs them, kept LRU) and :class:`~.job_runner.JobRunner` (runs one job:
-  progress, previews, status). Cancelling raises :class:`~.sampling.Cancelled`
+  needs them, kept LRU; one per lane) and :class:`~.job_runner.JobRunner`
+  (runs one job: progress, previews, status). Cancelling raises :class:`~.sampling.Cancelled`
   from the step callback; a bad job fails alone and the worker goes on.
 * Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
   request, preset and a checkpoint after every section, so a job whose
@@ -20,22 +21,24 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import JobDir, interrupted_jobs
+from .checkpoint import REQUEST, JobDir, interrupted_jobs
 from .config import GenerationRequest, InputError, Preset, load_preset
 from .job_queue import JobQueue
 from .job_runner import JobRunner, record_status
 from .job_store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
 from .model_cache import ModelCache
 
-__all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Progress", "Worker", "past_results", "plan_lines"]
+__all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progress", "Worker", "past_results", "plan_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,25 @@ def keep_inputs(request: GenerationRequest, folder: Path) -> None:
             setattr(request, name, str(dst))
 
 
+class Lane:
+    """One worker thread and what it owns: a device, its model cache (models, memory manager) and a runner."""
+
+    def __init__(self, index: int, device: str | None, runner_for: Callable[[ModelCache, str | None], JobRunner],
+                 max_models: int) -> None:
+        self.index = index  # 1, 2, ... (what the Queue tab shows beside the device)
+        self.device = device  # None: each job runs where its preset says
+        self.models = ModelCache(max_models)  # touched only by this lane's thread
+        self.runner = runner_for(self.models, device)
+        self.thread: threading.Thread | None = None
+
+
 class Worker:
-    """The one thread that owns models and device: a facade over the queue, the model cache and the runner."""
+    """The threads that own models and devices: a facade over the queue, the model caches and the runners.
+
+    One worker thread (a :class:`Lane`) per entry of ``devices``, all taking jobs from one FIFO queue, so
+    jobs start in the order they were queued and as many run at once as there are devices. ``devices=None``
+    is one lane on whatever device each job's preset names (the single-device app).
+    """
 
     def __init__(
         self,
@@ -72,22 +92,32 @@ class Worker:
         preview_every_s: float = 0.5,
         max_models: int = 2,
         jobs_dir: str | Path | None = None,
+        devices: list[str] | None = None,
     ) -> None:
         self.outputs = Path(outputs)
         #: job folders (checkpoints); beside outputs/, not inside it, so the page never serves them
         self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else self.outputs.resolve().parent / "jobs"
         self.store = store or JobStore()
         self.queue = JobQueue(max_queue)
-        self.models = ModelCache(max_models)  # touched only by the worker thread
-        self.runner = JobRunner(self.store, self.job_dir, self.models.pipeline_for, preview_every_s,
-                                stopping=lambda: self.queue.closed)
-        self._thread: threading.Thread | None = None
+
+        def runner_for(models: ModelCache, device: str | None) -> JobRunner:
+            return JobRunner(self.store, self.job_dir, models.pipeline_for, preview_every_s,
+                             stopping=lambda: self.queue.closed, device=device)
+
+        self.lanes = [Lane(i, d, runner_for, max_models) for i, d in enumerate(devices or [None], 1)]
+        self.models = self.lanes[0].models  # the first lane's (single-device callers and tests)
+        self.runner = self.lanes[0].runner
         self._lock = threading.Lock()
+        self._owners: dict[str, str | None] = {}  # job id -> owner, read once from its job folder
+
+    @property
+    def devices(self) -> list[str | None]:
+        return [lane.device for lane in self.lanes]
 
     @property
     def loads(self) -> int:
-        """How many times a backbone was loaded (tests check the cache)."""
-        return self.models.loads
+        """How many times a backbone was loaded, by all lanes (tests check the cache)."""
+        return sum(lane.models.loads for lane in self.lanes)
 
     @property
     def max_queue(self) -> int:
@@ -104,14 +134,17 @@ class Worker:
     # ---------------------------------------------------------------- control
     def start(self) -> Worker:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            idle = [lane for lane in self.lanes if lane.thread is None or not lane.thread.is_alive()]
+            if len(idle) == len(self.lanes):
                 self.queue.reopen()
-                self._thread = threading.Thread(target=self._loop, name="framepack-worker", daemon=True)
-                self._thread.start()
+            for lane in idle:
+                name = "framepack-worker" if len(self.lanes) == 1 else f"framepack-worker-{lane.index}"
+                lane.thread = threading.Thread(target=self._loop, args=(lane,), name=name, daemon=True)
+                lane.thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every job and end the thread (tests, shutdown).
+        """Stop every job and end the threads (tests, shutdown).
 
         Unlike a user's cancel, their job folders say "interrupted": the next
         start of the app offers them for resume.
@@ -122,8 +155,10 @@ class Worker:
                 self.cancel(job.id)
                 if job.status == "cancelled":  # it was queued: never started
                     record_status(self.job_dir(job.id), "interrupted", "the server stopped before it started")
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
 
     def submit(self, spec: JobSpec) -> Job:
         """Validate (cheaply: no file reads, no weights) and queue a job.
@@ -145,7 +180,8 @@ class Worker:
             keep_inputs(spec.request, job.folder / "inputs")
             try:  # written before it is queued: a restart finds queued jobs too
                 self.job_dir(job_id).create(spec.request, preset, out=job.folder / "video.mp4", segments_dir=job.folder / "segments",
-                                            preset_ref=spec.preset, encoder_rate=spec.encoder_rate, folder=str(job.folder))
+                                            preset_ref=spec.preset, encoder_rate=spec.encoder_rate, folder=str(job.folder),
+                                            owner=spec.owner)
             except OSError as e:
                 raise InputError("job", f"could not write its job folder ({e.strerror or e})") from None
             self.store.add(job)
@@ -185,7 +221,7 @@ class Worker:
                 continue
             rows.append({"id": jd.id, "prompt": info.request.prompt, "seconds": info.request.seconds,
                          "sections_done": ck.get("next_section", 0), "sections_total": ck.get("total_sections"),
-                         "status": ck.get("status"), "folder": str(jd.root)})
+                         "status": ck.get("status"), "folder": str(jd.root), "owner": info.extra.get("owner")})
         return rows
 
     def resume(self, job_id: str) -> Job:
@@ -199,7 +235,7 @@ class Worker:
         if jd.owner_alive():
             raise InputError("job", f"{job_id} is being run by another process")
         folder = Path(info.extra.get("folder") or info.out.parent)
-        job = Job(job_id, JobSpec(info.request, info.preset_ref, info.encoder_rate), folder,
+        job = Job(job_id, JobSpec(info.request, info.preset_ref, info.encoder_rate, info.extra.get("owner")), folder,
                   message="resumes after its last finished section")
 
         def admit() -> None:
@@ -211,13 +247,44 @@ class Worker:
         self.queue.put(job_id, admit)
         return job
 
+    # ------------------------------------------------------------- owners
+    def owner_of(self, job_id: str) -> str | None:
+        """Who queued ``job_id`` (``None``: nobody logged in, or no such job); from its job folder after a restart."""
+        for job in self.store.jobs():
+            if job.id == job_id:
+                return job.spec.owner
+        with self._lock:
+            if job_id in self._owners:
+                return self._owners[job_id]
+        try:
+            data = json.loads((self.job_dir(job_id).root / REQUEST).read_text(encoding="utf-8"))
+        except (InputError, OSError, ValueError):
+            return None  # no such job (not remembered: it may be created later)
+        owner = data.get("owner") if isinstance(data, dict) else None
+        with self._lock:
+            self._owners[job_id] = owner  # written once, when the job was queued
+        return owner
+
+    def owner_of_file(self, path: str | Path) -> str | None:
+        """The owner of a file under ``outputs/`` (``outputs/DATE/JOB/...``); ``None`` for anything else."""
+        try:
+            parts = Path(path).resolve().relative_to(self.outputs.resolve()).parts
+        except (ValueError, OSError):
+            return None
+        return self.owner_of(parts[1]) if len(parts) >= 3 else None
+
     # ----------------------------------------------------------------- thread
-    def _loop(self) -> None:
+    def _loop(self, lane: Lane) -> None:
+        if lane.device and lane.device.startswith("cuda:"):  # CUDA's current device is per thread: side streams use it
+            import torch
+
+            torch.cuda.set_device(torch.device(lane.device))
         while (job_id := self.queue.take()) is not None:
             job = self.store.get(job_id)
-            self.store.update(job, status="running", started=time.time(), message="loading models…")
+            self.store.update(job, status="running", started=time.time(), message="loading models…", device=lane.device,
+                              worker=lane.index)
             try:
-                self.runner.run(job)
+                lane.runner.run(job)
             except BaseException:  # the worker must outlive any job
                 log.exception("job %s crashed the worker loop", job.id)
                 if not job.terminal:
@@ -225,8 +292,9 @@ class Worker:
 
 
 # ------------------------------------------------------------- page helpers
-def past_results(outputs: str | Path, limit: int = 24) -> list[tuple[str, str]]:
-    """``(video path, caption)`` of finished videos under ``outputs``, newest first."""
+def past_results(outputs: str | Path, limit: int = 24,
+                 visible: Callable[[Path], bool] | None = None) -> list[tuple[str, str]]:
+    """``(video path, caption)`` of finished videos under ``outputs``, newest first (those ``visible(video)`` allows)."""
     root = Path(outputs)
     found = []
     for sc in root.glob("*/**/*.json"):
@@ -236,7 +304,8 @@ def past_results(outputs: str | Path, limit: int = 24) -> list[tuple[str, str]]:
         if video.is_file():
             found.append((sc.stat().st_mtime, video, sc))
     items = []
-    for _, video, sc in sorted(found, reverse=True)[:limit]:
+    shown = (f for f in sorted(found, reverse=True) if visible is None or visible(f[1]))
+    for _, video, sc in itertools.islice(shown, limit):
         try:
             prompt = json.loads(sc.read_text())["request"]["prompt"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -11,7 +11,7 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .device import free_device_memory
+from .device import RNG_LOCK, free_device_memory
 
 if TYPE_CHECKING:
     from .config import Preset
@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 
 class ModelCache:
-    """At most ``max_models`` backbones (with their memory managers); one pipeline per encoder rate and mode."""
+    """At most ``max_models`` backbones (with their memory managers); one pipeline per encoder rate and mode.
+
+    Each worker (one per device) has its own cache, so each device has its own models and memory manager.
+    """
 
     def __init__(self, max_models: int = 2) -> None:
         self.max_models = max_models
@@ -48,12 +51,14 @@ class ModelCache:
                 for k in [k for k in self._pipelines if k[0] == old]:
                     del self._pipelines[k]
                 free_device_memory()
-            self._backbones[model_key] = load_for_device(preset)  # (backbone, memory manager or None)
+            with RNG_LOCK:  # random initial weights are seeded: no other worker may draw meanwhile
+                self._backbones[model_key] = load_for_device(preset)  # (backbone, memory manager or None)
             self.loads += 1
         self._backbones.move_to_end(model_key)
         if key not in self._pipelines:
             backbone, memory = self._backbones[model_key]
-            encoder = build_encoder(preset.model, backbone, rate) if needs else None
+            with RNG_LOCK:
+                encoder = build_encoder(preset.model, backbone, rate) if needs else None
             self._pipelines[key] = Pipeline(backbone, encoder, preset, memory=memory)
         pipe = self._pipelines[key]
         pipe.preset = preset  # sampling/video defaults may have changed; the weights did not

@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(preset: str, outputs: Path, log_path: Path, env: dict[str, str], timeout_s: float = 90) -> Iterator[str]:
-    """``python app.py --preset PRESET`` until the block ends; yields its URL (the test fails if it never answers)."""
+def running_app(preset: str, outputs: Path, log_path: Path, env: dict[str, str], timeout_s: float = 90,
+                extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """``python app.py --preset PRESET [EXTRA...]`` until the block ends; yields its URL (the test fails if it never answers)."""
     port = free_port()
     log = open(log_path, "w+")  # noqa: SIM115 (outlives this statement)
-    proc = subprocess.Popen([sys.executable, "app.py", "--preset", preset, "--port", str(port), "--outputs", str(outputs)],
+    proc = subprocess.Popen([sys.executable, "app.py", "--preset", preset, "--port", str(port), "--outputs", str(outputs), *extra],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout_s

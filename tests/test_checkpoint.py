@@ -346,7 +346,7 @@ def test_what_counts_as_out_of_memory(err, oom):
 
 
 def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
-    """kill -9 the app mid-job; the next start lists the job, and /resume finishes it."""
+    """kill -9 the app mid-job; the next start (with two workers) lists the job, and /resume finishes it."""
     import socket
 
     import httpx
@@ -358,8 +358,8 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
     url = f"http://127.0.0.1:{port}/"
     cmd = [sys.executable, "app.py", "--preset", str(TINY_TOY), "--port", str(port), "--outputs", str(tmp_path / "outputs")]
 
-    def launch(log: Path) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    def launch(log: Path, *extra: str) -> subprocess.Popen:
+        proc = subprocess.Popen([*cmd, *extra], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while True:
             assert proc.poll() is None, log.read_text()[-2000:]
@@ -386,7 +386,7 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
         first.send_signal(signal.SIGKILL)
         first.wait(30)
 
-    second = launch(tmp_path / "second.log")
+    second = launch(tmp_path / "second.log", "--devices", "cpu,cpu")  # restarted with two workers, it still resumes
     try:
         # The app lists interrupted jobs just after it starts serving: wait for the lines.
         deadline = time.time() + 60
@@ -402,7 +402,7 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
             assert time.time() < deadline, status
             time.sleep(0.3)
         assert status["status"] == "done", status["message"]
-        assert len(decoded(status["video"])) >= 24 and len(status["segments"]) >= 6
+        assert len(decoded(tmp_path / "outputs" / status["video"])) >= 24 and len(status["segments"]) >= 6  # relative to outputs/
         assert client.predict("", api_name="/status")["interrupted"] == []
     finally:
         second.terminate()

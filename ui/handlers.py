@@ -23,6 +23,8 @@ import gradio as gr
 from framepack_history import hub
 from framepack_history.config import START_FRAMES, GenerationRequest, InputError, load_preset
 from framepack_history.jobs import TERMINAL, Job, JobSpec, Worker, past_results, plan_lines
+from framepack_history.studio import Studio, client_view
+from framepack_history.studio import scrub as _scrub
 from framepack_history.video import concat_segments
 
 CATCH_UP_AFTER = 3  # more finished segments than this are sent to a re-attached page as one chunk
@@ -53,6 +55,12 @@ def _num(value: Any, name: str, integer: bool = False) -> float | int | None:
     return x
 
 
+def _current(jobs: list[Job]) -> Job | None:
+    """The job a page shows first: the running one, else the newest."""
+    running = [j for j in jobs if j.status == "running"]
+    return running[0] if running else (jobs[-1] if jobs else None)
+
+
 def _path(value: Any) -> str | None:
     """File inputs arrive as a path, a dict with 'path'/'video', or nothing."""
     if isinstance(value, dict):
@@ -66,8 +74,9 @@ class Handlers:
     """Bound to one Worker; each method is one page or API event."""
 
     def __init__(self, worker: Worker, default_preset: str, presets: list[str] | None = None,
-                 temp_dir: str | Path | None = None) -> None:
+                 temp_dir: str | Path | None = None, studio: Studio | None = None) -> None:
         self.worker = worker
+        self.studio = studio or Studio()  # who sees which job (no --auth: everyone sees everything)
         self.presets = presets or [default_preset]  # what a page or API call may ask for
         self.store = worker.store
         self.default_preset = default_preset
@@ -107,20 +116,54 @@ class Handlers:
             raise InputError("preset", f"unknown preset {preset!r} (choices: {', '.join(self.presets)})")
         return JobSpec(request, preset, encoder_rate or None)
 
-    def submit(self, *values: Any) -> Job:
+    def submit(self, *values: Any, owner: str | None = None) -> Job:
         try:
             spec = self.spec(*values)
+            spec.owner = owner
             model = load_preset(spec.preset).model
             if gone := hub.missing(model):  # a job never starts a silent multi-GB download
                 raise InputError("weights", hub.missing_message(model, gone, spec.preset))
             return self.worker.submit(spec)
         except InputError as e:
-            raise gr.Error(f"{e.field.lstrip('-')}: {e.message}", title="Can't start this job") from None
+            raise self._error(e, "Can't start this job") from None
 
-    def generate_click(self, *values: Any) -> tuple[str, Any, str]:
+    def generate_click(self, *values: Any, request: gr.Request | None = None) -> tuple[str, Any, str]:
         """Page Generate: queue the job and point this page at it."""
-        job = self.submit(*values)
-        return job.id, gr.update(value=None, visible=False), self.progress_html(job)
+        job = self.submit(*values, owner=self.user(request))
+        return job.id, gr.update(value=None, visible=False), self.html(job)
+
+    # ------------------------------------------------------------ ownership
+    def user(self, request: gr.Request | None = None) -> str | None:
+        """The logged-in user of ``request`` (of the event being handled when not given); ``None`` without --auth."""
+        if request is None:
+            from gradio.context import LocalContext  # handlers taking *values cannot ask gradio for the request
+
+            request = LocalContext.request.get(None)
+        return getattr(request, "username", None) or None
+
+    def own(self, job_id: Any, request: gr.Request | None = None) -> str:
+        """``job_id`` if the request's user may see and act on that job, else the error an unknown id gets.
+
+        Call it first in every handler that takes a job id from a client: another user's job and a job
+        that does not exist read the same, so ids cannot be probed.
+        """
+        job_id = str(job_id or "")
+        if not self.studio.may_see(self.user(request), self.worker.owner_of(job_id)):
+            raise gr.Error(f"job: no job with id {job_id!r}")
+        return job_id
+
+    def visible_jobs(self, request: gr.Request | None = None) -> list[Job]:
+        """The jobs this user sees, oldest first."""
+        user = self.user(request)
+        return [j for j in self.store.jobs() if self.studio.may_see(user, j.spec.owner)]
+
+    def _error(self, e: InputError, title: str | None = None) -> gr.Error:
+        """An input error as the page shows it (without server folders when the studio is shared)."""
+        text = self.studio.say(f"{e.field.lstrip('-')}: {e.message}")
+        return gr.Error(text, title=title) if title else gr.Error(text)
+
+    def html(self, job: Job | None) -> str:
+        return self.progress_html(job, scrub=self.studio.shared)
 
     # ------------------------------------------------------------- following
     def _claim(self, request: gr.Request | None) -> tuple[str, str]:
@@ -139,9 +182,9 @@ class Handlers:
             if self._views.get(session) == token:
                 del self._views[session]
 
-    def attach(self) -> str:
-        """Page load: the running job, else the newest one ('' when there is none)."""
-        job = self.store.current()
+    def attach(self, request: gr.Request | None = None) -> str:
+        """Page load: this user's running job, else their newest one ('' when there is none)."""
+        job = _current(self.visible_jobs(request))
         return job.id if job else ""
 
     def follow(self, job_id: str, request: gr.Request | None = None) -> Iterator[tuple]:
@@ -153,7 +196,7 @@ class Handlers:
         """
         session, token = self._claim(request)
         try:
-            if job_id:
+            if job_id and self.studio.may_see(self.user(request), self.worker.owner_of(str(job_id))):
                 yield from self._follow(job_id, session, token)
         finally:
             self._release(session, token)
@@ -187,13 +230,13 @@ class Handlers:
             if key != plan_key:
                 plan, plan_key = self.plan_md(job), key
             files = [str(p) for p in (job.video, job.sidecar) if p] if terminal else None
-            yield chunk, preview, self.progress_html(job), plan, gr.update(value=files, visible=True) if files else gr.skip()
+            yield chunk, preview, self.html(job), plan, gr.update(value=files, visible=True) if files else gr.skip()
             if terminal and sent >= len(segments):
                 return
 
     # --------------------------------------------------------------- display
     @staticmethod
-    def progress_html(job: Job | None) -> str:
+    def progress_html(job: Job | None, scrub: bool = False) -> str:
         if job is None:
             return "<div class='fph-progress idle'>No job yet. Type a prompt and press Generate.</div>"
         p = job.progress
@@ -210,14 +253,16 @@ class Handlers:
             parts.append(f"ETA {_fmt_time(p.eta_s)}")
         if p.s_per_frame is not None:
             parts.append(f"{p.s_per_frame:.3f} s/frame")
-        msg = f"<div class='fph-msg'>{html.escape(job.message)}</div>" if job.message else ""
+        message = _scrub(job.message) if scrub else job.message
+        msg = f"<div class='fph-msg'>{html.escape(message)}</div>" if message else ""
         return (f"<div class='fph-progress {status}'><div class='fph-line'>{' · '.join(parts)}</div>"
                 f"<div class='fph-bar'><div style='width:{pct:.1f}%'></div></div>{msg}</div>")
 
     def plan_md(self, job: Job) -> str:
         r = job.spec.request
         size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
-        return self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens, r.history_mode, size)
+        return self.studio.say(self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens,
+                                             r.history_mode, size))
 
     def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None) -> str:
         """The plan shown before a job starts (preset / rate / length / history mode changed)."""
@@ -225,7 +270,7 @@ class Handlers:
             secs = _num(seconds, "seconds") or 5.0
         except InputError as e:
             return f"{e.field}: {e.message}"
-        return self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None)
+        return self.studio.say(self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None))
 
     @staticmethod
     def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None,
@@ -241,7 +286,7 @@ class Handlers:
         try:
             p = load_preset(preset or self.default_preset)
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}") from None
+            raise self._error(e) from None
         rates = [p.model.encoder_rate] if p.model.encoder else p.model.encoder_rates
         return (
             gr.update(value=p.sampling.steps), gr.update(value=p.sampling.guidance), gr.update(value=p.sampling.shift),
@@ -253,61 +298,76 @@ class Handlers:
         )
 
     # ------------------------------------------------------------ the queue
-    def queue_rows(self) -> list[list[Any]]:
+    def queue_rows(self, request: gr.Request | None = None) -> list[list[Any]]:
+        """This user's jobs, newest first; the last column says which device (and worker) runs or ran each."""
         rows = []
-        for job in reversed(self.store.jobs()):
+        for job in reversed(self.visible_jobs(request)):
             p = job.progress
             rows.append([job.id, job.status, f"{p.sections_done}/{p.sections_total or '?'}", f"{job.spec.request.seconds:g}",
-                         job.spec.request.prompt[:60], job.message[:80]])
+                         job.spec.request.prompt[:60], self.studio.say(job.message)[:80], self._device(job)])
         return rows
 
-    def refresh(self, seen: list | None) -> tuple:
-        """Timer: queue table, job picker and gallery, only when something changed."""
-        jobs = self.store.jobs()
-        key = [(j.id, j.status, j.progress.sections_done) for j in jobs]
+    def _device(self, job: Job) -> str:
+        if job.device is None:
+            return ""
+        return f"{job.device} #{job.worker}" if len(self.worker.lanes) > 1 and job.worker else job.device
+
+    def refresh(self, seen: list | None, request: gr.Request | None = None) -> tuple:
+        """Timer: queue table, job picker and gallery (this user's), only when something changed."""
+        jobs = self.visible_jobs(request)
+        key = [(j.id, j.status, j.progress.sections_done, j.device) for j in jobs]
         if seen == key:
             return seen, gr.skip(), gr.skip(), gr.skip()
         ids = [j.id for j in reversed(jobs)]
         finished = [k for k in key if k[1] in TERMINAL]
         gallery = gr.skip()
         if seen is None or finished != [k for k in seen if k[1] in TERMINAL]:
-            gallery = self.gallery()
-        return key, self.queue_rows(), gr.update(choices=ids), gallery
+            gallery = self.gallery(request)
+        return key, self.queue_rows(request), gr.update(choices=ids), gallery
 
-    def gallery(self) -> list[tuple[str, str]]:
-        return past_results(self.worker.outputs)
+    def gallery(self, request: gr.Request | None = None) -> list[tuple[str, str]]:
+        """Finished videos under outputs/ that this user may see."""
+        if self.studio.sees_all(user := self.user(request)):
+            return past_results(self.worker.outputs)
+        return past_results(self.worker.outputs, visible=lambda video: self.studio.may_see(user, self.worker.owner_of_file(video)))
 
-    def cancel_click(self, job_id: str) -> str:
+    def cancel_click(self, job_id: str, request: gr.Request | None = None) -> str:
         """Cancel button: the chosen job (or the one on screen)."""
         if not job_id:
             raise gr.Error("No job to cancel.")
         try:
-            job = self.worker.cancel(job_id)
+            job = self.worker.cancel(self.own(job_id, request))
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}") from None
-        return self.progress_html(job)
+            raise self._error(e) from None
+        return self.html(job)
 
     # ------------------------------------------------------------ resuming
-    def interrupted_choices(self) -> tuple[Any, Any]:
+    def interrupted(self, request: gr.Request | None = None) -> list[dict[str, Any]]:
+        """This user's jobs that a dead process left unfinished (without server folders)."""
+        user = self.user(request)
+        return [{k: v for k, v in r.items() if k != "folder"} for r in self.worker.interrupted()
+                if self.studio.may_see(user, r.get("owner"))]
+
+    def interrupted_choices(self, request: gr.Request | None = None) -> tuple[Any, Any]:
         """Jobs a dead process left unfinished: the picker's choices, and whether to show the box."""
-        rows = self.worker.interrupted()
+        rows = self.interrupted(request)
         choices = [(f"{r['id']} · {r['sections_done']}/{r['sections_total'] or '?'} sections · {r['prompt'][:50]}", r["id"])
                    for r in rows]
         return gr.update(choices=choices, value=choices[0][1] if choices else None), gr.update(visible=bool(rows))
 
-    def resume_click(self, job_id: str | None) -> tuple[str, str]:
+    def resume_click(self, job_id: str | None, request: gr.Request | None = None) -> tuple[str, str]:
         """Resume: queue the interrupted job again and point this page at it."""
         if not job_id:
             raise gr.Error("No interrupted job chosen.")
         try:
-            job = self.worker.resume(str(job_id))
+            job = self.worker.resume(self.own(job_id, request))
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}", title="Can't resume this job") from None
-        return job.id, self.progress_html(job)
+            raise self._error(e, "Can't resume this job") from None
+        return job.id, self.html(job)
 
-    def cancel_picked(self, job_id: str) -> None:
-        """Queue tab: cancel any job; the page keeps showing the one it follows."""
-        self.cancel_click(job_id)
+    def cancel_picked(self, job_id: str, request: gr.Request | None = None) -> None:
+        """Queue tab: cancel any of this user's jobs; the page keeps showing the one it follows."""
+        self.cancel_click(job_id, request)
         gr.Info(f"Cancelling job {job_id}.")
 
     # -------------------------------------------------------------- the API
@@ -315,44 +375,60 @@ class Handlers:
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
                      window_frames: int | None = None, history_guidance: float | None = None,
-                     start_frame: str | None = None) -> tuple[str, str]:
+                     start_frame: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
         empty = the backbone's default; ignored with a start image or video.
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames, history_guidance, start_frame)
+                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":
-            raise gr.Error(f"job {job.id} {job.status}: {job.message}")
+            raise gr.Error(self.studio.say(f"job {job.id} {job.status}: {job.message}"))
         return str(job.video), str(job.sidecar)
 
-    def api_cancel(self, job_id: str) -> dict:
+    def view(self, job: Job) -> dict:
+        """A job as API clients see it: files relative to outputs/, no server folders."""
+        return client_view(job.snapshot(), self.worker.outputs, self.studio)
+
+    def api_cancel(self, job_id: str, request: gr.Request | None = None) -> dict:
         """Cancel a job by id; returns its status."""
         try:
-            return self.worker.cancel(str(job_id or "")).snapshot()
+            return self.view(self.worker.cancel(self.own(job_id, request)))
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}") from None
+            raise self._error(e) from None
 
-    def api_resume(self, job_id: str) -> dict:
+    def api_resume(self, job_id: str, request: gr.Request | None = None) -> dict:
         """Queue an interrupted job again (ids are in ``/status``'s ``interrupted``); returns its status."""
         try:
-            return self.worker.resume(str(job_id or "")).snapshot()
+            return self.view(self.worker.resume(self.own(job_id, request)))
         except InputError as e:
-            raise gr.Error(f"{e.field}: {e.message}") from None
+            raise self._error(e) from None
 
-    def api_status(self, job_id: str) -> dict:
-        """One job's status by id, or with an empty id every job (newest first) and the interrupted ones."""
+    def api_status(self, job_id: str, request: gr.Request | None = None) -> dict:
+        """One job's status by id, or with an empty id all of this user's jobs (newest first) and interrupted ones.
+
+        Files are named relative to outputs/; with --auth a user sees only their own jobs (an admin all).
+        """
         if job_id:
             try:
-                return self.store.get(str(job_id)).snapshot()
+                return self.view(self.store.get(self.own(job_id, request)))
             except InputError as e:
-                raise gr.Error(f"{e.field}: {e.message}") from None
-        current = self.store.current()
-        return {"current": current.id if current else None, "queued": self.worker.queued(),
-                "jobs": [j.snapshot() for j in reversed(self.store.jobs())], "interrupted": self.worker.interrupted()}
+                raise self._error(e) from None
+        jobs = self.visible_jobs(request)
+        current = _current(jobs)
+        mine = {j.id for j in jobs}
+        return {"current": current.id if current else None, "queued": [i for i in self.worker.queued() if i in mine],
+                "jobs": [self.view(j) for j in reversed(jobs)], "interrupted": self.interrupted(request),
+                "devices": [self._lane_row(lane, jobs) for lane in self.worker.lanes]}
+
+    @staticmethod
+    def _lane_row(lane: Any, jobs: list[Job]) -> dict:
+        """One worker: its device and the job it runs (if it is one of ``jobs``, those this user sees)."""
+        running = [j for j in jobs if j.status == "running" and j.worker == lane.index]
+        return {"worker": lane.index, "device": lane.device, "job": running[0].id if running else None}
 
 
 START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen", "world": "the world's first view"}

@@ -16,6 +16,7 @@ import gradio as gr
 
 from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
 from framepack_history.jobs import Worker
+from framepack_history.studio import Studio
 
 from .handlers import START_FRAME_LABELS, Handlers, random_seed
 from .weights import WeightsPanel
@@ -60,10 +61,10 @@ def max_seconds(presets: list[str]) -> float:
     return longest
 
 
-def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
-    """The whole page, wired to ``worker``."""
+def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | None = None) -> gr.Blocks:
+    """The whole page, wired to ``worker``; ``studio`` says who sees which job (``--auth``)."""
     choices = preset_choices(default_preset)
-    h = Handlers(worker, default_preset, [value for _, value in choices])
+    h = Handlers(worker, default_preset, [value for _, value in choices], studio=studio)
     preset = load_preset(default_preset)
     rates = [preset.model.encoder_rate] if preset.model.encoder else preset.model.encoder_rates
     with gr.Blocks(title="FramePack History") as demo:
@@ -128,7 +129,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                 files = gr.File(label="Video and sidecar", file_count="multiple", interactive=False, visible=False)
         with gr.Tabs():
             with gr.Tab("Queue"):
-                queue = gr.Dataframe(headers=["job", "status", "sections", "seconds", "prompt", "message"],
+                queue = gr.Dataframe(headers=["job", "status", "sections", "seconds", "prompt", "message", "device"],
                                      interactive=False, wrap=True, elem_id="fph-queue")
                 with gr.Row():
                     picked = gr.Dropdown([], label="Job", allow_custom_value=False, scale=3)
