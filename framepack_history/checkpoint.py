@@ -309,7 +309,8 @@ class JobDir:
         board = request.validate(pipeline.preset)
         mode = pipeline.option(request, "history_mode")
         device = pipeline.backbone.device
-        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device)
+        cap = pipeline.history_cap(request, _size(request, pipeline.preset)) if mode == "encoder" else 0
+        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap)
         try:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:
@@ -320,6 +321,11 @@ class JobDir:
             torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
         return gen, resumed
+
+
+def _size(request: GenerationRequest, preset: Preset) -> tuple[int, int]:
+    """The size the job generates at: its request's (recorded by the start), else the preset's."""
+    return (request.width, request.height) if request.width and request.height else (preset.video.width, preset.video.height)
 
 
 def chunk_file(index: int) -> str:

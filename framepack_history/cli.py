@@ -49,6 +49,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--history-guidance", type=float,
                    help="history guidance (encoder mode): 1 = off, >1 leans harder on the history embedding")
     g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
+    g.add_argument("--max-history-tokens", type=int, metavar="N",
+                   help="bounded history: at most N history tokens, older history coarser (0 = no cap; default: the preset's)")
     g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int)
@@ -98,7 +100,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         start_frame=args.start_frame,
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
-        cfg=args.cfg, shift=args.shift, sampler=args.sampler,
+        cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
     )
 
 
