@@ -157,3 +157,46 @@ def test_invalid_preset_cap_is_an_input_error():
     with pytest.raises(InputError) as e:
         preset_from_dict({"name": "t", "model": {"backbone": "toy"}, "history": {"max_tokens": 2.5}})
     assert e.value.message.startswith("history.max_tokens must be an integer")
+
+
+def test_a_capped_job_resumes_identically(toy_pipeline, tmp_path):
+    """Crash after section 5 of 8 with merges already done; the resumed job equals the uninterrupted one."""
+    import numpy as np
+
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.render import render
+
+    from .test_checkpoint import CrashingJobDir, _Crash, decoded
+
+    cap = 9 * TOKENS_PER_GROUP  # the tiny toy: 16 tokens per group, 2 per section: merges from section 4 on
+    request = GenerationRequest(prompt="0s: camera pans right; 2s: camera pans left", seconds=4, seed=5, steps=2,
+                                max_history_tokens=cap)
+    render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    straight = toy_pipeline.last_generation.history
+    assert max(seg[1] for seg in straight._segs) >= 1 and straight.num_tokens <= cap
+    job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=5)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    gen, _ = JobDir(job.root).restore(toy_pipeline)
+    assert gen.history.max_tokens == cap and gen.next_section == 5
+    assert any(seg[1] > 0 for seg in gen.history._segs)  # the restored state already holds merged groups
+    render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=JobDir(job.root))
+    resumed = toy_pipeline.last_generation.history
+    assert torch.equal(resumed.grid, straight.grid) and torch.equal(resumed.tokens()[1], straight.tokens()[1])
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
+    # done, with an embedding: the history stays for the memory inspector
+    ck = JobDir(job.root).checkpoint()
+    assert ck["status"] == "done" and ck["chunks"] == 9 and (job.root / "history").is_dir()
+
+
+def test_a_finished_window_job_drops_its_tensors(toy_pipeline, tmp_path):
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="camera holds", seconds=1, seed=1, steps=1, history_mode="window")
+    job = JobDir(tmp_path / "job")
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)
+    ck = job.checkpoint()
+    assert ck["status"] == "done" and ck["chunks"] == 0 and not (job.root / "history").exists()
