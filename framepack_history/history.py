@@ -258,6 +258,14 @@ class HistoryState:
         self.load_chunks([load_file(str(path))])
 
     # ------------------------------------------------------------- the cap
+    def time_reduction_at(self, frame: int) -> int:
+        """How many of the encoder's groups the token frame holding latent ``frame`` covers (1: full detail)."""
+        g = self.encoder.frames_per_group if self.encoder is not None else 1
+        for first, level, _ in self._segs if self.capped else ():
+            if first * g <= frame < (first + 2**level) * g:
+                return 2**level
+        return 1
+
     def _budget(self, tokens_per_group: int) -> int:
         """Complete groups allowed: the cap less one group kept free for the partial last group."""
         groups = self.max_tokens // tokens_per_group - 1
