@@ -15,8 +15,8 @@ measured with and without ``history.max_tokens`` (the shipped model, ``toy-cpu``
 * **recall by age**: a past frame recalled from the embedding (Stage I's frame query) 10 s, 1 min and 4 min
   before the end of that history, PSNR against the true frame.
 
-    nice -n 10 python benchmarks/long_history.py                 # 4 worlds, the 5-minute timing from true history
-    nice -n 10 python benchmarks/long_history.py --worlds 8 --full
+    nice -n 10 python benchmarks/long_history.py                 # 8 worlds, the 5-minute timing from true history
+    nice -n 10 python benchmarks/long_history.py --caps 0,40 --worlds 0 --full   # whole generated jobs (about 10 min)
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def revisit_and_recall(pipe: Pipeline, ep, caps: list[int], index: int, excursio
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--caps", default="0,40,160", help="history-token caps to compare (0 = no cap)")
-    ap.add_argument("--worlds", type=int, default=4, help="held-out worlds for revisit and recall")
+    ap.add_argument("--caps", default="0,40,80,160", help="history-token caps to compare (0 = no cap)")
+    ap.add_argument("--worlds", type=int, default=8, help="held-out worlds for revisit and recall")
     ap.add_argument("--rounds", type=int, default=2, help="alternating timing rounds (the faster of each section's)")
     ap.add_argument("--full", action="store_true", help="time whole five-minute jobs generated section by section")
     ap.add_argument("--skip-cost", action="store_true", help="revisit and recall only")
