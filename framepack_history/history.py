@@ -277,11 +277,19 @@ class HistoryState:
     def _add_groups(self, fine: list[torch.Tensor]) -> None:
         """Add complete fine groups ``[1, 1, h, w, D]`` one at a time, merging as the cap says; encode new merges."""
         for tok in fine:
-            self._segs.append([self._fine_groups, 0, tok])
-            self._fine_groups += 1
-            budget = self._budget(int(tok.shape[2] * tok.shape[3]))
-            while len(self._segs) > budget:
-                merge_oldest(self._segs, budget)
+            self._grow(tok, int(tok.shape[2] * tok.shape[3]))
+        self._encode_merged()
+
+    def _grow(self, tokens: torch.Tensor | None, tokens_per_group: int) -> None:
+        """One more complete group at full detail; merge until the layout fits the budget again."""
+        self._segs.append([self._fine_groups, 0, tokens])
+        self._fine_groups += 1
+        budget = self._budget(tokens_per_group)
+        while len(self._segs) > budget:
+            merge_oldest(self._segs, budget)
+
+    def _encode_merged(self) -> None:
+        """Encode the coarse groups that merges left without tokens (only those still in the layout)."""
         for seg in self._segs:
             if seg[2] is None:
                 seg[2] = self._encode_coarse(seg[0], seg[1])
@@ -331,7 +339,7 @@ class HistoryState:
 
     def _load_capped(self, chunks: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> None:
         """Raw latents from every chunk, full-detail tokens where the layout keeps them, merges re-encoded."""
-        fine: dict[int, torch.Tensor] = {}
+        fine: dict[int, torch.Tensor] = {}  # full-detail tokens by group index
         groups = 0
         for c in chunks:
             lat = c.get("latents")
@@ -350,24 +358,17 @@ class HistoryState:
         tail = chunks[-1].get("tokens_tail") if chunks else None
         self._tail = None if tail is None else tail.to(self.device, dtype)
         complete = self._frames // self.encoder.frames_per_group
-        if not fine and complete:
+        some = next(iter(fine.values()), None)
+        if some is None and complete:
             raise ValueError("the history chunks hold no token groups")
-        tokens_per_group = int(next(iter(fine.values())).shape[2] * next(iter(fine.values())).shape[3]) if fine else 1
-        for i in range(complete):  # the same layout as appending, group by group
-            self._segs.append([i, 0, None])
-            self._fine_groups += 1
-            budget = self._budget(tokens_per_group)
-            while len(self._segs) > budget:
-                merge_oldest(self._segs, budget)
+        for _ in range(complete):  # the same layout as appending, group by group
+            self._grow(None, int(some.shape[2] * some.shape[3]))
         for seg in self._segs:
             if seg[1] == 0:
                 if seg[0] not in fine:
                     raise ValueError(f"the history chunks lack the tokens of group {seg[0]}")
                 seg[2] = fine[seg[0]].to(self.device, dtype)
-        for seg in self._segs:
-            if seg[2] is None:
-                seg[2] = self._encode_coarse(seg[0], seg[1])
-
+        self._encode_merged()
 
 #: the fewest complete groups a cap may allow (half of them stay at full detail)
 MIN_CAP_GROUPS = 8
