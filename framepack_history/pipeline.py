@@ -22,7 +22,7 @@ from .backbones.base import Backbone, Conditioning, Context
 from .buckets import resolve_size
 from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
-from .history import HistoryState
+from .history import MIN_CAP_GROUPS, HistoryState
 from .overlap import OverlapDecoder
 from .sampling import guided, history_guided, sample
 from .video import read_image, read_video
@@ -206,8 +206,6 @@ class Pipeline:
 
     def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
         """The request's history-token cap (0 = none), checked against one token group at ``size``."""
-        from .history import MIN_CAP_GROUPS
-
         cap = int(self.option(request, "max_history_tokens") or 0)
         if not cap or self.encoder is None:
             return cap
