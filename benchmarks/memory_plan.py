@@ -5,6 +5,8 @@ the 640 bucket (480x832), history encoder on; against the goal of at most
 11.5 GiB on the device and 32 GiB on the host. Other presets and lengths:
 
     python benchmarks/memory_plan.py --preset rtx4090-24gb --seconds 120 --full
+    python benchmarks/memory_plan.py --seconds 300                          # five minutes, bounded history
+    python benchmarks/memory_plan.py --seconds 300 --max-history-tokens 0   # five minutes, no cap
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from framepack_history.config import load_preset
 from framepack_history.memory.planner import GiB, format_table, plan
 
 GOAL_DEVICE_GIB, GOAL_HOST_GIB = 11.5, 32.0
@@ -27,10 +30,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--history", default="encoder", choices=("encoder", "window", "none"))
     ap.add_argument("--full", action="store_true", help="every section, not one per 20 s")
+    ap.add_argument("--max-history-tokens", type=int, help="history-token cap (0 = none; default: the preset's)")
     args = ap.parse_args()
 
+    preset = load_preset(args.preset)
+    if args.max_history_tokens is not None:
+        preset.history.max_tokens = args.max_history_tokens
+    print(f"history-token cap: {preset.history.max_tokens or 'none'}")
     t0 = time.perf_counter()
-    p = plan(args.preset, args.seconds, history_mode=args.history)
+    p = plan(preset, args.seconds, history_mode=args.history)
     took = time.perf_counter() - t0
     print(format_table(p, full=args.full))
     den = [r for r in p if r.phase == "denoise"]

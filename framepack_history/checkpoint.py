@@ -192,10 +192,15 @@ class JobDir:
 
     # ------------------------------------------------------------- writing
     def set_status(self, status: str, message: str = "") -> None:
-        """Record the job's state; a finished job drops its tensors (they only serve a resume)."""
+        """Record the job's state; a finished job drops its tensors unless they hold a history embedding.
+
+        An embedding is kept for the memory inspector (:mod:`.recall`); without one the tensors only
+        served a resume.
+        """
         ck = self.checkpoint()
         ck.update(status=status, message=message, updated=time.time(), owner=_owner())
-        if status == "done":
+        keep = ck.get("format") == CHECKPOINT_FORMAT and int(ck.get("history_tokens") or 0) > 0
+        if status == "done" and not keep:
             _drop_format_1(ck)
             ck.update(format=CHECKPOINT_FORMAT, chunks=0, cond=None)
         _write_json(self.root / CHECKPOINT, ck)
@@ -259,7 +264,7 @@ class JobDir:
         return atomic_write_json(self.root / CHECKPOINT, ck).stat().st_size
 
     def _cleanup(self, ck: dict) -> None:
-        """Delete tensor files ``ck`` does not name (orphaned by a crash, format 1, temp files; all when done)."""
+        """Delete tensor files ``ck`` does not name (orphaned by a crash, format 1, temp files; all when done without an embedding)."""
         files, cond = _tensor_files(ck, str(self.root))
         keep = {*files, cond}
         folder = self.root / CHUNKS
@@ -309,7 +314,8 @@ class JobDir:
         board = request.validate(pipeline.preset)
         mode = pipeline.option(request, "history_mode")
         device = pipeline.backbone.device
-        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device)
+        cap = pipeline.history_cap(request, _size(request, pipeline.preset)) if mode == "encoder" else 0
+        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap)
         try:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:
@@ -323,6 +329,11 @@ class JobDir:
                 torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
         return gen, resumed
+
+
+def _size(request: GenerationRequest, preset: Preset) -> tuple[int, int]:
+    """The size the job generates at: its request's (recorded by the start), else the preset's."""
+    return (request.width, request.height) if request.width and request.height else (preset.video.width, preset.video.height)
 
 
 def chunk_file(index: int) -> str:

@@ -49,6 +49,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--history-guidance", type=float,
                    help="history guidance (encoder mode): 1 = off, >1 leans harder on the history embedding")
     g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
+    g.add_argument("--max-history-tokens", type=int, metavar="N",
+                   help="bounded history: at most N history tokens, older history coarser (0 = no cap; default: the preset's)")
     g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int)
@@ -72,11 +74,24 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_recall(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("recall", help="the memory inspector: a past frame recalled from a job's history embedding",
+                       description="Recall the frame at a time from a job's history embedding (on the CPU, from its last "
+                                   "checkpoint) and compare it with the real frame.")
+    r.add_argument("job_dir", metavar="JOB_DIR", help="the job folder (`generate --job-dir DIR`, or the app's jobs/ID)")
+    r.add_argument("--at", type=float, required=True, help="time in the video, in seconds")
+    r.add_argument("--out", default="recall.png", help="PNG of the recalled frame (default recall.png)")
+    r.add_argument("--real-out", help="also write the real frame here (PNG)")
+    r.add_argument("--steps", type=int, help="denoising steps (default: the job's)")
+    r.add_argument("--seed", type=int, default=0, help="noise seed of the recall")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m framepack_history", description="Long video generation with a compressed history embedding.")
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     _add_generate(sub)
     _add_resume(sub)
+    _add_recall(sub)
     i = sub.add_parser("inspect", help="show a preset and its history-token budget")
     i.add_argument("--preset", default="toy-cpu")
     i.add_argument("--json", action="store_true")
@@ -98,7 +113,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         start_frame=args.start_frame,
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
-        cfg=args.cfg, shift=args.shift, sampler=args.sampler,
+        cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
     )
 
 
@@ -241,6 +256,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recall(args: argparse.Namespace) -> int:
+    from .recall import Inspector, save_png
+
+    for name, path in (("--out", args.out), ("--real-out", args.real_out)):
+        if path is not None and Path(path).suffix.lower() != ".png":
+            raise InputError(name, f"must end in .png (got {path!r})")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise InputError("--steps", f"must be an integer in [1, 1000] (got {args.steps})")
+    if not Path(args.job_dir).is_dir():
+        raise InputError("JOB_DIR", f"{args.job_dir} is not a folder")
+    r = Inspector().recall(args.job_dir, args.at, steps=args.steps, seed=args.seed)
+    from .checkpoint import JobDir
+
+    scale = JobDir(args.job_dir).info().preset.video.display_scale
+    save_png(r.recalled, args.out, scale)
+    if args.real_out:
+        save_png(r.real, args.real_out, scale)
+    print(r.summary())
+    print(f"PSNR {r.psnr:.2f} dB; wrote {args.out}" + (f" and {args.real_out}" if args.real_out else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -253,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         from .download_command import run as cmd_download
         from .memory.command import run as cmd_plan
 
-        return {"generate": cmd_generate, "resume": cmd_resume, "inspect": cmd_inspect, "plan": cmd_plan,
+        return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "inspect": cmd_inspect, "plan": cmd_plan,
                 "download": cmd_download, **training_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)

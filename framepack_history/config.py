@@ -25,6 +25,7 @@ HISTORY_MODES = ("encoder", "window", "none")
 #: seeded noise, as FramePack-Studio offers; the toy draws its world's first view.
 START_FRAMES = {"toy": ("world",), "hunyuan_framepack": ("noise", "black", "white", "green")}
 MAX_HISTORY_GUIDANCE = 20.0  # history guidance beyond this only amplifies noise
+MAX_HISTORY_TOKENS = 10_000_000  # a history-token cap beyond this bounds nothing a preset can generate
 
 
 class InputError(ValueError):
@@ -89,6 +90,10 @@ class HistorySpec:
     # add-on window alone, which Stage II trains with the same weights) and the prediction moves
     # ``guidance`` times as far from that one: 1 = off, > 1 leans harder on memory. Costs a second pass.
     guidance: float = 1.0
+    # Bounded history (mode "encoder"): at most this many history tokens; when they would pass it, the
+    # oldest history is re-encoded at twice the time reduction (and again, as needed) while recent
+    # history keeps full detail. 0 = no cap: the tokens grow with the video.
+    max_tokens: int = 0
 
 
 @dataclass
@@ -184,6 +189,8 @@ def _check(preset: Preset) -> None:
         raise InputError("history.window_frames", f"must be >= 0 (got {h.window_frames})")
     if not (math.isfinite(h.guidance) and 0 <= h.guidance <= MAX_HISTORY_GUIDANCE):
         raise InputError("history.guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {h.guidance!r})")
+    if h.max_tokens < 0:
+        raise InputError("history.max_tokens", f"must be >= 0 (0 = no cap; got {h.max_tokens})")
     if m.backbone not in ("toy", "hunyuan_framepack"):
         raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
     if v.buckets is None:
@@ -322,6 +329,8 @@ class GenerationRequest:
     #: when the inputs are read; see :mod:`.buckets`)
     width: int | None = None
     height: int | None = None
+    #: bounded history: the most history tokens (0 = no cap); None = the preset's ``history.max_tokens``
+    max_history_tokens: int | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -353,6 +362,9 @@ class GenerationRequest:
         if hg is not None and (isinstance(hg, bool) or not isinstance(hg, (int, float)) or not math.isfinite(hg)
                                or not 0 <= hg <= MAX_HISTORY_GUIDANCE):
             raise InputError("--history-guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {hg!r})")
+        cap = self.max_history_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_HISTORY_TOKENS):
+            raise InputError("--max-history-tokens", f"must be an integer in [0, {MAX_HISTORY_TOKENS}] (0 = no cap; got {cap!r})")
         if self.cfg is not None and self.cfg < 1:
             raise InputError("--cfg", f"must be >= 1 (got {self.cfg:g})")
         if self.shift is not None and self.shift <= 0:

@@ -9,6 +9,19 @@ Groups of ``encoder.frames_per_group`` latent frames map to one token frame.
 When a section does not end on a group boundary the last, partial group is
 encoded from replicate-padded frames and *replaced* once the group fills up;
 the few raw frames this needs are the only context ever re-read.
+
+**Bounded history** (``max_tokens > 0``): tokens grow linearly with the
+video, so a cap keeps them bounded. When the complete groups would pass the
+cap, the two oldest groups of the finest level that has to give way are
+replaced by one group of the next level: the same encoder run on their raw
+latents averaged over time by ``2**level``, so one token frame covers
+``2**level`` groups (twice the time reduction per level). Recent history keeps
+full detail: at least half the budget stays at level 0 while older levels can
+still merge. Coarse groups keep their true place in time: each token sits at
+the centre of the frames it covers. The layout after ``G`` complete groups
+depends on ``G`` alone (groups are added one at a time and merged by the same
+rule) and a coarse group's tokens depend only on its frames, so however the
+appends were split, and after a resume, the state is the same.
 """
 
 from __future__ import annotations
@@ -36,9 +49,17 @@ def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
 class HistoryState:
     """Raw latents (host) + compressed tokens (device) + their positions."""
 
-    def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu", max_tokens: int = 0) -> None:
         self.encoder = encoder
         self.device = torch.device(device)
+        #: the token cap (0 = none: the history grows with the video)
+        self.max_tokens = int(max_tokens)
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0 (got {max_tokens})")
+        # Capped: the complete groups as segments ``[first fine group, level, tokens [1, 1, h, w, D]]``,
+        # oldest first; a level-l segment covers 2**l fine groups. (Uncapped, ``_done`` holds them.)
+        self._segs: list[list] = []
+        self._fine_groups = 0
         # Raw latents on the host, one chunk per append (no copy of the past per section).
         self._chunks: list[torch.Tensor] = []
         self._frames = 0
@@ -76,9 +97,17 @@ class HistoryState:
         return torch.cat(picked[::-1], dim=2)[:, :, -n:]
 
     @property
+    def capped(self) -> bool:
+        return self.max_tokens > 0 and self.encoder is not None
+
+    def _parts(self) -> list[torch.Tensor]:
+        done = [seg[2] for seg in self._segs] if self.capped else self._done
+        return done + ([self._tail] if self._tail is not None else [])
+
+    @property
     def grid(self) -> torch.Tensor | None:
         """All tokens as a grid ``[1, T', h, w, D]`` (device)."""
-        parts = self._done + ([self._tail] if self._tail is not None else [])
+        parts = self._parts()
         if not parts:
             return None
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -86,7 +115,7 @@ class HistoryState:
     @property
     def num_tokens(self) -> int:
         # Counted per chunk: joining the grid here would copy the whole history on every append.
-        parts = self._done + ([self._tail] if self._tail is not None else [])
+        parts = self._parts()
         return sum(int(p.shape[1] * p.shape[2] * p.shape[3]) for p in parts)
 
     def tokens(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -99,9 +128,12 @@ class HistoryState:
         if g is None or self.encoder is None:
             return None
         _, t, h, w, d = g.shape
-        pos = self.encoder.positions(t, h, w)
+        pos = self._capped_positions(h, w) if self.capped else self.encoder.positions(t, h, w)
         pos[..., 0] -= self.num_frames / self.encoder.config.patch_size[0]
-        if any(self._track):
+        if self.capped:
+            if any(self._track):
+                pos[..., 2] += self._capped_track_means()[:, None, None]
+        elif any(self._track):
             pos[..., 2] += group_means(torch.tensor(self._track), self.encoder.frames_per_group)[:, None, None]
         return g.reshape(1, t * h * w, d), pos.reshape(-1, 3).to(self.device)
 
@@ -138,15 +170,22 @@ class HistoryState:
         tokens = self.encoder(frames.to(self.device, enc_dtype))  # [1, t', h, w, D]
         complete = (self.num_frames - first_group * g) // g
         full, tail = tokens[:, :complete], tokens[:, complete:]
-        if complete:
-            self._done.append(full)
         self._tail = tail if tail.shape[1] else None
+        if self.capped:
+            self._add_groups([full[:, i : i + 1] for i in range(complete)])
+        elif complete:
+            self._done.append(full)
         return self.num_tokens
 
     # ------------------------------------------------------------- persistence
     @property
     def num_groups(self) -> int:
-        """Complete token groups (the partial last group, if any, is not counted)."""
+        """Complete token groups at the encoder's rate (the partial last group, if any, is not counted).
+
+        Capped, merged groups count as the fine groups they replaced.
+        """
+        if self.capped:
+            return self._fine_groups
         return sum(int(p.shape[1]) for p in self._done)
 
     def chunk(self, since_frames: int = 0, since_groups: int = 0) -> dict[str, torch.Tensor]:
@@ -165,7 +204,13 @@ class HistoryState:
         if new:
             tensors["latents"] = self._last_frames(new).contiguous()
             tensors["track"] = torch.tensor(self._track[since_frames:], dtype=torch.float32)
-        done = self._last_groups(self.num_groups - since_groups)
+        if self.capped:  # the new groups still at full detail (merged ones are re-encoded on load)
+            fine = [seg for seg in self._segs if seg[1] == 0 and seg[0] >= since_groups]
+            done = torch.cat([seg[2] for seg in fine], dim=1) if fine else None
+            if fine:
+                tensors["tokens_done_from"] = torch.tensor(fine[0][0], dtype=torch.int64)
+        else:
+            done = self._last_groups(self.num_groups - since_groups)
         for name, t in (("tokens_done", done), ("tokens_tail", self._tail)):
             if t is not None:
                 tensors[name] = t.detach().to("cpu").contiguous()
@@ -187,6 +232,9 @@ class HistoryState:
         """Rebuild the state from :meth:`chunk` outputs, oldest first; tokens go back to the device."""
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
         self._chunks, self._track, self._done, self._tail = [], [], [], None
+        self._segs, self._fine_groups = [], 0
+        if self.capped:
+            return self._load_capped(chunks, dtype)
         for c in chunks:
             lat = c.get("latents")
             if lat is not None:
@@ -208,3 +256,142 @@ class HistoryState:
     def load(self, path: str | Path) -> None:
         """Restore what :meth:`save` wrote."""
         self.load_chunks([load_file(str(path))])
+
+    # ------------------------------------------------------------- the cap
+    def time_reduction_at(self, frame: int) -> int:
+        """How many of the encoder's groups the token frame holding latent ``frame`` covers (1: full detail)."""
+        g = self.encoder.frames_per_group if self.encoder is not None else 1
+        for first, level, _ in self._segs if self.capped else ():
+            if first * g <= frame < (first + 2**level) * g:
+                return 2**level
+        return 1
+
+    def _budget(self, tokens_per_group: int) -> int:
+        """Complete groups allowed: the cap less one group kept free for the partial last group."""
+        groups = self.max_tokens // tokens_per_group - 1
+        if groups < MIN_CAP_GROUPS:
+            raise ValueError(f"max_tokens {self.max_tokens} holds {groups + 1} token groups of {tokens_per_group} tokens; "
+                             f"at least {(MIN_CAP_GROUPS + 1) * tokens_per_group} are needed")
+        return groups
+
+    def _add_groups(self, fine: list[torch.Tensor]) -> None:
+        """Add complete fine groups ``[1, 1, h, w, D]`` one at a time, merging as the cap says; encode new merges."""
+        for tok in fine:
+            self._grow(tok, int(tok.shape[2] * tok.shape[3]))
+        self._encode_merged()
+
+    def _grow(self, tokens: torch.Tensor | None, tokens_per_group: int) -> None:
+        """One more complete group at full detail; merge until the layout fits the budget again."""
+        self._segs.append([self._fine_groups, 0, tokens])
+        self._fine_groups += 1
+        budget = self._budget(tokens_per_group)
+        while len(self._segs) > budget:
+            merge_oldest(self._segs, budget)
+
+    def _encode_merged(self) -> None:
+        """Encode the coarse groups that merges left without tokens (only those still in the layout)."""
+        for seg in self._segs:
+            if seg[2] is None:
+                seg[2] = self._encode_coarse(seg[0], seg[1])
+
+    @torch.no_grad()
+    def _encode_coarse(self, first_group: int, level: int) -> torch.Tensor:
+        """One token frame for ``2**level`` groups: their raw latents averaged over time by ``2**level``, encoded."""
+        g, k = self.encoder.frames_per_group, 2**level
+        frames = self._frames_between(first_group * g, (first_group + k) * g)
+        pooled = frames.unflatten(2, (g, k)).mean(3) if k > 1 else frames
+        return self.encoder(pooled.to(self.device, self.encoder.dtype))
+
+    def _frames_between(self, a: int, b: int) -> torch.Tensor:
+        """Raw latent frames ``a .. b-1`` (host), reading only the chunks that hold them."""
+        picked, start = [], 0
+        for chunk in self._chunks:
+            n = int(chunk.shape[2])
+            if start + n > a and start < b:
+                picked.append(chunk[:, :, max(0, a - start) : min(n, b - start)])
+            start += n
+        return torch.cat(picked, dim=2)
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """``(first latent frame, frames)`` of every token frame (segments, then the partial group)."""
+        g = self.encoder.frames_per_group
+        spans = [(seg[0] * g, 2 ** seg[1] * g) for seg in self._segs]
+        if self._tail is not None:
+            spans.append((self._fine_groups * g, self.num_frames - self._fine_groups * g))
+        return spans
+
+    def _capped_positions(self, h: int, w: int) -> torch.Tensor:
+        """Box centres as :meth:`HistoryEncoder.positions` gives them, a coarse group at the centre of its frames."""
+        g, pt = self.encoder.frames_per_group, self.encoder.config.patch_size[0]
+        pos = self.encoder.positions(1, h, w)[0]
+        out = []
+        for first, n in self._spans():
+            p = pos.clone()
+            # the centre of the token frames covered; a partial group is padded to a whole one, as uncapped
+            p[..., 0] = first / pt + (max(n, g) / pt - 1) / 2
+            out.append(p)
+        return torch.stack(out)
+
+    def _capped_track_means(self) -> torch.Tensor:
+        """The camera offset of every token frame: the mean over the frames it covers."""
+        track = torch.tensor(self._track, dtype=torch.float32)
+        return torch.stack([track[a : a + n].mean() for a, n in self._spans()])
+
+    def _load_capped(self, chunks: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> None:
+        """Raw latents from every chunk, full-detail tokens where the layout keeps them, merges re-encoded."""
+        fine: dict[int, torch.Tensor] = {}  # full-detail tokens by group index
+        groups = 0
+        for c in chunks:
+            lat = c.get("latents")
+            if lat is not None:
+                self._chunks.append(lat.to("cpu", torch.float32))
+                self._track += c["track"].tolist() if "track" in c else [0.0] * int(lat.shape[2])
+            if "tokens_done" in c:
+                done = c["tokens_done"]
+                first = int(c["tokens_done_from"]) if "tokens_done_from" in c else groups
+                for i in range(int(done.shape[1])):
+                    fine[first + i] = done[:, i : i + 1]
+                groups = first + int(done.shape[1])
+        self._frames = sum(int(c.shape[2]) for c in self._chunks)
+        if len(self._track) != self._frames:
+            raise ValueError(f"history chunks hold {self._frames} latent frames but {len(self._track)} track offsets")
+        tail = chunks[-1].get("tokens_tail") if chunks else None
+        self._tail = None if tail is None else tail.to(self.device, dtype)
+        complete = self._frames // self.encoder.frames_per_group
+        some = next(iter(fine.values()), None)
+        if some is None and complete:
+            raise ValueError("the history chunks hold no token groups")
+        for _ in range(complete):  # the same layout as appending, group by group
+            self._grow(None, int(some.shape[2] * some.shape[3]))
+        for seg in self._segs:
+            if seg[1] == 0:
+                if seg[0] not in fine:
+                    raise ValueError(f"the history chunks lack the tokens of group {seg[0]}")
+                seg[2] = fine[seg[0]].to(self.device, dtype)
+        self._encode_merged()
+
+#: the fewest complete groups a cap may allow (half of them stay at full detail)
+MIN_CAP_GROUPS = 8
+
+
+def merge_oldest(segs: list[list], budget: int) -> None:
+    """One merge: the two oldest segments of a level become one of the next level (tokens ``None``: to encode).
+
+    Level 0 gives way while it would keep at least half the budget (recent history keeps that much
+    detail); then the finest older level with two segments; level 0 again only when no other can.
+    Levels never increase towards the present, so the two oldest of a level are neighbours.
+    """
+    counts: dict[int, int] = {}
+    for seg in segs:
+        counts[seg[1]] = counts.get(seg[1], 0) + 1
+    coarse = sorted(lv for lv, n in counts.items() if lv > 0 and n >= 2)
+    if counts.get(0, 0) - 2 >= budget // 2:  # merging two still leaves half the budget at level 0
+        level = 0
+    elif coarse:
+        level = coarse[0]
+    elif counts.get(0, 0) >= 2:
+        level = 0
+    else:
+        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
+    i = next(j for j, seg in enumerate(segs) if seg[1] == level)
+    segs[i : i + 2] = [[segs[i][0], level + 1, None]]

@@ -109,6 +109,7 @@ class Worker:
         self.runner = self.lanes[0].runner
         self._lock = threading.Lock()
         self._owners: dict[str, str | None] = {}  # job id -> owner, read once from its job folder
+        self._inspector = None  # the memory inspector's own CPU model, loaded on the first recall
 
     @property
     def devices(self) -> list[str | None]:
@@ -202,6 +203,23 @@ class Worker:
 
     def queued(self) -> list[str]:
         return self.queue.ids()
+
+    # ------------------------------------------------------- memory inspector
+    def recall(self, job_id: str, at: float, steps: int | None = None):
+        """The frame at ``at`` s recalled from a job's history embedding (see :mod:`.recall`).
+
+        Runs in the caller's thread, on the CPU, from the job's last checkpoint with a model of its
+        own: never this worker's device or the models it holds, so a running job is not disturbed.
+        """
+        from .recall import Inspector
+
+        jd = self.job_dir(job_id)
+        if not jd.exists():
+            raise InputError("job", f"no job {job_id!r} has a folder under {self.jobs_dir}")
+        with self._lock:
+            if self._inspector is None:
+                self._inspector = Inspector()
+        return self._inspector.recall(jd.root, at, steps)
 
     # ------------------------------------------------------------- resuming
     def job_dir(self, job_id: str) -> JobDir:

@@ -22,7 +22,7 @@ from .backbones.base import Backbone, Conditioning, Context
 from .buckets import resolve_size
 from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
-from .history import HistoryState
+from .history import MIN_CAP_GROUPS, HistoryState
 from .overlap import OverlapDecoder
 from .sampling import guided, history_guided, sample
 from .video import read_image, read_video
@@ -140,7 +140,8 @@ class Pipeline:
         if value is not None:
             return value
         source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames"),
-                  "history_guidance": ("history", "guidance")}.get(name, ("sampling", name))
+                  "history_guidance": ("history", "guidance"),
+                  "max_history_tokens": ("history", "max_tokens")}.get(name, ("sampling", name))
         return getattr(getattr(self.preset, source[0]), source[1])
 
     @property
@@ -169,13 +170,15 @@ class Pipeline:
         if mode == "encoder" and self.encoder is None:
             raise InputError("--history", "this preset has no history encoder; use 'window' or 'none'")
         v = self.preset.video
-        history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device)
+        cap = self.history_cap(request, (w, h)) if mode == "encoder" else 0
+        history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device, max_tokens=cap)
         gen = Generation(request, board, self.sections_for(request.seconds), history)
         if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
             rate = None if self.encoder is None else self.encoder.config.rate
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
-            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
+            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap))  # the request's cap
+            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)
@@ -200,6 +203,20 @@ class Pipeline:
                 latents = self.backbone.vae_encode(to_pixels(frames))
         history.append(latents)
         return gen, frames if shown else None
+
+    def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
+        """The request's history-token cap (0 = none), checked against one token group at ``size``."""
+        cap = int(self.option(request, "max_history_tokens") or 0)
+        if not cap or self.encoder is None:
+            return cap
+        geo = self.backbone.geometry
+        _, gh, gw = self.encoder.grid(1, size[1] // geo.spatial_scale, size[0] // geo.spatial_scale)
+        least = (MIN_CAP_GROUPS + 1) * gh * gw
+        if cap < least:
+            field = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
+            raise InputError(field, f"{cap} is below the least cap at {size[0]}x{size[1]}, {least} tokens "
+                                    f"({MIN_CAP_GROUPS + 1} token groups of {gh * gw}); 0 = no cap")
+        return cap
 
     def size_for(self, request: GenerationRequest) -> tuple[int, int]:
         """The request's ``(width, height)``: its start image's or video's bucket, chosen and recorded once."""

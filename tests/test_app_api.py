@@ -124,3 +124,28 @@ def test_the_page_never_imports_model_code():
     code = "import sys, app, ui, framepack_history.jobs; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]  # models load in the worker, on first use
+
+
+def test_recall_and_a_history_cap_through_the_api(client):
+    """/generate with a history-token cap on the shipped toy, then /recall a past frame of it."""
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    video, sidecar = generate(client, prompt="0s: camera pans right; 4s: camera pans left", seconds=14, preset="toy-cpu", encoder_rate="2x2x4",
+                              max_history_tokens=36).result(timeout=300)
+    data = json.loads(Path(sidecar).read_text())
+    assert data["request"]["max_history_tokens"] == 36
+    assert [s["history_tokens"] for s in data["sections"]][-1] <= 36  # 4 tokens a second, capped
+    job = client.predict("", api_name="/status")["jobs"][0]["id"]  # newest first
+    recalled, real, info = client.predict(job, 2.0, None, api_name="/recall")
+    assert Image.open(recalled).size == Image.open(real).size == (16, 16)
+    assert info["latent_frame"] == 8 and info["time_reduction"] > 1 and info["history_tokens"] <= 36
+    assert 5 < info["psnr"] < 100 and f"PSNR {info['psnr']:.2f} dB" in info["summary"]
+    with pytest.raises(AppError, match="must be a time in"):
+        client.predict(job, 99.0, None, api_name="/recall")
+    generate(client, seconds=0.5).result(timeout=120)  # the tiny test preset: no trained encoder
+    tiny = client.predict("", api_name="/status")["jobs"][0]["id"]
+    with pytest.raises(AppError, match="no trained history encoder"):
+        client.predict(tiny, 0.0, None, api_name="/recall")
+    with pytest.raises(AppError, match="no job"):
+        client.predict("no-such-job", 0.0, None, api_name="/recall")

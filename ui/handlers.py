@@ -89,7 +89,7 @@ class Handlers:
     # ------------------------------------------------------------- submitting
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
              shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
-             start_frame: Any = None) -> JobSpec:
+             start_frame: Any = None, max_history_tokens: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
@@ -110,6 +110,7 @@ class Handlers:
             guidance=_num(guidance, "guidance"),
             shift=_num(shift, "shift"),
             start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
+            max_history_tokens=_num(max_history_tokens, "history-token cap", integer=True),
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -295,6 +296,7 @@ class Handlers:
             gr.update(value=p.history.guidance),
             gr.update(maximum=p.video.max_seconds),
             start_frame_update(p.model.backbone),
+            gr.update(value=p.history.max_tokens),
         )
 
     # ------------------------------------------------------------ the queue
@@ -375,14 +377,17 @@ class Handlers:
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
                      window_frames: int | None = None, history_guidance: float | None = None,
-                     start_frame: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
+                     start_frame: str | None = None, max_history_tokens: int | None = None,
+                     request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
-        empty = the backbone's default; ignored with a start image or video.
+        empty = the backbone's default; ignored with a start image or video. ``max_history_tokens``: bounded
+        history, at most that many history tokens (0 = no cap; empty = the preset's).
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, owner=self.user(request))
+                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
+                          owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":
@@ -429,6 +434,51 @@ class Handlers:
         """One worker: its device and the job it runs (if it is one of ``jobs``, those this user sees)."""
         running = [j for j in jobs if j.status == "running" and j.worker == lane.index]
         return {"worker": lane.index, "device": lane.device, "job": running[0].id if running else None}
+
+
+    # ------------------------------------------------------- memory inspector
+    def _recall(self, job_id: Any, at: Any, steps: Any = None, request: gr.Request | None = None):
+        """The worker's recall (CPU, the job's last checkpoint); bad input and jobs without an embedding as errors."""
+        if not job_id:
+            raise gr.Error("No job chosen.", title="Can't recall")
+        job_id = self.own(job_id, request)
+        try:
+            when = _num(at, "time")
+            return self.worker.recall(str(job_id), 0.0 if when is None else float(when),
+                                      _num(steps, "steps", integer=True))
+        except InputError as e:
+            raise gr.Error(f"{e.field.lstrip('-')}: {e.message}", title="Can't recall") from None
+
+    def recall_click(self, job_id: Any, at: Any, request: gr.Request | None = None) -> tuple:
+        """Memory tab: the frame recalled from the embedding, the real frame, and their PSNR."""
+        r = self._recall(job_id, at, request=request)
+        return r.recalled, r.real, f"**PSNR {r.psnr:.2f} dB** · {r.summary()} · saved history: {r.sections} sections, {r.seconds:g} s"
+
+    def recall_choices(self, request: gr.Request | None = None) -> Any:
+        """Memory tab: every job this user sees, newest first."""
+        return gr.update(choices=[j.id for j in reversed(self.visible_jobs(request))])
+
+    def recall_job(self, job_id: Any) -> Any:
+        """Memory tab: the time slider spans the chosen job's length."""
+        try:
+            seconds = self.store.get(str(job_id)).spec.request.seconds if job_id else None
+        except InputError:
+            seconds = None
+        return gr.update(maximum=seconds) if seconds else gr.skip()
+
+    def api_recall(self, job_id: str, at: float, steps: int | None = None,
+                   request: gr.Request | None = None) -> tuple[str, str, dict]:
+        """Recall the frame at ``at`` s of a job from its history embedding: (recalled PNG, real PNG, details)."""
+        from PIL import Image
+
+        r = self._recall(job_id, at, steps, request)
+        name = f"recall-{uuid.uuid4().hex[:8]}"
+        paths = [self.temp_dir / f"{name}-{kind}.png" for kind in ("recalled", "real")]
+        for image, path in zip((r.recalled, r.real), paths):
+            Image.fromarray(image).save(path)
+        info = {"psnr": r.psnr, "at": r.at, "latent_frame": r.frame, "age_s": r.age_s, "sections": r.sections,
+                "history_tokens": r.history_tokens, "time_reduction": r.coarse, "seconds": r.seconds, "summary": r.summary()}
+        return str(paths[0]), str(paths[1]), info
 
 
 START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen", "world": "the world's first view"}

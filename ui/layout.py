@@ -5,7 +5,7 @@ Three kinds of events:
 * followers: a generator per page that streams one job's segments into the
   player and its progress into the rest (``Handlers.follow``), started by
   Generate, by "Show" in the queue and on page load (re-attach);
-* the HTTP API: ``/generate``, ``/cancel`` and ``/status``.
+* the HTTP API: ``/generate``, ``/cancel``, ``/status``, ``/resume`` and ``/recall``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ CSS = """
 .fph-msg { margin-top: 6px; color: var(--body-text-color-subdued); }
 #fph-preview img { image-rendering: pixelated; object-fit: contain; }
 #fph-player video { image-rendering: pixelated; }
+#fph-recalled img, #fph-real img { image-rendering: pixelated; object-fit: contain; }
 """
 
 
@@ -110,6 +111,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                                            label="Sliding-window frames")
                         history_guidance = gr.Number(value=preset.history.guidance, minimum=0, maximum=MAX_HISTORY_GUIDANCE,
                                                      label="History guidance (1 = off)")
+                        history_cap = gr.Number(value=preset.history.max_tokens, precision=0, minimum=0,
+                                                label="History-token cap (0 = none)", elem_id="fph-history-cap",
+                                                info="bounded history: older history coarser, recent in full detail")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
@@ -137,6 +141,19 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                     cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
             with gr.Tab("Gallery"):
                 gallery = gr.Gallery(label="Past results (outputs/)", columns=6, height=300, allow_preview=True)
+            with gr.Tab("Memory", elem_id="fph-memory"):
+                gr.Markdown("What the history embedding remembers: pick a job and a time. The frame is recalled from the "
+                            "embedding alone (on the CPU, from the job's last finished section) beside the real frame.")
+                with gr.Row(equal_height=True):
+                    recall_job = gr.Dropdown([], label="Job", scale=3, elem_id="fph-recall-job")
+                    recall_at = gr.Slider(0, preset.video.max_seconds, value=0, step=0.25, label="Time (s)", scale=4,
+                                          elem_id="fph-recall-at")
+                    recall_button = gr.Button("Recall", scale=1, min_width=100)
+                with gr.Row():
+                    recalled = gr.Image(label="Recalled from the history embedding", interactive=False, height=256,
+                                        elem_id="fph-recalled", buttons=[])
+                    real_frame = gr.Image(label="Real frame", interactive=False, height=256, elem_id="fph-real", buttons=[])
+                recall_md = gr.Markdown("", elem_id="fph-recall-psnr")
         timer = gr.Timer(2.0)
 
         # hidden outputs of the API
@@ -144,7 +161,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         api_sidecar = gr.File(visible=False, label="sidecar")
 
         inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
-                  start_frame]
+                  start_frame, history_cap]
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -162,7 +179,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -176,8 +193,15 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         shown.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
+        # -- memory tab: recall a past frame of a job from its history embedding
+        for event in (demo.load, recall_job.focus):
+            event(h.recall_choices, None, recall_job, **private)
+        recall_job.change(h.recall_job, [recall_job], [recall_at], **private)
+        recall_button.click(h.recall_click, [recall_job, recall_at], [recalled, real_frame, recall_md],
+                            concurrency_limit=1, **private)
+
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
+        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):
@@ -197,4 +221,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
         gr.api(h.api_resume, api_name="resume", concurrency_limit=None)
+        api_recall_button = gr.Button(visible=False)
+        api_recall_outputs = [gr.File(visible=False, label="recalled"), gr.File(visible=False, label="real"),
+                              gr.JSON(visible=False, label="recall")]
+        api_recall_button.click(h.api_recall, [gr.Textbox(visible=False), gr.Number(visible=False), gr.Number(visible=False)],
+                                api_recall_outputs, api_name="recall", concurrency_limit=1)
     return demo

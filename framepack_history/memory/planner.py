@@ -214,8 +214,13 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     start = geo.latent_frames(1) if start_image else 0
     frames = [start + s * t for s in range(sections + 1)]  # history latent frames before section s
 
+    # bounded history: never more than the cap's whole token groups (see history.HistoryState)
+    per_group = enc.tokens_for(1, h, w)
+    most = preset.history.max_tokens // per_group * per_group if preset.history.max_tokens else None
+
     def hist(f: int) -> int:
-        return enc.tokens_for(f, h, w) if mode == "encoder" and f else 0
+        n = enc.tokens_for(f, h, w) if mode == "encoder" and f else 0
+        return n if most is None else min(n, most)
 
     latent_bytes = geo.latent_channels * t * h * w * 4
     host_latents = [geo.latent_channels * f * h * w * 4 for f in frames]
@@ -318,7 +323,7 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         rows.append(PhasePlan("vae_decode", weights_dev + dec - nonblock, host + 5 * pixels(s) + (act_s if on_cpu else 0),
                               hist(frames[s + 1]), ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay",
                               s, wd, max(act_s, enc_act)))
-    b20 = hist(start + geo.latent_frames(20 * v.fps)) - hist(start) if mode == "encoder" else 0
+    b20 = enc.tokens_for(start + geo.latent_frames(20 * v.fps), h, w) - enc.tokens_for(start, h, w) if mode == "encoder" else 0
     return Plan(rows, preset=preset.name, seconds=seconds, budget=budget, strategy=strategy, tokens_per_20s=b20,
                 fps=v.fps, section_seconds=v.section_frames / v.fps)
 
