@@ -20,7 +20,7 @@ import torch
 
 from .backbones.base import Backbone, Conditioning, Context
 from .buckets import resolve_size
-from .config import GenerationRequest, InputError, Preset, prompt_at
+from .config import GenerationRequest, InputError, Preset, prompt_weights
 from .encoder import HistoryEncoder
 from .history import HistoryState
 from .overlap import OverlapDecoder
@@ -43,6 +43,8 @@ class SectionStarted:
     index: int
     total: int
     prompt: str
+    #: inside a prompt transition: ``(the prompt it blends from, the weight of ``prompt``)``
+    blend: tuple[str, float] | None = None
 
 
 @dataclass
@@ -156,6 +158,19 @@ class Pipeline:
             with torch.no_grad(), self._phase("text_encode"):
                 self._text_cache[prompt] = self.backbone.encode_text(prompt).to("cpu")
         return self._text_cache[prompt].to(self.backbone.device)
+
+    def text_at(self, storyboard: list[tuple[float, str]], t: float) -> Conditioning:
+        """The text conditioning at time ``t``: one prompt's, or inside a transition a blend of two.
+
+        One DiT call reads one text conditioning for all frames of its section, so a
+        transition moves per section, by the section's start time (``config.prompt_weights``).
+        """
+        parts = prompt_weights(storyboard, t)
+        if len(parts) == 1:  # no blend: exactly the prompt's own embedding
+            return self.text(parts[0][0])
+        (a, _), (b, weight) = parts
+        with torch.no_grad():
+            return self.backbone.blend_text(self.text(a), self.text(b), weight)
 
     # -------------------------------------------------------------- start
     def start(self, request: GenerationRequest) -> tuple[Generation, np.ndarray | None]:
@@ -286,7 +301,7 @@ class Pipeline:
         idx = gen.next_section
         req, bb, v = gen.request, self.backbone, self.preset.video
         t_start = idx * v.section_frames / v.fps
-        cond = self.text(prompt_at(gen.storyboard, t_start))
+        cond = self.text_at(gen.storyboard, t_start)
         cond = Conditioning({**gen.image_cond.tensors, **cond.tensors})
         cfg = float(self.option(req, "cfg"))
         neg = None
@@ -371,7 +386,9 @@ class Pipeline:
         while gen.next_section < gen.total_sections:
             idx = gen.next_section
             t_start = idx * self.preset.video.section_frames / self.preset.video.fps
-            yield SectionStarted(idx, gen.total_sections, prompt_at(gen.storyboard, t_start))
+            parts = prompt_weights(gen.storyboard, t_start)
+            blend = (parts[0][0], round(parts[1][1], 6)) if len(parts) == 2 else None
+            yield SectionStarted(idx, gen.total_sections, parts[-1][0], blend)
             step_cb = None if on_step is None else (lambda info, idx=idx: on_step(idx, info))
             yield self.generate_section(gen, step_cb)
         yield Finished(gen.total_sections, gen.total_sections * self.preset.video.section_frames, gen.history.num_tokens)

@@ -181,6 +181,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
     t0 = time.perf_counter()
     first_section_s = None
     checkpointed = gen is not None  # a restored generation already has its start checkpoint
+    said: dict = {}  # what the section being generated is conditioned on (its sidecar record)
     if gen is not None:
         request = gen.request
 
@@ -195,15 +196,17 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
                 log.context_frames = len(ev.frames)
                 if on_segment is not None:
                     on_segment(log.segments[-1])
-            elif isinstance(ev, SectionStarted) and not checkpointed:
-                checkpointed = True
-                checkpoint()  # the start state: start-image conditioning and context latents, before any section
+            elif isinstance(ev, SectionStarted):
+                said = {"prompt": ev.prompt, **({"blend_from": ev.blend[0], "blend": ev.blend[1]} if ev.blend else {})}
+                if not checkpointed:
+                    checkpointed = True
+                    checkpoint()  # the start state: start-image conditioning and context latents, before any section
             elif isinstance(ev, SectionDone):
                 # An overlap-decoding backbone may hold a whole first section back (text-to-video): no segment then.
                 wrote = len(ev.frames) > 0
                 if wrote:
                     log.add(ev.frames, f"section_{ev.index:05d}")
-                log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
+                log.sections.append({"index": ev.index, **said, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
                                      **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
                                      **{k: round(v, 4) for k, v in ev.timings.items()}})
                 checkpoint()  # before anyone hears of the segment: what was announced can always be resumed

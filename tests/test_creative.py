@@ -1,0 +1,115 @@
+"""Creative control: prompt transitions, steering a running job, extending from memory, reusing settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from framepack_history.backbones.base import Backbone, Conditioning
+from framepack_history.config import GenerationRequest, InputError, parse_storyboard, prompt_at, prompt_weights
+from framepack_history.pipeline import SectionDone, SectionStarted
+
+BLEND = "0s: camera pans left; 1s~1s: camera pans right"  # sections of 0.5 s: 1.5 s is halfway
+
+
+def frames_of(pipeline, **kw) -> np.ndarray:
+    return np.concatenate([e.frames for e in pipeline.run(GenerationRequest(**kw)) if isinstance(e, SectionDone)])
+
+
+def perturb(backbone) -> None:
+    """Random weights that read the text (a fresh tiny toy DiT barely does)."""
+    with torch.no_grad():
+        for p in backbone.dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+
+
+# ------------------------------------------------------------ prompt transitions
+def test_blend_weights_are_linear_over_the_blend_time():
+    board = parse_storyboard("0s: a; 12s~2s: she turns; 20s: c")
+    assert board == [(0.0, "a"), (12.0, "she turns"), (20.0, "c")] and board[1].blend == 2.0
+    assert prompt_weights(board, 11.9) == [("a", 1.0)] and prompt_weights(board, 12.0) == [("a", 1.0)]
+    assert prompt_weights(board, 12.5) == [("a", 0.75), ("she turns", 0.25)]
+    assert prompt_weights(board, 13.0) == [("a", 0.5), ("she turns", 0.5)]
+    assert prompt_weights(board, 14.0) == [("she turns", 1.0)] and prompt_weights(board, 21) == [("c", 1.0)]
+    assert prompt_at(board, 12.5) == "she turns"  # the entry in force (the toy's camera words) switches at its start
+
+
+@pytest.mark.parametrize("text, names", [
+    ("0s~2s: a; 5s: b", "'0s~2s: a' is the first"),
+    ("0s: a; 2s~3s: b; 4s: c", "'2s~3s: b' blends until 5s, past the next entry at 4s"),
+    ("0s: a; 2s~x: b", "'2s~x: b': malformed blend"),
+    ("0s: a; 2s~: b", "'2s~: b': malformed blend"),
+    ("0s: a; 2s~-1s: b", "'2s~-1s: b': malformed blend"),
+])
+def test_malformed_blends_name_the_entry(text, names):
+    with pytest.raises(InputError, match="storyboard entry " + names.replace("(", r"\(")) as e:
+        parse_storyboard(text)
+    assert e.value.field == "--prompt"
+
+
+def test_conditioning_halfway_through_a_blend_is_the_mean_of_the_two(toy_pipeline, monkeypatch):
+    bb = toy_pipeline.backbone
+    seen = {}
+    predict = bb.predict
+
+    def spy(noisy, sigma, cond, context, guidance=1.0):
+        seen.setdefault(toy_pipeline.last_generation.next_section, cond)
+        return predict(noisy, sigma, cond, context, guidance)
+
+    monkeypatch.setattr(bb, "predict", spy)
+    events = list(toy_pipeline.run(GenerationRequest(prompt=BLEND, seconds=2.5, seed=1)))
+    left, right = (toy_pipeline.text(p).tensors for p in ("camera pans left", "camera pans right"))
+    embed = bb.dit.embed_text
+    halfway = seen[3].tensors  # section 3 starts at 1.5 s
+    mean = (embed(left["text_ids"], left["text_mask"]) + embed(right["text_ids"], right["text_mask"])) / 2
+    assert torch.allclose(halfway["text_embeds"], mean, atol=1e-6)
+    assert torch.equal(halfway["text_mask"], left["text_mask"] | right["text_mask"])
+    quarter = seen[2].tensors["text_ids"]  # 1.0 s: the blend starts at weight 0, the old prompt's own ids
+    assert torch.equal(quarter, left["text_ids"]) and torch.equal(seen[4].tensors["text_ids"], right["text_ids"])
+    started = [e for e in events if isinstance(e, SectionStarted)]
+    assert started[3].prompt == "camera pans right" and started[3].blend == ("camera pans left", 0.5)
+    assert started[2].blend is None and started[2].prompt == "camera pans left"
+
+
+def test_embedded_text_predicts_as_the_token_ids_do(toy_pipeline):
+    """A blend's end points are the prompts themselves: the toy's embedded path equals its token-id path."""
+    bb = toy_pipeline.backbone
+    perturb(bb)
+    a, b = toy_pipeline.text("camera pans left"), toy_pipeline.text("camera holds")
+    x, s = torch.randn(1, 4, 2, 16, 16), torch.tensor([0.7])
+    from framepack_history.backbones.base import Context
+
+    with torch.no_grad():
+        ref = bb.predict(x, s, a, Context())
+        end = bb.predict(x, s, bb.blend_text(b, a, 1.0), Context())
+        mid = bb.predict(x, s, bb.blend_text(a, b, 0.5), Context())
+    assert torch.allclose(ref, end, atol=1e-5) and (ref - mid).abs().max() > 1e-3
+
+
+def test_generic_blend_interpolates_embeddings_and_joins_masks(toy_pipeline):
+    """HunyuanVideo's conditioning (LLaMA states, a mask, CLIP pooled): the base class's blend."""
+    a = Conditioning({"prompt_embeds": torch.zeros(1, 4, 3), "prompt_attention_mask": torch.tensor([[1, 1, 0, 0]]),
+                      "pooled_prompt_embeds": torch.ones(1, 3)})
+    b = Conditioning({"prompt_embeds": torch.full((1, 4, 3), 2.0), "prompt_attention_mask": torch.tensor([[1, 1, 1, 0]]),
+                      "pooled_prompt_embeds": torch.full((1, 3), 3.0)})
+    out = Backbone.blend_text(toy_pipeline.backbone, a, b, 0.5).tensors
+    assert torch.equal(out["prompt_embeds"], torch.ones(1, 4, 3)) and torch.equal(out["pooled_prompt_embeds"], torch.full((1, 3), 2.0))
+    assert out["prompt_attention_mask"].tolist() == [[1, 1, 1, 0]]
+    with pytest.raises(ValueError, match="text_ids"):
+        Backbone.blend_text(toy_pipeline.backbone, toy_pipeline.text("a"), toy_pipeline.text("b"), 0.5)
+
+
+def test_no_blend_is_bitwise_what_it_was(toy_pipeline, monkeypatch):
+    cut = "0s: camera pans left; 1s: camera pans right"
+    perturb(toy_pipeline.backbone)
+    now = frames_of(toy_pipeline, prompt=cut, seconds=2.5, seed=4)
+    # before transitions, a section read the prompt in force at its start through the text cache
+    monkeypatch.setattr(toy_pipeline, "text_at", lambda board, t: toy_pipeline.text(prompt_at(board, t)))
+    before = frames_of(toy_pipeline, prompt=cut, seconds=2.5, seed=4)
+    assert np.array_equal(now, before)
+    monkeypatch.undo()
+    blended = frames_of(toy_pipeline, prompt=BLEND, seconds=2.5, seed=4)
+    per = 4  # frames per section
+    assert np.array_equal(blended[: 2 * per], now[: 2 * per])  # before the blend starts at 1 s: the same
+    assert not np.array_equal(blended[3 * per: 4 * per], now[3 * per: 4 * per])  # halfway: not
