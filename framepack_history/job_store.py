@@ -70,6 +70,10 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)  # load_s, first_segment_s (from start)
     version: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: a storyboard edit posted by a page, taken by the worker before its next section (see .steering)
+    steer_pending: str | None = None
+    #: the edits that took effect: ``{"section", "prompt", "time"}``
+    steers: list[dict] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -97,6 +101,8 @@ class Job:
             "finished": self.finished,
             "timings": dict(self.timings),
             "version": self.version,
+            "steers": [dict(s) for s in self.steers],
+            "steer_pending": self.steer_pending,
         }
 
 

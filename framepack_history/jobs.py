@@ -164,6 +164,25 @@ class Worker:
             self.store.update(job, message="cancelling at the next step…")
         return job
 
+    def steer(self, job_id: str, prompt: str) -> Job:
+        """Post a new storyboard for a queued or running job; the sections not yet started follow it.
+
+        Checked as a new job's storyboard would be (:class:`InputError` otherwise); the worker
+        takes it before its next section and records it in the job folder (:mod:`.steering`).
+        """
+        import dataclasses
+
+        job = self.store.get(job_id)
+        if job.terminal:
+            raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        jd = self.job_dir(job_id)
+        preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
+        dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
+        self.store.update(job, steer_pending=prompt, message="storyboard edit: the next section follows it")
+        return job
+
     def queued(self) -> list[str]:
         return self.queue.ids()
 

@@ -368,13 +368,15 @@ class Pipeline:
         request: GenerationRequest,
         on_step: Callable[[int, dict], None] | None = None,
         resume: Generation | None = None,
+        before_section: Callable[[Generation], None] | None = None,
     ) -> Iterator[Event]:
         """Yield events for a whole request (or for the rest of a resumed one).
 
         ``on_step(section_index, info)`` runs after every denoising step (see
         :mod:`.sampling`): draw previews there with :meth:`preview`, or raise
-        :class:`~.sampling.Cancelled` to stop. The finished generation is
-        left in ``self.last_generation``.
+        :class:`~.sampling.Cancelled` to stop. ``before_section(gen)`` runs before each
+        section starts (steering: it may replace ``gen.storyboard``). The finished
+        generation is left in ``self.last_generation``.
         """
         if resume is None:
             gen, start_frames = self.start(request)
@@ -384,6 +386,8 @@ class Pipeline:
             gen = resume
         self.last_generation = gen
         while gen.next_section < gen.total_sections:
+            if before_section is not None:
+                before_section(gen)
             idx = gen.next_section
             t_start = idx * self.preset.video.section_frames / self.preset.video.fps
             parts = prompt_weights(gen.storyboard, t_start)

@@ -84,8 +84,14 @@ def render(
     on_step: Callable[[int, dict], None] | None = None,
     on_segment: Callable[[Path], None] | None = None,
     job: JobDir | None = None,
+    pending_steer: Callable[[], str | None] | None = None,
+    on_steer: Callable[[list[dict]], None] | None = None,
 ) -> dict:
     """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar.
+
+    ``pending_steer()`` is asked before each section for a storyboard edit (validated text, or
+    None); edits are recorded in the job folder and follow a resume (:mod:`.steering`), and
+    ``on_steer(edits)`` hears of them.
 
     ``on_segment(path)`` runs as soon as each segment file is complete on disk
     (before ``on_event`` sees the event), so a player can append it at once.
@@ -101,8 +107,11 @@ def render(
     out = Path(out)
     folder = Path(segments_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    from .steering import Steering
+
     if job is None:
-        return _render(pipeline, request, out, _log(pipeline, folder), None, None, on_event, on_step, on_segment, {})
+        steering = Steering(None, pending_steer, on_steer)
+        return _render(pipeline, request, out, _log(pipeline, folder), None, None, on_event, on_step, on_segment, {}, steering)
     from .checkpoint import (
         OutOfMemoryFailure,
         budget_text,
@@ -126,8 +135,9 @@ def render(
         if attempt:  # what the retry changed, and what the failed attempt measured
             extra["out_of_memory_retry"], extra["out_of_memory_peak"] = change, first_peak
         job.set_status("running")
+        steering = Steering(job.root, pending_steer, on_steer)
         try:
-            data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra)
+            data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra, steering)
         except Cancelled:
             job.set_status("cancelled", "cancelled")
             raise
@@ -176,7 +186,7 @@ def _log(pipeline: Pipeline, folder: Path) -> SegmentLog:
 
 
 def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: SegmentLog, job: JobDir | None,
-            gen: Generation | None, on_event, on_step, on_segment, extra: dict) -> dict:
+            gen: Generation | None, on_event, on_step, on_segment, extra: dict, steering=None) -> dict:
     """One attempt: run (or continue ``gen``), write segments, checkpoint, join, write the sidecar."""
     t0 = time.perf_counter()
     first_section_s = None
@@ -190,7 +200,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
             job.save_section(pipeline.last_generation, log.segments, log.sections, log.frames, log.context_frames)
 
     try:
-        for ev in pipeline.run(request, on_step=on_step, resume=gen):
+        for ev in pipeline.run(request, on_step=on_step, resume=gen, before_section=steering):
             if isinstance(ev, ContextFrames):
                 log.add(ev.frames, "context")
                 log.context_frames = len(ev.frames)
@@ -223,6 +233,8 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
     shifts = sorted({sec["shift"] for sec in log.sections if "shift" in sec})
     if shifts:  # the timestep shift sampled with (F1's dynamic one unless the preset or request set it)
         extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}
+    if steering is not None and steering.steers:  # storyboard edits and the section each took effect at
+        extra = {**extra, "steers": steering.steers}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

@@ -113,3 +113,41 @@ def test_no_blend_is_bitwise_what_it_was(toy_pipeline, monkeypatch):
     per = 4  # frames per section
     assert np.array_equal(blended[: 2 * per], now[: 2 * per])  # before the blend starts at 1 s: the same
     assert not np.array_equal(blended[3 * per: 4 * per], now[3 * per: 4 * per])  # halfway: not
+
+
+# ------------------------------------------------------------ steering
+STEERED = "0s: camera pans right"
+
+
+def test_a_steer_holds_through_a_kill_and_a_resume(toy_pipeline, tmp_path):
+    """An edit taken before section 2 is in the job folder; the resumed job goes on with it."""
+    import json
+
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="camera pans left", seconds=3, seed=5, steps=2)
+    job = JobDir(tmp_path / "job")
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    posted = iter([None, None, STEERED])  # asked before sections 0, 1, 2, ...
+
+    def kill_after_section_3(ev) -> None:
+        if isinstance(ev, SectionDone) and ev.index == 3:
+            raise KeyboardInterrupt  # the process dies: the job folder says interrupted
+
+    with pytest.raises(KeyboardInterrupt):
+        render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job,
+               on_event=kill_after_section_3, pending_steer=lambda: next(posted, None))
+    assert job.status == "interrupted" and json.loads((job.root / "steers.json").read_text())["steers"][0]["section"] == 2
+    data = render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)  # resume
+    assert data["resumed_from_section"] == 4 and [s["section"] for s in data["steers"]] == [2]
+    prompts = [s["prompt"] for s in data["sections"]]
+    assert prompts == ["camera pans left"] * 2 + ["camera pans right"] * 4
+    # the same as a job never interrupted that had the same edit at the same section
+    posted = iter([None, None, STEERED])
+    straight = render(toy_pipeline, request, tmp_path / "s.mp4", tmp_path / "seg", pending_steer=lambda: next(posted, None))
+    assert [s["prompt"] for s in straight["sections"]] == prompts
+    from framepack_history.video import read_video
+
+    a = read_video(tmp_path / "v.mp4", 32, 32, 8, 1000)
+    assert np.array_equal(a, read_video(tmp_path / "s.mp4", 32, 32, 8, 1000))

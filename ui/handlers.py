@@ -305,6 +305,18 @@ class Handlers:
             raise gr.Error(f"{e.field}: {e.message}", title="Can't resume this job") from None
         return job.id, self.progress_html(job)
 
+    # ------------------------------------------------------------ steering
+    def steer_click(self, job_id: str, prompt: Any) -> str:
+        """Edit storyboard: post the new text to the job this page shows; later sections follow it."""
+        if not job_id:
+            raise gr.Error("No job to edit: start one, or pick one in the Queue tab and press Show.")
+        try:
+            job = self.worker.steer(str(job_id), str(prompt or ""))
+        except InputError as e:
+            raise gr.Error(f"{e.field.lstrip('-')}: {e.message}", title="Can't apply this edit") from None
+        gr.Info(f"Job {job.id}: the sections not yet started follow the new storyboard.")
+        return self.progress_html(job)
+
     def cancel_picked(self, job_id: str) -> None:
         """Queue tab: cancel any job; the page keeps showing the one it follows."""
         self.cancel_click(job_id)
@@ -342,6 +354,13 @@ class Handlers:
             return self.worker.resume(str(job_id or "")).snapshot()
         except InputError as e:
             raise gr.Error(f"{e.field}: {e.message}") from None
+
+    def api_steer(self, job_id: str, prompt: str) -> dict:
+        """Change a queued or running job's storyboard; sections not yet started follow it. Returns its status."""
+        try:
+            return self.worker.steer(str(job_id or ""), prompt if isinstance(prompt, str) else str(prompt or "")).snapshot()
+        except InputError as e:
+            raise gr.Error(f"{e.field.lstrip('-')}: {e.message}") from None
 
     def api_status(self, job_id: str) -> dict:
         """One job's status by id, or with an empty id every job (newest first) and the interrupted ones."""

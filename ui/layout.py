@@ -112,6 +112,11 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
+                # steer while it streams: the job shown here follows a new storyboard from its next section
+                with gr.Accordion("Edit storyboard of the job shown", open=False, elem_id="fph-steer"):
+                    steer_text = gr.Textbox(label="New storyboard", lines=2, max_length=2000, elem_id="fph-steer-text",
+                                            info="times count from the video's start; sections not yet started follow it")
+                    steer = gr.Button("Apply to the running job", elem_id="fph-steer-apply")
                 # jobs a crash or restart left unfinished: they continue after their last finished section
                 with gr.Group(visible=False, elem_id="fph-interrupted") as interrupted_box, gr.Row(equal_height=True):
                     interrupted = gr.Dropdown([], label="Interrupted jobs", scale=4)
@@ -156,6 +161,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         started.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
         dice.click(random_seed, None, seed, queue=False, **private)
+        steer.click(h.steer_click, [job_id, steer_text], [progress], concurrency_limit=None, **private)
 
         # -- re-attach on load: the running job, else the newest
         loaded = demo.load(h.attach, None, job_id, **private)
@@ -196,4 +202,5 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
         gr.api(h.api_resume, api_name="resume", concurrency_limit=None)
+        gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
     return demo
