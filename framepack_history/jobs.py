@@ -230,6 +230,36 @@ class Worker:
         self.queue.put(job_id, admit)
         return job
 
+    def extend(self, job_id: str, prompt: str, seconds: float) -> Job:
+        """Queue a new job that continues finished job ``job_id`` from its saved history for ``seconds`` more.
+
+        Its video starts with the old one; ``prompt`` is the storyboard of the whole video (times
+        from its start), which the new sections follow (:mod:`.extend`).
+        """
+        from .extend import extend_job
+
+        src = self.job_dir(job_id)
+        if not src.exists():
+            raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir} (a video made without a job folder "
+                                    "cannot be extended; continue it with 'Video to continue')")
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        self.queue.check_room()
+        new_id = new_job_id()
+        folder = self.outputs / dt.date.today().isoformat() / new_id
+        info = src.info()
+        job: list[Job] = []
+
+        def admit() -> None:
+            request = extend_job(src, self.job_dir(new_id), prompt, seconds, out=folder / "video.mp4",
+                                 segments_dir=folder / "segments", folder=str(folder))
+            job.append(Job(new_id, JobSpec(request, info.preset_ref, info.encoder_rate), folder,
+                           message=f"extends {job_id} from its saved history"))
+            self.store.add(job[0])
+
+        self.queue.put(new_id, admit)
+        return job[0]
+
     # ----------------------------------------------------------------- thread
     def _loop(self) -> None:
         while (job_id := self.queue.take()) is not None:

@@ -116,6 +116,8 @@ class Generation:
     #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
     #: never checkpointed, a resume decodes it again from the history
     held: torch.Tensor | None = None
+    #: an extension's first section: the video it extends already ends with the held tail (see .extend)
+    tail_sent: bool = False
 
 
 class Pipeline:
@@ -352,6 +354,8 @@ class Pipeline:
         tokens = gen.history.append(latents, track=ctx.target_w)
         t_append = time.perf_counter() - t_append
         ready, gen.held = decoder.step(gen.history, idx, start_frames, gen.held)
+        if gen.tail_sent:  # extending a finished video, which already ends with that tail (unblended)
+            ready, gen.tail_sent = ready[:, :, decoder.overlap:], False
         if idx == gen.total_sections - 1:  # the last section: nothing will blend the tail, send it now
             ready, gen.held = torch.cat([ready, gen.held], dim=2), None
         return to_uint8(ready[0]), time.perf_counter() - t_append, tokens

@@ -125,6 +125,8 @@ def render(
     change, oom, first_peak = "", "", ""
     for attempt in (0, 1):
         gen, resumed = job.restore(pipeline)
+        if gen is not None:  # an extension's first section: the old video already sent the held tail
+            gen.tail_sent = gen.next_section == job.info().extra.get("extended_at", -1)
         seg_log = _log(pipeline, folder)
         seg_log.segments, seg_log.sections = list(resumed.segments), list(resumed.sections)
         seg_log.context_frames = resumed.context_frames

@@ -151,3 +151,103 @@ def test_a_steer_holds_through_a_kill_and_a_resume(toy_pipeline, tmp_path):
 
     a = read_video(tmp_path / "v.mp4", 32, 32, 8, 1000)
     assert np.array_equal(a, read_video(tmp_path / "s.mp4", 32, 32, 8, 1000))
+
+
+# ------------------------------------------------------------ extending
+PANS = "0s: camera pans right; 2s: camera pans left"
+
+
+def render_job(pipeline, root, request, out):
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.render import render
+
+    job = JobDir(root)
+    if not job.exists():
+        job.create(request, pipeline.preset, out=out)
+    sections = []
+    data = render(pipeline, request, out, job.info().segments_dir, job=job,
+                  on_event=lambda ev: sections.append(ev) if isinstance(ev, SectionDone) else None)
+    return job, data, sections
+
+
+def test_extend_continues_from_the_saved_history_as_a_longer_job_would(toy_pipeline, tmp_path, start_image):
+    """Image-to-video (the toy's text-to-video start view depends on the length it must fit in the world)."""
+    from framepack_history.extend import extend_job
+    from framepack_history.render import render
+    from framepack_history.video import read_video
+
+    perturb(toy_pipeline.backbone)
+    old, _, _ = render_job(toy_pipeline, tmp_path / "old", GenerationRequest(prompt=PANS, seconds=1.5, seed=9, steps=2, image=str(start_image)),
+                           tmp_path / "old.mp4")
+    ck = old.checkpoint()
+    assert ck["status"] == "done" and ck["chunks"] == 4  # the start state and 3 sections stay for Extend
+    old_history = toy_pipeline.last_generation.history.latents.clone()
+
+    new = type(old)(tmp_path / "new")
+    request = extend_job(old, new, PANS, 1.5, out=tmp_path / "new.mp4", segments_dir=new.root / "segments")
+    assert request.seconds == 3.0 and request.seed == 9
+    _, data, sections = render_job(toy_pipeline, new.root, request, tmp_path / "new.mp4")
+    extended = toy_pipeline.last_generation.history.latents
+
+    straight = [e for e in toy_pipeline.run(GenerationRequest(prompt=PANS, seconds=3, seed=9, steps=2, image=str(start_image)))
+                if isinstance(e, SectionDone)]
+    longer = toy_pipeline.last_generation.history.latents
+    assert [s.index for s in sections] == [3, 4, 5]
+    assert np.array_equal(sections[0].frames, straight[3].frames)  # the first new section, frame for frame
+    n = old_history.shape[2]
+    assert torch.equal(extended[:, :, :n], old_history) and torch.equal(extended, longer)  # same latents throughout
+    video = read_video(tmp_path / "new.mp4", 32, 32, 8, 1000)
+    assert len(video) == 1 + 6 * 4 and np.array_equal(video[: 1 + 12], read_video(tmp_path / "old.mp4", 32, 32, 8, 1000))
+    assert [s["index"] for s in data["sections"]] == list(range(6)) and data["resumed_from_section"] == 3
+
+    # a new storyboard: the new sections follow it, the old ones stay as they were
+    other = type(old)(tmp_path / "other")
+    req2 = extend_job(old, other, "0s: camera holds", 1, out=tmp_path / "o.mp4", segments_dir=other.root / "segments")
+    _, data2, _ = render_job(toy_pipeline, other.root, req2, tmp_path / "o.mp4")
+    assert [s["prompt"] for s in data2["sections"]] == ["camera pans right"] * 3 + ["camera holds"] * 2
+
+
+def test_what_cannot_be_extended_says_why(toy_pipeline, tmp_path):
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.extend import extend_job
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="camera holds", seconds=1, seed=1, steps=1)
+    old, _, _ = render_job(toy_pipeline, tmp_path / "old", request, tmp_path / "old.mp4")
+    target = JobDir(tmp_path / "x")
+    kw = {"out": tmp_path / "x.mp4", "segments_dir": tmp_path / "x" / "segments"}
+    with pytest.raises(InputError, match="how much to add must be a number > 0"):
+        extend_job(old, target, "camera holds", 0, **kw)
+    with pytest.raises(InputError, match="over the preset's limit of 20 s"):
+        extend_job(old, target, "camera holds", 30, **kw)
+    with pytest.raises(InputError, match="storyboard times must increase"):
+        extend_job(old, target, "3s: a; 1s: b", 1, **kw)
+    assert not target.root.exists()  # nothing written
+    cancelled = JobDir(tmp_path / "c")
+    cancelled.create(request, toy_pipeline.preset, out=tmp_path / "c.mp4")
+    with pytest.raises(InputError, match="is queued, not finished; resume it first"):
+        extend_job(cancelled, target, "a", 1, **kw)
+    import json
+
+    ck = old.checkpoint()  # a job finished before finished jobs kept their history
+    (old.root / "checkpoint.json").write_text(json.dumps({**ck, "chunks": 0, "cond": None}))
+    with pytest.raises(InputError, match="has no saved history"):
+        extend_job(old, target, "a", 1, **kw)
+    assert render  # imported for the job helpers
+
+
+def test_cli_extend(tmp_path):
+    import json
+
+    from framepack_history.cli import main
+    from tests.conftest import TINY_TOY
+
+    job = tmp_path / "job"
+    args = ["--preset", str(TINY_TOY), "--prompt", "camera pans left", "--seconds", "1", "--steps", "1", "--quiet"]
+    assert main(["generate", *args, "--job-dir", str(job), "--out", str(tmp_path / "a.mp4")]) == 0
+    assert main(["extend", str(job), "--seconds", "1", "--prompt", "0s: camera holds", "--quiet"]) == 0
+    side = json.loads((tmp_path / "a-extended.json").read_text())
+    assert [s["prompt"] for s in side["sections"]] == ["camera pans left"] * 2 + ["camera holds"] * 2
+    assert (tmp_path / "job-extended" / "checkpoint.json").is_file()
+    assert main(["extend", str(tmp_path / "job-extended"), "--seconds", "-1", "--quiet"]) == 2
+    assert main(["extend", str(tmp_path / "nowhere"), "--seconds", "1"]) == 2
