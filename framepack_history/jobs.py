@@ -230,11 +230,11 @@ class Worker:
         self.queue.put(job_id, admit)
         return job
 
-    def extend(self, job_id: str, prompt: str, seconds: float) -> Job:
+    def extend(self, job_id: str, prompt: str | None, seconds: float) -> Job:
         """Queue a new job that continues finished job ``job_id`` from its saved history for ``seconds`` more.
 
         Its video starts with the old one; ``prompt`` is the storyboard of the whole video (times
-        from its start), which the new sections follow (:mod:`.extend`).
+        from its start; None = the old job's), which the new sections follow (:mod:`.extend`).
         """
         from .extend import extend_job
 
@@ -242,12 +242,13 @@ class Worker:
         if not src.exists():
             raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir} (a video made without a job folder "
                                     "cannot be extended; continue it with 'Video to continue')")
+        info = src.info()
+        prompt = info.request.prompt if prompt is None else prompt
         if not isinstance(prompt, str):
             raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
         self.queue.check_room()
         new_id = new_job_id()
         folder = self.outputs / dt.date.today().isoformat() / new_id
-        info = src.info()
         job: list[Job] = []
 
         def admit() -> None:

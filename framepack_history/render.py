@@ -134,6 +134,7 @@ def render(
         if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
             on_event(resumed)  # listeners replace what they had with what is on disk
         extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
+        extra["encoder_rate"] = job.info().encoder_rate  # with the request and preset: what Reuse settings loads
         if attempt:  # what the retry changed, and what the failed attempt measured
             extra["out_of_memory_retry"], extra["out_of_memory_peak"] = change, first_peak
         job.set_status("running")

@@ -251,3 +251,55 @@ def test_cli_extend(tmp_path):
     assert (tmp_path / "job-extended" / "checkpoint.json").is_file()
     assert main(["extend", str(tmp_path / "job-extended"), "--seconds", "-1", "--quiet"]) == 2
     assert main(["extend", str(tmp_path / "nowhere"), "--seconds", "1"]) == 2
+
+
+# ------------------------------------------------------------ reusing settings
+def test_reuse_settings_reads_a_sidecar_into_the_form(toy_pipeline, tmp_path):
+    import json
+
+    from tests.conftest import TINY_TOY
+    from ui.reuse import form_values
+
+    request = GenerationRequest(prompt="0s: camera pans left; 1s~0.5s: camera holds", seconds=1, seed=42, steps=3,
+                                history_guidance=1.5, window_frames=2)
+    _, data, _ = render_job(toy_pipeline, tmp_path / "job", request, tmp_path / "v.mp4")
+    offered = ["toy-cpu", str(TINY_TOY)]
+    values, notes = form_values(tmp_path / "v.json", offered, "toy-cpu")
+    assert values == {"prompt": request.prompt, "seconds": 1, "seed": 42, "preset": str(TINY_TOY), "steps": 3,
+                      "guidance": 1.0, "shift": None, "encoder_rate": "2x2x2", "history": "encoder", "window": 2,
+                      "history_guidance": 1.5, "start_frame": "world"}
+    assert notes == []
+    # another preset than those offered: the form keeps its own, and says so
+    values, notes = form_values(tmp_path / "v.json", ["toy-cpu"], "toy-cpu")
+    assert values["preset"] == "toy-cpu" and values["steps"] == 3 and "is not offered here" in notes[0]
+
+    bad = tmp_path / "bad.json"
+    cases = [("not json {", "bad.json is not JSON"), ("[1, 2]", "is not a video sidecar"),
+             (json.dumps({"request": {"prompt": "a", "colour": "red"}}), "unknown request field 'colour'"),
+             (json.dumps({**data, "request": {**data["request"], "seconds": -1}}), "bad.json: seconds must be > 0"),
+             (json.dumps({**data, "request": {**data["request"], "prompt": "5s: a; 2s: b"}}), "storyboard times must increase")]
+    for text, message in cases:
+        bad.write_text(text)
+        with pytest.raises(InputError, match=message):
+            form_values(bad, offered, "toy-cpu")
+
+
+def test_reuse_and_extend_handlers_give_clear_errors(tmp_path):
+    import gradio as gr
+
+    from framepack_history.jobs import Worker
+    from tests.conftest import TINY_TOY
+    from ui.handlers import Handlers
+
+    h = Handlers(Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs"), str(TINY_TOY))
+    with pytest.raises(gr.Error, match="Pick a video in the Gallery"):
+        h.reuse_settings("", None)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(gr.Error, match="x.json is not a video sidecar"):
+        h.reuse_settings("", str(tmp_path / "x.json"))
+    with pytest.raises(gr.Error, match="was not made by a job of this app"):
+        h.extend_click(str(tmp_path / "outputs" / "2026-01-01" / "123-abc" / "video.mp4"), "a", 1)
+    with pytest.raises(gr.Error, match="pick a video in the Gallery first"):
+        h.extend_click("", "a", 1)
+    with pytest.raises(gr.Error, match="No job to edit"):
+        h.steer_click("", "a")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_app_api import ROOT, TINY, free_port
@@ -106,3 +107,25 @@ def test_cancel_and_resume_keeps_the_steer(client):
     assert data["resumed_from_section"] >= k + 1 and [s["section"] for s in data["steers"]] == [k]
     board = ["camera holds"] * 3 + ["camera pans right"] * 5
     assert [s["prompt"] for s in data["sections"]] == [OLD] * k + board[k:]
+
+
+def test_extend_a_finished_job_through_the_api(client):
+    from gradio_client.exceptions import AppError
+
+    from framepack_history.video import read_video
+
+    video, _ = generate(client, seconds=1, steps=2).result(timeout=120)
+    old = next(j for j in client.predict("", api_name="/status")["jobs"] if j["video"] and Path(j["video"]) == Path(video))
+    with pytest.raises(AppError, match="no job folder"):
+        client.predict("no-such-job", NEW, 1, api_name="/extend")
+    with pytest.raises(AppError, match="how much to add must be a number > 0"):
+        client.predict(old["id"], NEW, 0, api_name="/extend")
+    new = client.predict(old["id"], "0s: camera holds", 1, api_name="/extend")
+    assert new["id"] != old["id"] and new["seconds"] == 2
+    done = wait_for(client, new["id"], lambda j: j["status"] in ("done", "failed", "cancelled"), "never finished")
+    assert done["status"] == "done", done["message"]
+    data = json.loads(Path(done["sidecar"]).read_text())
+    assert [s["prompt"] for s in data["sections"]] == [OLD] * 2 + ["camera holds"] * 2
+    before, after = read_video(video, 32, 32, 8, 100), read_video(done["video"], 32, 32, 8, 100)
+    assert len(after) == len(before) + 8 and np.array_equal(after[: len(before)], before)  # it starts with the old video
+    assert data["request"]["seed"] == 3 and data["encoder_rate"] is None

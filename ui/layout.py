@@ -141,6 +141,16 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                     cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
             with gr.Tab("Gallery"):
                 gallery = gr.Gallery(label="Past results (outputs/)", columns=6, height=300, allow_preview=True)
+                picked_video = gr.State("")
+                with gr.Row(equal_height=True):
+                    reuse = gr.Button("Reuse settings", scale=1, elem_id="fph-reuse")
+                    settings_file = gr.File(label="…or load a video.json", file_types=[".json"], type="filepath",
+                                            scale=2, elem_id="fph-settings-file")
+                with gr.Row(equal_height=True):
+                    extend_prompt = gr.Textbox(label="Extend with storyboard", lines=1, max_length=2000, scale=4,
+                                               info="of the whole video, times from its start; empty = the old one's")
+                    extend_seconds = gr.Number(value=5, minimum=0.5, label="Seconds to add", scale=1)
+                    extend = gr.Button("Extend", variant="primary", scale=1, elem_id="fph-extend")
         timer = gr.Timer(2.0)
 
         # hidden outputs of the API
@@ -181,8 +191,18 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         shown.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
+        # -- gallery: reuse a past video's settings, or extend it from its saved history
+        gallery.select(h.gallery_pick, None, picked_video, **private)
+        form = [prompt, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance, start_frame]
+        reuse.click(h.reuse_settings, [picked_video], form, **private)
+        settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)
+        extended = extend.click(h.extend_click, [picked_video, extend_prompt, extend_seconds], [job_id, progress],
+                                concurrency_limit=None, **private)
+        extended.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
+        # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
+        preset_dd.input(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):
@@ -203,4 +223,5 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
         gr.api(h.api_resume, api_name="resume", concurrency_limit=None)
         gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
+        gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
     return demo
