@@ -303,3 +303,43 @@ def test_reuse_and_extend_handlers_give_clear_errors(tmp_path):
         h.extend_click("", "a", 1)
     with pytest.raises(gr.Error, match="No job to edit"):
         h.steer_click("", "a")
+
+
+def test_extend_on_framepack_f1_sends_the_overlap_tail_once(tmp_path, start_image):
+    """F1 holds back each overlap tail; the old video already ends with it, so only those frames differ."""
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.cli import _load_pipeline
+    from framepack_history.config import load_preset
+    from framepack_history.extend import extend_job
+    from framepack_history.pipeline import ContextFrames
+    from framepack_history.render import render
+    from tests.conftest import TINY_HUNYUAN
+
+    preset = load_preset(TINY_HUNYUAN)
+
+    def frames(events) -> np.ndarray:
+        return np.concatenate([e.frames for e in events if isinstance(e, (ContextFrames, SectionDone)) and len(e.frames)])
+
+    def request(seconds):
+        r = GenerationRequest(prompt="a cat", seconds=seconds, seed=2, image=str(start_image))
+        from framepack_history.jobs import check_inputs
+
+        check_inputs(r, preset)
+        return r
+
+    pipeline = _load_pipeline(preset, request(1), None)
+    assert pipeline.backbone.overlap_decode
+    straight = frames(list(pipeline.run(request(2))))
+    old, new = JobDir(tmp_path / "old"), JobDir(tmp_path / "new")
+    old.create(request(1), preset, out=tmp_path / "old.mp4")
+    seen_old, seen_new = [], []
+    render(pipeline, request(1), tmp_path / "old.mp4", old.info().segments_dir, job=old, on_event=seen_old.append)
+    req = extend_job(old, new, "a cat", 1, out=tmp_path / "new.mp4", segments_dir=new.root / "segments")
+    render(pipeline, req, tmp_path / "new.mp4", new.info().segments_dir, job=new, on_event=seen_new.append)
+    before, after = frames(seen_old), frames([e for e in seen_new if isinstance(e, SectionDone)])
+    overlap = pipeline.backbone.geometry.pixel_frames(pipeline.section_latent_frames)
+    assert len(before) + len(after) == len(straight)  # as long as the uninterrupted job
+    cut = len(before)
+    assert np.array_equal(before[: cut - overlap], straight[: cut - overlap])
+    assert np.array_equal(after, straight[cut:])  # everything after the old video's end, frame for frame
+    assert not np.array_equal(before[cut - overlap:], straight[cut - overlap: cut])  # the tail: unblended in the old one

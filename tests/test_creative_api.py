@@ -115,7 +115,9 @@ def test_extend_a_finished_job_through_the_api(client):
     from framepack_history.video import read_video
 
     video, _ = generate(client, seconds=1, steps=2).result(timeout=120)
-    old = next(j for j in client.predict("", api_name="/status")["jobs"] if j["video"] and Path(j["video"]) == Path(video))
+    everything = client.predict("", api_name="/status")
+    old = client.predict(everything["current"], api_name="/status")  # the newest job: this one
+    assert old["status"] == "done" and old["seconds"] == 1
     with pytest.raises(AppError, match="no job folder"):
         client.predict("no-such-job", NEW, 1, api_name="/extend")
     with pytest.raises(AppError, match="how much to add must be a number > 0"):
@@ -128,4 +130,4 @@ def test_extend_a_finished_job_through_the_api(client):
     assert [s["prompt"] for s in data["sections"]] == [OLD] * 2 + ["camera holds"] * 2
     before, after = read_video(video, 32, 32, 8, 100), read_video(done["video"], 32, 32, 8, 100)
     assert len(after) == len(before) + 8 and np.array_equal(after[: len(before)], before)  # it starts with the old video
-    assert data["request"]["seed"] == 3 and data["encoder_rate"] is None
+    assert data["request"]["seed"] == 3 and data["encoder_rate"] == old["encoder_rate"]
