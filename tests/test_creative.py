@@ -343,3 +343,30 @@ def test_extend_on_framepack_f1_sends_the_overlap_tail_once(tmp_path, start_imag
     assert np.array_equal(before[: cut - overlap], straight[: cut - overlap])
     assert np.array_equal(after, straight[cut:])  # everything after the old video's end, frame for frame
     assert not np.array_equal(before[cut - overlap:], straight[cut - overlap: cut])  # the tail: unblended in the old one
+
+
+def test_gallery_pick_reuse_and_extend_handlers(toy_pipeline, tmp_path):
+    """The Gallery's handlers on a finished job of the app's layout: outputs/DATE/JOB/video.mp4 and jobs/JOB."""
+    from types import SimpleNamespace
+
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.jobs import Worker
+    from framepack_history.render import render
+    from tests.conftest import TINY_TOY
+    from ui.handlers import Handlers
+
+    video = tmp_path / "outputs" / "2026-01-01" / "120000-abcdef" / "video.mp4"
+    request = GenerationRequest(prompt="camera pans left", seconds=1, seed=8, steps=2)
+    job = JobDir(tmp_path / "jobs" / "120000-abcdef")
+    job.create(request, toy_pipeline.preset, out=video, segments_dir=video.parent / "segments", preset_ref=str(TINY_TOY))
+    render(toy_pipeline, request, video, video.parent / "segments", job=job)
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")  # not started: an extension stays queued
+    h = Handlers(worker, str(TINY_TOY))
+    picked = h.gallery_pick(SimpleNamespace(index=0))
+    assert picked == str(video)
+    form = h.reuse_settings(picked)
+    assert form[:4] == ("camera pans left", 1, 8, str(TINY_TOY)) and form[4] == 2
+    job_id, _ = h.extend_click(picked, "0s: camera holds", 1.5)
+    new = worker.job_dir(job_id)
+    assert worker.queued() == [job_id] and new.checkpoint()["total_sections"] == 5 and new.checkpoint()["next_section"] == 2
+    assert new.info().request.prompt == "0s: camera holds" and new.info().extra["extended_at"] == 2
