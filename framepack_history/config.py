@@ -8,6 +8,7 @@ a typo never turns into a stack trace halfway through a generation.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import tomllib
@@ -268,7 +269,7 @@ class Entry(tuple):
     It rides along as an attribute so that everything that reads entries as pairs keeps working.
     """
 
-    def __new__(cls, start: float, text: str, blend: float = 0.0) -> "Entry":
+    def __new__(cls, start: float, text: str, blend: float = 0.0) -> Entry:
         self = super().__new__(cls, (float(start), text))
         self.blend = float(blend)
         return self
@@ -315,7 +316,7 @@ def parse_storyboard(text: str) -> list[tuple[float, str]]:
             raise InputError("--prompt", f"storyboard entry '{t:g}s~{blend:g}s: {body[:30]}' is the first: a blend needs "
                                          "an entry before it to blend from")
         entries.append(Entry(t, body, blend))
-    for e, nxt in zip(entries, entries[1:]):
+    for e, nxt in itertools.pairwise(entries):
         if e[0] + e.blend > nxt[0] + 1e-9:
             raise InputError("--prompt", f"storyboard entry '{e[0]:g}s~{e.blend:g}s: {e[1][:30]}' blends until "
                                          f"{e[0] + e.blend:g}s, past the next entry at {nxt[0]:g}s")

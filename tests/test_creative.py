@@ -173,7 +173,6 @@ def render_job(pipeline, root, request, out):
 def test_extend_continues_from_the_saved_history_as_a_longer_job_would(toy_pipeline, tmp_path, start_image):
     """Image-to-video (the toy's text-to-video start view depends on the length it must fit in the world)."""
     from framepack_history.extend import extend_job
-    from framepack_history.render import render
     from framepack_history.video import read_video
 
     perturb(toy_pipeline.backbone)
@@ -210,7 +209,6 @@ def test_extend_continues_from_the_saved_history_as_a_longer_job_would(toy_pipel
 def test_what_cannot_be_extended_says_why(toy_pipeline, tmp_path):
     from framepack_history.checkpoint import JobDir
     from framepack_history.extend import extend_job
-    from framepack_history.render import render
 
     request = GenerationRequest(prompt="camera holds", seconds=1, seed=1, steps=1)
     old, _, _ = render_job(toy_pipeline, tmp_path / "old", request, tmp_path / "old.mp4")
@@ -233,7 +231,6 @@ def test_what_cannot_be_extended_says_why(toy_pipeline, tmp_path):
     (old.root / "checkpoint.json").write_text(json.dumps({**ck, "chunks": 0, "cond": None}))
     with pytest.raises(InputError, match="has no saved history"):
         extend_job(old, target, "a", 1, **kw)
-    assert render  # imported for the job helpers
 
 
 def test_cli_extend(tmp_path):

@@ -74,7 +74,7 @@ def test_steer_mid_job_changes_later_sections_only(client):
     posted = client.predict(job["id"], NEW, api_name="/steer")
     assert posted["steer_pending"] == NEW
     done_then = posted["progress"]["sections_done"]
-    video, sidecar = pending.result(timeout=180)
+    _, sidecar = pending.result(timeout=180)
     data = json.loads(Path(sidecar).read_text())
     (steer,) = data["steers"]
     k = steer["section"]
