@@ -192,20 +192,10 @@ class JobDir:
 
     # ------------------------------------------------------------- writing
     def set_status(self, status: str, message: str = "") -> None:
-        """Record the job's state; a finished job drops its tensors unless they hold a history embedding.
-
-        An embedding is kept for the memory inspector (:mod:`.recall`); without one the tensors only
-        served a resume.
-        """
+        """Record the job's state. A finished job keeps its history chunks: Extend continues from them."""
         ck = self.checkpoint()
         ck.update(status=status, message=message, updated=time.time(), owner=_owner())
-        keep = ck.get("format") == CHECKPOINT_FORMAT and int(ck.get("history_tokens") or 0) > 0
-        if status == "done" and not keep:
-            _drop_format_1(ck)
-            ck.update(format=CHECKPOINT_FORMAT, chunks=0, cond=None)
         _write_json(self.root / CHECKPOINT, ck)
-        if status == "done":
-            self._cleanup(ck)
 
     def save_section(self, gen: Generation, segments: list[Path], sections: list[dict], frames: int,
                      context_frames: int = 0) -> int:

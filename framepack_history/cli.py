@@ -84,6 +84,52 @@ def _add_recall(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--real-out", help="also write the real frame here (PNG)")
     r.add_argument("--steps", type=int, help="denoising steps (default: the job's)")
     r.add_argument("--seed", type=int, default=0, help="noise seed of the recall")
+def _add_extend(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("extend", help="continue a finished job from its saved history with a new storyboard",
+                       description="Continue a finished job from its job folder's saved history (raw latents and "
+                                   "history tokens, not its mp4). The new video starts with the old one.")
+    e.add_argument("job_dir", metavar="JOB_DIR", help="the finished job's folder (`generate --job-dir DIR`, or the app's jobs/ID)")
+    e.add_argument("--seconds", type=float, required=True, help="seconds to add")
+    e.add_argument("--prompt", default=None,
+                   help="storyboard of the whole video, times from its start (default: the old job's prompt)")
+    e.add_argument("--job-dir", dest="new_job_dir", help="the new job's folder (default: JOB_DIR-extended, -2, ...)")
+    e.add_argument("--out", help="output .mp4 (default: beside the old video, NAME-extended.mp4)")
+    e.add_argument("--device", help="override the job's device (cpu, cuda, cuda:1 ...)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first that does not exist."""
+    k, found = 1, path
+    while found.exists():
+        k += 1
+        found = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return found
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from .checkpoint import JobDir
+    from .extend import extend_job
+    from .loading import check_device
+
+    if not Path(args.job_dir).is_dir():
+        raise InputError("JOB_DIR", f"{args.job_dir} is not a folder")
+    src = JobDir(args.job_dir)
+    if not src.exists():
+        raise InputError("JOB_DIR", f"{args.job_dir} is not a job folder")
+    info = src.info()
+    if args.out and Path(args.out).suffix.lower() != ".mp4":
+        raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
+    dst = JobDir(args.new_job_dir or _free(src.root.with_name(src.root.name + "-extended")))
+    out = Path(args.out) if args.out else _free(info.out.with_name(f"{info.out.stem}-extended.mp4"))
+    prompt = info.request.prompt if args.prompt is None else args.prompt
+    request = extend_job(src, dst, prompt, args.seconds, out=out, segments_dir=dst.root / "segments")
+    preset = dst.info().preset
+    if args.device:
+        preset.hardware.device = str(check_device(args.device, "--device"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"extending {src.root} by {args.seconds:g} s in {dst.root}", file=sys.stderr)
+    return _run_job(dst, preset, request, info.encoder_rate, out, args.quiet, keep=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_resume(sub)
     _add_recall(sub)
+    _add_extend(sub)
     i = sub.add_parser("inspect", help="show a preset and its history-token budget")
     i.add_argument("--preset", default="toy-cpu")
     i.add_argument("--json", action="store_true")
@@ -290,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         from .download_command import run as cmd_download
         from .memory.command import run as cmd_plan
 
-        return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "inspect": cmd_inspect, "plan": cmd_plan,
+        return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "extend": cmd_extend,
+                "inspect": cmd_inspect, "plan": cmd_plan,
                 "download": cmd_download, **training_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)

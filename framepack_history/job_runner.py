@@ -100,7 +100,9 @@ class JobRunner:
                 jd.create(spec.request, preset, out=out, segments_dir=job.folder / "segments", preset_ref=spec.preset,
                           encoder_rate=spec.encoder_rate, folder=str(job.folder))
             render(pipeline, spec.request, out, job.folder / "segments", on_event=progress.on_event,
-                   on_step=progress.on_step, on_segment=progress.on_segment, job=jd)
+                   on_step=progress.on_step, on_segment=progress.on_segment, job=jd,
+                   pending_steer=lambda: self._take_steer(job), on_steer=lambda steers: store.update(
+                       job, steers=steers, message=f"storyboard edited; in force from section {steers[-1]['section'] + 1}"))
         except Cancelled:
             self._keep_partial(job, preset, progress.sections)
             done = job.progress.sections_done
@@ -121,6 +123,17 @@ class JobRunner:
         else:
             store.update(job, status="done", video=out, sidecar=out.with_suffix(".json"), message="", finished=time.time())
 
+    def _take_steer(self, job: Job) -> str | None:
+        """The storyboard edit a page posted since the last section, taken (worker thread, before a section)."""
+        taken: list[str | None] = []
+
+        def take(j: Job) -> None:
+            taken.append(j.steer_pending)
+            j.steer_pending = None
+
+        self.store.mutate(job, take, notify=False)
+        return taken[0]
+
     def _fail(self, job: Job, jd: JobDir, message: str) -> None:
         self.store.update(job, status="failed", message=message, finished=time.time())
         record_status(jd, "failed", message)
@@ -139,7 +152,9 @@ class JobRunner:
         out = job.folder / "video.mp4"
         concat_segments(job.segments, out)
         seg_log = SegmentLog(job.folder / "segments", preset.video.fps, list(job.segments), sections, count_frames(out))
-        write_json(sidecar(job.spec.request, preset, seg_log, {"cancelled": True, "video": str(out)}), out.with_suffix(".json"))
+        steers = {"steers": job.steers} if job.steers else {}
+        write_json(sidecar(job.spec.request, preset, seg_log, {"cancelled": True, "video": str(out), **steers}),
+                   out.with_suffix(".json"))
         self.store.update(job, video=out, sidecar=out.with_suffix(".json"))
 
     def _write_job_file(self, job: Job) -> None:

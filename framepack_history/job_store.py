@@ -73,6 +73,10 @@ class Job:
     worker: int | None = None  # which worker (1, 2, ...) took it
     version: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: a storyboard edit posted by a page, taken by the worker before its next section (see .steering)
+    steer_pending: str | None = None
+    #: the edits that took effect: ``{"section", "prompt", "time"}``
+    steers: list[dict] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -103,6 +107,8 @@ class Job:
             "owner": self.spec.owner,
             "device": self.device,
             "worker": self.worker,
+            "steers": [dict(s) for s in self.steers],
+            "steer_pending": self.steer_pending,
         }
 
 

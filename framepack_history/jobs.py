@@ -201,6 +201,25 @@ class Worker:
             self.store.update(job, message="cancelling at the next step…")
         return job
 
+    def steer(self, job_id: str, prompt: str) -> Job:
+        """Post a new storyboard for a queued or running job; the sections not yet started follow it.
+
+        Checked as a new job's storyboard would be (:class:`InputError` otherwise); the worker
+        takes it before its next section and records it in the job folder (:mod:`.steering`).
+        """
+        import dataclasses
+
+        job = self.store.get(job_id)
+        if job.terminal:
+            raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        jd = self.job_dir(job_id)
+        preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
+        dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
+        self.store.update(job, steer_pending=prompt, message="storyboard edit: the next section follows it")
+        return job
+
     def queued(self) -> list[str]:
         return self.queue.ids()
 
@@ -290,6 +309,37 @@ class Worker:
         except (ValueError, OSError):
             return None
         return self.owner_of(parts[1]) if len(parts) >= 3 else None
+
+    def extend(self, job_id: str, prompt: str | None, seconds: float, owner: str | None = None) -> Job:
+        """Queue a new job that continues finished job ``job_id`` from its saved history for ``seconds`` more.
+
+        Its video starts with the old one; ``prompt`` is the storyboard of the whole video (times
+        from its start; None = the old job's), which the new sections follow (:mod:`.extend`).
+        """
+        from .extend import extend_job
+
+        src = self.job_dir(job_id)
+        if not src.exists():
+            raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir} (a video made without a job folder "
+                                    "cannot be extended; continue it with 'Video to continue')")
+        info = src.info()
+        prompt = info.request.prompt if prompt is None else prompt
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        self.queue.check_room()
+        new_id = new_job_id()
+        folder = self.outputs / dt.date.today().isoformat() / new_id
+        job: list[Job] = []
+
+        def admit() -> None:
+            request = extend_job(src, self.job_dir(new_id), prompt, seconds, out=folder / "video.mp4",
+                                 segments_dir=folder / "segments", folder=str(folder), owner=owner)
+            job.append(Job(new_id, JobSpec(request, info.preset_ref, info.encoder_rate, owner=owner), folder,
+                           message=f"extends {job_id} from its saved history"))
+            self.store.add(job[0])
+
+        self.queue.put(new_id, admit)
+        return job[0]
 
     # ----------------------------------------------------------------- thread
     def _loop(self, lane: Lane) -> None:

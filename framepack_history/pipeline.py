@@ -20,7 +20,7 @@ import torch
 
 from .backbones.base import Backbone, Conditioning, Context
 from .buckets import resolve_size
-from .config import GenerationRequest, InputError, Preset, prompt_at
+from .config import GenerationRequest, InputError, Preset, prompt_weights
 from .encoder import HistoryEncoder
 from .history import MIN_CAP_GROUPS, HistoryState
 from .overlap import OverlapDecoder
@@ -43,6 +43,8 @@ class SectionStarted:
     index: int
     total: int
     prompt: str
+    #: inside a prompt transition: ``(the prompt it blends from, the weight of ``prompt``)``
+    blend: tuple[str, float] | None = None
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Generation:
     #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
     #: never checkpointed, a resume decodes it again from the history
     held: torch.Tensor | None = None
+    #: an extension's first section: the video it extends already ends with the held tail (see .extend)
+    tail_sent: bool = False
 
 
 class Pipeline:
@@ -157,6 +161,19 @@ class Pipeline:
             with torch.no_grad(), self._phase("text_encode"):
                 self._text_cache[prompt] = self.backbone.encode_text(prompt).to("cpu")
         return self._text_cache[prompt].to(self.backbone.device)
+
+    def text_at(self, storyboard: list[tuple[float, str]], t: float) -> Conditioning:
+        """The text conditioning at time ``t``: one prompt's, or inside a transition a blend of two.
+
+        One DiT call reads one text conditioning for all frames of its section, so a
+        transition moves per section, by the section's start time (``config.prompt_weights``).
+        """
+        parts = prompt_weights(storyboard, t)
+        if len(parts) == 1:  # no blend: exactly the prompt's own embedding
+            return self.text(parts[0][0])
+        (a, _), (b, weight) = parts
+        with torch.no_grad():
+            return self.backbone.blend_text(self.text(a), self.text(b), weight)
 
     # -------------------------------------------------------------- start
     def start(self, request: GenerationRequest) -> tuple[Generation, np.ndarray | None]:
@@ -303,7 +320,7 @@ class Pipeline:
         idx = gen.next_section
         req, bb, v = gen.request, self.backbone, self.preset.video
         t_start = idx * v.section_frames / v.fps
-        cond = self.text(prompt_at(gen.storyboard, t_start))
+        cond = self.text_at(gen.storyboard, t_start)
         cond = Conditioning({**gen.image_cond.tensors, **cond.tensors})
         cfg = float(self.option(req, "cfg"))
         neg = None
@@ -354,6 +371,8 @@ class Pipeline:
         tokens = gen.history.append(latents, track=ctx.target_w)
         t_append = time.perf_counter() - t_append
         ready, gen.held = decoder.step(gen.history, idx, start_frames, gen.held)
+        if gen.tail_sent:  # extending a finished video, which already ends with that tail (unblended)
+            ready, gen.tail_sent = ready[:, :, decoder.overlap:], False
         if idx == gen.total_sections - 1:  # the last section: nothing will blend the tail, send it now
             ready, gen.held = torch.cat([ready, gen.held], dim=2), None
         return to_uint8(ready[0]), time.perf_counter() - t_append, tokens
@@ -370,13 +389,15 @@ class Pipeline:
         request: GenerationRequest,
         on_step: Callable[[int, dict], None] | None = None,
         resume: Generation | None = None,
+        before_section: Callable[[Generation], None] | None = None,
     ) -> Iterator[Event]:
         """Yield events for a whole request (or for the rest of a resumed one).
 
         ``on_step(section_index, info)`` runs after every denoising step (see
         :mod:`.sampling`): draw previews there with :meth:`preview`, or raise
-        :class:`~.sampling.Cancelled` to stop. The finished generation is
-        left in ``self.last_generation``.
+        :class:`~.sampling.Cancelled` to stop. ``before_section(gen)`` runs before each
+        section starts (steering: it may replace ``gen.storyboard``). The finished
+        generation is left in ``self.last_generation``.
         """
         if resume is None:
             gen, start_frames = self.start(request)
@@ -386,9 +407,13 @@ class Pipeline:
             gen = resume
         self.last_generation = gen
         while gen.next_section < gen.total_sections:
+            if before_section is not None:
+                before_section(gen)
             idx = gen.next_section
             t_start = idx * self.preset.video.section_frames / self.preset.video.fps
-            yield SectionStarted(idx, gen.total_sections, prompt_at(gen.storyboard, t_start))
+            parts = prompt_weights(gen.storyboard, t_start)
+            blend = (parts[0][0], round(parts[1][1], 6)) if len(parts) == 2 else None
+            yield SectionStarted(idx, gen.total_sections, parts[-1][0], blend)
             step_cb = None if on_step is None else (lambda info, idx=idx: on_step(idx, info))
             yield self.generate_section(gen, step_cb)
         yield Finished(gen.total_sections, gen.total_sections * self.preset.video.section_frames, gen.history.num_tokens)

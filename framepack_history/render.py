@@ -84,8 +84,14 @@ def render(
     on_step: Callable[[int, dict], None] | None = None,
     on_segment: Callable[[Path], None] | None = None,
     job: JobDir | None = None,
+    pending_steer: Callable[[], str | None] | None = None,
+    on_steer: Callable[[list[dict]], None] | None = None,
 ) -> dict:
     """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar.
+
+    ``pending_steer()`` is asked before each section for a storyboard edit (validated text, or
+    None); edits are recorded in the job folder and follow a resume (:mod:`.steering`), and
+    ``on_steer(edits)`` hears of them.
 
     ``on_segment(path)`` runs as soon as each segment file is complete on disk
     (before ``on_event`` sees the event), so a player can append it at once.
@@ -101,8 +107,11 @@ def render(
     out = Path(out)
     folder = Path(segments_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    from .steering import Steering
+
     if job is None:
-        return _render(pipeline, request, out, _log(pipeline, folder), None, None, on_event, on_step, on_segment, {})
+        steering = Steering(None, pending_steer, on_steer)
+        return _render(pipeline, request, out, _log(pipeline, folder), None, None, on_event, on_step, on_segment, {}, steering)
     from .checkpoint import (
         OutOfMemoryFailure,
         budget_text,
@@ -116,6 +125,8 @@ def render(
     change, oom, first_peak = "", "", ""
     for attempt in (0, 1):
         gen, resumed = job.restore(pipeline)
+        if gen is not None:  # an extension's first section: the old video already sent the held tail
+            gen.tail_sent = gen.next_section == job.info().extra.get("extended_at", -1)
         seg_log = _log(pipeline, folder)
         seg_log.segments, seg_log.sections = list(resumed.segments), list(resumed.sections)
         seg_log.context_frames = resumed.context_frames
@@ -123,11 +134,13 @@ def render(
         if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
             on_event(resumed)  # listeners replace what they had with what is on disk
         extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
+        extra["encoder_rate"] = job.info().encoder_rate  # with the request and preset: what Reuse settings loads
         if attempt:  # what the retry changed, and what the failed attempt measured
             extra["out_of_memory_retry"], extra["out_of_memory_peak"] = change, first_peak
         job.set_status("running")
+        steering = Steering(job.root, pending_steer, on_steer)
         try:
-            data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra)
+            data = _render(pipeline, request, out, seg_log, job, gen, on_event, on_step, on_segment, extra, steering)
         except Cancelled:
             job.set_status("cancelled", "cancelled")
             raise
@@ -176,11 +189,12 @@ def _log(pipeline: Pipeline, folder: Path) -> SegmentLog:
 
 
 def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: SegmentLog, job: JobDir | None,
-            gen: Generation | None, on_event, on_step, on_segment, extra: dict) -> dict:
+            gen: Generation | None, on_event, on_step, on_segment, extra: dict, steering=None) -> dict:
     """One attempt: run (or continue ``gen``), write segments, checkpoint, join, write the sidecar."""
     t0 = time.perf_counter()
     first_section_s = None
     checkpointed = gen is not None  # a restored generation already has its start checkpoint
+    said: dict = {}  # what the section being generated is conditioned on (its sidecar record)
     if gen is not None:
         request = gen.request
 
@@ -189,21 +203,23 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
             job.save_section(pipeline.last_generation, log.segments, log.sections, log.frames, log.context_frames)
 
     try:
-        for ev in pipeline.run(request, on_step=on_step, resume=gen):
+        for ev in pipeline.run(request, on_step=on_step, resume=gen, before_section=steering):
             if isinstance(ev, ContextFrames):
                 log.add(ev.frames, "context")
                 log.context_frames = len(ev.frames)
                 if on_segment is not None:
                     on_segment(log.segments[-1])
-            elif isinstance(ev, SectionStarted) and not checkpointed:
-                checkpointed = True
-                checkpoint()  # the start state: start-image conditioning and context latents, before any section
+            elif isinstance(ev, SectionStarted):
+                said = {"prompt": ev.prompt, **({"blend_from": ev.blend[0], "blend": ev.blend[1]} if ev.blend else {})}
+                if not checkpointed:
+                    checkpointed = True
+                    checkpoint()  # the start state: start-image conditioning and context latents, before any section
             elif isinstance(ev, SectionDone):
                 # An overlap-decoding backbone may hold a whole first section back (text-to-video): no segment then.
                 wrote = len(ev.frames) > 0
                 if wrote:
                     log.add(ev.frames, f"section_{ev.index:05d}")
-                log.sections.append({"index": ev.index, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
+                log.sections.append({"index": ev.index, **said, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
                                      **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
                                      **{k: round(v, 4) for k, v in ev.timings.items()}})
                 checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
@@ -220,6 +236,8 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
     shifts = sorted({sec["shift"] for sec in log.sections if "shift" in sec})
     if shifts:  # the timestep shift sampled with (F1's dynamic one unless the preset or request set it)
         extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}
+    if steering is not None and steering.steers:  # storyboard edits and the section each took effect at
+        extra = {**extra, "steers": steering.steers}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

@@ -367,6 +367,72 @@ class Handlers:
             raise self._error(e, "Can't resume this job") from None
         return job.id, self.html(job)
 
+    # ------------------------------------------------------------ steering
+    def steer_click(self, job_id: str, prompt: Any, request: gr.Request | None = None) -> str:
+        """Edit storyboard: post the new text to the job this page shows; later sections follow it."""
+        if not job_id:
+            raise gr.Error("No job to edit: start one, or pick one in the Queue tab and press Show.")
+        try:
+            job = self.worker.steer(self.own(job_id, request), str(prompt or ""))
+        except InputError as e:
+            raise self._error(e, "Can't apply this edit") from None
+        gr.Info(f"Job {job.id}: the sections not yet started follow the new storyboard.")
+        return self.progress_html(job)
+
+    # ---------------------------------------------------- gallery: extend, reuse
+    def gallery_pick(self, evt: gr.SelectData) -> str:
+        """The video picked in the Gallery (its path in outputs/, by its place in the listing)."""
+        items = self.gallery()
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return items[index][0] if isinstance(index, int) and 0 <= index < len(items) else ""
+
+    def job_of_video(self, video: str | None) -> str:
+        """The job id of a video in outputs/ (``outputs/DATE/JOB/video.mp4``)."""
+        if not video:
+            raise InputError("video", "pick a video in the Gallery first")
+        job_id = Path(video).parent.name
+        try:
+            if self.worker.job_dir(job_id).exists():
+                return job_id
+        except InputError:
+            pass
+        raise InputError("video", f"{Path(video).name} was not made by a job of this app (no job folder {job_id!r}); "
+                                  "continue it with 'Video to continue' instead")
+
+    def extend_click(self, video: str | None, prompt: Any, seconds: Any, request: gr.Request | None = None) -> tuple[str, str]:
+        """Extend: continue the picked finished video from its saved history; follow the new job here."""
+        try:
+            job_id = self.own(self.job_of_video(video), request)
+            secs = _num(seconds, "seconds to add")
+            job = self.worker.extend(job_id, str(prompt or "").strip() or None, 5.0 if secs is None else secs,
+                                     owner=self.user(request))
+        except InputError as e:
+            raise self._error(e, "Can't extend this video") from None
+        return job.id, self.progress_html(job)
+
+    def reuse_settings(self, video: str | None, upload: Any = None) -> tuple:
+        """Reuse settings: the picked video's sidecar (or an uploaded video.json) into the form."""
+        from .reuse import form_values
+
+        source = _path(upload) or (str(Path(video).with_suffix(".json")) if video else None)
+        if not source:
+            raise gr.Error("Pick a video in the Gallery, or upload a video.json.", title="No settings to load")
+        try:
+            v, notes = form_values(source, self.presets, self.default_preset)
+        except InputError as e:
+            raise gr.Error(f"{e.field}: {e.message}", title="Can't load these settings") from None
+        for note in notes:
+            gr.Info(note)
+        p = load_preset(v["preset"])  # the preset's own choices, as preset_defaults would set them
+        rates = [p.model.encoder_rate] if p.model.encoder else p.model.encoder_rates
+        frames = start_frame_update(p.model.backbone)
+        if v["start_frame"]:
+            frames["value"] = v["start_frame"]
+        return (v["prompt"], v["seconds"], v["seed"], v["preset"], v["steps"], v["guidance"], v["shift"],
+                gr.update(choices=rates, value=v["encoder_rate"] if v["encoder_rate"] in rates else p.model.encoder_rate,
+                          visible=len(rates) > 1),
+                v["history"], v["window"], v["history_guidance"], frames)
+
     def cancel_picked(self, job_id: str, request: gr.Request | None = None) -> None:
         """Queue tab: cancel any of this user's jobs; the page keeps showing the one it follows."""
         self.cancel_click(job_id, request)
@@ -409,6 +475,25 @@ class Handlers:
         """Queue an interrupted job again (ids are in ``/status``'s ``interrupted``); returns its status."""
         try:
             return self.view(self.worker.resume(self.own(job_id, request)))
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_steer(self, job_id: str, prompt: str, request: gr.Request | None = None) -> dict:
+        """Change a queued or running job's storyboard; sections not yet started follow it. Returns its status."""
+        try:
+            job = self.worker.steer(self.own(job_id, request), prompt if isinstance(prompt, str) else str(prompt or ""))
+            return self.view(job)
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_extend(self, job_id: str, prompt: str = "", seconds: float = 5.0, request: gr.Request | None = None) -> dict:
+        """Continue finished job ``job_id`` from its saved history for ``seconds`` more; ``prompt`` is the storyboard
+        of the whole video (times from its start; empty = the old one's). Queues a new job; returns its status."""
+        try:
+            secs = _num(seconds, "seconds")
+            job = self.worker.extend(self.own(job_id, request), prompt or None, 5.0 if secs is None else secs,
+                                     owner=self.user(request))
+            return self.view(job)
         except InputError as e:
             raise self._error(e) from None
 

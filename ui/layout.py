@@ -117,6 +117,11 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
+                # steer while it streams: the job shown here follows a new storyboard from its next section
+                with gr.Accordion("Edit storyboard of the job shown", open=False, elem_id="fph-steer"):
+                    steer_text = gr.Textbox(label="New storyboard", lines=2, max_length=2000, elem_id="fph-steer-text",
+                                            info="times count from the video's start; sections not yet started follow it")
+                    steer = gr.Button("Apply to the running job", elem_id="fph-steer-apply")
                 # jobs a crash or restart left unfinished: they continue after their last finished section
                 with gr.Group(visible=False, elem_id="fph-interrupted") as interrupted_box, gr.Row(equal_height=True):
                     interrupted = gr.Dropdown([], label="Interrupted jobs", scale=4)
@@ -141,6 +146,16 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                     cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
             with gr.Tab("Gallery"):
                 gallery = gr.Gallery(label="Past results (outputs/)", columns=6, height=300, allow_preview=True)
+                picked_video = gr.State("")
+                with gr.Row(equal_height=True):
+                    reuse = gr.Button("Reuse settings", scale=1, elem_id="fph-reuse")
+                    settings_file = gr.File(label="…or load a video.json", file_types=[".json"], type="filepath",
+                                            scale=2, elem_id="fph-settings-file")
+                with gr.Row(equal_height=True):
+                    extend_prompt = gr.Textbox(label="Extend with storyboard", lines=1, max_length=2000, scale=4,
+                                               info="of the whole video, times from its start; empty = the old one's")
+                    extend_seconds = gr.Number(value=5, minimum=0.5, label="Seconds to add", scale=1)
+                    extend = gr.Button("Extend", variant="primary", scale=1, elem_id="fph-extend")
             with gr.Tab("Memory", elem_id="fph-memory"):
                 gr.Markdown("What the history embedding remembers: pick a job and a time. The frame is recalled from the "
                             "embedding alone (on the CPU, from the job's last finished section) beside the real frame.")
@@ -174,6 +189,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         started.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
         dice.click(random_seed, None, seed, queue=False, **private)
+        steer.click(h.steer_click, [job_id, steer_text], [progress], concurrency_limit=None, **private)
 
         # -- re-attach on load: the running job, else the newest
         loaded = demo.load(h.attach, None, job_id, **private)
@@ -200,8 +216,18 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         recall_button.click(h.recall_click, [recall_job, recall_at], [recalled, real_frame, recall_md],
                             concurrency_limit=1, **private)
 
+        # -- gallery: reuse a past video's settings, or extend it from its saved history
+        gallery.select(h.gallery_pick, None, picked_video, **private)
+        form = [prompt, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance, start_frame]
+        reuse.click(h.reuse_settings, [picked_video], form, **private)
+        settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)
+        extended = extend.click(h.extend_click, [picked_video, extend_prompt, extend_seconds], [job_id, progress],
+                                concurrency_limit=None, **private)
+        extended.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
+        # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
+        preset_dd.input(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):
@@ -226,4 +252,6 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                               gr.JSON(visible=False, label="recall")]
         api_recall_button.click(h.api_recall, [gr.Textbox(visible=False), gr.Number(visible=False), gr.Number(visible=False)],
                                 api_recall_outputs, api_name="recall", concurrency_limit=1)
+        gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
+        gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
     return demo

@@ -203,6 +203,24 @@ class Backbone(ABC):
     def encode_text(self, prompt: str) -> Conditioning:
         """Embed one prompt. The pipeline caches the result per distinct prompt."""
 
+    def blend_text(self, a: Conditioning, b: Conditioning, weight: float) -> Conditioning:
+        """Text conditioning ``weight`` of the way from ``a`` to ``b``: linear in the embedding (prompt transitions).
+
+        Floating tensors (embeddings, pooled vectors) are interpolated; attention masks are
+        joined, so every token either prompt attends to stays visible. Backbones whose
+        conditioning holds token ids embed them first (the toy).
+        """
+        out = {}
+        for key, x in a.tensors.items():
+            y = b.tensors[key]
+            if x.is_floating_point():
+                out[key] = torch.lerp(x, y.to(x.dtype), float(weight))
+            elif "mask" in key:
+                out[key] = torch.maximum(x, y.to(x.dtype))
+            else:
+                raise ValueError(f"{self.name}: cannot blend the non-embedding conditioning {key!r}")
+        return Conditioning(out)
+
     def encode_image(self, image: torch.Tensor, start_latents: torch.Tensor | None = None) -> Conditioning:
         """Embed a start image ``[3, H, W]`` in ``[-1, 1]`` (image-to-video).
 

@@ -233,6 +233,11 @@ class ToyDiT(ModelMixin, ConfigMixin):
         out = torch.stack([p[..., 0].expand_as(w), p[..., 1].expand_as(w), w], dim=-1)
         return out.flatten(-3, -2)
 
+    def embed_text(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids -> the text tokens the blocks read ``[B, L, D]`` (padding zeroed)."""
+        text = self.text_embed(text_ids) + self.text_pos[: text_ids.shape[1]]
+        return text * text_mask[..., None].to(text.dtype)
+
     def _embed_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         y = self.x_embedder(x)  # [B, D, t, h, w]
         return y.flatten(2).transpose(1, 2), tuple(y.shape[2:])
@@ -241,7 +246,7 @@ class ToyDiT(ModelMixin, ConfigMixin):
         self,
         hidden_states: torch.Tensor,
         sigma: torch.Tensor,
-        text_ids: torch.Tensor,
+        text_ids: torch.Tensor | None,
         text_mask: torch.Tensor,
         history_tokens: torch.Tensor | None = None,
         history_positions: torch.Tensor | None = None,
@@ -250,6 +255,7 @@ class ToyDiT(ModelMixin, ConfigMixin):
         target_t: torch.Tensor | None = None,
         target_w: torch.Tensor | None = None,
         window_w: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noisy section; ``target_w``/``window_w`` move frames along the w axis (camera track).
 
@@ -277,11 +283,11 @@ class ToyDiT(ModelMixin, ConfigMixin):
         if history_tokens is not None and history_tokens.shape[1] > 0:
             seqs.insert(0, history_tokens.to(hidden_states.dtype).expand(b, -1, -1) + self.type_embed[2])
             pos.insert(0, history_positions.to(dev))
-        text = self.text_embed(text_ids) + self.text_pos[: text_ids.shape[1]]
-        text = text * text_mask[..., None].to(text.dtype)
+        # ``text_embeds``: the text tokens already embedded (a blend of two prompts, see ToyBackbone.blend_text)
+        text = self.embed_text(text_ids, text_mask) if text_embeds is None else text_embeds.to(noisy.dtype)
         seqs.insert(0, text.expand(b, -1, -1))
         # Text tokens get position 0 on every axis: the identity rotation.
-        pos.insert(0, torch.zeros(text_ids.shape[1], 3, device=dev))
+        pos.insert(0, torch.zeros(text.shape[1], 3, device=dev))
         x = torch.cat(seqs, dim=1)
         if any(p.dim() == 3 for p in pos):  # per-sample positions somewhere: give every group a batch axis
             pos = [p if p.dim() == 3 else p.expand(b, -1, -1) for p in pos]
@@ -393,6 +399,18 @@ class ToyBackbone(Backbone):
         ids, mask = self.tokenizer(prompt)
         return Conditioning({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
 
+    @torch.no_grad()
+    def blend_text(self, a: Conditioning, b: Conditioning, weight: float) -> Conditioning:
+        """The toy's conditioning is token ids: blend the embedded tokens (``text_embeds``), join the masks."""
+
+        def embedded(c: Conditioning) -> Conditioning:
+            if "text_embeds" in c.tensors:
+                return c
+            return Conditioning({"text_embeds": self.dit.embed_text(c.tensors["text_ids"], c.tensors["text_mask"]),
+                                 "text_mask": c.tensors["text_mask"]})
+
+        return super().blend_text(embedded(a), embedded(b), weight)
+
     def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int, height: int) -> StartFrame | None:
         """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start (``kind`` "world")."""
         from ..toyworld import WorldSpec, start_frame
@@ -432,7 +450,7 @@ class ToyBackbone(Backbone):
         out = self.dit(
             noisy.to(self.dtype),
             sigma.to(self.device),
-            cond.tensors["text_ids"],
+            cond.tensors.get("text_ids"),
             cond.tensors["text_mask"],
             history_tokens=context.history_tokens,
             history_positions=context.history_positions,
@@ -441,6 +459,7 @@ class ToyBackbone(Backbone):
             target_t=context.target_t,
             target_w=context.target_w,
             window_w=context.window_w,
+            text_embeds=cond.tensors.get("text_embeds"),
         )
         if self.dit.config.prediction_type == "sample":
             # A clean-section predictor is easier to train small; the samplers
