@@ -1,0 +1,197 @@
+"""LoRAs on the tiny FramePack-F1: peft/diffusers, kohya/musubi and HunyuanVideo layouts, weights, streaming.
+
+Every LoRA is made here: a peft ``LoraConfig`` injected into the tiny DiT, random non-zero
+``lora_B``, saved as safetensors in the diffusers/peft key layout; the other layouts rename
+those keys as kohya/musubi-tuner write them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from safetensors.torch import save_file
+
+from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
+from framepack_history.cli import main as cli_main
+from framepack_history.config import GenerationRequest, InputError, load_preset
+from framepack_history.lora.adapters import STATE, adapter_bytes, apply
+from framepack_history.lora.check import check_loras
+from framepack_history.lora.files import parse_arg
+from framepack_history.loading import build_encoder, load_backbone
+from framepack_history.pipeline import Pipeline, SectionDone
+
+from .conftest import TINY_HUNYUAN, TINY_TOY
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out", "ff.net.0.proj", "ff.net.2"]
+RANK = 4
+
+
+def peft_lora(transformer: torch.nn.Module, seed: int, targets: list[str] = TARGETS) -> dict[str, torch.Tensor]:
+    """A peft LoRA of ``transformer``: module name -> lora_A/lora_B weights (random, B non-zero)."""
+    model = inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets), copy.deepcopy(transformer))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save_diffusers(sd: dict[str, torch.Tensor], path: Path) -> Path:
+    save_file({f"transformer.{k}": v for k, v in sd.items()}, str(path))
+    return path
+
+
+def save_kohya(sd: dict[str, torch.Tensor], path: Path, alpha_over_rank: float = 2.0) -> Path:
+    """musubi-tuner's layout: ``lora_unet_`` + the module name with '.' -> '_', lora_down/lora_up and alpha."""
+    out = {}
+    for key, t in sd.items():
+        module, part = key.rsplit(".lora_", 1)
+        flat = "lora_unet_" + module.replace(".", "_")
+        if part.startswith("A"):
+            out[f"{flat}.lora_down.weight"] = t / alpha_over_rank  # the forward scales by alpha / rank
+            out[f"{flat}.alpha"] = torch.tensor(float(RANK * alpha_over_rank))
+        else:
+            out[f"{flat}.lora_up.weight"] = t
+    save_file(out, str(path))
+    return path
+
+
+def merged(transformer: torch.nn.Module, loras: list[tuple[dict[str, torch.Tensor], float]]) -> torch.nn.Module:
+    """The DiT with ``W + sum(w * B @ A)`` written into its weights."""
+    out = copy.deepcopy(transformer)
+    with torch.no_grad():
+        for sd, w in loras:
+            for key, a in sd.items():
+                if key.endswith("lora_A.weight"):
+                    module = key[: -len(".lora_A.weight")]
+                    out.get_submodule(module).weight += w * sd[f"{module}.lora_B.weight"] @ a
+    return out
+
+
+@pytest.fixture(scope="module")
+def preset():
+    return load_preset(TINY_HUNYUAN)
+
+
+def pipeline(preset, transformer: torch.nn.Module | None = None) -> Pipeline:
+    bb = load_backbone(preset.model)
+    if transformer is not None:
+        bb.transformer.load_state_dict(transformer.state_dict())
+    return Pipeline(bb, build_encoder(preset.model, bb), preset)
+
+
+def frames(pipe: Pipeline, loras=None, **kw) -> np.ndarray:
+    req = GenerationRequest(**{"prompt": "a red circle", "seconds": 1.0, "seed": 3, "loras": loras, **kw})
+    return np.concatenate([e.frames for e in pipe.run(req) if isinstance(e, SectionDone)])
+
+
+@pytest.fixture(scope="module")
+def base(preset):
+    return load_backbone(preset.model).transformer
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, base):
+    root = tmp_path_factory.mktemp("loras")
+    one, two = peft_lora(base, 1), peft_lora(base, 2, ["to_q", "to_v", "proj_out"])
+    return {"one": one, "two": two, "one_path": save_diffusers(one, root / "one.safetensors"),
+            "two_path": save_diffusers(two, root / "two.safetensors"),
+            "one_kohya": save_kohya(one, root / "one_kohya.safetensors"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def no_lora(preset):
+    return frames(pipeline(preset))
+
+
+# ------------------------------------------------------------------ equalities
+def test_weight_zero_equals_no_lora(preset, files, no_lora):
+    out = frames(pipeline(preset), [{"name": str(files["one_path"]), "weight": 0.0}])
+    assert np.array_equal(out, no_lora)
+
+
+def test_weight_one_equals_the_model_peft_merged(preset, files, base, no_lora):
+    """peft's own merge_and_unload of the same adapter is the reference."""
+    from peft.tuners.lora import LoraModel
+
+    cfg = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TARGETS)
+    model = LoraModel(copy.deepcopy(base), cfg, "default")
+    missing = model.load_state_dict({f"model.{k.replace('.weight', '.default.weight')}": v
+                                     for k, v in files["one"].items()}, strict=False)
+    assert not [k for k in missing.unexpected_keys]
+    reference = frames(pipeline(preset, model.merge_and_unload()))
+    out = frames(pipeline(preset), [{"name": str(files["one_path"]), "weight": 1.0}])
+    assert not np.array_equal(out, no_lora)  # the LoRA changes the video
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_two_loras_add(preset, files, base):
+    pipe = pipeline(preset)
+    x, s = torch.randn(1, 16, 2, 8, 8), torch.tensor([0.6])
+    with torch.no_grad():
+        ref = merged(base, [(files["one"], 0.5), (files["two"], -0.7)])
+        apply(pipe.backbone, [{"name": str(files["one_path"]), "weight": 0.5},
+                              {"name": str(files["two_path"]), "weight": -0.7}])
+        got = _predict(pipe.backbone, x, s)
+        pipe.backbone.transformer.unload_lora()
+        setattr(pipe.backbone.transformer, STATE, {})
+        pipe.backbone.transformer.load_state_dict(ref.state_dict())
+        want = _predict(pipe.backbone, x, s)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def _predict(bb, x, s):
+    from framepack_history.backbones.base import Conditioning, Context
+
+    cond = bb.encode_text("a red circle")
+    cond = Conditioning({**cond.tensors, **bb.encode_image(torch.zeros(3, 64, 64)).tensors})
+    return bb.predict(x, s, cond, Context(recent_latents=torch.zeros(1, 16, 3, 8, 8)), 10.0)
+
+
+def test_kohya_musubi_layout_equals_the_peft_file(preset, files):
+    pipe = pipeline(preset)
+    x, s = torch.randn(1, 16, 2, 8, 8), torch.tensor([0.4])
+    with torch.no_grad():
+        apply(pipe.backbone, [{"name": str(files["one_path"]), "weight": 0.8}])
+        want = _predict(pipe.backbone, x, s)
+        apply(pipe.backbone, [{"name": str(files["one_kohya"]), "weight": 0.8}])
+        got = _predict(pipe.backbone, x, s)
+        assert len(getattr(pipe.backbone.transformer, STATE)) == 1  # the peft file's adapter was deleted
+        apply(pipe.backbone, [])
+        plain = _predict(pipe.backbone, x, s)
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(plain, want, atol=1e-3)
+    assert type(pipe.backbone.transformer.transformer_blocks[0].attn.to_q) is torch.nn.Linear  # adapter layers gone
+
+
+def test_hunyuan_video_original_layout_converted_by_diffusers(preset, base, tmp_path):
+    """musubi-tuner's HunyuanVideo LoRAs (fused img_attn_qkv, img_mlp) go through diffusers' converter."""
+    g = torch.Generator().manual_seed(4)
+    dim = base.transformer_blocks[0].attn.to_q.in_features
+    ffn = base.transformer_blocks[0].ff.net[0].proj.out_features
+    a, b = torch.randn(RANK, dim, generator=g), torch.randn(3 * dim, RANK, generator=g) * 0.2
+    a2, b2 = torch.randn(RANK, dim, generator=g), torch.randn(ffn, RANK, generator=g) * 0.2
+    original = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": a,
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": b,
+                "lora_unet_double_blocks_0_img_attn_qkv.alpha": torch.tensor(float(RANK)),
+                "lora_unet_double_blocks_0_img_mlp_fc1.lora_down.weight": a2,
+                "lora_unet_double_blocks_0_img_mlp_fc1.lora_up.weight": b2}
+    save_file(original, str(tmp_path / "hv.safetensors"))
+    q, k, v = (t.contiguous() for t in b.chunk(3))
+    same = {"transformer_blocks.0.attn.to_q": (a, q), "transformer_blocks.0.attn.to_k": (a, k),
+            "transformer_blocks.0.attn.to_v": (a, v), "transformer_blocks.0.ff.net.0.proj": (a2, b2)}
+    save_diffusers({f"{m}.lora_{p}.weight": t.clone() for m, (A, B) in same.items() for p, t in (("A", A), ("B", B))},
+                   tmp_path / "same.safetensors")
+    pipe = pipeline(preset)
+    x, s = torch.randn(1, 16, 2, 8, 8), torch.tensor([0.5])
+    with torch.no_grad():
+        apply(pipe.backbone, [{"name": str(tmp_path / "hv.safetensors"), "weight": 1.0}])
+        got = _predict(pipe.backbone, x, s)
+        apply(pipe.backbone, [{"name": str(tmp_path / "same.safetensors"), "weight": 1.0}])
+        want = _predict(pipe.backbone, x, s)
+    assert torch.allclose(got, want, atol=1e-5)
