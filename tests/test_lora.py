@@ -195,3 +195,63 @@ def test_hunyuan_video_original_layout_converted_by_diffusers(preset, base, tmp_
         apply(pipe.backbone, [{"name": str(tmp_path / "same.safetensors"), "weight": 1.0}])
         want = _predict(pipe.backbone, x, s)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ bad files
+@pytest.fixture
+def bad(tmp_path, files):
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.")  # a pickle
+    wrong = dict(files["one"])
+    key = next(k for k in wrong if k.endswith("to_q.lora_A.weight"))
+    wrong[key] = torch.randn(RANK, 7)
+    unknown = {"transformer.not_a_layer.lora_A.weight": torch.randn(RANK, 32),
+               "transformer.not_a_layer.lora_B.weight": torch.randn(32, RANK)}
+    odd = {"transformer.transformer_blocks.0.attn.to_q.weight": torch.randn(32, 32), "lora_note": torch.zeros(1)}
+    return {"pickled": pickled, "wrong": save_diffusers(wrong, tmp_path / "wrong_shape.safetensors"),
+            "unknown": save_file(unknown, str(tmp_path / "unknown_layer.safetensors")) or tmp_path / "unknown_layer.safetensors",
+            "odd": save_file(odd, str(tmp_path / "odd_keys.safetensors")) or tmp_path / "odd_keys.safetensors"}
+
+
+@pytest.mark.parametrize("kind, says", [("pickled", "not a safetensors file"), ("wrong", "do not fit the layer"),
+                                        ("unknown", "names no linear layer"), ("odd", "unknown key")])
+def test_bad_files_are_named_at_submit(preset, bad, kind, says):
+    req = GenerationRequest(prompt="x", seconds=0.5, loras=[{"name": str(bad[kind]), "weight": 1.0}])
+    with pytest.raises(InputError, match=says) as err:
+        check_loras(req, preset)
+    assert err.value.field == "--lora" and bad[kind].name in err.value.message
+
+
+def test_bad_lora_on_the_command_line_exits_2(bad, files, tmp_path, capsys):
+    out = str(tmp_path / "v.mp4")
+    assert cli_main(["generate", "--prompt", "x", "--preset", str(TINY_HUNYUAN), "--lora", str(bad["wrong"]), "--out", out, "--quiet"]) == 2
+    assert "wrong_shape.safetensors" in capsys.readouterr().err
+    assert cli_main(["generate", "--prompt", "x", "--preset", str(TINY_HUNYUAN), "--lora", f"{files['one_path']}:abc", "--out", out]) == 2
+    assert cli_main(["generate", "--prompt", "x", "--preset", str(TINY_HUNYUAN), "--lora", "missing.safetensors", "--out", out]) == 2
+    assert "missing.safetensors: no such LoRA file" in capsys.readouterr().err
+    # the toy backbone refuses LoRAs, with a reason
+    assert cli_main(["generate", "--prompt", "x", "--preset", str(TINY_TOY), "--lora", str(files["one_path"]), "--out", out]) == 2
+    assert "the toy backbone takes no LoRAs" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_lora_arguments_parse():
+    assert parse_arg("style.safetensors:0.75") == {"name": "style.safetensors", "weight": 0.75}
+    assert parse_arg("C:/loras/x.safetensors") == {"name": "C:/loras/x.safetensors", "weight": 1.0}
+    assert parse_arg("a:b:-0.5") == {"name": "a:b", "weight": -0.5}
+    with pytest.raises(InputError, match="weight must be a number"):
+        parse_arg("x.safetensors:99")
+
+
+def test_loras_from_the_lora_folder_and_the_preset(preset, files, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("FPH_LORA_DIR", str(files["root"]))
+    req = GenerationRequest(prompt="x", seconds=0.5)
+    check_loras(req, replace(preset, loras=["one:0.5", "two.safetensors"]))
+    assert [(e["name"], e["weight"], Path(e["path"]).name) for e in req.loras] == [
+        ("one", 0.5, "one.safetensors"), ("two.safetensors", 1.0, "two.safetensors")]
+    assert all(len(e["sha256"]) == 64 for e in req.loras)
+    none = GenerationRequest(prompt="x", seconds=0.5, loras=[])  # an explicit empty list overrides the preset
+    check_loras(none, replace(preset, loras=["one"]))
+    assert none.loras == []
