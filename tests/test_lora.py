@@ -255,3 +255,125 @@ def test_loras_from_the_lora_folder_and_the_preset(preset, files, monkeypatch):
     none = GenerationRequest(prompt="x", seconds=0.5, loras=[])  # an explicit empty list overrides the preset
     check_loras(none, replace(preset, loras=["one"]))
     assert none.loras == []
+
+
+# ------------------------------------------------------------------ memory plans
+from .test_memory_strict import SECONDS, TILES, _tight, hub  # noqa: E402,F401  (hub is a fixture)
+
+
+def test_one_lora_streamed_equals_resident_in_strict_mode(hub, tmp_path):
+    """The rtx4070-12gb plan shape (streamed + resident blocks, strict ledger) with a LoRA on every block."""
+    from framepack_history.lora.adapters import is_adapter
+
+    preset, paths = hub
+    resident = HunyuanFramepackBackbone.from_pretrained(**paths)
+    resident.vae.enable_tiling(**TILES)
+    path = save_diffusers(peft_lora(resident.transformer, 7), tmp_path / "streamed.safetensors")
+    loras = [{"name": str(path), "weight": 0.9}]
+    want = frames(Pipeline(resident, build_encoder(preset.model, resident), preset), loras, seconds=SECONDS)
+    plain = frames(Pipeline(resident, build_encoder(preset.model, resident), preset), [], seconds=SECONDS)
+
+    pipe = _tight(hub)  # strict: a module run with a weight off the device raises
+    manager = pipe.memory
+    got = frames(pipe, loras, seconds=SECONDS)
+    assert np.array_equal(got, want) and not np.array_equal(got, plain)
+    dit = pipe.backbone.transformer
+    adapters = [(n, p) for n, p in dit.named_parameters() if is_adapter(n)]
+    assert manager.adapter_bytes == adapter_bytes(dit) == sum(p.numel() * 4 for _, p in adapters) > 0
+    assert all(manager.residency.is_resident(p) for _, p in adapters)  # resident, also in streamed blocks
+    streamed = manager.streamer.order
+    assert streamed and all(not g.on_device for g in (manager.streamer.groups[i] for i in streamed))
+    ids = {id(t) for i in streamed for t in manager.streamer.groups[i].tensors}
+    assert not ids & {id(p) for _, p in adapters}  # the streamer moves base weights only
+    assert manager.fixed_bytes >= manager.adapter_bytes
+    # the next run without LoRAs unloads them: same frames as the plain model, no adapter bytes left
+    assert np.array_equal(frames(pipe, [], seconds=SECONDS), plain) and manager.adapter_bytes == 0
+
+
+def test_planner_counts_adapter_bytes(preset):
+    from framepack_history.memory.planner import Budget, GiB, plan
+
+    budget = Budget(GiB, GiB, "cpu", "test")
+    a, b = plan(preset, 1.0, budget=budget), plan(preset, 1.0, budget=budget, adapter_bytes=12345)
+    for ra, rb in zip(a, b):
+        if ra.phase in ("denoise", "vae_decode"):
+            assert rb.device_peak_bytes - ra.device_peak_bytes == 12345
+
+
+# ------------------------------------------------------------------ jobs
+def test_resume_restores_the_lora_set(preset, files, tmp_path):
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.render import render
+    from framepack_history.sampling import Cancelled
+
+    loras = [{"name": str(files["one_path"]), "weight": 0.7}, {"name": str(files["two_path"]), "weight": 0.3}]
+    straight = frames(pipeline(preset), loras)
+    req = GenerationRequest(prompt="a red circle", seconds=1.0, seed=3, loras=loras)
+    check_loras(req, preset)
+    job = JobDir(tmp_path / "job")
+    job.create(req, preset, out=tmp_path / "v.mp4")
+    done: list = []
+
+    def cancel(i, info):
+        if i == 1:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        render(pipeline(preset), req, tmp_path / "v.mp4", job.root / "segments", on_event=done.append, on_step=cancel, job=job)
+    fresh = pipeline(preset)  # a new process: no adapters on the DiT
+    assert not getattr(fresh.backbone.transformer, STATE, {})
+    info = job.info()
+    assert [(e["weight"], e["sha256"]) for e in info.request.loras] == [(e["weight"], e["sha256"]) for e in req.loras]
+    side = render(fresh, info.request, tmp_path / "v.mp4", job.root / "segments", on_event=done.append, job=job)
+    got = np.concatenate([e.frames for e in done if isinstance(e, SectionDone)])
+    assert np.array_equal(got, straight)
+    assert side["loras"] == [{"name": e["name"], "sha256": e["sha256"], "weight": e["weight"]} for e in req.loras]
+
+
+def test_worker_switches_loras_between_jobs_without_reloading(files, tmp_path):
+    """none, LoRA, none, LoRA + another: one model load; equal sets give equal videos; sidecars record them."""
+    import json
+
+    from framepack_history.jobs import JobSpec, Worker
+
+    from .test_checkpoint import decoded
+    from .test_jobs import wait
+
+    w = Worker(tmp_path / "outputs", max_queue=8, preview_every_s=0.0).start()
+    try:
+        sets = [[], [{"name": str(files["one_path"]), "weight": 1.0}], [],
+                [{"name": str(files["one_path"]), "weight": 1.0}, {"name": str(files["two_path"]), "weight": 0.5}],
+                [{"name": str(files["one_path"]), "weight": 1.0}]]
+        jobs = [w.submit(JobSpec(GenerationRequest(prompt="a red circle", seconds=1.0, seed=3, loras=s), str(TINY_HUNYUAN)))
+                for s in sets]
+        done = [wait(w, j.id, timeout=300) for j in jobs]
+        assert [j.status for j in done] == ["done"] * 5, [j.message for j in done]
+        assert w.loads == 1
+        v = [decoded(j.video) for j in done]
+        assert np.array_equal(v[0], v[2]) and np.array_equal(v[1], v[4])
+        assert not np.array_equal(v[0], v[1]) and not np.array_equal(v[1], v[3])
+        side = json.loads(done[3].sidecar.read_text())
+        assert [(s["name"], s["weight"], len(s["sha256"])) for s in side["loras"]] == [
+            (str(files["one_path"]), 1.0, 64), (str(files["two_path"]), 0.5, 64)]
+    finally:
+        w.stop(timeout=30)
+
+
+def test_a_lora_file_changed_after_submit_fails_its_job_alone(files, tmp_path):
+    from framepack_history.jobs import JobSpec, Worker
+
+    from .test_jobs import wait
+
+    w = Worker(tmp_path / "outputs", max_queue=8, preview_every_s=0.0)  # not started: the jobs wait
+    changed = tmp_path / "changing.safetensors"
+    changed.write_bytes(files["one_path"].read_bytes())
+    job = w.submit(JobSpec(GenerationRequest(prompt="x", seconds=0.5, loras=[{"name": str(changed)}]), str(TINY_HUNYUAN)))
+    after = w.submit(JobSpec(GenerationRequest(prompt="x", seconds=0.5, loras=[]), str(TINY_HUNYUAN)))
+    save_diffusers(files["two"], changed)  # another LoRA under the same name: its hash no longer matches
+    w.start()
+    try:
+        failed, ok = wait(w, job.id, timeout=300), wait(w, after.id, timeout=300)
+        assert failed.status == "failed" and "changing.safetensors" in failed.message and "changed" in failed.message
+        assert ok.status == "done"
+    finally:
+        w.stop(timeout=30)
