@@ -377,3 +377,54 @@ def test_a_lora_file_changed_after_submit_fails_its_job_alone(files, tmp_path):
         assert ok.status == "done"
     finally:
         w.stop(timeout=30)
+
+
+# ------------------------------------------------------------------ page and API
+def test_page_slots_become_the_request_and_bad_files_are_a_page_message(files, bad, tmp_path, monkeypatch):
+    import gradio as gr
+
+    from framepack_history.jobs import Worker
+    from ui.handlers import Handlers
+
+    monkeypatch.setenv("FPH_LORA_DIR", str(files["root"]))
+    w = Worker(tmp_path / "outputs", max_queue=4)  # not started: submitted jobs wait
+    h = Handlers(w, str(TINY_HUNYUAN), temp_dir=tmp_path / "tmp")
+    base = ["a red circle", None, None, 1, 3, str(TINY_HUNYUAN), None, None, None, None, None, None, None, None]
+    spec = h.spec(*base, "one.safetensors", 0.5, "", 1.0, str(files["two_path"]), -0.25)
+    assert spec.request.loras == [{"name": "one.safetensors", "weight": 0.5}, {"name": str(files["two_path"]), "weight": -0.25}]
+    assert h.spec(*base).request.loras is None  # no slot used: the preset's LoRAs
+    job = h.submit(*base, "one.safetensors", 0.5)
+    assert job.spec.request.loras[0]["sha256"] and job.spec.request.loras[0]["path"] == str(files["one_path"])
+    with pytest.raises(gr.Error, match="wrong_shape.safetensors"):
+        h.submit(*base, str(bad["wrong"]), 1.0)
+    assert [c for c in h.lora_refresh()[0]["choices"]] == ["one.safetensors", "one_kohya.safetensors", "two.safetensors"]
+
+
+@pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+def test_api_generate_with_a_lora_and_a_bad_one(files, bad, tmp_path_factory):
+    """gradio_client against the real app: lora_1/lora_weight_1 reach the sidecar; a bad file is an error naming it."""
+    import json
+
+    from gradio_client import Client
+
+    import app
+
+    from .test_app_api import free_port
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        args = app.prepare(["--preset", str(TINY_HUNYUAN), "--port", str(free_port()),
+                            "--outputs", str(tmp_path_factory.mktemp("outputs"))])
+        demo, worker, url, _ = app.start(args)
+        try:
+            client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            with pytest.raises(Exception, match="pickled.pt"):
+                client.predict(prompt="a red circle", seconds=0.5, lora_1=str(bad["pickled"]), api_name="/generate")
+            _, sidecar = client.predict(prompt="a red circle", seconds=0.5, seed=3, lora_1=str(files["one_path"]),
+                                        lora_weight_1=0.6, api_name="/generate")
+            side = json.loads(Path(sidecar).read_text())
+            assert [(s["name"], s["weight"]) for s in side["loras"]] == [(str(files["one_path"]), 0.6)]
+            assert len(side["loras"][0]["sha256"]) == 64
+        finally:
+            demo.close()
+            worker.stop(timeout=10)
