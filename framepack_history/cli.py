@@ -62,6 +62,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
                    help="a LoRA on the DiT (a .safetensors path, or a name in loras/), weight 1 unless given; "
                         "repeat for several (default: the preset's loras)")
+    g.add_argument("--no-loras", action="store_true", help="no LoRAs, not even the preset's")
     g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
                                      "`python -m framepack_history resume DIR` finishes the job after a crash")
 
@@ -104,7 +105,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler,
-        loras=None if args.lora is None else [parse_lora(text) for text in args.lora],
+        loras=[] if args.no_loras else None if args.lora is None else [parse_lora(text) for text in args.lora],
     )
 
 

@@ -428,3 +428,23 @@ def test_api_generate_with_a_lora_and_a_bad_one(files, bad, tmp_path_factory):
         finally:
             demo.close()
             worker.stop(timeout=10)
+
+
+def test_preset_loras_are_validated_on_load(tmp_path):
+    text = TINY_HUNYUAN.read_text()
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text('loras = ["style.safetensors:0.5", "other"]\n' + text)
+    bad.write_text('loras = ["style.safetensors:50"]\n' + text)
+    assert load_preset(good).loras == ["style.safetensors:0.5", "other"]
+    with pytest.raises(InputError, match=r"bad.toml: loras\[0\].*weight must be a number"):
+        load_preset(bad)
+
+
+def test_no_loras_flag_overrides_the_preset(files, tmp_path, monkeypatch):
+    from framepack_history.cli import _request, build_parser
+
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--no-loras"])
+    assert _request(args).loras == []
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--lora", "a.safetensors:0.2", "--lora", "b"])
+    assert _request(args).loras == [{"name": "a.safetensors", "weight": 0.2}, {"name": "b", "weight": 1.0}]
+    assert _request(build_parser().parse_args(["generate", "--prompt", "x"])).loras is None
