@@ -448,3 +448,20 @@ def test_no_loras_flag_overrides_the_preset(files, tmp_path, monkeypatch):
     args = build_parser().parse_args(["generate", "--prompt", "x", "--lora", "a.safetensors:0.2", "--lora", "b"])
     assert _request(args).loras == [{"name": "a.safetensors", "weight": 0.2}, {"name": "b", "weight": 1.0}]
     assert _request(build_parser().parse_args(["generate", "--prompt", "x"])).loras is None
+
+
+def test_plan_command_counts_the_adapters(files, base, capsys):
+    from framepack_history.lora.convert import nbytes
+
+    assert cli_main(["plan", "--preset", str(TINY_HUNYUAN), "--seconds", "1", "--json"]) == 0
+    import json
+
+    without = json.loads(capsys.readouterr().out)
+    args = ["plan", "--preset", str(TINY_HUNYUAN), "--seconds", "1", "--lora", str(files["one_path"]), "--lora",
+            f"{files['two_path']}:0.5"]
+    assert cli_main([*args, "--json"]) == 0
+    with_ = json.loads(capsys.readouterr().out)
+    expected = nbytes(files["one"], torch.float32) + nbytes(files["two"], torch.float32)
+    assert [b["device_peak_bytes"] - a["device_peak_bytes"] for a, b in zip(without, with_) if a["phase"] == "denoise"] == \
+        [expected] * 2
+    assert cli_main(args) == 0 and f"LoRA adapters: {expected / 2**20:.1f} MiB" in capsys.readouterr().out
