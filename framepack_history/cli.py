@@ -61,6 +61,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1 ...)")
     g.add_argument("--out", help="output .mp4 (default outputs/DATE/TIME.mp4); a .json sidecar is written beside it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                   help="a LoRA on the DiT (a .safetensors path, or a name in loras/), weight 1 unless given; "
+                        "repeat for several (default: the preset's loras)")
+    g.add_argument("--no-loras", action="store_true", help="no LoRAs, not even the preset's")
     g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
                                      "`python -m framepack_history resume DIR` finishes the job after a crash")
 
@@ -155,12 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request(args: argparse.Namespace) -> GenerationRequest:
+    from .lora.files import parse_arg as parse_lora
+
     return GenerationRequest(
         prompt=args.prompt, seconds=args.seconds, seed=args.seed, image=args.image, continue_video=args.continue_video,
         start_frame=args.start_frame,
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
+        loras=[] if args.no_loras else None if args.lora is None else [parse_lora(text) for text in args.lora],
     )
 
 

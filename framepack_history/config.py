@@ -115,6 +115,8 @@ class Preset:
     history: HistorySpec = field(default_factory=HistorySpec)
     hardware: HardwareProfile = field(default_factory=HardwareProfile)
     path: str = ""
+    #: LoRAs every request of this preset gets unless it names its own: ``"FILE[:WEIGHT]"`` (see ``lora/``)
+    loras: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -208,6 +210,10 @@ def _check(preset: Preset) -> None:
             parse_rate(rate)
         except ValueError as e:
             raise InputError(key, str(e)) from None
+    from .lora.files import parse_arg
+
+    for i, text in enumerate(preset.loras):
+        parse_arg(text, f"loras[{i}]")
     if preset.hardware.dtype not in DTYPE_NAMES:
         raise InputError("hardware.dtype", f"must be float32, bfloat16 or float16 (got {preset.hardware.dtype!r})")
 
@@ -384,6 +390,9 @@ class GenerationRequest:
     height: int | None = None
     #: bounded history: the most history tokens (0 = no cap); None = the preset's ``history.max_tokens``
     max_history_tokens: int | None = None
+    #: LoRAs on the DiT: ``[{"name": FILE, "weight": W}]``; resolving adds ``path`` and ``sha256`` (kept for
+    #: the sidecar and for resume); None = the preset's ``loras``, [] = none
+    loras: list[dict[str, Any]] | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -426,6 +435,9 @@ class GenerationRequest:
             raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
         if self.image and self.continue_video:
             raise InputError("--image", "give either a start image or a video to continue, not both")
+        from .lora.files import check_entries
+
+        check_entries(self.loras)
         board = parse_storyboard(self.prompt)
         if not board[0][1] and not (self.image or self.continue_video):
             raise InputError("--prompt", "is empty; give a prompt, a start image or a video to continue")

@@ -49,6 +49,9 @@ def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, 
     source = source_size(request, fields)
     if request.width is None or request.height is None:
         request.width, request.height = choose_size(preset, source, fields[1] if request.continue_video else fields[0])
+    from .lora.check import check_loras
+
+    check_loras(request, preset)  # found, safetensors, fits the DiT: recorded with their hashes
 
 
 def keep_inputs(request: GenerationRequest, folder: Path) -> None:

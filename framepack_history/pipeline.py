@@ -383,6 +383,13 @@ class Pipeline:
             img = to_uint8(self.backbone.preview(info["denoised"])[:, None])[0]
         return StepPreview(index, info["step"], info["total"], img)
 
+    def set_loras(self, request: GenerationRequest) -> None:
+        """Put the request's LoRAs (else the preset's) on the DiT, replacing the last job's; record them resolved."""
+        from .lora.adapters import apply
+        from .lora.files import requested
+
+        request.loras = apply(self.backbone, requested(request.loras, self.preset.loras), self.memory)
+
     # ---------------------------------------------------------------- loop
     def run(
         self,
@@ -399,6 +406,7 @@ class Pipeline:
         section starts (steering: it may replace ``gen.storyboard``). The finished
         generation is left in ``self.last_generation``.
         """
+        self.set_loras(request if resume is None else resume.request)
         if resume is None:
             gen, start_frames = self.start(request)
             if start_frames is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import GenerationRequest, Preset
+from .lora.files import sidecar_entries
 from .pipeline import ContextFrames, Event, Finished, Generation, Pipeline, SectionDone, SectionStarted, to_uint8
 from .sampling import Cancelled
 from .video import concat_segments, write_json, write_segment
@@ -71,6 +72,7 @@ def sidecar(request: GenerationRequest, preset: Preset, log: SegmentLog, extra: 
         "fps": log.fps,
         "seconds": log.frames / log.fps,
         "sections": log.sections,
+        "loras": sidecar_entries(request.loras),  # name, sha256, weight of each LoRA on the DiT
         **(extra or {}),
     }
 

@@ -27,6 +27,7 @@ from framepack_history.studio import Studio, client_view
 from framepack_history.studio import scrub as _scrub
 from framepack_history.video import concat_segments
 
+LORA_SLOTS = 3  # LoRA pickers on the page (and lora_N arguments of the API)
 CATCH_UP_AFTER = 3  # more finished segments than this are sent to a re-attached page as one chunk
 WAIT_S = 1.0  # how often a follower re-checks that its page still wants it
 
@@ -70,6 +71,22 @@ def _path(value: Any) -> str | None:
     return str(value) if value else None
 
 
+def _loras(*picks: tuple[Any, Any]) -> list[dict] | None:
+    """The LoRA slots (file, weight) that name a file; None when none does (the preset's LoRAs then)."""
+    chosen = [{"name": str(name).strip(), "weight": _num(weight, f"LoRA {name} weight")}
+              for name, weight in picks if name and str(name).strip()]
+    for entry in chosen:
+        entry["weight"] = 1.0 if entry["weight"] is None else entry["weight"]
+    return chosen or None
+
+
+def lora_choices() -> list[str]:
+    """LoRA files in the LoRA folder (``loras/``), for the page's pickers."""
+    from framepack_history.lora.files import available
+
+    return available()
+
+
 class Handlers:
     """Bound to one Worker; each method is one page or API event."""
 
@@ -89,7 +106,8 @@ class Handlers:
     # ------------------------------------------------------------- submitting
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
              shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
-             start_frame: Any = None, max_history_tokens: Any = None) -> JobSpec:
+             start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
+             lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
@@ -111,6 +129,7 @@ class Handlers:
             shift=_num(shift, "shift"),
             start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
             max_history_tokens=_num(max_history_tokens, "history-token cap", integer=True),
+            loras=_loras((lora_1, lora_weight_1), (lora_2, lora_weight_2), (lora_3, lora_weight_3)),
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -282,6 +301,11 @@ class Handlers:
             return f"memory plan unavailable: {e}"
         return "\n".join(f"- {line}" for line in lines)
 
+    def lora_refresh(self) -> tuple:
+        """The LoRA pickers list what is in ``loras/`` now (files added while the page was open)."""
+        choices = lora_choices()
+        return tuple(gr.update(choices=choices) for _ in range(LORA_SLOTS))
+
     def preset_defaults(self, preset: str) -> tuple:
         """Advanced settings follow the preset: its sampling defaults and encoder rates."""
         try:
@@ -444,16 +468,20 @@ class Handlers:
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
                      window_frames: int | None = None, history_guidance: float | None = None,
                      start_frame: str | None = None, max_history_tokens: int | None = None,
+                     lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
+                     lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
                      request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
         empty = the backbone's default; ignored with a start image or video. ``max_history_tokens``: bounded
         history, at most that many history tokens (0 = no cap; empty = the preset's).
+        ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
+        none = the preset's LoRAs.
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
                           encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
-                          owner=self.user(request))
+                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":

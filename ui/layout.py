@@ -18,7 +18,7 @@ from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_
 from framepack_history.jobs import Worker
 from framepack_history.studio import Studio
 
-from .handlers import START_FRAME_LABELS, Handlers, random_seed
+from .handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, lora_choices, random_seed
 from .weights import WeightsPanel
 
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
@@ -60,6 +60,19 @@ def max_seconds(presets: list[str]) -> float:
         except InputError:
             pass
     return longest
+
+
+def lora_pickers() -> list[tuple[gr.Dropdown, gr.Slider]]:
+    """LoRA slots: a file (from ``loras/``, or a typed path) and its weight each."""
+    choices = lora_choices()
+    picks = []
+    for i in range(1, LORA_SLOTS + 1):
+        with gr.Row(equal_height=True):
+            name = gr.Dropdown(choices, value=None, label=f"LoRA {i}", allow_custom_value=True, scale=3,
+                               elem_id=f"fph-lora-{i}", info="a .safetensors file in loras/, or a path" if i == 1 else None)
+            weight = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="weight", scale=2, elem_id=f"fph-lora-weight-{i}")
+        picks.append((name, weight))
+    return picks
 
 
 def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | None = None) -> gr.Blocks:
@@ -114,6 +127,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                         history_cap = gr.Number(value=preset.history.max_tokens, precision=0, minimum=0,
                                                 label="History-token cap (0 = none)", elem_id="fph-history-cap",
                                                 info="bounded history: older history coarser, recent in full detail")
+                with gr.Accordion("LoRAs", open=False, elem_id="fph-loras"):
+                    lora_picks = lora_pickers()
+                    lora_reload = gr.Button("Refresh list", size="sm")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
@@ -177,6 +193,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
                   start_frame, history_cap]
+        inputs += [c for pair in lora_picks for c in pair]  # lora_1, lora_weight_1, ... (Handlers.spec)
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -239,6 +256,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
             event(weights.follow, [preset_dd], first, concurrency_limit=None, show_progress="hidden", **private)
         fetching = download.click(weights.start, [preset_dd], None, concurrency_limit=None, **private)
         fetching.success(weights.follow, [preset_dd], first, concurrency_limit=None, show_progress="hidden", **private)
+
+        lora_reload.click(h.lora_refresh, None, [name for name, _ in lora_picks], **private)
+        demo.load(h.lora_refresh, None, [name for name, _ in lora_picks], **private)
 
         # -- HTTP API (gradio_client): generate / cancel / status
         api_button = gr.Button(visible=False)

@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-image", action="store_true", help="plan a text-to-video request (no start image)")
     p.add_argument("--full", action="store_true", help="every section in the table, not one per 20 s")
     p.add_argument("--json", action="store_true", help="a JSON list of phases instead of a table")
+    p.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="count these LoRAs' adapters (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +32,17 @@ def run(args: argparse.Namespace) -> int:
     if args.encoder_rate is not None and args.encoder_rate not in preset.model.encoder_rates:
         raise InputError("--encoder-rate", f"{args.encoder_rate!r} is not offered by {preset.name}")
     text = None if args.text_encoder == "resident" else args.text_encoder
+    adapters = 0
+    if args.lora:
+        from ..config import GenerationRequest
+        from ..lora.check import check_loras
+        from ..lora.files import parse_arg
+
+        adapters = check_loras(GenerationRequest(loras=[parse_arg(t) for t in args.lora]), preset)
     p = plan(preset, args.seconds, history_mode=args.history, rate=args.encoder_rate,
-             start_image=not args.no_image, text_encoder_quantization=text)
+             start_image=not args.no_image, text_encoder_quantization=text, adapter_bytes=adapters)
+    if adapters and not args.json:
+        print(f"LoRA adapters: {adapters / 2**20:.1f} MiB on the device beside the DiT's stem")
     if args.json:
         print(json.dumps(p.to_json(), indent=1))
     else:

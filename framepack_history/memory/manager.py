@@ -117,6 +117,7 @@ class MemoryManager:
         self.failed_phase: str | None = None
         self.changes: list[str] = []  # what each re-plan or out-of-memory retry changed
         self.phases: list[tuple[str, int | None, int]] = []  # (phase, section, resident bytes at its start)
+        self.adapter_bytes = 0  # LoRA adapters on the DiT: always resident (see lora/adapters.py)
         dit = backbone.transformer
         if any(p.is_meta for p in dit.parameters()):  # built on meta (offload mode): read its files block by block
             folder = getattr(backbone, "weight_folders", {}).get("transformer")
@@ -165,8 +166,21 @@ class MemoryManager:
 
     @property
     def fixed_bytes(self) -> int:
-        """Always-resident weights outside the components (history encoders)."""
-        return sum(self._watched.values())
+        """Always-resident weights outside the components (history encoders, LoRA adapters)."""
+        return sum(self._watched.values()) + self.adapter_bytes
+
+    def adapters_changed(self) -> None:
+        """The DiT's LoRA adapters changed: count their bytes; in strict mode, check them like every weight."""
+        from ..lora.adapters import adapter_bytes, is_adapter
+
+        dit = self.backbone.transformer
+        self.adapter_bytes = adapter_bytes(dit)
+        if self.strict:
+            for qual, m in dit.named_modules():
+                if is_adapter(qual + ".") and next(_own_tensors(m), None) is not None:
+                    reg = HookRegistry.check_if_exists_or_initialize(m)
+                    if reg.get_hook(STRICT_HOOK) is None:
+                        reg.register_hook(_Strict(self.residency, f"transformer.{qual}"), STRICT_HOOK)
 
     def watch(self, module: nn.Module, name: str = "history_encoder") -> None:
         """An always-resident module (a history encoder): strict checks, and its bytes kept out of the room."""
@@ -317,7 +331,8 @@ class MemoryManager:
         Returns what changed ("" when the current strategy already covers it).
         """
         p = plan(preset, seconds, history_mode=history_mode, rate=rate, start_image=start_image, size=size,
-                 text_encoder_quantization=self.plan.strategy.text_encoder, budget=self.plan.budget)
+                 text_encoder_quantization=self.plan.strategy.text_encoder, budget=self.plan.budget,
+                 adapter_bytes=self.adapter_bytes)
         cur, new = self.plan.strategy, p.strategy
         resident = lambda st: sum(self.streamer.groups[i].nbytes() for i in st.resident)  # noqa: E731
         change = []

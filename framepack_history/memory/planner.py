@@ -187,10 +187,11 @@ def spread_order(n: int) -> list[int]:
 # ---------------------------------------------------------------------- plan
 def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
          start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None,
-         size: tuple[int, int] | None = None) -> Plan:
+         size: tuple[int, int] | None = None, adapter_bytes: int = 0) -> Plan:
     """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``.
 
     ``size`` is the request's ``(width, height)`` (a start image's resolution bucket); None = the preset's.
+    ``adapter_bytes``: LoRA adapters on the DiT, resident beside its stem whatever streams.
     """
     preset = load_preset(preset) if isinstance(preset, str) else preset
     if size is not None:
@@ -225,7 +226,7 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     latent_bytes = geo.latent_channels * t * h * w * 4
     host_latents = [geo.latent_channels * f * h * w * 4 for f in frames]
     tok_bytes = geo.hidden_size * dsize
-    vae_b, enc_b, nonblock = module_bytes(bb.vae), module_bytes(enc), comps.nonblock_bytes()
+    vae_b, enc_b, nonblock = module_bytes(bb.vae), module_bytes(enc), comps.nonblock_bytes() + adapter_bytes
     sizes = comps.block_bytes()
     cond_b = sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values())
 

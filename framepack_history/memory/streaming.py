@@ -104,8 +104,12 @@ class WeightGroup:
     @classmethod
     def of(cls, name: str, modules: Iterable[nn.Module], residency: Residency, keep_host: bool = True,
            extra: Iterable[torch.Tensor] = ()) -> WeightGroup:
+        from ..lora.adapters import is_adapter
+
         seen, tensors = set(), []
-        for t in chain(*(chain(m.parameters(), m.buffers()) for m in modules), extra):
+        own = chain(*(chain(m.named_parameters(), m.named_buffers()) for m in modules))
+        # LoRA adapters stay resident (lora/adapters.py): a group moves base weights only
+        for t in chain((t for n, t in own if not is_adapter(n)), extra):
             if id(t) not in seen:
                 seen.add(id(t))
                 tensors.append(t)

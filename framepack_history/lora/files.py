@@ -1,0 +1,154 @@
+"""LoRA files: where they are, what a request says about them, and a cheap check of the file itself.
+
+No torch here (the page imports it). Only safetensors files are read, never a pickle: the
+header is parsed by hand (8-byte length, JSON), so a file that is not safetensors fails
+before any tensor is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from ..config import ROOT, InputError
+
+#: the folder LoRA names are looked up in (FramePack-Studio's ``loras/``); FPH_LORA_DIR overrides it
+LORA_DIR = Path(os.environ.get("FPH_LORA_DIR") or ROOT / "loras")
+MAX_WEIGHT = 10.0  # beyond this a LoRA only amplifies its own artefacts
+MAX_LORAS = 8
+_HEADER_LIMIT = 100 << 20  # safetensors caps its header at 100 MB
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def lora_dir() -> Path:
+    return Path(os.environ.get("FPH_LORA_DIR") or LORA_DIR)
+
+
+def available() -> list[str]:
+    """``*.safetensors`` names under the LoRA folder (sub-folders included), sorted."""
+    root = lora_dir()
+    if not root.is_dir():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.safetensors") if p.is_file())
+
+
+def parse_arg(text: str, field: str = "--lora") -> dict[str, Any]:
+    """``FILE[:WEIGHT]`` -> ``{"name": FILE, "weight": WEIGHT}`` (weight 1 when left out).
+
+    The weight is what follows the last colon when it reads as a number, so ``C:\\x.safetensors`` keeps its drive.
+    """
+    text = str(text).strip()
+    name, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+            name = head
+        except ValueError:
+            pass
+    if not name:
+        raise InputError(field, f"{text!r} names no file (write FILE or FILE:WEIGHT)")
+    return check_entry({"name": name, "weight": weight}, field)
+
+
+def check_entry(entry: Any, field: str = "--lora") -> dict[str, Any]:
+    """One request entry: a dict with a ``name`` and a finite ``weight`` in [-MAX_WEIGHT, MAX_WEIGHT]."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+        raise InputError(field, f"each LoRA needs a file name and a weight (got {entry!r})")
+    w = entry.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or abs(w) > MAX_WEIGHT:
+        raise InputError(field, f"{entry['name']}: weight must be a number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] (got {w!r})")
+    unknown = set(entry) - {"name", "weight", "path", "sha256"}
+    if unknown:
+        raise InputError(field, f"{entry['name']}: unknown key {sorted(unknown)[0]!r} (known: name, weight, path, sha256)")
+    return {**entry, "name": entry["name"].strip(), "weight": float(w)}
+
+
+def check_entries(entries: Any, field: str = "--lora") -> None:
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise InputError(field, f"must be a list of {{name, weight}} entries (got {type(entries).__name__})")
+    if len(entries) > MAX_LORAS:
+        raise InputError(field, f"{len(entries)} LoRAs; at most {MAX_LORAS} at once")
+    for e in entries:
+        check_entry(e, field)
+
+
+def locate(name: str, field: str = "--lora") -> Path:
+    """A LoRA by path, or by name inside the LoRA folder (``.safetensors`` may be left out)."""
+    given = Path(name).expanduser()
+    root = lora_dir()
+    for candidate in (given, root / name, root / f"{name}.safetensors"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(field, f"{name}: no such LoRA file (give a path, or put it in {root})")
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256, remembered per (path, size, modification time)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _hashes[key] = h.hexdigest()
+    return _hashes[key]
+
+
+def header(path: Path, field: str = "--lora") -> dict[str, Any]:
+    """The safetensors header (tensor name -> dtype, shape, offsets); an :class:`InputError` if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 2 <= n <= min(_HEADER_LIMIT, path.stat().st_size - 8):
+                raise ValueError("bad header length")
+            data = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("header is not a table")
+    except (ValueError, UnicodeDecodeError, struct.error):
+        raise InputError(field, f"{path.name}: not a safetensors file (only .safetensors LoRAs are read; "
+                                "pickled .pt/.ckpt files are never loaded)") from None
+    except OSError as e:
+        raise InputError(field, f"{path.name}: could not be read ({e.strerror or e})") from None
+    data.pop("__metadata__", None)
+    if not data:
+        raise InputError(field, f"{path.name}: holds no tensors")
+    if not any("lora" in k for k in data):
+        raise InputError(field, f"{path.name}: holds no LoRA weights (no key names lora_A/lora_B or lora_down/lora_up; "
+                                f"first key {next(iter(data))!r})")
+    return data
+
+
+def resolve(entry: dict[str, Any], field: str = "--lora") -> dict[str, Any]:
+    """``entry`` with its file's ``path`` and ``sha256`` (checked against a recorded hash, as on resume)."""
+    entry = check_entry(entry, field)
+    path = Path(entry["path"]) if entry.get("path") else locate(entry["name"], field)
+    if not path.is_file():
+        raise InputError(field, f"{entry['name']}: the LoRA file {path} is gone")
+    header(path, field)
+    digest = sha256(path)
+    if entry.get("sha256") and entry["sha256"] != digest:
+        raise InputError(field, f"{entry['name']}: {path} changed since the job started "
+                                f"(sha256 {digest[:12]}…, recorded {entry['sha256'][:12]}…)")
+    return {"name": entry["name"], "weight": entry["weight"], "path": str(path), "sha256": digest}
+
+
+def requested(request_loras: list | None, preset_loras: list[str]) -> list[dict[str, Any]]:
+    """The request's LoRAs, or the preset's (``FILE[:WEIGHT]`` strings) when the request leaves them unset."""
+    if request_loras is not None:
+        return [check_entry(e) for e in request_loras]
+    return [parse_arg(s, "loras") for s in preset_loras]
+
+
+def sidecar_entries(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """What a video's sidecar says of its LoRAs: name, sha256, weight."""
+    return [{"name": e["name"], "sha256": e.get("sha256"), "weight": e["weight"]} for e in entries or []]
