@@ -61,6 +61,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
                                      "`python -m framepack_history resume DIR` finishes the job after a crash")
+    g.add_argument("--cache", metavar="off|fast|faster",
+                   help="step caching: skip most of the DiT on steps where it barely changes (default: the preset's "
+                        "sampling.cache); fast and faster trade some detail for fewer DiT passes")
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +101,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         start_frame=args.start_frame,
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
-        cfg=args.cfg, shift=args.shift, sampler=args.sampler,
+        cfg=args.cfg, shift=args.shift, sampler=args.sampler, cache=args.cache,
     )
 
 

@@ -80,7 +80,7 @@ class Handlers:
     # ------------------------------------------------------------- submitting
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
              shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
-             start_frame: Any = None) -> JobSpec:
+             start_frame: Any = None, cache: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
@@ -101,6 +101,7 @@ class Handlers:
             guidance=_num(guidance, "guidance"),
             shift=_num(shift, "shift"),
             start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
+            cache=str(cache) if cache else None,  # checked with the request (names the field)
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -250,6 +251,7 @@ class Handlers:
             gr.update(value=p.history.guidance),
             gr.update(maximum=p.video.max_seconds),
             start_frame_update(p.model.backbone),
+            gr.update(value=p.sampling.cache),
         )
 
     # ------------------------------------------------------------ the queue
@@ -315,14 +317,15 @@ class Handlers:
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
                      window_frames: int | None = None, history_guidance: float | None = None,
-                     start_frame: str | None = None) -> tuple[str, str]:
+                     start_frame: str | None = None, cache: str | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
-        empty = the backbone's default; ignored with a start image or video.
+        empty = the backbone's default; ignored with a start image or video. ``cache``: step caching,
+        off, fast or faster (empty = the preset's).
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames, history_guidance, start_frame)
+                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, cache)
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":

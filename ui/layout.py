@@ -14,12 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
+from framepack_history.config import CACHE_SETTINGS, HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
 from framepack_history.jobs import Worker
 
 from .handlers import START_FRAME_LABELS, Handlers, random_seed
 from .weights import WeightsPanel
 
+CACHE_NOTE = ("Step cache skips most of the model on steps where it barely changes: fewer passes, "
+              "slightly softer detail (hands, fine texture); off = every step in full.")
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
 
 CSS = """
@@ -109,6 +111,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
                                            label="Sliding-window frames")
                         history_guidance = gr.Number(value=preset.history.guidance, minimum=0, maximum=MAX_HISTORY_GUIDANCE,
                                                      label="History guidance (1 = off)")
+                    with gr.Row(equal_height=True):
+                        cache = gr.Radio(list(CACHE_SETTINGS), value=preset.sampling.cache, label="Step cache", scale=1)
+                        gr.Markdown(CACHE_NOTE, elem_id="fph-cache-note")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", size="lg")
                     cancel = gr.Button("Cancel", variant="stop", size="lg")
@@ -143,7 +148,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         api_sidecar = gr.File(visible=False, label="sidecar")
 
         inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
-                  start_frame]
+                  start_frame, cache]
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -161,7 +166,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, cache], **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -176,7 +181,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu") -> gr.Blocks:
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
         # -- the preset decides the advanced defaults and the plan
-        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame], **private)
+        preset_dd.change(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, cache], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):
