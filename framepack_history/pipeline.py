@@ -178,7 +178,9 @@ class Pipeline:
             rate = None if self.encoder is None else self.encoder.config.rate
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
-            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
+            # step caching holds residuals through the steps: planned with the request's setting
+            preset = replace(self.preset, sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
+            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)

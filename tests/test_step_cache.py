@@ -72,12 +72,12 @@ def test_off_installs_nothing_and_hooks_alone_change_no_bit(toy, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- on
-@pytest.mark.parametrize("setting,fewer,min_psnr", [("fast", 1.3, 25.0), ("faster", 1.8, 25.0)])
+@pytest.mark.parametrize("setting,fewer,min_psnr", [("fast", 2.0, 25.0), ("faster", 2.5, 24.0)])
 def test_cache_skips_dit_passes_within_tolerance(toy, setting, fewer, min_psnr):
     """Full passes counted independently (the last block's MLP runs only when the block computes).
 
-    Tolerance: one held-out-style section pair against ``off``; ``benchmarks/step_cache.py`` measures
-    the held-out fidelity and revisit costs.
+    Tolerance: these two sections measured 26.9 dB (fast) and 25.6 dB (faster) against ``off``, where half
+    the steps without a cache give 32.5 dB; against the true world the cost is nil (``benchmarks/step_cache.py``).
     """
     calls, mlp = [], []
     tr = toy.backbone.transformer
@@ -124,13 +124,13 @@ def test_guidance_branches_keep_separate_states(toy):
 
     bb = toy.backbone
     head = bb.transformer.blocks[0]
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, object, bool]] = []
     inner = bb.predict
 
     def spy(noisy, sigma, cond, context, guidance=1.0):
         out = inner(noisy, sigma, cond, context, guidance)
         manager = head._diffusers_hook.get_hook(_FBC_LEADER_BLOCK_HOOK).state_manager
-        seen.append((manager.context.name, id(manager.get_state()), context.history_tokens is not None))
+        seen.append((manager.context.name, manager.get_state(), context.history_tokens is not None))  # kept alive
         return out
 
     bb.predict = spy  # this backbone object only
@@ -140,10 +140,11 @@ def test_guidance_branches_keep_separate_states(toy):
         del bb.predict
     by_name = {}
     for name, state, with_history in seen:
-        by_name.setdefault(name, set()).add((state, with_history))
-    assert set(by_name) == {"cond", "cond/no_history", "cond/last", "cond/no_history/last"}
-    assert all(len(v) == 1 for v in by_name.values())  # one state per context, one branch per state
-    assert len({s for v in by_name.values() for s, _ in v}) == 4
+        by_name.setdefault(name, set()).add((id(state), with_history))
+    assert set(by_name) == {"cond", "cond/no_history"}
+    states = {name: {s for s, _ in v} for name, v in by_name.items()}
+    assert not states["cond"] & states["cond/no_history"]  # never one state for both
+    assert all(len(v) == 2 for v in states.values())  # each branch: one state, and a fresh one for its last step
     assert {w for s, w in by_name["cond"]} == {True} and {w for s, w in by_name["cond/no_history"]} == {False}
 
 
