@@ -14,7 +14,7 @@
   presets' thresholds skip nothing there; ``--f1-threshold`` shows the
   mechanism on that path (its frames mean nothing).
 
-    nice -n 10 python benchmarks/step_cache.py [--worlds 4] [--thresholds 0.25,0.35,0.5]
+    nice -n 10 python benchmarks/step_cache.py [--worlds 8] [--thresholds 0.3,0.4]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def tiny_f1(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worlds", type=int, default=4)
+    ap.add_argument("--worlds", type=int, default=8)
     ap.add_argument("--gap", type=float, default=10.0, help="revisit: seconds until the camera is back")
     ap.add_argument("--thresholds", default="", help="more toy thresholds to measure, e.g. 0.25,0.5")
     ap.add_argument("--f1-steps", type=int, default=25)

@@ -213,3 +213,14 @@ def test_page_and_api_pass_the_setting_through():
     spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, None, None, "faster")
     assert spec.request.cache == "faster"
     assert h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None).request.cache is None
+
+
+def test_page_control_is_the_last_generate_input(tmp_path):
+    from framepack_history.jobs import Worker
+    from ui.layout import build_app
+
+    cfg = build_app(Worker(tmp_path / "out", jobs_dir=tmp_path / "jobs")).get_config_file()
+    labels = {c["id"]: c.get("props", {}) for c in cfg["components"]}
+    generate = next(d for d in cfg["dependencies"] if d.get("api_name") == "generate")
+    last = labels[generate["inputs"][-1]]
+    assert last["label"] == "Step cache" and [v for v, _ in last["choices"]] == ["off", "fast", "faster"]
