@@ -29,18 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from toy_quality import psnr
 
-from framepack_history import step_cache  # noqa: E402
-from framepack_history.config import GenerationRequest, load_preset  # noqa: E402
-from framepack_history.loading import build_encoder, load_backbone  # noqa: E402
-from framepack_history.pipeline import Pipeline, SectionDone  # noqa: E402
-from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec  # noqa: E402
-from framepack_history.training.settings import DataConfig  # noqa: E402
-from framepack_history.training.evaluate import EvalConfig  # noqa: E402
-from framepack_history.training.revisit import make_episode, score_episode  # noqa: E402
-from toy_quality import psnr  # noqa: E402
+from framepack_history import step_cache
+from framepack_history.config import GenerationRequest, load_preset
+from framepack_history.loading import build_encoder, load_backbone
+from framepack_history.pipeline import Pipeline, SectionDone
+from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec
+from framepack_history.training.evaluate import EvalConfig
+from framepack_history.training.revisit import make_episode, score_episode
+from framepack_history.training.settings import DataConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def toy_row(pipe: Pipeline, setting: str, steps: int, worlds: int, gap: float) -
         seed = EVAL_SEED_START + i
         ep = World.from_seed(seed, spec).render("0s: camera holds", (1 + s) / v.fps)
         req = GenerationRequest(prompt=ep.caption, seconds=s / v.fps, seed=seed)
-        got = [e for e in pipe.run(req) if isinstance(e, SectionDone)][0].frames
+        got = next(e for e in pipe.run(req) if isinstance(e, SectionDone)).frames
         fid.append(psnr(got, ep.frames[1 : 1 + s]))
     cfg = EvalConfig(models=["x"], modes=["encoder"], data=DataConfig(kind="toyworld", split="eval", num_videos=worlds))
     revisit = []

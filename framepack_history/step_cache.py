@@ -22,8 +22,9 @@ cache holds (about four whole-sequence hidden states per branch) is planned by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Self
 
 import torch
 from diffusers.hooks import HookRegistry
@@ -119,7 +120,7 @@ class StepCache:
         self.passes = PassCount()
         self._seen: dict[str, int] = {}  # branch -> calls so far
 
-    def __enter__(self) -> "StepCache":
+    def __enter__(self) -> Self:
         if self.threshold is not None:
             from diffusers.hooks import FirstBlockCacheConfig
 

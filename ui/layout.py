@@ -14,7 +14,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from framepack_history.config import CACHE_SETTINGS, HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
+from framepack_history.config import (
+    CACHE_SETTINGS,
+    HISTORY_MODES,
+    MAX_HISTORY_GUIDANCE,
+    START_FRAMES,
+    InputError,
+    available_presets,
+    load_preset,
+)
 from framepack_history.jobs import Worker
 
 from .handlers import START_FRAME_LABELS, Handlers, random_seed
