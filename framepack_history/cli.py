@@ -67,6 +67,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-loras", action="store_true", help="no LoRAs, not even the preset's")
     g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
                                      "`python -m framepack_history resume DIR` finishes the job after a crash")
+    g.add_argument("--cache", metavar="off|fast|faster",
+                   help="step caching: skip most of the DiT on steps where it barely changes (default: the preset's "
+                        "sampling.cache); fast and faster trade some detail for fewer DiT passes")
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -168,6 +171,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
         loras=[] if args.no_loras else None if args.lora is None else [parse_lora(text) for text in args.lora],
+        cache=args.cache,
     )
 
 

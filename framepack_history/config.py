@@ -27,6 +27,8 @@ HISTORY_MODES = ("encoder", "window", "none")
 START_FRAMES = {"toy": ("world",), "hunyuan_framepack": ("noise", "black", "white", "green")}
 MAX_HISTORY_GUIDANCE = 20.0  # history guidance beyond this only amplifies noise
 MAX_HISTORY_TOKENS = 10_000_000  # a history-token cap beyond this bounds nothing a preset can generate
+#: step caching (diffusers' First Block Cache, see ``step_cache``): ``off`` runs every block of every step
+CACHE_SETTINGS = ("off", "fast", "faster")
 
 
 class InputError(ValueError):
@@ -36,6 +38,13 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+def check_cache(value: object, field_name: str = "--cache") -> str:
+    """``value`` if it is one of :data:`CACHE_SETTINGS`, else an :class:`InputError` naming ``field_name``."""
+    if not isinstance(value, str) or value not in CACHE_SETTINGS:
+        raise InputError(field_name, f"must be one of {', '.join(CACHE_SETTINGS)} (got {value!r})")
+    return value
 
 
 # --------------------------------------------------------------------- preset
@@ -79,6 +88,8 @@ class SamplingSpec:
     guidance: float = 1.0  # distilled guidance (embedded in the model)
     cfg: float = 1.0  # real classifier-free guidance (two passes when > 1)
     negative_prompt: str = ""
+    #: step caching (diffusers' First Block Cache): off, fast or faster; thresholds per backbone in ``step_cache``
+    cache: str = "off"
 
 
 @dataclass
@@ -186,6 +197,7 @@ def _check(preset: Preset) -> None:
         raise InputError("sampling.sampler", f"must be 'euler' or 'unipc' (got {s.sampler!r})")
     if (s.shift is not None and s.shift <= 0) or s.cfg < 1 or s.guidance < 0:
         raise InputError("sampling", "shift must be > 0, cfg >= 1 and guidance >= 0")
+    check_cache(s.cache, "sampling.cache")
     if h.mode not in HISTORY_MODES:
         raise InputError("history.mode", f"must be one of {', '.join(HISTORY_MODES)} (got {h.mode!r})")
     if h.window_frames < 0:
@@ -393,6 +405,8 @@ class GenerationRequest:
     #: LoRAs on the DiT: ``[{"name": FILE, "weight": W}]``; resolving adds ``path`` and ``sha256`` (kept for
     #: the sidecar and for resume); None = the preset's ``loras``, [] = none
     loras: list[dict[str, Any]] | None = None
+    #: step caching (``off``, ``fast``, ``faster``); None = the preset's ``sampling.cache``
+    cache: str | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -433,6 +447,8 @@ class GenerationRequest:
             raise InputError("--shift", f"must be > 0 (got {self.shift:g})")
         if self.sampler is not None and self.sampler not in ("euler", "unipc"):
             raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
+        if self.cache is not None:
+            check_cache(self.cache, "--cache")
         if self.image and self.continue_video:
             raise InputError("--image", "give either a start image or a video to continue, not both")
         from .lora.files import check_entries

@@ -25,6 +25,7 @@ from .encoder import HistoryEncoder
 from .history import MIN_CAP_GROUPS, HistoryState
 from .overlap import OverlapDecoder
 from .sampling import guided, history_guided, sample
+from .step_cache import StepCache, threshold_for
 from .video import read_image, read_video
 
 MAX_CONTINUE_SECONDS = 30.0  # how much of an uploaded video becomes history
@@ -63,6 +64,8 @@ class SectionDone:
     timings: dict[str, float]
     history_tokens: int
     shift: float | None = None  # the timestep shift this section was sampled with
+    #: DiT calls of the section and how many ran every block (step caching skips the others), by branch
+    dit_passes: dict | None = None
 
 
 @dataclass
@@ -194,7 +197,9 @@ class Pipeline:
             rate = None if self.encoder is None else self.encoder.config.rate
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
-            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap))  # the request's cap
+            # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
+            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap),
+                             sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
             self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
@@ -333,16 +338,21 @@ class Pipeline:
         hg = float(self.option(req, "history_guidance")) if ctx.history_tokens is not None else 1.0
         no_history = replace(ctx, history_tokens=None, history_positions=None)
 
+        steps = int(self.option(req, "steps"))
+        # a fresh cache per section: no residual of another section, request or branch is ever reused
+        cache = StepCache(bb.transformer, threshold_for(bb.name, self.option(req, "cache")), steps)
+
         def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
-            return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
+            branch = ("cond" if conditional else "uncond") + ("" if with_history else "/no_history")
+            return cache.call(branch, lambda: bb.predict(x, s, cond if conditional else neg,
+                                                         ctx if with_history else no_history, guidance).float())
 
         noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
         shift, mu = self.schedule(self.option(req, "shift"), gen)
         t0 = time.perf_counter()
-        with self._phase("denoise", idx):
+        with self._phase("denoise", idx), cache:
             latents = sample(
-                self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise,
-                int(self.option(req, "steps")), shift, on_step, mu=mu,
+                self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise, steps, shift, on_step, mu=mu,
             )
         t1 = time.perf_counter()
         with torch.no_grad(), self._phase("vae_decode", idx):
@@ -355,7 +365,8 @@ class Pipeline:
         t3 = time.perf_counter()
         gen.next_section += 1
         return SectionDone(idx, gen.total_sections, frames,
-                           {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens, shift)
+                           {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens, shift,
+                           cache.passes.to_dict())
 
     def _overlap_decode(self, gen: Generation, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
         """Append the section, then decode as F1 does: send what is final, hold back the overlap tail.

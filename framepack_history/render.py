@@ -223,6 +223,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
                     log.add(ev.frames, f"section_{ev.index:05d}")
                 log.sections.append({"index": ev.index, **said, "history_tokens": ev.history_tokens, "frames": len(ev.frames),
                                      **({"shift": round(ev.shift, 6)} if ev.shift is not None else {}),
+                                     **({"dit_passes": ev.dit_passes} if ev.dit_passes is not None else {}),
                                      **{k: round(v, 4) for k, v in ev.timings.items()}})
                 checkpoint()  # before anyone hears of the segment: what was announced can always be resumed
                 if on_segment is not None and wrote:
@@ -240,6 +241,10 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
         extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}
     if steering is not None and steering.steers:  # storyboard edits and the section each took effect at
         extra = {**extra, "steers": steering.steers}
+    passes = [sec["dit_passes"] for sec in log.sections if "dit_passes" in sec]
+    if passes:  # step caching: the setting in force and the DiT passes that ran every block, over all sections
+        extra = {**extra, "cache": request.cache or pipeline.preset.sampling.cache,
+                 "dit_passes": {"calls": sum(p["calls"] for p in passes), "full": sum(p["full"] for p in passes)}}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

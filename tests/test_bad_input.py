@@ -223,6 +223,7 @@ CASES = [
     Case("history-guidance-nan", ["--history-guidance", "nan"], {"history_guidance": "nan"},
          "history.guidance.*(must be a number|finite)"),
     Case("history-unknown", ["--history", "forget"], {"history_mode": "forget"}, "(invalid choice|must be one of)"),
+    Case("cache-unknown", ["--cache", "turbo"], {"cache": "turbo"}, "cache.*must be one of off, fast, faster"),
     Case("rate-unknown", ["--encoder-rate", "9x9x9"], {"encoder_rate": "9x9x9"}, "not offered"),
     Case("preset-unknown", ["--preset", "no-such-preset"], {"preset": "no-such-preset"}, "unknown preset"),
     Case("preset-missing-file", ["--preset", "/no/such/preset.toml"], None, "no such preset file"),

@@ -107,7 +107,8 @@ class Handlers:
     def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
              shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
              start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
-             lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0) -> JobSpec:
+             lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0,
+             cache: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
@@ -130,6 +131,7 @@ class Handlers:
             start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
             max_history_tokens=_num(max_history_tokens, "history-token cap", integer=True),
             loras=_loras((lora_1, lora_weight_1), (lora_2, lora_weight_2), (lora_3, lora_weight_3)),
+            cache=str(cache) if cache else None,  # checked with the request (names the field)
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -321,6 +323,7 @@ class Handlers:
             gr.update(maximum=p.video.max_seconds),
             start_frame_update(p.model.backbone),
             gr.update(value=p.history.max_tokens),
+            gr.update(value=p.sampling.cache),
         )
 
     # ------------------------------------------------------------ the queue
@@ -470,18 +473,19 @@ class Handlers:
                      start_frame: str | None = None, max_history_tokens: int | None = None,
                      lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
                      lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
-                     request: gr.Request | None = None) -> tuple[str, str]:
+                     cache: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
         empty = the backbone's default; ignored with a start image or video. ``max_history_tokens``: bounded
         history, at most that many history tokens (0 = no cap; empty = the preset's).
         ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
-        none = the preset's LoRAs.
+        none = the preset's LoRAs. ``cache``: step caching, off, fast or faster (empty = the preset's).
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
                           encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
-                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, owner=self.user(request))
+                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, cache,
+                          owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":

@@ -14,13 +14,23 @@ from pathlib import Path
 
 import gradio as gr
 
-from framepack_history.config import HISTORY_MODES, MAX_HISTORY_GUIDANCE, START_FRAMES, InputError, available_presets, load_preset
+from framepack_history.config import (
+    CACHE_SETTINGS,
+    HISTORY_MODES,
+    MAX_HISTORY_GUIDANCE,
+    START_FRAMES,
+    InputError,
+    available_presets,
+    load_preset,
+)
 from framepack_history.jobs import Worker
 from framepack_history.studio import Studio
 
 from .handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, lora_choices, random_seed
 from .weights import WeightsPanel
 
+CACHE_NOTE = ("Step cache skips most of the model on steps where it barely changes: fewer passes, "
+              "slightly softer detail (hands, fine texture); off = every step in full.")
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
 
 CSS = """
@@ -127,6 +137,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                         history_cap = gr.Number(value=preset.history.max_tokens, precision=0, minimum=0,
                                                 label="History-token cap (0 = none)", elem_id="fph-history-cap",
                                                 info="bounded history: older history coarser, recent in full detail")
+                    with gr.Row(equal_height=True):
+                        cache = gr.Radio(list(CACHE_SETTINGS), value=preset.sampling.cache, label="Step cache", scale=1)
+                        gr.Markdown(CACHE_NOTE, elem_id="fph-cache-note")
                 with gr.Accordion("LoRAs", open=False, elem_id="fph-loras"):
                     lora_picks = lora_pickers()
                     lora_reload = gr.Button("Refresh list", size="sm")
@@ -194,6 +207,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
                   start_frame, history_cap]
         inputs += [c for pair in lora_picks for c in pair]  # lora_1, lora_weight_1, ... (Handlers.spec)
+        inputs += [cache]
         follow_outputs = [player, preview, progress, plan, files]
         private = {"api_visibility": "private"}
 
@@ -212,7 +226,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
+        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap, cache], **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -244,7 +258,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         # -- the preset decides the advanced defaults and the plan
         # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
-        preset_dd.input(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap], **private)
+        preset_dd.input(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap, cache], **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -146,6 +147,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class _Block(nn.Module):
     """adaLN-zero transformer block over the joint token sequence."""
 
+    #: diffusers' cache hooks may wrap it (it returns the hidden states alone; see ``step_cache``)
+    _step_cache_block = True
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -159,7 +163,9 @@ class _Block(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # ``hidden_states``: the name diffusers' cache hooks look the block's input up by
+        x = hidden_states
         s1, b1, g1, s2, b2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
         b, n, d = x.shape
         h = self.norm1(x) * (1 + s1) + b1
@@ -170,7 +176,7 @@ class _Block(nn.Module):
         return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
 
-class ToyDiT(ModelMixin, ConfigMixin):
+class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
     """Single-stream DiT: [text | history | window | noisy] tokens, output on noisy only."""
 
     _supports_gradient_checkpointing = True

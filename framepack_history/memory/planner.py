@@ -38,6 +38,9 @@ from .measure import module_bytes, trace_peak
 GiB, MiB = 1 << 30, 1 << 20
 HOST_OVERHEAD = {"cuda": 2 * GiB, "cpu": 3 * GiB // 4}  # interpreter + torch/CUDA libraries + allocator pools
 RESERVE_FRACTION = 0.04  # of the device budget: allocator fragmentation, cuBLAS workspaces
+#: step caching (First Block Cache) keeps, per guidance branch, the first block's output and residual and the
+#: skipped blocks' residual, whole-sequence hidden states each, and makes the next residual beside the last
+CACHE_COPIES = 4
 SAMPLER_COPIES = 6  # latent-sized float32 tensors the sampler keeps (x, noise, velocity, multistep history)
 PHASES = ("text_encode", "image_encode", "vae_encode", "denoise", "vae_decode")
 
@@ -230,10 +233,19 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     sizes = comps.block_bytes()
     cond_b = sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values())
 
+    def cache_state(s: int) -> int:
+        """Bytes step caching holds through section ``s``'s steps (0 when it is off)."""
+        if preset.sampling.cache == "off":
+            return 0
+        per_frame = h * w // (geo.patch_size[1] * geo.patch_size[2])
+        seq = hist(frames[s]) + (min(window, frames[s]) + t) * per_frame + comps.cond_len + comps.image_tokens * image
+        branches = (2 if preset.sampling.cfg != 1 else 1) * (2 if mode == "encoder" and preset.history.guidance != 1 else 1)
+        return CACHE_COPIES * branches * seq * tok_bytes
+
     # Activations per section: exact traces at the ends, linear in history tokens between.
     def act(s: int) -> int:
         win = min(window, frames[s])
-        return denoise_activation(comps, v, hist(frames[s]), win, image) + SAMPLER_COPIES * latent_bytes
+        return denoise_activation(comps, v, hist(frames[s]), win, image) + SAMPLER_COPIES * latent_bytes + cache_state(s)
 
     ends = sorted({0, min(1, sections - 1), sections - 1})
     acts = {s: act(s) for s in ends}
