@@ -14,11 +14,43 @@ from typing import Any
 
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
+from diffusers.models.attention_dispatch import AttentionBackendName
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.utils import apply_lora_scale
 
-__all__ = ["HistoryFramepackTransformer3DModel"]
+__all__ = ["HistoryFramepackTransformer3DModel", "BackendAttnProcessor"]
+
+
+class BackendAttnProcessor:
+    """HunyuanVideo's attention processor with this model's own kernel choice (``set_backend``).
+
+    Two copies of diffusers' processor, one per backend: calls without a mask
+    (one sample, text padding cropped) take the chosen kernel, masked calls its
+    varlen form, so flash-attn and SageAttention, which take no mask, still
+    serve batches. The choice lives on the processor, not in diffusers'
+    process-wide active backend.
+    """
+
+    def __init__(self, backend: str = "native") -> None:
+        self.plain, self.masked = HunyuanVideoAttnProcessor2_0(), HunyuanVideoAttnProcessor2_0()
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        from ..attention import masked_form
+
+        self.plain._attention_backend = AttentionBackendName(backend)
+        self.masked._attention_backend = AttentionBackendName(masked_form(backend))
+
+    @property
+    def backend(self) -> str:
+        return self.plain._attention_backend.value
+
+    def __call__(self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> torch.Tensor:
+        proc = self.plain if attention_mask is None else self.masked
+        return proc(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
 
 class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel):
@@ -27,6 +59,17 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
     Same config and state dict as the parent, so ``from_pretrained`` on the
     FramePack-F1 weights, LoRA (``PeftAdapterMixin``) and diffusers caches keep working.
     """
+
+    def set_backend(self, backend: str) -> None:
+        """Run the blocks' attention through diffusers' ``backend`` (this model only; see ``attention.py``).
+
+        (Not done in ``__init__``: ConfigMixin reads the config keys from its signature.)
+        """
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            if isinstance(block.attn.processor, BackendAttnProcessor):
+                block.attn.processor.set_backend(backend)
+            else:
+                block.attn.set_processor(BackendAttnProcessor(backend))
 
     def history_rotary_emb(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables ``[N, head_dim]`` for float ``(t, h, w)`` token-grid positions.
