@@ -220,6 +220,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
     shifts = sorted({sec["shift"] for sec in log.sections if "shift" in sec})
     if shifts:  # the timestep shift sampled with (F1's dynamic one unless the preset or request set it)
         extra = {**extra, "shift": shifts[0] if len(shifts) == 1 else shifts}
+    extra = {**extra, **({"speed": pipeline.backbone.speed} if getattr(pipeline.backbone, "speed", None) else {})}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

@@ -152,12 +152,15 @@ def _encoder(spec: ModelSpec, bb: Backbone, rate: str | None) -> HistoryEncoder:
 
 
 def _key(preset: Preset) -> str:
-    return json.dumps([preset.model.__dict__, preset.hardware.dtype], sort_keys=True, default=str)
+    hw = preset.hardware
+    return json.dumps([preset.model.__dict__, hw.dtype, hw.weights_dtype], sort_keys=True, default=str)
 
 
 @lru_cache(maxsize=8)
 def _build(key: str, rate: str | None) -> MetaComponents:
-    model, dtype_name = json.loads(key)
+    from ..precision import store_weights
+
+    model, dtype_name, weights_dtype = json.loads(key)
     spec = ModelSpec(**model)
     dtype = torch_dtype(dtype_name)
     with torch.device("meta"):
@@ -166,6 +169,8 @@ def _build(key: str, rate: str | None) -> MetaComponents:
         else:
             (bb, info), (shallow, _) = _hunyuan(spec, dtype, False), _hunyuan(spec, dtype, True)
         enc = _encoder(spec, bb, rate)
+        for b in (bb, shallow):  # float8 storage: blocks count half the bytes, traces see the cast copies
+            store_weights(b.transformer, weights_dtype, dtype)
     comps = MetaComponents(bb, shallow, enc, transformer_blocks(bb.transformer))
     if spec.backbone != "toy":
         comps.text = {"text_encoder": bb.text_encoder, "text_encoder_2": bb.text_encoder_2}

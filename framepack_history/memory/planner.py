@@ -81,11 +81,13 @@ class Strategy:
     text_encoder: str  # "resident" | "nf4" | "int8" | "streamed"
     vae_tiling: bool
     vae_resident: bool  # stays on the device while denoising
+    streamed_bytes: int = 0  # block bytes copied to the device per DiT pass (each guidance branch shares it)
 
     def describe(self) -> str:
         n = len(self.resident) + len(self.streamed)
         blocks = f"{len(self.resident)}/{n} blocks resident" + (
-            f", {len(self.streamed)} streamed ({self.buffer_bytes / MiB:.0f} MiB in flight)" if self.streamed else "")
+            f", {len(self.streamed)} streamed ({self.buffer_bytes / MiB:.0f} MiB in flight, "
+            f"{self.streamed_bytes / GiB:.2f} GiB copied per step)" if self.streamed else "")
         return blocks
 
 
@@ -268,6 +270,7 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
 
     strategy = _choose(sizes, budget.usable, lambda vr: needs(sections - 1, decode_act, vr))
     strategy.vae_tiling = tiling
+    strategy.streamed_bytes = sum(sizes[i] for i in strategy.streamed)
     weights_dev = nonblock + sum(sizes[i] for i in strategy.resident)
     stream_host = sum(sizes[i] for i in strategy.streamed)
 

@@ -306,7 +306,10 @@ def load_safetensors(module: nn.Module, folder: str | Path, on_device: Callable[
                 owner, _, leaf = name.rpartition(".")
                 mod = module.get_submodule(owner)
                 t = f.get_tensor(name)
-                t = t.to(dtype) if t.is_floating_point() else t
+                # a float8-stored layer (precision.store_weights) stays float8: half the bytes to place
+                now = mod._parameters.get(leaf, mod._buffers.get(leaf))
+                want = now.dtype if now is not None and now.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+                t = t.to(want) if t.is_floating_point() else t
                 if on_device(name):
                     t = t.to(device)
                 elif pin:
