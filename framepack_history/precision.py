@@ -4,8 +4,10 @@ float8 storage (diffusers' layerwise casting: each ``Linear``/``Conv`` keeps its
 weight in float8 and casts it to the compute dtype for its own forward only)
 halves the bytes of every block. On a 12 GB card that matters twice: more
 blocks stay resident, and each streamed block copies half the bytes per step.
-Norms, embedders and the output head keep the compute dtype (diffusers' skip
-patterns for this model), so only the blocks' large matrices are float8.
+Only the repeated blocks are cast, every ``Linear`` in them, the adaLN
+modulation included (diffusers' default skips it with the norms, but it is a
+third of a double block's bytes); the stem (embedders, refiner, output head,
+always resident and small) and any LoRA layers keep the compute dtype.
 """
 
 from __future__ import annotations
@@ -39,5 +41,10 @@ def store_weights(dit: nn.Module, name: str, compute: torch.dtype) -> bool:
         return False
     if compute in FLOAT8 or compute == torch.float32 and dtype == torch.float8_e5m2:
         raise ValueError(f"cannot compute in {compute} with {name} weights")
-    dit.enable_layerwise_casting(storage_dtype=dtype, compute_dtype=compute)
+    from diffusers.hooks import apply_layerwise_casting
+
+    from .memory.components import transformer_blocks
+
+    for block in transformer_blocks(dit):
+        apply_layerwise_casting(block, dtype, compute, skip_modules_pattern=("lora_",))
     return True
