@@ -24,7 +24,7 @@ from .config import GenerationRequest, InputError, Preset, prompt_at
 from .encoder import HistoryEncoder
 from .history import HistoryState
 from .overlap import OverlapDecoder
-from .sampling import guided, history_guided, sample
+from .sampling import guided_together, sample
 from .video import read_image, read_video
 
 MAX_CONTINUE_SECONDS = 30.0  # how much of an uploaded video becomes history
@@ -299,15 +299,17 @@ class Pipeline:
         hg = float(self.option(req, "history_guidance")) if ctx.history_tokens is not None else 1.0
         no_history = replace(ctx, history_tokens=None, history_positions=None)
 
-        def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
-            return bb.predict(x, s, cond if conditional else neg, ctx if with_history else no_history, guidance).float()
+        def model(x: torch.Tensor, s: torch.Tensor, branches: list[tuple[bool, bool]]) -> list[torch.Tensor]:
+            # every guidance branch of the step in one call: a streamed DiT block is copied once for all of them
+            pairs = [(cond if c else neg, ctx if h else no_history) for c, h in branches]
+            return [v.float() for v in bb.predict_branches(x, s, pairs, guidance)]
 
         noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
         shift, mu = self.schedule(self.option(req, "shift"), gen)
         t0 = time.perf_counter()
         with self._phase("denoise", idx):
             latents = sample(
-                self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise,
+                self.option(req, "sampler"), guided_together(model, cfg, hg), noise,
                 int(self.option(req, "steps")), shift, on_step, mu=mu,
             )
         t1 = time.perf_counter()

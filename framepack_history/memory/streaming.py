@@ -176,7 +176,10 @@ class BlockStreamer:
         from .components import transformer_blocks
 
         self.residency = residency
+        self.transformer = transformer
         self.blocks = transformer_blocks(transformer)
+        self._calls: dict[int, int] = {}  # streamed position -> forwards run since it was loaded
+        self.copied_bytes = 0  # host-to-device bytes of streamed blocks (what guidance in one pass saves)
         self.resident = set(resident)
         self.prefetch = prefetch  # False: one streamed block on the device at a time (after an out-of-memory error)
         stem = [m for name, m in transformer.named_children() if not isinstance(m, nn.ModuleList)]
@@ -215,6 +218,7 @@ class BlockStreamer:
         for i in self.order:
             self.groups[i].offload(self._compute_stream())
         self._done.clear()
+        self._calls.clear()
 
     def remove_hooks(self) -> None:
         for h in self._hooks:
@@ -244,16 +248,21 @@ class BlockStreamer:
     def _compute_stream(self) -> torch.cuda.Stream | None:
         return torch.cuda.current_stream() if self.stream is not None else None
 
+    def _onload(self, group: WeightGroup) -> None:
+        if not group.on_device:
+            self.copied_bytes += group.nbytes()
+        group.onload(self.stream)
+
     def _pre(self, pos: int):
         def hook(module: nn.Module, args: tuple) -> None:
             group = self.groups[self.order[pos]]
-            group.onload(self.stream)  # no-op when the previous block prefetched it
+            self._onload(group)  # no-op when the previous block prefetched it
             group.wait()
             if len(self.order) > 1 and self.prefetch:
                 back = self._done.pop((pos - 1) % len(self.order), None)
                 if back is not None:
                     back.synchronize()  # the block before this one is done: its memory is free to reuse
-                self.groups[self.order[(pos + 1) % len(self.order)]].onload(self.stream)
+                self._onload(self.groups[self.order[(pos + 1) % len(self.order)]])
             if self.residency.verify:
                 self.residency.sample(f"pre {group.name}")
         return hook
@@ -265,6 +274,11 @@ class BlockStreamer:
                 done = torch.cuda.Event()
                 done.record(torch.cuda.current_stream())
                 self._done[pos] = done
+            # Guidance's branches run each block in turn (the DiT's ``block_calls``): keep it until the last.
+            self._calls[pos] = self._calls.get(pos, 0) + 1
+            if self._calls[pos] < getattr(self.transformer, "block_calls", 1):
+                return
+            self._calls.pop(pos)
             group.offload(self._compute_stream())
         return hook
 
