@@ -10,7 +10,7 @@ SigLIP so400m, HunyuanVideo VAE), so planning works offline.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -198,8 +198,13 @@ def cached_trace(comps: MetaComponents, key: tuple, fn: Any) -> int:
     return comps.traces[key]
 
 
-def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int, image: bool) -> int:
-    """Traced activation peak of one ``predict`` call (shallow DiT: same peak, 30x faster)."""
+def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int, image: bool,
+                       branches: list[tuple[bool, bool]] = ((True, True),)) -> int:
+    """Traced activation peak of one step's ``predict_branches`` call (shallow DiT: same peak, 30x faster).
+
+    ``branches`` are the step's guidance passes ``(conditional, with_history)``:
+    they run block by block together, so their token sequences are alive at once.
+    """
     bb, geo = comps.shallow, comps.backbone.geometry
     h, w = video.height // geo.spatial_scale, video.width // geo.spatial_scale
     t = geo.latent_frames(video.section_frames)
@@ -213,9 +218,12 @@ def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int
             ctx.window_latents = torch.empty(1, geo.latent_channels, window, h, w, device="meta", dtype=bb.dtype)
             ctx.window_t0 = -float(window)
         noisy = torch.empty(1, geo.latent_channels, t, h, w, device="meta")
-        bb.predict(noisy, torch.empty(1, device="meta"), comps.conditioning(image), ctx, 1.0).float()
+        bare = replace(ctx, history_tokens=None, history_positions=None)
+        pairs = [(comps.conditioning(image), ctx if with_h else bare) for _, with_h in branches]
+        for v in bb.predict_branches(noisy, torch.empty(1, device="meta"), pairs, 1.0):
+            v.float()
 
-    key = ("denoise", h, w, t, hist, window, image)
+    key = ("denoise", h, w, t, hist, window, image, tuple(branches))
     return cached_trace(comps, key, lambda: trace_peak(run, scalar=comps.cond_len))
 
 

@@ -227,9 +227,15 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     cond_b = sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values())
 
     # Activations per section: exact traces at the ends, linear in history tokens between.
+    from ..sampling import guidance_branches
+
+    # guidance's passes run together block by block (history guidance only where there is an embedding)
+    branches = guidance_branches(preset.sampling.cfg, preset.history.guidance if mode == "encoder" else 1.0)
+
     def act(s: int) -> int:
         win = min(window, frames[s])
-        return denoise_activation(comps, v, hist(frames[s]), win, image) + SAMPLER_COPIES * latent_bytes
+        steps = branches if hist(frames[s]) else guidance_branches(preset.sampling.cfg, 1.0)
+        return denoise_activation(comps, v, hist(frames[s]), win, image, steps) + SAMPLER_COPIES * latent_bytes
 
     ends = sorted({0, min(1, sections - 1), sections - 1})
     acts = {s: act(s) for s in ends}
