@@ -116,3 +116,32 @@ def test_pipeline_frames_equal_the_two_pass_version(tiny) -> None:
     assert np.array_equal(one, _frames(Pipeline(two_pass, enc, preset)))
     off = _frames(Pipeline(bb, enc, replace(preset, history=replace(preset.history, guidance=1.0))))
     assert not np.array_equal(one, off)  # guidance changed the frames
+
+
+def test_planner_traces_both_branches_together() -> None:
+    """The planned activation peak of a guided step vs live tensor bytes of predict_branches (tiny model, CPU)."""
+    from framepack_history.memory.components import denoise_activation, meta_components
+    from framepack_history.memory.measure import LiveBytes
+
+    preset = load_preset(TINY_HUNYUAN)
+    preset.video.width = preset.video.height = 128  # enough tokens for the blocks to dominate
+    bb = load_backbone(preset.model)
+    comps = meta_components(preset)
+    geo = bb.geometry
+    h = w = 128 // geo.spatial_scale
+    t = geo.latent_frames(preset.video.section_frames)
+    hist, window = 600, 2
+    cond = bb.encode_text("a red circle")
+    cond.tensors["image_embeds"] = torch.randn(1, comps.image_tokens, bb.transformer.config.image_proj_dim)
+    cond.tensors["prompt_attention_mask"] = torch.ones_like(cond.tensors["prompt_attention_mask"])
+    ctx = Context(torch.randn(1, hist, geo.hidden_size), torch.randn(hist, 3),
+                  torch.randn(1, geo.latent_channels, window, h, w), -2.0)
+    bare = replace(ctx, history_tokens=None, history_positions=None)
+    noisy = torch.randn(1, geo.latent_channels, t, h, w)
+    with torch.no_grad(), LiveBytes() as lb:
+        for v in bb.predict_branches(noisy, torch.tensor([0.5]), [(cond, ctx), (cond, bare)]):
+            v.float()
+    two = denoise_activation(comps, preset.video, hist, window, True, [(True, True), (True, False)])
+    one = denoise_activation(comps, preset.video, hist, window, True)
+    assert abs(two / lb.peak - 1) < 0.15, (two, lb.peak)
+    assert one < two < 2 * one  # the second branch's sequence is alive, not a second set of activations
