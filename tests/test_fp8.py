@@ -60,7 +60,7 @@ def test_float8_storage_stays_close_to_full_precision() -> None:
     assert stored < full * 0.55  # float32 -> float8 is a quarter; the norms (float32) are half of a 32-wide block
     rel = ((out - ref).norm() / ref.norm()).item()
     # e4m3 keeps 3 mantissa bits: about 2-3 % relative weight error, about the same on the output
-    assert 1e-4 < rel < 0.06, rel
+    assert 1e-4 < rel < 0.02, rel  # measured 0.35 % (float32 compute), 0.62 % in bfloat16
 
 
 def test_planner_counts_half_the_block_bytes() -> None:
@@ -90,7 +90,8 @@ def test_strict_streaming_with_float8_blocks(hub):  # noqa: F811
     ref = _reference(hub, "text-to-video, encoder", history_mode="encoder")
     assert got.shape == ref.shape
     diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
-    assert diff.mean() < 6 and not np.array_equal(got, ref), diff.mean()  # 8-bit frames, float8 weights
+    # measured: mean 0.11, max 2 levels of 255 (float8 blocks, float32 compute, two sections)
+    assert diff.mean() < 0.5 and diff.max() <= 8 and not np.array_equal(got, ref), (diff.mean(), diff.max())
     assert manager.residency.peak <= manager.plan.budget.usable
     full = plan(preset, SECONDS, budget=budget, text_encoder_quantization="nf4")  # float32 blocks, same budget
     assert len(full.strategy.resident) < len(p.strategy.resident)
