@@ -24,6 +24,7 @@ from framepack_history.pipeline import Pipeline, SectionDone
 from framepack_history.sampling import guidance_branches, guided, guided_together, history_guided
 
 from .conftest import TINY_HUNYUAN
+from .test_memory_strict import hub  # noqa: F401  (fixture)
 
 DEEP = {"num_layers": 2, "num_single_layers": 3}
 
@@ -145,3 +146,17 @@ def test_planner_traces_both_branches_together() -> None:
     one = denoise_activation(comps, preset.video, hist, window, True)
     assert abs(two / lb.peak - 1) < 0.15, (two, lb.peak)
     assert one < two < 2 * one  # the second branch's sequence is alive, not a second set of activations
+
+
+def test_one_pass_guidance_in_the_strict_rtx4070_shape(hub):  # noqa: F811
+    """History guidance 2.0 through the tight plan (streamed blocks, strict residency) equals the resident model."""
+    from .test_memory_strict import _reference, _tight
+    from .test_memory_strict import _frames as strict_frames
+
+    pipe = _tight(hub)
+    kw = dict(history_mode="encoder", history_guidance=2.0)
+    got = strict_frames(pipe, **kw)
+    assert np.array_equal(got, _reference(hub, "encoder, history guidance 2", **kw))
+    assert pipe.memory.residency.peak <= pipe.memory.plan.budget.usable
+    streamer = pipe.memory.streamer
+    assert streamer.order and streamer.copied_bytes > 0
