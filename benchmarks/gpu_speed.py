@@ -39,14 +39,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_e2e import TINY, full_backbone, rss_gib, tiny_backbone  # noqa: E402
+from gpu_e2e import TINY, full_backbone, rss_gib, tiny_backbone
 
-from framepack_history.backbones.base import Backbone  # noqa: E402
-from framepack_history.config import GenerationRequest, load_preset  # noqa: E402
-from framepack_history.loading import build_encoder  # noqa: E402
-from framepack_history.memory.manager import MemoryManager  # noqa: E402
-from framepack_history.memory.planner import Budget, GiB, plan  # noqa: E402
-from framepack_history.speed import apply_speed  # noqa: E402
+from framepack_history.backbones.base import Backbone
+from framepack_history.config import GenerationRequest, load_preset
+from framepack_history.loading import build_encoder
+from framepack_history.memory.manager import MemoryManager
+from framepack_history.memory.planner import Budget, GiB, plan
+from framepack_history.speed import apply_speed
 
 FRAMEPACK_4090 = {"FramePack": 2.5, "FramePack + TeaCache": 1.5}  # s/frame, its README (RTX 4090)
 VARIANTS = {
@@ -103,19 +103,20 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype
     gen, _ = pipe.start(req)
     steps: list[float] = []
     copied: list[int] = []
-    last = [time.perf_counter(), manager.streamer.copied_bytes]
+    streamer = manager.streamer
+    last = [time.perf_counter(), streamer.copied_bytes]
 
     def on_step(info: dict) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        now, b = time.perf_counter(), manager.streamer.copied_bytes
+        now, b = time.perf_counter(), streamer.copied_bytes
         steps.append(now - last[0])
         copied.append(b - last[1])
         last[0], last[1] = now, b
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    last[0], last[1] = time.perf_counter(), manager.streamer.copied_bytes
+    last[0], last[1] = time.perf_counter(), streamer.copied_bytes
     done = pipe.generate_section(gen, on_step)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else manager.residency.peak
     s_step = float(np.median(steps[1:] if len(steps) > 1 else steps))  # the first step also loads the stem

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["AUTO", "KERNELS", "choose_backend", "installed_kernels", "masked_form", "apply_backend", "backend_of"]
+__all__ = ["AUTO", "KERNELS", "apply_backend", "backend_of", "choose_backend", "installed_kernels", "masked_form"]
 
 AUTO = "auto"
 # FramePack's order of preference; each needs CUDA and half precision (xformers also takes float32).

@@ -17,7 +17,7 @@ from torch import nn
 
 from .device import WEIGHT_STORAGE
 
-__all__ = ["WEIGHT_STORAGE", "FLOAT8", "storage_dtype", "store_weights"]
+__all__ = ["FLOAT8", "WEIGHT_STORAGE", "storage_dtype", "store_weights"]
 
 FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 

@@ -79,7 +79,7 @@ def hunyuan() -> HunyuanFramepackBackbone:
 def _hunyuan_inputs(bb: HunyuanFramepackBackbone, b: int) -> dict:
     g = torch.Generator().manual_seed(3)
     text = bb.encode_text("a red fox runs through snow").tensors
-    rep = lambda x: x.expand(b, *x.shape[1:]).clone()  # noqa: E731
+    rep = lambda x: x.expand(b, *x.shape[1:]).clone()
     mask = rep(text["prompt_attention_mask"])
     if b > 1:
         mask[1:, 5:] = 0  # a shorter prompt: the batched key mask

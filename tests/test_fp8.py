@@ -19,7 +19,7 @@ from framepack_history.config import InputError, load_preset, preset_from_dict
 from framepack_history.loading import build_encoder
 from framepack_history.memory.components import meta_components
 from framepack_history.memory.manager import MemoryManager
-from framepack_history.memory.planner import Budget, plan
+from framepack_history.memory.planner import plan
 from framepack_history.pipeline import Pipeline
 from framepack_history.precision import FLOAT8, store_weights
 

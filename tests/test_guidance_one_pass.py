@@ -150,8 +150,8 @@ def test_planner_traces_both_branches_together() -> None:
 
 def test_one_pass_guidance_in_the_strict_rtx4070_shape(hub):  # noqa: F811
     """History guidance 2.0 through the tight plan (streamed blocks, strict residency) equals the resident model."""
-    from .test_memory_strict import _reference, _tight
     from .test_memory_strict import _frames as strict_frames
+    from .test_memory_strict import _reference, _tight
 
     pipe = _tight(hub)
     kw = dict(history_mode="encoder", history_guidance=2.0)

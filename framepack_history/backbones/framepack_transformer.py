@@ -20,7 +20,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.utils import apply_lora_scale
 
-__all__ = ["HistoryFramepackTransformer3DModel", "BackendAttnProcessor"]
+__all__ = ["BackendAttnProcessor", "HistoryFramepackTransformer3DModel"]
 
 
 class BackendAttnProcessor:
