@@ -175,7 +175,10 @@ class Pipeline:
             rate = None if self.encoder is None else self.encoder.config.rate
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
-            self.memory.prepare(self.preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
+            # planned with this request's guidance: its passes run block by block together (more activations)
+            guided = replace(self.preset, sampling=replace(self.preset.sampling, cfg=float(self.option(request, "cfg"))),
+                             history=replace(self.preset.history, guidance=float(self.option(request, "history_guidance"))))
+            self.memory.prepare(guided, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)
