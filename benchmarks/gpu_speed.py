@@ -3,8 +3,10 @@
 Full-size random weights (``gpu_e2e.full_backbone``: the 13 B DiT, VAE, CLIP,
 SigLIP; the LLaMA built in nf4 on first call), the real ``Pipeline`` and
 ``MemoryManager`` with the rtx4070-12gb plan for each variant, the process
-capped with ``set_per_process_memory_fraction``. Each variant loads afresh,
-encodes the start image and generates one section; it reports the median
+capped with ``set_per_process_memory_fraction``. Each variant plans and loads
+through its own memory manager (the variants share one set of random weights,
+cast to float8 in place when first asked), encodes the start image and
+generates one section; it reports the median
 seconds per denoising step, the VAE decode, the bytes the block streamer
 copied per step, and seconds per new frame at the preset's 25 steps
 (``(25 * s/step + decode) / 36``) against FramePack's own figures on an RTX
@@ -67,7 +69,27 @@ def tiny_budget(preset, bb, seconds: float, mode: str) -> Budget:
     return Budget(int((roomy.device_peak - blocks // 2) / 0.96), GiB, "cpu", "tiny")
 
 
-def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+def backbone_for(preset, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, built: dict):
+    """The backbone for ``preset``: built once, its blocks cast to float8 in place when a variant first asks.
+
+    Building the random full-size weights takes longer than timing a section,
+    so the variants share one backbone (bf16 first, then float8); a bf16
+    variant after a float8 one builds afresh.
+    """
+    want = preset.hardware.weights_dtype
+    if built.get("bb") is None or (built["weights"] and not want):
+        built["bb"] = tiny_backbone(preset) if args.tiny else full_backbone(device, dtype)
+        built["weights"] = ""
+    bb = built["bb"]
+    stored = built["weights"]
+    hw = dataclasses.replace(preset.hardware, weights_dtype="" if stored else want)
+    speed = apply_speed(bb, hw)  # float8 storage (once) and the attention kernel, before a manager reads the weights
+    built["weights"] = stored or want
+    speed["weights_dtype"] = built["weights"] or speed["weights_dtype"]
+    return bb, speed
+
+
+def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, built: dict) -> dict:
     from framepack_history.pipeline import Pipeline
 
     spec = VARIANTS[name]
@@ -80,14 +102,14 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype
     preset.history.mode, preset.history.guidance = mode, spec["history"] or 1.0
     preset.sampling.steps = args.steps
     t0 = time.perf_counter()
-    bb = tiny_backbone(preset) if args.tiny else full_backbone(device, dtype)
-    speed = apply_speed(bb, preset.hardware)  # float8 storage before the plan's budget is carried out
+    bb, speed = backbone_for(preset, args, device, dtype, built)
     build_s = time.perf_counter() - t0
     section_s = preset.video.section_frames / preset.video.fps
     budget = tiny_budget(preset, bb, section_s, mode) if args.tiny else Budget(
         int(preset.hardware.device_budget_gib * GiB), int(preset.hardware.host_budget_gib * GiB), "cuda", "preset")
     p = plan(preset, section_s, history_mode=mode, budget=budget, text_encoder_quantization="nf4")
     manager = MemoryManager(bb, p, strict=args.tiny)
+    bb.__dict__.pop("predict_branches", None)
     if spec["two_pass"]:  # one DiT call per guidance branch: every streamed block copied once per branch
         bb.predict_branches = partial(Backbone.predict_branches, bb)
     encoder = build_encoder(preset.model, bb) if mode == "encoder" else None
@@ -129,7 +151,7 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype
            "s_per_frame_25_steps": (25 * s_step + decode) / frames, "peak_gib": peak / GiB, "build_s": build_s,
            "host_rss_peak_gib": rss_gib(), "frames": int(done.frames.shape[0])}
     manager.unload()
-    del pipe, manager, bb, encoder, gen
+    del pipe, manager, encoder, gen
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -163,9 +185,9 @@ def main() -> int:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GiB / total))
         card = torch.cuda.get_device_name(0)
     t0 = time.perf_counter()
-    rows = []
+    rows, built = [], {}
     for n in names:
-        rows.append(run_variant(n, args, device, dtype))
+        rows.append(run_variant(n, args, device, dtype, built))
         r = rows[-1]
         print(f"{n}: {r['s_per_step']:.3f} s/step, {r['copied_gib_per_step'] * GiB / (1 << 20):.2f} MiB copied/step; "
               f"{r['strategy']}", flush=True)
