@@ -70,6 +70,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cache", metavar="off|fast|faster",
                    help="step caching: skip most of the DiT on steps where it barely changes (default: the preset's "
                         "sampling.cache); fast and faster trade some detail for fewer DiT passes")
+    g.add_argument("--attention", help="DiT attention kernel: auto (fastest installed: sage, flash, xformers; "
+                                       "else native SDPA) or a name; overrides hardware.attention")
+    g.add_argument("--weights-dtype", choices=("float8_e4m3fn", "float8_e5m2", "none"),
+                   help="store the DiT's blocks in float8 (none = the compute dtype); overrides hardware.weights_dtype")
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -183,6 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
     if args.device:
         preset.hardware.device = str(check_device(args.device, "--device"))
+    _speed_overrides(args, preset)
     request = _request(args)
     request.validate(preset)  # fail fast, before any weights load
     from . import hub
@@ -230,6 +235,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else info.out
     out.parent.mkdir(parents=True, exist_ok=True)
     return _run_job(job, info.preset, info.request, info.encoder_rate, out, args.quiet, keep=True)
+
+
+def _speed_overrides(args: argparse.Namespace, preset) -> None:
+    """``--attention`` / ``--weights-dtype`` into the preset; a kernel that cannot run here is an input error."""
+    hw = preset.hardware
+    if args.weights_dtype:
+        hw.weights_dtype = "" if args.weights_dtype == "none" else args.weights_dtype
+    if args.attention:
+        from .attention import choose_backend
+        from .device import torch_dtype
+
+        try:
+            choose_backend(hw.device, torch_dtype(hw.dtype), args.attention)
+        except ValueError as e:
+            raise InputError("--attention", str(e)) from None
+        hw.attention = args.attention
 
 
 def _load_pipeline(preset, request: GenerationRequest, rate: str | None):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from .device import DTYPE_NAMES
+from .device import DTYPE_NAMES, WEIGHT_STORAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "presets"
@@ -114,6 +114,9 @@ class HardwareProfile:
     dtype: str = "float32"
     device_budget_gib: float = 0.0  # 0 = whatever is free
     host_budget_gib: float = 0.0
+    attention: str = "auto"  # DiT attention kernel: auto = sage > flash > xformers > native (SDPA), or a name
+    weights_dtype: str = ""  # DiT weight storage: "" = dtype, or float8_e4m3fn / float8_e5m2 (compute stays dtype)
+    compile: bool = False  # torch.compile each DiT block (regional compilation)
 
 
 @dataclass
@@ -228,6 +231,11 @@ def _check(preset: Preset) -> None:
         parse_arg(text, f"loras[{i}]")
     if preset.hardware.dtype not in DTYPE_NAMES:
         raise InputError("hardware.dtype", f"must be float32, bfloat16 or float16 (got {preset.hardware.dtype!r})")
+    if preset.hardware.weights_dtype not in WEIGHT_STORAGE:
+        raise InputError("hardware.weights_dtype", f"must be \"\", float8_e4m3fn or float8_e5m2 "
+                                                   f"(got {preset.hardware.weights_dtype!r})")
+    if not re.fullmatch(r"[a-z0-9_]+", preset.hardware.attention):
+        raise InputError("hardware.attention", f"must be auto or a kernel name (got {preset.hardware.attention!r})")
 
 
 def available_presets() -> list[str]:

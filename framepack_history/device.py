@@ -19,6 +19,8 @@ RNG_LOCK = threading.RLock()
 
 #: the weight dtypes a preset (``hardware.dtype``) or a training config may name
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: ``hardware.weights_dtype``: how the DiT's weights are stored ("" = in ``hardware.dtype``; see precision.py)
+WEIGHT_STORAGE = ("", "float8_e4m3fn", "float8_e5m2")
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -115,14 +115,19 @@ def load_for_device(preset: Preset):
     Everything else (the CPU, the toy model, tiny test models) runs resident.
     """
     hw, spec = preset.hardware, preset.model
+    from .speed import apply_speed
+
     if not needs_manager(preset):
-        return load_backbone(spec, hw.device, hw.dtype), None
+        backbone = load_backbone(spec, hw.device, hw.dtype)
+        apply_speed(backbone, hw)
+        return backbone, None
     from .memory.manager import MemoryManager
     from .memory.planner import plan
 
     p = plan(preset, preset.video.max_seconds)
     quant = p.strategy.text_encoder if p.strategy.text_encoder in ("nf4", "int8") else None
     backbone = load_backbone(spec, hw.device, hw.dtype, offload=True, text_encoder_quantization=quant)
+    apply_speed(backbone, hw)  # before the manager reads the DiT's weights: float8 ones are read as float8
     return backbone, MemoryManager(backbone, p)
 
 

@@ -24,7 +24,7 @@ from .config import GenerationRequest, InputError, Preset, prompt_weights
 from .encoder import HistoryEncoder
 from .history import MIN_CAP_GROUPS, HistoryState
 from .overlap import OverlapDecoder
-from .sampling import guided, history_guided, sample
+from .sampling import Branch, guided_together, sample
 from .step_cache import StepCache, threshold_for
 from .video import read_image, read_video
 
@@ -200,6 +200,9 @@ class Pipeline:
             # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
             preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap),
                              sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
+            # and its guidance: the passes run block by block together (more activations)
+            preset = replace(preset, sampling=replace(preset.sampling, cfg=float(self.option(request, "cfg"))),
+                             history=replace(preset.history, guidance=float(self.option(request, "history_guidance"))))
             self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
@@ -336,23 +339,18 @@ class Pipeline:
         # history guidance needs history tokens to guide with (none in the other modes, none yet
         # when a text-to-video request has no start frame)
         hg = float(self.option(req, "history_guidance")) if ctx.history_tokens is not None else 1.0
-        no_history = replace(ctx, history_tokens=None, history_positions=None)
 
         steps = int(self.option(req, "steps"))
         # a fresh cache per section: no residual of another section, request or branch is ever reused
         cache = StepCache(bb.transformer, threshold_for(bb.name, self.option(req, "cache")), steps)
-
-        def model(x: torch.Tensor, s: torch.Tensor, conditional: bool, with_history: bool) -> torch.Tensor:
-            branch = ("cond" if conditional else "uncond") + ("" if with_history else "/no_history")
-            return cache.call(branch, lambda: bb.predict(x, s, cond if conditional else neg,
-                                                         ctx if with_history else no_history, guidance).float())
+        model = self._branches_model(cache, cond, neg, ctx, guidance)
 
         noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
         shift, mu = self.schedule(self.option(req, "shift"), gen)
         t0 = time.perf_counter()
         with self._phase("denoise", idx), cache:
             latents = sample(
-                self.option(req, "sampler"), guided(history_guided(model, hg), cfg), noise, steps, shift, on_step, mu=mu,
+                self.option(req, "sampler"), guided_together(model, cfg, hg), noise, steps, shift, on_step, mu=mu,
             )
         t1 = time.perf_counter()
         with torch.no_grad(), self._phase("vae_decode", idx):
@@ -367,6 +365,32 @@ class Pipeline:
         return SectionDone(idx, gen.total_sections, frames,
                            {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens, shift,
                            cache.passes.to_dict())
+
+    def _branches_model(self, cache: StepCache, cond: Conditioning, neg: Conditioning | None, ctx: Context,
+                        guidance: float) -> Callable[[torch.Tensor, torch.Tensor, list[Branch]], list[torch.Tensor]]:
+        """The step's guidance branches ``(conditional, with_history)`` -> their predictions.
+
+        Without step caching every branch runs in one DiT call (a streamed block is copied once for
+        all of them); with it, each branch is its own call under its own cache state (diffusers'
+        cache contexts keep one residual per branch, and one call cannot switch between them).
+        """
+        bb = self.backbone
+        no_history = replace(ctx, history_tokens=None, history_positions=None)
+
+        def name(c: bool, h: bool) -> str:
+            return ("cond" if c else "uncond") + ("" if h else "/no_history")
+
+        def model(x: torch.Tensor, s: torch.Tensor, branches: list[Branch]) -> list[torch.Tensor]:
+            pairs = [(cond if c else neg, ctx if h else no_history) for c, h in branches]
+            if cache.threshold is None:
+                out = [v.float() for v in bb.predict_branches(x, s, pairs, guidance)]
+                for c, h in branches:
+                    cache.passes.add(name(c, h), True)
+                return out
+            return [cache.call(name(c, h), lambda pair=pair: bb.predict(x, s, *pair, guidance).float())
+                    for (c, h), pair in zip(branches, pairs)]
+
+        return model
 
     def _overlap_decode(self, gen: Generation, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
         """Append the section, then decode as F1 does: send what is final, hold back the overlap tail.

@@ -245,6 +245,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
     if passes:  # step caching: the setting in force and the DiT passes that ran every block, over all sections
         extra = {**extra, "cache": request.cache or pipeline.preset.sampling.cache,
                  "dit_passes": {"calls": sum(p["calls"] for p in passes), "full": sum(p["full"] for p in passes)}}
+    extra = {**extra, **({"speed": pipeline.backbone.speed} if getattr(pipeline.backbone, "speed", None) else {})}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

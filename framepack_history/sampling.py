@@ -101,6 +101,44 @@ def history_guided(model: Callable[[torch.Tensor, torch.Tensor, bool, bool], tor
     return fn
 
 
+Branch = tuple[bool, bool]  # (conditional, with_history)
+
+
+def guidance_branches(cfg: float, history_scale: float) -> list[Branch]:
+    """The predictions one step needs: with and without the text (cfg), with and without the history."""
+    texts = (True, False) if cfg != 1.0 else (True,)
+    hist = (True, False) if history_scale != 1.0 else (True,)
+    return [(c, h) for c in texts for h in hist]
+
+
+def guided_together(model: Callable[[torch.Tensor, torch.Tensor, list[Branch]], list[torch.Tensor]],
+                    cfg: float, history_scale: float) -> Model:
+    """``guided(history_guided(...), cfg)`` from one ``model(x, sigma, branches)`` call per step.
+
+    The model predicts every branch of :func:`guidance_branches` at once (a
+    backbone then runs each DiT block for all of them while it is on the
+    device); the predictions are combined with the same arithmetic, in the same
+    order, as the nested one-pass-per-branch form.
+    """
+    branches = guidance_branches(cfg, history_scale)
+
+    def fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        pred = dict(zip(branches, model(x, s, branches)))
+
+        def with_history(c: bool) -> torch.Tensor:
+            if history_scale == 1.0:
+                return pred[(c, True)]
+            with_h, without = pred[(c, True)], pred[(c, False)]
+            return without + history_scale * (with_h - without)
+
+        if cfg == 1.0:
+            return with_history(True)
+        cond, uncond = with_history(True), with_history(False)
+        return uncond + cfg * (cond - uncond)
+
+    return fn
+
+
 def _report(callback: Callback, step: int, total: int, x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> None:
     if callback is not None:
         callback({"step": step, "total": total, "x": x, "sigma": float(sigma), "denoised": x - sigma * v})

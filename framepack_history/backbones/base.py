@@ -274,6 +274,15 @@ class Backbone(ABC):
         embed it (ignored by the others).
         """
 
+    def predict_branches(self, noisy: torch.Tensor, sigma: torch.Tensor, branches: list[tuple[Conditioning, Context]],
+                         guidance: float = 1.0) -> list[torch.Tensor]:
+        """One :meth:`predict` per ``(cond, context)`` branch (guidance's passes of one step).
+
+        Backbones whose blocks may be streamed override it to run every branch
+        through each block while that block is on the device.
+        """
+        return [self.predict(noisy, sigma, cond, ctx, guidance) for cond, ctx in branches]
+
     @abstractmethod
     def latent_rgb(self) -> LatentRGB:
         """The backbone's linear latent-to-RGB preview map."""

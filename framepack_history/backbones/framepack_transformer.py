@@ -14,11 +14,43 @@ from typing import Any
 
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
+from diffusers.models.attention_dispatch import AttentionBackendName
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.utils import apply_lora_scale
 
-__all__ = ["HistoryFramepackTransformer3DModel"]
+__all__ = ["BackendAttnProcessor", "HistoryFramepackTransformer3DModel"]
+
+
+class BackendAttnProcessor:
+    """HunyuanVideo's attention processor with this model's own kernel choice (``set_backend``).
+
+    Two copies of diffusers' processor, one per backend: calls without a mask
+    (one sample, text padding cropped) take the chosen kernel, masked calls its
+    varlen form, so flash-attn and SageAttention, which take no mask, still
+    serve batches. The choice lives on the processor, not in diffusers'
+    process-wide active backend.
+    """
+
+    def __init__(self, backend: str = "native") -> None:
+        self.plain, self.masked = HunyuanVideoAttnProcessor2_0(), HunyuanVideoAttnProcessor2_0()
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        from ..attention import masked_form
+
+        self.plain._attention_backend = AttentionBackendName(backend)
+        self.masked._attention_backend = AttentionBackendName(masked_form(backend))
+
+    @property
+    def backend(self) -> str:
+        return self.plain._attention_backend.value
+
+    def __call__(self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> torch.Tensor:
+        proc = self.plain if attention_mask is None else self.masked
+        return proc(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
 
 class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel):
@@ -27,6 +59,17 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
     Same config and state dict as the parent, so ``from_pretrained`` on the
     FramePack-F1 weights, LoRA (``PeftAdapterMixin``) and diffusers caches keep working.
     """
+
+    def set_backend(self, backend: str) -> None:
+        """Run the blocks' attention through diffusers' ``backend`` (this model only; see ``attention.py``).
+
+        (Not done in ``__init__``: ConfigMixin reads the config keys from its signature.)
+        """
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+            if isinstance(block.attn.processor, BackendAttnProcessor):
+                block.attn.processor.set_backend(backend)
+            else:
+                block.attn.set_processor(BackendAttnProcessor(backend))
 
     def history_rotary_emb(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables ``[N, head_dim]`` for float ``(t, h, w)`` token-grid positions.
@@ -62,7 +105,8 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         history_positions: torch.Tensor | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
-    ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
+        more_branches: list[dict[str, Any]] | None = None,
+    ) -> tuple[torch.Tensor, ...] | Transformer2DModelOutput:
         """The parent's forward plus ``history_tokens``/``history_positions``.
 
         Re-implemented rather than wrapped because the parent (diffusers 0.42.1)
@@ -70,7 +114,43 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         requires ``image_embeds`` and builds a 2-D default ``indices_latents``
         that its rotary grid cannot take. With the parent's inputs and no history
         tokens it performs the same operations in the same order.
+
+        ``more_branches``: keyword arguments of further predictions of the same
+        step (guidance's passes). Every block then runs each branch in turn, so
+        a streamed block is on the device once for all of them, and the call
+        returns one output per branch (a tuple). Each branch's operations are
+        exactly those of a call of its own.
         """
+        first = _Branch(self._embed(
+            hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections, image_embeds,
+            indices_latents, guidance, latents_clean, indices_latents_clean, latents_history_2x,
+            indices_latents_history_2x, latents_history_4x, indices_latents_history_4x, history_tokens,
+            history_positions))
+        branches = [first] + [_Branch(self._embed(**{k: v for k, v in kw.items() if k != "return_dict"}))
+                              for kw in more_branches or ()]
+        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
+        # A block streamer reads this: the block stays on the device until every branch has run it.
+        self.block_calls = len(branches)
+        try:
+            for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
+                for br in branches:
+                    args = (br.hidden, br.text, br.temb, br.mask, br.rotary)
+                    if checkpoint:
+                        br.hidden, br.text = self._gradient_checkpointing_func(block, *args)
+                    else:
+                        br.hidden, br.text = block(*args)
+        finally:
+            self.block_calls = 1
+        outs = tuple(self._head(br) for br in branches)
+        if more_branches is not None:
+            return outs
+        return Transformer2DModelOutput(sample=outs[0]) if return_dict else (outs[0],)
+
+    def _embed(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
+               image_embeds=None, indices_latents=None, guidance=None, latents_clean=None, indices_latents_clean=None,
+               latents_history_2x=None, indices_latents_history_2x=None, latents_history_4x=None,
+               indices_latents_history_4x=None, history_tokens=None, history_positions=None) -> dict[str, Any]:
+        """Everything before the blocks: token sequence, text, time embedding, mask, rotary tables."""
         batch_size, _, num_frames, height, width = hidden_states.shape
         p, p_t = self.config.patch_size, self.config.patch_size_t
         post_t, post_h, post_w = num_frames // p_t, height // p, width // p
@@ -128,18 +208,23 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
             total = latent_len + encoder_hidden_states.shape[1]
             keys = torch.arange(total, device=device)[None, :]
             attention_mask = (keys < (latent_len + effective_cond_len)[:, None])[:, None, None, :]
+        return dict(hidden=hidden_states, text=encoder_hidden_states, temb=temb, mask=attention_mask, rotary=rotary,
+                    shape=(batch_size, post_t, post_h, post_w))
 
-        checkpoint = torch.is_grad_enabled() and self.gradient_checkpointing
-        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
-            args = (hidden_states, encoder_hidden_states, temb, attention_mask, rotary)
-            if checkpoint:
-                hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(block, *args)
-            else:
-                hidden_states, encoder_hidden_states = block(*args)
-
-        # Context tokens were prepended, so the noisy section is the tail.
-        hidden_states = hidden_states[:, -post_t * post_h * post_w :]
-        hidden_states = self.proj_out(self.norm_out(hidden_states, temb))
+    def _head(self, br: _Branch) -> torch.Tensor:
+        """The output head on the noisy section's tokens (context tokens were prepended: it is the tail)."""
+        batch_size, post_t, post_h, post_w = br.shape
+        p, p_t = self.config.patch_size, self.config.patch_size_t
+        hidden_states = br.hidden[:, -post_t * post_h * post_w :]
+        hidden_states = self.proj_out(self.norm_out(hidden_states, br.temb))
         hidden_states = hidden_states.reshape(batch_size, post_t, post_h, post_w, -1, p_t, p, p)
         hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
+        return hidden_states
+
+
+class _Branch:
+    """One prediction's state between blocks."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.hidden, self.text, self.temb = state["hidden"], state["text"], state["temb"]
+        self.mask, self.rotary, self.shape = state["mask"], state["rotary"], state["shape"]

@@ -271,12 +271,34 @@ class HunyuanFramepackBackbone(Backbone):
         That is already what FramePack outputs: diffusers' FlowMatchEuler step is
         ``x + (sigma_next - sigma) * v`` (and ``x0 = x - sigma * v``), so no conversion.
         """
-        b, t = noisy.shape[0], noisy.shape[2]
-        dev, dt = self.device, self.dtype
+        b = noisy.shape[0]
         if context.target_t is not None and context.target_t.dim() == 2:
             # Per-sample query positions: diffusers' rope takes one index list, so one call per sample.
             return torch.cat([self.predict(noisy[i : i + 1], _row(sigma, i, b), Conditioning({k: _row(v, i, b) for k, v in cond.tensors.items()}),
                                            _context_row(context, i, b), guidance) for i in range(b)])
+
+        out = self._transformer(**self._dit_inputs(noisy, sigma, cond, context, guidance))[0]
+        return out.to(noisy.device, noisy.dtype)
+
+    def predict_branches(self, noisy: torch.Tensor, sigma: torch.Tensor, branches: list[tuple[Conditioning, Context]],
+                         guidance: float = 1.0) -> list[torch.Tensor]:
+        """One prediction per ``(cond, context)`` branch from one DiT call that runs the branches block by block.
+
+        Each block runs every branch while it is on the device, so a streamed
+        block is copied once per step however many guidance branches there are.
+        Every branch performs exactly the operations of its own :meth:`predict`.
+        """
+        if len(branches) == 1 or any(c.target_t is not None and c.target_t.dim() == 2 for _, c in branches):
+            return [self.predict(noisy, sigma, c, ctx, guidance) for c, ctx in branches]
+        inputs = [self._dit_inputs(noisy, sigma, c, ctx, guidance) for c, ctx in branches]
+        outs = self._transformer(**inputs[0], more_branches=inputs[1:])
+        return [o.to(noisy.device, noisy.dtype) for o in outs]
+
+    def _dit_inputs(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context,
+                    guidance: float) -> dict[str, Any]:
+        """The DiT's keyword arguments for one prediction (one sample row of positions)."""
+        b, t = noisy.shape[0], noisy.shape[2]
+        dev, dt = self.device, self.dtype
 
         def batched(x: torch.Tensor, dtype: torch.dtype | None = dt) -> torch.Tensor:
             x = x.to(dev, dtype) if dtype is not None else x.to(dev)
@@ -315,7 +337,7 @@ class HunyuanFramepackBackbone(Backbone):
             kwargs["history_tokens"] = batched(context.history_tokens)
             positions = context.history_positions.to(dev, torch.float32)
             kwargs["history_positions"] = positions + torch.tensor([shift, 0.0, 0.0], device=dev)
-        out = self._transformer(
+        return dict(
             hidden_states=noisy.to(dev, dt),
             timestep=sigma * 1000.0,
             encoder_hidden_states=batched(c["prompt_embeds"]),
@@ -325,8 +347,7 @@ class HunyuanFramepackBackbone(Backbone):
             guidance=torch.full((b,), guidance * 1000.0, device=dev, dtype=dt),  # distilled guidance, as FramePack
             return_dict=False,
             **kwargs,
-        )[0]
-        return out.to(noisy.device, noisy.dtype)
+        )
 
     # --- constructors ----------------------------------------------------------
     @classmethod

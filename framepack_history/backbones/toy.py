@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -162,6 +163,7 @@ class _Block(nn.Module):
         self.mod = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
+        self.attention_backend = AttentionBackendName.NATIVE  # diffusers' dispatcher; see attention.py
 
     def forward(self, hidden_states: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # ``hidden_states``: the name diffusers' cache hooks look the block's input up by
@@ -171,7 +173,9 @@ class _Block(nn.Module):
         h = self.norm1(x) * (1 + s1) + b1
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        # The dispatcher takes [B, N, H, Dh]; its native backend is the same SDPA call on the same strides.
+        a = dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                  backend=self.attention_backend).reshape(b, n, d)
         x = x + g1 * self.out(a)
         return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
@@ -215,6 +219,11 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         nn.init.zeros_(self.mod_out.weight)
         nn.init.zeros_(self.mod_out.bias)
         self.gradient_checkpointing = False
+
+    def set_backend(self, backend: str) -> None:
+        """Attention kernel of every block (a diffusers dispatcher backend name; see ``attention.py``)."""
+        for block in self.blocks:
+            block.attention_backend = AttentionBackendName(backend)
 
     @staticmethod
     def _timestep_features(sigma: torch.Tensor) -> torch.Tensor:

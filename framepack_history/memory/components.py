@@ -10,7 +10,7 @@ SigLIP so400m, HunyuanVideo VAE), so planning works offline.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -152,12 +152,15 @@ def _encoder(spec: ModelSpec, bb: Backbone, rate: str | None) -> HistoryEncoder:
 
 
 def _key(preset: Preset) -> str:
-    return json.dumps([preset.model.__dict__, preset.hardware.dtype], sort_keys=True, default=str)
+    hw = preset.hardware
+    return json.dumps([preset.model.__dict__, hw.dtype, hw.weights_dtype], sort_keys=True, default=str)
 
 
 @lru_cache(maxsize=8)
 def _build(key: str, rate: str | None) -> MetaComponents:
-    model, dtype_name = json.loads(key)
+    from ..precision import store_weights
+
+    model, dtype_name, weights_dtype = json.loads(key)
     spec = ModelSpec(**model)
     dtype = torch_dtype(dtype_name)
     with torch.device("meta"):
@@ -166,6 +169,8 @@ def _build(key: str, rate: str | None) -> MetaComponents:
         else:
             (bb, info), (shallow, _) = _hunyuan(spec, dtype, False), _hunyuan(spec, dtype, True)
         enc = _encoder(spec, bb, rate)
+        for b in (bb, shallow):  # float8 storage: blocks count half the bytes, traces see the cast copies
+            store_weights(b.transformer, weights_dtype, dtype)
     comps = MetaComponents(bb, shallow, enc, transformer_blocks(bb.transformer))
     if spec.backbone != "toy":
         comps.text = {"text_encoder": bb.text_encoder, "text_encoder_2": bb.text_encoder_2}
@@ -193,8 +198,13 @@ def cached_trace(comps: MetaComponents, key: tuple, fn: Any) -> int:
     return comps.traces[key]
 
 
-def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int, image: bool) -> int:
-    """Traced activation peak of one ``predict`` call (shallow DiT: same peak, 30x faster)."""
+def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int, image: bool,
+                       branches: list[tuple[bool, bool]] = ((True, True),)) -> int:
+    """Traced activation peak of one step's ``predict_branches`` call (shallow DiT: same peak, 30x faster).
+
+    ``branches`` are the step's guidance passes ``(conditional, with_history)``:
+    they run block by block together, so their token sequences are alive at once.
+    """
     bb, geo = comps.shallow, comps.backbone.geometry
     h, w = video.height // geo.spatial_scale, video.width // geo.spatial_scale
     t = geo.latent_frames(video.section_frames)
@@ -208,9 +218,12 @@ def denoise_activation(comps: MetaComponents, video: Any, hist: int, window: int
             ctx.window_latents = torch.empty(1, geo.latent_channels, window, h, w, device="meta", dtype=bb.dtype)
             ctx.window_t0 = -float(window)
         noisy = torch.empty(1, geo.latent_channels, t, h, w, device="meta")
-        bb.predict(noisy, torch.empty(1, device="meta"), comps.conditioning(image), ctx, 1.0).float()
+        bare = replace(ctx, history_tokens=None, history_positions=None)
+        pairs = [(comps.conditioning(image), ctx if with_h else bare) for _, with_h in branches]
+        for v in bb.predict_branches(noisy, torch.empty(1, device="meta"), pairs, 1.0):
+            v.float()
 
-    key = ("denoise", h, w, t, hist, window, image)
+    key = ("denoise", h, w, t, hist, window, image, tuple(branches))
     return cached_trace(comps, key, lambda: trace_peak(run, scalar=comps.cond_len))
 
 

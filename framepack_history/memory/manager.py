@@ -393,7 +393,7 @@ class MemoryManager:
         streamed = tuple(i for i in range(n) if i not in keep)
         sizes = sorted(self.streamer.groups[i].nbytes() for i in streamed)
         self.plan.strategy = replace(st, resident=keep, streamed=streamed, buffer_bytes=sum(sizes[-2:]),
-                                     vae_resident=False)
+                                     vae_resident=False, streamed_bytes=sum(sizes))
         self._restream(keep, self.streamer.prefetch)
         return f"{len(streamed)} of {n} DiT blocks streamed (was {len(st.streamed)})"
 

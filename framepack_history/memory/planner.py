@@ -84,11 +84,13 @@ class Strategy:
     text_encoder: str  # "resident" | "nf4" | "int8" | "streamed"
     vae_tiling: bool
     vae_resident: bool  # stays on the device while denoising
+    streamed_bytes: int = 0  # block bytes copied to the device per DiT pass (each guidance branch shares it)
 
     def describe(self) -> str:
         n = len(self.resident) + len(self.streamed)
         blocks = f"{len(self.resident)}/{n} blocks resident" + (
-            f", {len(self.streamed)} streamed ({self.buffer_bytes / MiB:.0f} MiB in flight)" if self.streamed else "")
+            f", {len(self.streamed)} streamed ({self.buffer_bytes / MiB:.0f} MiB in flight, "
+            f"{self.streamed_bytes / GiB:.2f} GiB copied per step)" if self.streamed else "")
         return blocks
 
 
@@ -243,9 +245,15 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         return CACHE_COPIES * branches * seq * tok_bytes
 
     # Activations per section: exact traces at the ends, linear in history tokens between.
+    from ..sampling import guidance_branches
+
+    # guidance's passes run together block by block (history guidance only where there is an embedding)
+    branches = guidance_branches(preset.sampling.cfg, preset.history.guidance if mode == "encoder" else 1.0)
+
     def act(s: int) -> int:
         win = min(window, frames[s])
-        return denoise_activation(comps, v, hist(frames[s]), win, image) + SAMPLER_COPIES * latent_bytes + cache_state(s)
+        steps = branches if hist(frames[s]) else guidance_branches(preset.sampling.cfg, 1.0)
+        return denoise_activation(comps, v, hist(frames[s]), win, image, steps) + SAMPLER_COPIES * latent_bytes + cache_state(s)
 
     ends = sorted({0, min(1, sections - 1), sections - 1})
     acts = {s: act(s) for s in ends}
@@ -286,6 +294,7 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
 
     strategy = _choose(sizes, budget.usable, lambda vr: needs(sections - 1, decode_act, vr))
     strategy.vae_tiling = tiling
+    strategy.streamed_bytes = sum(sizes[i] for i in strategy.streamed)
     weights_dev = nonblock + sum(sizes[i] for i in strategy.resident)
     stream_host = sum(sizes[i] for i in strategy.streamed)
 

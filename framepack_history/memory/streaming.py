@@ -180,7 +180,10 @@ class BlockStreamer:
         from .components import transformer_blocks
 
         self.residency = residency
+        self.transformer = transformer
         self.blocks = transformer_blocks(transformer)
+        self._calls: dict[int, int] = {}  # streamed position -> forwards run since it was loaded
+        self.copied_bytes = 0  # host-to-device bytes of streamed blocks (what guidance in one pass saves)
         self.resident = set(resident)
         self.prefetch = prefetch  # False: one streamed block on the device at a time (after an out-of-memory error)
         stem = [m for name, m in transformer.named_children() if not isinstance(m, nn.ModuleList)]
@@ -219,6 +222,7 @@ class BlockStreamer:
         for i in self.order:
             self.groups[i].offload(self._compute_stream())
         self._done.clear()
+        self._calls.clear()
 
     def remove_hooks(self) -> None:
         for h in self._hooks:
@@ -248,16 +252,21 @@ class BlockStreamer:
     def _compute_stream(self) -> torch.cuda.Stream | None:
         return torch.cuda.current_stream() if self.stream is not None else None
 
+    def _onload(self, group: WeightGroup) -> None:
+        if not group.on_device:
+            self.copied_bytes += group.nbytes()
+        group.onload(self.stream)
+
     def _pre(self, pos: int):
         def hook(module: nn.Module, args: tuple) -> None:
             group = self.groups[self.order[pos]]
-            group.onload(self.stream)  # no-op when the previous block prefetched it
+            self._onload(group)  # no-op when the previous block prefetched it
             group.wait()
             if len(self.order) > 1 and self.prefetch:
                 back = self._done.pop((pos - 1) % len(self.order), None)
                 if back is not None:
                     back.synchronize()  # the block before this one is done: its memory is free to reuse
-                self.groups[self.order[(pos + 1) % len(self.order)]].onload(self.stream)
+                self._onload(self.groups[self.order[(pos + 1) % len(self.order)]])
             if self.residency.verify:
                 self.residency.sample(f"pre {group.name}")
         return hook
@@ -269,6 +278,11 @@ class BlockStreamer:
                 done = torch.cuda.Event()
                 done.record(torch.cuda.current_stream())
                 self._done[pos] = done
+            # Guidance's branches run each block in turn (the DiT's ``block_calls``): keep it until the last.
+            self._calls[pos] = self._calls.get(pos, 0) + 1
+            if self._calls[pos] < getattr(self.transformer, "block_calls", 1):
+                return
+            self._calls.pop(pos)
             group.offload(self._compute_stream())
         return hook
 
@@ -310,7 +324,10 @@ def load_safetensors(module: nn.Module, folder: str | Path, on_device: Callable[
                 owner, _, leaf = name.rpartition(".")
                 mod = module.get_submodule(owner)
                 t = f.get_tensor(name)
-                t = t.to(dtype) if t.is_floating_point() else t
+                # a float8-stored layer (precision.store_weights) stays float8: half the bytes to place
+                now = mod._parameters.get(leaf, mod._buffers.get(leaf))
+                want = now.dtype if now is not None and now.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+                t = t.to(want) if t.is_floating_point() else t
                 if on_device(name):
                     t = t.to(device)
                 elif pin:
