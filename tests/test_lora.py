@@ -389,7 +389,7 @@ def test_page_slots_become_the_request_and_bad_files_are_a_page_message(files, b
     monkeypatch.setenv("FPH_LORA_DIR", str(files["root"]))
     w = Worker(tmp_path / "outputs", max_queue=4)  # not started: submitted jobs wait
     h = Handlers(w, str(TINY_HUNYUAN), temp_dir=tmp_path / "tmp")
-    base = ["a red circle", None, None, 1, 3, str(TINY_HUNYUAN), None, None, None, None, None, None, None, None]
+    base = ["a red circle", None, None, 1, 3, str(TINY_HUNYUAN), None, None, None, None, None, None, None, None, None]  # .., max_history_tokens
     spec = h.spec(*base, "one.safetensors", 0.5, "", 1.0, str(files["two_path"]), -0.25)
     assert spec.request.loras == [{"name": "one.safetensors", "weight": 0.5}, {"name": str(files["two_path"]), "weight": -0.25}]
     assert h.spec(*base).request.loras is None  # no slot used: the preset's LoRAs

@@ -207,10 +207,11 @@ def test_page_and_api_pass_the_setting_through():
     from ui.handlers import Handlers
 
     assert list(inspect.signature(Handlers.spec).parameters)[-1] == "cache"
-    assert list(inspect.signature(Handlers.api_generate).parameters)[-1] == "cache"
+    # the API's last value parameter (gradio fills the trailing ``request`` itself)
+    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-1] == "cache"
     h = Handlers.__new__(Handlers)  # spec() reads only the presets
     h.presets, h.default_preset = ["toy-cpu"], "toy-cpu"
-    spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, None, None, "faster")
+    spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster")
     assert spec.request.cache == "faster"
     assert h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None).request.cache is None
 
