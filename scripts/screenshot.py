@@ -1,6 +1,7 @@
 """Take the README's screenshot: the real app on a preset, a toy storyboard, a few sections in.
 
     python scripts/screenshot.py [--preset toy-cpu] [--out docs/screenshot.png]
+    python scripts/screenshot.py --studio --out docs/screenshot-studio.png   # LoRA pickers, a video extended from memory
 
 Needs Debian's chromium and Playwright (installed by ``scripts/install.sh --test``).
 """
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     ap.add_argument("--prompt", default="0s: camera pans right; 6s: camera pans left; 12s: camera holds")
     ap.add_argument("--seconds", default="14")
+    ap.add_argument("--studio", action="store_true", help="finish a short video, extend it from the Gallery, LoRAs open")
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,20 +51,46 @@ def main() -> None:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.goto(url)
-            page.get_by_label("Prompt or storyboard").fill(args.prompt)
-            box = page.get_by_label("number input for Length (seconds)")
-            box.fill(args.seconds)
-            box.press("Enter")
-            page.get_by_role("button", name="Generate", exact=True).click()
-            page.locator("#fph-progress").get_by_text("section 9/").wait_for(timeout=120_000)
-            page.evaluate("window.scrollTo(0, 0)")
-            page.wait_for_timeout(1500)
-            page.screenshot(path=args.out)
+            if args.studio:
+                studio(page, args.prompt)
+            else:
+                generate(page, args.prompt, args.seconds)
+                page.locator("#fph-progress").get_by_text("section 9/").wait_for(timeout=120_000)
+                page.evaluate("window.scrollTo(0, 0)")
+                page.wait_for_timeout(1500)
+                page.screenshot(path=args.out)
+            if args.studio:
+                page.screenshot(path=args.out, full_page=True)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(10)
     print(f"wrote {args.out}")
+
+
+def generate(page, prompt: str, seconds: str) -> None:
+    """Fill the prompt and length and press Generate."""
+    page.get_by_label("Prompt or storyboard").fill(prompt)
+    box = page.get_by_label("number input for Length (seconds)")
+    box.fill(seconds)
+    box.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+
+
+def studio(page, prompt: str) -> None:
+    """A 4 s video finished, then extended by 6 s from its saved history in the Gallery; the LoRA pickers open."""
+    generate(page, prompt.split(";")[0], "4")
+    page.locator("#fph-progress .fph-status.done").wait_for(timeout=120_000)
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#fph-extend").wait_for(timeout=10_000)
+    page.locator("button.thumbnail-item").first.click()
+    page.get_by_label("Extend with storyboard").fill(prompt)
+    page.get_by_label("Seconds to add").fill("6")
+    page.locator("#fph-extend").click()
+    page.locator("#fph-progress").get_by_text("extends").wait_for(timeout=60_000)
+    page.get_by_text("LoRAs", exact=True).first.click()
+    page.locator("#fph-progress").get_by_text("section 8/").wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def client(tmp_path_factory):
         args = app.prepare(["--preset", TINY, "--port", str(free_port()), "--outputs", str(outputs)])
         demo, worker, url, _ = app.start(args)
         try:
-            yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            c.outputs = outputs  # /status names files relative to outputs/
+            yield c
         finally:
             demo.close()
             worker.stop(timeout=10)
@@ -103,7 +105,7 @@ def test_cancel_and_resume_keeps_the_steer(client):
     assert stopped["progress"]["sections_done"] < 8, "the job finished before it could be cancelled"
     client.predict(job["id"], api_name="/resume")
     done = wait_for(client, job["id"], lambda j: j["status"] == "done", "the resumed job never finished", 180)
-    data = json.loads(Path(done["sidecar"]).read_text())
+    data = json.loads((client.outputs / done["sidecar"]).read_text())
     assert data["resumed_from_section"] >= k + 1 and [s["section"] for s in data["steers"]] == [k]
     board = ["camera holds"] * 3 + ["camera pans right"] * 5
     assert [s["prompt"] for s in data["sections"]] == [OLD] * k + board[k:]
@@ -126,8 +128,8 @@ def test_extend_a_finished_job_through_the_api(client):
     assert new["id"] != old["id"] and new["seconds"] == 2
     done = wait_for(client, new["id"], lambda j: j["status"] in ("done", "failed", "cancelled"), "never finished")
     assert done["status"] == "done", done["message"]
-    data = json.loads(Path(done["sidecar"]).read_text())
+    data = json.loads((client.outputs / done["sidecar"]).read_text())
     assert [s["prompt"] for s in data["sections"]] == [OLD] * 2 + ["camera holds"] * 2
-    before, after = read_video(video, 32, 32, 8, 100), read_video(done["video"], 32, 32, 8, 100)
+    before, after = read_video(video, 32, 32, 8, 100), read_video(client.outputs / done["video"], 32, 32, 8, 100)
     assert len(after) == len(before) + 8 and np.array_equal(after[: len(before)], before)  # it starts with the old video
     assert data["request"]["seed"] == 3 and data["encoder_rate"] == old["encoder_rate"]

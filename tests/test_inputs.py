@@ -16,6 +16,10 @@ from framepack_history.pipeline import Pipeline, to_uint8
 
 from .conftest import TINY_HUNYUAN
 
+#: where the start-frame picker sits in ``Handlers.preset_defaults`` (steps, guidance, shift, rate, history,
+#: window, history guidance, seconds, start frame, ...)
+START_FRAME_AT = 8
+
 # FramePack's own find_nearest_bucket(h, w, resolution=640) on these (width, height) sources, as (width, height)
 # (lllyasviel/FramePack diffusers_helper/bucket_tools.py, run on these inputs).
 REFERENCE_CHOICES = {
@@ -312,10 +316,10 @@ def test_page_start_frame_picker_follows_the_preset_and_yields_to_a_start_image(
     from ui.handlers import Handlers
 
     h = Handlers(Worker(outputs=tmp_path / "outputs"), str(TINY_HUNYUAN), temp_dir=tmp_path / "tmp")
-    picker = h.preset_defaults(str(TINY_HUNYUAN))[-1]
+    picker = h.preset_defaults(str(TINY_HUNYUAN))[START_FRAME_AT]
     assert [v for _, v in picker["choices"]] == ["noise", "black", "white", "green"]
     assert picker["value"] == "noise" and picker["visible"]
-    toy = h.preset_defaults("toy-cpu")[-1]
+    toy = h.preset_defaults("toy-cpu")[START_FRAME_AT]
     assert [v for _, v in toy["choices"]] == ["world"] and not toy["visible"]
     values = ["x", None, None, 1, 0, str(TINY_HUNYUAN), None, None, None, None, None, None, None]
     assert h.spec(*values, "white").request.start_frame == "white"
