@@ -553,51 +553,6 @@ class Handlers:
         return {"worker": lane.index, "device": lane.device, "job": running[0].id if running else None}
 
 
-    # ------------------------------------------------------- memory inspector
-    def _recall(self, job_id: Any, at: Any, steps: Any = None, request: gr.Request | None = None):
-        """The worker's recall (CPU, the job's last checkpoint); bad input and jobs without an embedding as errors."""
-        if not job_id:
-            raise gr.Error("No job chosen.", title="Can't recall")
-        job_id = self.own(job_id, request)
-        try:
-            when = _num(at, "time")
-            return self.worker.recall(str(job_id), 0.0 if when is None else float(when),
-                                      _num(steps, "steps", integer=True))
-        except InputError as e:
-            raise gr.Error(f"{e.field.lstrip('-')}: {e.message}", title="Can't recall") from None
-
-    def recall_click(self, job_id: Any, at: Any, request: gr.Request | None = None) -> tuple:
-        """Memory tab: the frame recalled from the embedding, the real frame, and their PSNR."""
-        r = self._recall(job_id, at, request=request)
-        return r.recalled, r.real, f"**PSNR {r.psnr:.2f} dB** · {r.summary()} · saved history: {r.sections} sections, {r.seconds:g} s"
-
-    def recall_choices(self, request: gr.Request | None = None) -> Any:
-        """Memory tab: every job this user sees, newest first."""
-        return gr.update(choices=[j.id for j in reversed(self.visible_jobs(request))])
-
-    def recall_job(self, job_id: Any) -> Any:
-        """Memory tab: the time slider spans the chosen job's length."""
-        try:
-            seconds = self.store.get(str(job_id)).spec.request.seconds if job_id else None
-        except InputError:
-            seconds = None
-        return gr.update(maximum=seconds) if seconds else gr.skip()
-
-    def api_recall(self, job_id: str, at: float, steps: int | None = None,
-                   request: gr.Request | None = None) -> tuple[str, str, dict]:
-        """Recall the frame at ``at`` s of a job from its history embedding: (recalled PNG, real PNG, details)."""
-        from PIL import Image
-
-        r = self._recall(job_id, at, steps, request)
-        name = f"recall-{uuid.uuid4().hex[:8]}"
-        paths = [self.temp_dir / f"{name}-{kind}.png" for kind in ("recalled", "real")]
-        for image, path in zip((r.recalled, r.real), paths):
-            Image.fromarray(image).save(path)
-        info = {"psnr": r.psnr, "at": r.at, "latent_frame": r.frame, "age_s": r.age_s, "sections": r.sections,
-                "history_tokens": r.history_tokens, "time_reduction": r.coarse, "seconds": r.seconds, "summary": r.summary()}
-        return str(paths[0]), str(paths[1]), info
-
-
 START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen", "world": "the world's first view"}
 
 

@@ -27,6 +27,7 @@ from framepack_history.jobs import Worker
 from framepack_history.studio import Studio
 
 from .handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, lora_choices, random_seed
+from .memory_tab import MemoryTab
 from .weights import WeightsPanel
 
 CACHE_NOTE = ("Step cache skips most of the model on steps where it barely changes: fewer passes, "
@@ -241,10 +242,11 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
         # -- memory tab: recall a past frame of a job from its history embedding
+        memory = MemoryTab(h)
         for event in (demo.load, recall_job.focus):
-            event(h.recall_choices, None, recall_job, **private)
-        recall_job.change(h.recall_job, [recall_job], [recall_at], **private)
-        recall_button.click(h.recall_click, [recall_job, recall_at], [recalled, real_frame, recall_md],
+            event(memory.recall_choices, None, recall_job, **private)
+        recall_job.change(memory.recall_job, [recall_job], [recall_at], **private)
+        recall_button.click(memory.recall_click, [recall_job, recall_at], [recalled, real_frame, recall_md],
                             concurrency_limit=1, **private)
 
         # -- gallery: reuse a past video's settings, or extend it from its saved history
@@ -284,7 +286,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         api_recall_button = gr.Button(visible=False)
         api_recall_outputs = [gr.File(visible=False, label="recalled"), gr.File(visible=False, label="real"),
                               gr.JSON(visible=False, label="recall")]
-        api_recall_button.click(h.api_recall, [gr.Textbox(visible=False), gr.Number(visible=False), gr.Number(visible=False)],
+        api_recall_button.click(memory.api_recall, [gr.Textbox(visible=False), gr.Number(visible=False), gr.Number(visible=False)],
                                 api_recall_outputs, api_name="recall", concurrency_limit=1)
         gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
         gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
