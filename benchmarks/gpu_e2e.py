@@ -36,6 +36,7 @@ from framepack_history.config import GenerationRequest, load_preset
 from framepack_history.loading import build_encoder
 from framepack_history.memory.manager import MemoryManager
 from framepack_history.memory.planner import Budget, GiB, plan
+from framepack_history.memory.streaming import Residency
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "presets" / "tiny-hunyuan.toml"
@@ -201,7 +202,11 @@ def main() -> int:
     preset.sampling.steps = args.steps
     args.seconds = min(args.seconds, preset.video.max_seconds)
     p = plan(preset, args.seconds, history_mode="encoder", budget=budget, text_encoder_quantization="nf4")
-    manager = MemoryManager(bb, p, strict=args.tiny)
+    ledger = Residency(device)
+    if args.tiny:  # the DiT starts in (simulated) host memory, as the full-size one sits in pinned memory
+        for t in (*bb.transformer.parameters(), *bb.transformer.buffers()):
+            ledger.mark_host(t)
+    manager = MemoryManager(bb, p, strict=args.tiny, residency=ledger)
     hooks = Measured(manager, device)
     encoder = build_encoder(preset.model, bb)
     pipe = Pipeline(bb, encoder, preset, memory=hooks)
@@ -216,6 +221,20 @@ def main() -> int:
     req = GenerationRequest(prompt="a red fox runs through snow", seconds=args.seconds, seed=0, image=str(img_path),
                             history_mode="encoder")
     t0 = time.perf_counter()
+    error, done, steps = "", [], []
+    try:
+        start_s = run_request(pipe, bb, req, v, done, steps)
+    except torch.OutOfMemoryError as e:  # print what was measured up to here, and where the plan fell short
+        start_s, error = time.perf_counter() - t0, f"out of memory in {manager.failed_phase}: {str(e).splitlines()[0][:200]}"
+    report(args, card, budget, manager, hooks, done, steps, start_s, device, error)
+    return 1 if error else 0
+
+
+def run_request(pipe, bb, req: GenerationRequest, v, done: list, steps: list[float]) -> float:
+    """The start (text, image and VAE encode), then the last two sections after a synthesised history."""
+    from framepack_history.pipeline import SectionDone
+
+    t0 = time.perf_counter()
     gen, _ = pipe.start(req)  # text, image and VAE encode through the manager
     start_s = time.perf_counter() - t0
     # Synthesised history: the sections before the last two, as random latents through the history encoder.
@@ -226,7 +245,6 @@ def main() -> int:
     for _ in range(skip):
         gen.history.append(torch.randn(1, geo.latent_channels, t, h, w))
     gen.next_section = skip
-    steps: list[float] = []
     last = [time.perf_counter()]
 
     def on_step(i: int, info: dict) -> None:
@@ -234,11 +252,16 @@ def main() -> int:
         steps.append(now - last[0])
         last[0] = now
 
-    done = []
     for ev in pipe.run(req, on_step=on_step, resume=gen):
         if isinstance(ev, SectionDone):
             done.append(ev)
             last[0] = time.perf_counter()
+    return start_s
+
+
+def report(args, card: str, budget: Budget, manager: MemoryManager, hooks: Measured, done: list, steps: list[float],
+           start_s: float, device: torch.device, error: str) -> None:
+    """Per phase, the measured peak against the planned one; the step time; ``--json``."""
     planned = {(r.phase, r.section): r.device_peak_bytes for r in manager.plan}
     rows = []
     for name, section, peak in hooks.rows:
@@ -248,7 +271,7 @@ def main() -> int:
            "text_encoder": manager.plan.strategy.text_encoder, "vae_tiling": manager.plan.strategy.vae_tiling,
            "history_tokens": done[-1].history_tokens if done else 0, "start_s": start_s,
            "s_per_step": float(np.median(steps)) if steps else None, "host_rss_peak_gib": rss_gib(),
-           "sections": [e.index for e in done], "phases": rows, "changes": manager.changes}
+           "sections": [e.index for e in done], "phases": rows, "changes": manager.changes, "error": error}
     print(f"{card}: {out['strategy']}; text encoder {out['text_encoder']}; vae {'tiled' if out['vae_tiling'] else 'untiled'}")
     unit, u = (GiB, "G") if device.type == "cuda" else (GiB / 1024, "M")  # the tiny model in MiB
     print(f"{'phase':<13}{'sec':>5}{'planned':>10}{'measured':>10}")
@@ -258,9 +281,10 @@ def main() -> int:
     label = "measured" if device.type == "cuda" else "weights on the simulated device (ledger)"
     print(f"({label}); host RSS peak {out['host_rss_peak_gib']:.2f} GiB; "
           f"{out['s_per_step'] or 0:.3f} s/step; sections {out['sections']}; history tokens {out['history_tokens']}")
+    if error:
+        print(error)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -139,19 +139,26 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     last[0], last[1] = time.perf_counter(), streamer.copied_bytes
-    done = pipe.generate_section(gen, on_step)
+    error = ""
+    try:
+        done = pipe.generate_section(gen, on_step)
+        decode = done.timings["decode_s"]
+    except torch.OutOfMemoryError as e:  # keep the steps timed so far; name where the plan fell short
+        done, decode = None, float("nan")
+        error = f"out of memory in {manager.failed_phase}: {str(e).splitlines()[0][:160]}"
+        print(f"{name}: {error}", flush=True)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else manager.residency.peak
-    s_step = float(np.median(steps[1:] if len(steps) > 1 else steps))  # the first step also loads the stem
-    decode = done.timings["decode_s"]
+    s_step = float(np.median(steps[1:] if len(steps) > 1 else steps)) if steps else float("nan")
     frames = v.section_frames
     out = {"variant": name, "attention": speed["attention"], "weights": speed["weights_dtype"],
            "history_guidance": preset.history.guidance, "two_pass": spec["two_pass"],
            "strategy": manager.plan.strategy.describe(), "s_per_step": s_step, "decode_s": decode,
-           "copied_gib_per_step": float(np.median(copied[1:] if len(copied) > 1 else copied)) / GiB,
+           "copied_gib_per_step": float(np.median(copied[1:] if len(copied) > 1 else copied)) / GiB if copied else float("nan"),
+           "planned_peak_gib": manager.plan.device_peak / GiB,
            "s_per_frame_25_steps": (25 * s_step + decode) / frames, "peak_gib": peak / GiB, "build_s": build_s,
-           "host_rss_peak_gib": rss_gib(), "frames": int(done.frames.shape[0])}
+           "host_rss_peak_gib": rss_gib(), "frames": int(done.frames.shape[0]) if done else 0, "error": error}
     manager.unload()
-    del pipe, manager, encoder, gen
+    del pipe, manager, encoder, gen, done
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

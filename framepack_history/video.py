@@ -13,12 +13,18 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import InputError
 from .fsio import atomic_path, atomic_write_json
+
+
+def _ffmpeg():
+    """imageio-ffmpeg, imported on first use: reading images and running the model need no ffmpeg."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg
 
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MIN_SIDE = 8
@@ -82,7 +88,7 @@ def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 
 def _ffmpeg_streams(path: Path) -> str:
     """What ffmpeg says about a file's container and streams (its stderr for ``-i path``)."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    cmd = [_ffmpeg().get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
     try:
         # ffmpeg exits 1 here by design ("no output file"): what it printed about the input is the answer
         return subprocess.run(cmd, capture_output=True, timeout=60, check=False).stderr.decode("utf-8", "replace")
@@ -117,7 +123,7 @@ def probe_video(path: str | Path, field: str = "--continue-video") -> dict:
         fourcc = re.search(r"Video: \S+ \((\w+) /", info)
         raise InputError(field, f"{p.name} uses a video codec ffmpeg cannot decode{f' ({fourcc.group(1)})' if fourcc else ''}")
     try:
-        reader = imageio_ffmpeg.read_frames(str(p))
+        reader = _ffmpeg().read_frames(str(p))
         meta = reader.__next__()
         next(reader)  # one decoded frame: a stream of zero (or only corrupt) frames fails here
         reader.close()
@@ -145,7 +151,7 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
     probe_video(path, field)
     frames: list[np.ndarray] = []
     try:
-        gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
+        gen = _ffmpeg().read_frames(str(path), output_params=["-vf", f"fps={fps}"])
         meta = next(gen)
         w, h = meta["size"]
         for raw in gen:
@@ -166,7 +172,7 @@ def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int =
     path = Path(path)
     h, w = frames.shape[1:3]
     with atomic_path(path, keep_suffix=True) as tmp:  # fsynced: checkpoints name finished segments
-        writer = imageio_ffmpeg.write_frames(
+        writer = _ffmpeg().write_frames(
             str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
             output_params=["-crf", str(quality), "-g", str(max(1, len(frames))), "-movflags", "+faststart"],
         )
@@ -186,7 +192,7 @@ def concat_segments(segments: list[Path], out: str | Path) -> Path:
             lst.write(f"file '{Path(s).resolve().as_posix()}'\n")
     try:
         with atomic_path(out, keep_suffix=True) as tmp:
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+            cmd = [_ffmpeg().get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
                    "-i", lst.name, "-c", "copy", "-movflags", "+faststart", str(tmp)]
             subprocess.run(cmd, check=True, capture_output=True)
     finally:
@@ -196,7 +202,7 @@ def concat_segments(segments: list[Path], out: str | Path) -> Path:
 
 def count_frames(path: str | Path) -> int:
     """Decoded frame count of a video file (used by tests and checks)."""
-    return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    return _ffmpeg().count_frames_and_secs(str(path))[0]
 
 
 def write_json(data: dict, path: str | Path) -> Path:

@@ -160,6 +160,25 @@ def test_history_append_after_text_encode_runs_the_patchifier_on_the_device(hub)
     assert manager.streamer.stem.on_device and "transformer" in manager._lru
 
 
+def test_a_dit_built_in_host_memory_is_loaded_on_first_use(hub, start_image):
+    """A DiT whose weights start on the host (parked in pinned memory, not read block by block onto the device):
+    the manager must not take it for resident. Image-to-video appends the start latent to the history before
+    any DiT step, so the patchifier is the first of its modules to run."""
+    from framepack_history.memory.streaming import Residency
+
+    preset, paths = hub
+    bb = HunyuanFramepackBackbone.from_pretrained(**paths)
+    ledger = Residency("cpu")
+    for t in (*bb.transformer.parameters(), *bb.transformer.buffers()):
+        ledger.mark_host(t)
+    manager = MemoryManager(bb, copy.deepcopy(_tight_plan(preset)), strict=True, residency=ledger)
+    bb.vae.enable_tiling(**TILES)
+    assert not manager.streamer.loaded and "transformer" not in manager._lru
+    pipe = Pipeline(bb, build_encoder(preset.model, bb), preset, memory=manager)
+    kw = {"history_mode": "encoder", "image": str(start_image)}
+    assert np.array_equal(_frames(pipe, **kw), _reference(hub, "image-to-video, encoder", **kw))
+
+
 # ------------------------------------------------------------- every request
 CASES = {
     "text-to-video, encoder": {"history_mode": "encoder"},

@@ -104,10 +104,12 @@ class MemoryManager:
     """Carries out a plan for one backbone; ``residency`` records what was on the device at every phase."""
 
     def __init__(self, backbone: Backbone, plan: Plan, *, loaders: dict[str, Callable[[], nn.Module]] | None = None,
-                 verify: bool = False, use_stream: bool | None = None, strict: bool = False) -> None:
+                 verify: bool = False, use_stream: bool | None = None, strict: bool = False,
+                 residency: Residency | None = None) -> None:
         self.backbone, self.plan = backbone, plan
         self.loaders = {**getattr(backbone, "loaders", {}), **(loaders or {})}
-        self.residency = Residency(backbone.device)
+        # a caller's ledger can already know which storages are host copies (a DiT built in host memory)
+        self.residency = residency or Residency(backbone.device)
         self.residency.verify = verify
         self.use_stream, self.strict = use_stream, strict
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident components, least recently used first
@@ -126,7 +128,8 @@ class MemoryManager:
             load_safetensors(dit, folder, block_placement(dit, plan.strategy.resident), backbone.device, backbone.dtype)
         self.streamer = BlockStreamer(dit, plan.strategy.resident, self.residency, use_stream)
         self._hook_tree("transformer", dit, streamed=self.streamer.blocks)
-        self._lru["transformer"] = None
+        if self.streamer.loaded:  # built on the host (e.g. parked in pinned memory): loaded on first use instead
+            self._lru["transformer"] = None
         if plan.strategy.vae_tiling and hasattr(backbone, "enable_vae_tiling"):
             backbone.enable_vae_tiling()
         self.groups: dict[str, WeightGroup] = {}

@@ -240,6 +240,11 @@ class BlockStreamer:
             self.groups[i].wait()
 
     @property
+    def loaded(self) -> bool:
+        """Stem and resident blocks are on the device."""
+        return self.stem.on_device and all(self.groups[i].on_device for i in self.resident)
+
+    @property
     def resident_bytes(self) -> int:
         """Stem + resident blocks: what stays on the device between sections."""
         return self.stem.nbytes() + sum(self.groups[i].nbytes() for i in self.resident)
