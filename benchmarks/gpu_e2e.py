@@ -220,12 +220,11 @@ def main() -> int:
     Image.fromarray(image).save(img_path)
     req = GenerationRequest(prompt="a red fox runs through snow", seconds=args.seconds, seed=0, image=str(img_path),
                             history_mode="encoder")
-    t0 = time.perf_counter()
-    error, done, steps = "", [], []
+    error, done, steps, start_s = "", [], [], None
     try:
         start_s = run_request(pipe, bb, req, v, done, steps)
     except torch.OutOfMemoryError as e:  # print what was measured up to here, and where the plan fell short
-        start_s, error = time.perf_counter() - t0, f"out of memory in {manager.failed_phase}: {str(e).splitlines()[0][:200]}"
+        error = f"out of memory in {manager.failed_phase}: {str(e).splitlines()[0][:200]}"
     report(args, card, budget, manager, hooks, done, steps, start_s, device, error)
     return 1 if error else 0
 
@@ -260,7 +259,7 @@ def run_request(pipe, bb, req: GenerationRequest, v, done: list, steps: list[flo
 
 
 def report(args, card: str, budget: Budget, manager: MemoryManager, hooks: Measured, done: list, steps: list[float],
-           start_s: float, device: torch.device, error: str) -> None:
+           start_s: float | None, device: torch.device, error: str) -> None:
     """Per phase, the measured peak against the planned one; the step time; ``--json``."""
     planned = {(r.phase, r.section): r.device_peak_bytes for r in manager.plan}
     rows = []

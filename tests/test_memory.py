@@ -308,3 +308,26 @@ def test_one_large_backbone_per_device_unless_the_budget_holds_two():
     assert not fits_beside(preset, [(cuda, large)])  # two 12 GB plans do not share 12 GB
     assert fits_beside(preset, [(cuda, small)]) and fits_beside(preset, [(cpu, large)]) and fits_beside(preset, [])
     assert fits_beside(load_preset(TINY_TOY), [(cpu, None)])
+
+
+def test_out_of_memory_part_way_through_a_copy_leaves_the_group_on_the_host():
+    """A failed onload rolls back: no tensor of the group stays on the device (a retry then reloads it whole)."""
+    from torch import nn
+
+    from framepack_history.memory.streaming import Residency, WeightGroup
+
+    class NoRoom(torch.Tensor):  # its copy to the (simulated) device fails, as cudaMalloc would
+        def clone(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("no room for this tensor")
+
+    ledger = Residency("cpu")
+    group = WeightGroup.of("block", [nn.Linear(4, 4)], ledger)
+    group.offload()
+    real = group.host[1]
+    group.host[1] = real.as_subclass(NoRoom)  # the weight copies, the bias does not
+    with pytest.raises(torch.OutOfMemoryError):
+        group.onload()
+    assert not group.on_device and not any(ledger.is_resident(t) for t in group.tensors)
+    group.host[1] = real
+    group.onload()
+    assert group.on_device and all(ledger.is_resident(t) for t in group.tensors)

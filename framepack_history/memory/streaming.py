@@ -146,8 +146,13 @@ class WeightGroup:
         dev = self.residency.device
         ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
         with ctx:
-            for t, h in zip(self.tensors, self.host):
-                t.data = h.clone() if self.residency.simulated else h.to(dev, non_blocking=stream is not None)
+            try:
+                for t, h in zip(self.tensors, self.host):
+                    t.data = h.clone() if self.residency.simulated else h.to(dev, non_blocking=stream is not None)
+            except BaseException:  # out of memory part-way: back to the host copies, never half on the device
+                for t, h in zip(self.tensors, self.host):
+                    t.data = h
+                raise
             if stream is not None:
                 self.event = torch.cuda.Event()
                 self.event.record(stream)
