@@ -230,14 +230,20 @@ class FlowModule(nn.Module):
     def cfg(self) -> TrainConfig:
         return self._refs[1]
 
-    def history(self, latents: torch.Tensor, track: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def history(self, latents: torch.Tensor, track: torch.Tensor | None = None, cap: int = 0,
+                layout_from: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``[B, N, D]`` and positions ``[N, 3]`` (``[B, N, 3]`` with a camera track ``[B, T]``).
 
         Same convention as :meth:`HistoryState.tokens`: encoder positions with
         time shifted by minus the history length (in token-grid units), and
         each token group moved along w by its frames' mean camera offset.
+        ``cap > 0``: the layout a job with ``history.max_tokens = cap`` holds
+        (:mod:`.capped`; merges decided on ``layout_from``, default ``latents``).
         """
         from ..history import group_means
+
+        if cap > 0:
+            return self._capped(latents, track, cap, layout_from)
 
         grid = self.encoder(latents)
         b, t, h, w, d = grid.shape
@@ -248,6 +254,17 @@ class FlowModule(nn.Module):
             pos[..., 2] += group_means(track, self.encoder.frames_per_group).to(pos.device)[:, :, None, None]
             return grid.reshape(b, t * h * w, d), pos.reshape(b, -1, 3)
         return grid.reshape(b, t * h * w, d), pos.reshape(-1, 3)
+
+    def _capped(self, latents: torch.Tensor, track: torch.Tensor | None, cap: int,
+                layout_from: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        from .capped import cap_budget, capped_history
+
+        _, h, w = self.encoder.grid(1, *latents.shape[3:])
+        budget = cap_budget(cap, h * w)
+        tokens, pos = capped_history(self.encoder, latents, track, budget, self.cfg.stage2.merge, layout_from)
+        if track is None and bool((pos == pos[:1]).all()):
+            pos = pos[0]  # one layout for the batch: the shared ``[N, 3]`` every backbone takes
+        return tokens, pos
 
     def flow_loss(self, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample rectified-flow loss: ``|v - (noise - x0)|^2``, optionally x0-weighted."""

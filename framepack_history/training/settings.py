@@ -61,6 +61,12 @@ class Stage2Config:
     # Chance that a step trains Stage I's frame-query objective instead (same batch of clips): keeps the
     # embedding decodable and the DiT practised at reading past frames out of it.
     p_frame_query: float = 0.0
+    # Chance that a step (next section or frame query) lays its history out as a job with
+    # ``history.max_tokens`` does: a cap drawn from ``capped_tokens``, the merges replayed with ``merge``,
+    # coarse groups at the true places of their frames. Teaches the DiT to read what a cap keeps.
+    p_capped: float = 0.0
+    capped_tokens: list[int] = field(default_factory=lambda: [40, 80, 160])
+    merge: str = "similar"  # similar | oldest, as history.merge
 
 
 @dataclass
@@ -196,7 +202,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     for key, p in (("caption_dropout", cfg.caption_dropout), ("stage1.omega_contiguous_p", cfg.stage1.omega_contiguous_p),
                    ("stage2.p_window_mode", cfg.stage2.p_window_mode),
                    ("stage2.p_revisit_split", cfg.stage2.p_revisit_split),
-                   ("stage2.p_frame_query", cfg.stage2.p_frame_query), ("ema_decay", cfg.ema_decay)):
+                   ("stage2.p_frame_query", cfg.stage2.p_frame_query), ("stage2.p_capped", cfg.stage2.p_capped),
+                   ("ema_decay", cfg.ema_decay)):
         _need(0.0 <= p <= 1.0, key, f"must be in [0, 1] (got {p})")
     _need(0.0 < cfg.stage1.mask_noise_center < 1.0, "stage1.mask_noise_center", "must be in (0, 1)")
     _need(1 <= cfg.stage1.omega_min <= cfg.stage1.omega_max, "stage1.omega_min",
@@ -204,6 +211,12 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     _need(cfg.encoder.use_lr_branch or cfg.encoder.use_hr_branch or cfg.encoder.use_box_branch, "encoder",
           "needs at least one branch")
     _need(cfg.lr > 0, "lr", f"must be > 0 (got {cfg.lr})")
+    _need(bool(cfg.stage2.capped_tokens) and all(isinstance(c, int) and c > 0 for c in cfg.stage2.capped_tokens),
+          "stage2.capped_tokens", f"must be a list of positive token caps (got {cfg.stage2.capped_tokens!r})")
+    from ..history import MERGE_RULES  # torch: only once the cheap checks passed
+
+    _need(cfg.stage2.merge in MERGE_RULES, "stage2.merge",
+          f"must be one of {', '.join(MERGE_RULES)} (got {cfg.stage2.merge!r})")
     return cfg
 
 

@@ -48,7 +48,8 @@ class FrameQueryModule(FlowModule):
         keep = batch["keep"].view(b, 1, t, 1, 1)
         masked = torch.where(keep, x, (1 - s) * x + s * batch["mask_noise"])
         track = batch.get("track")  # [B, T] camera offsets (canvas positions), or None
-        tokens, pos = self.history(masked, track)
+        # Capped (Stage II's p_capped): the merges a job would make on its clean history.
+        tokens, pos = self.history(masked, track, cap=batch.get("cap", 0), layout_from=x)
         # Every sample queries its own positions; the count is shared within a step so
         # the whole batch goes through the DiT in one call (per-sample target_t).
         omega = batch["omega"]  # [B, k] history latent-frame indices

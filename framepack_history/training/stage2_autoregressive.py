@@ -53,7 +53,7 @@ class NextSectionModule(FlowModule):
         ctx = Context()
         if batch["use_encoder"]:
             ctx.history_tokens, ctx.history_positions = self.history(
-                x[:, :, :split], None if track is None else track[:, :split])
+                x[:, :, :split], None if track is None else track[:, :split], cap=batch.get("cap", 0))
         w = batch["window"]
         if w > 0:
             ctx.window_latents = x[:, :, split - w : split]
@@ -94,6 +94,13 @@ def revisit_weights(camera_x: torch.Tensor, view: int, window: int, section: int
     return out
 
 
+def draw_cap(c2, gen: torch.Generator) -> int:
+    """A history-token cap for this step (``stage2.p_capped``), else 0; draws nothing when the term is off."""
+    if c2.p_capped <= 0 or float(torch.rand(1, generator=gen)) >= c2.p_capped:
+        return 0
+    return int(c2.capped_tokens[int(torch.randint(len(c2.capped_tokens), (1,), generator=gen))])
+
+
 def section_latent_frames(module: FlowModule, section_frames: int) -> int:
     return module.backbone.geometry.latent_frames(section_frames)
 
@@ -104,7 +111,7 @@ class Stage2Task(StageTask):
     def make_batch(self, items: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
         c2, bb = self.cfg.stage2, self.module.backbone
         if c2.p_frame_query > 0 and float(torch.rand(1, generator=gen)) < c2.p_frame_query:
-            return {**Stage1Task.make_batch(self, items, gen), "frame_query": True}
+            return {**Stage1Task.make_batch(self, items, gen), "frame_query": True, "cap": draw_cap(c2, gen)}
         x = latents_of(items, bb)
         b, t = x.shape[0], x.shape[2]
         n = section_latent_frames(self.module, self.preset.video.section_frames)
@@ -125,12 +132,14 @@ class Stage2Task(StageTask):
         # window mode defaults to one section of raw latents.
         window = c2.window_frames if use_encoder else (c2.window_frames or n)
         window = min(window, split)
+        cap = draw_cap(c2, gen) if use_encoder else 0
         sigma = logit_normal(b, self.cfg.sigma_mean, self.cfg.sigma_std, gen)
         noise = torch.randn((b, x.shape[1], n, *x.shape[3:]), generator=gen)
         drop = torch.rand(b, generator=gen) < self.cfg.caption_dropout
         start_s = bb.geometry.pixel_frames(split) / self.fps  # pixel frames before the split
         prompts = ["" if drop[i] else caption_at(items["caption"][i], start_s) for i in range(b)]
-        return {"latents": x, "track": track_of(items, bb), "split": split, "section": n, "use_encoder": use_encoder, "window": window,
+        return {"latents": x, "track": track_of(items, bb), "split": split, "section": n, "use_encoder": use_encoder,
+                "window": window, "cap": cap,
                 "sigma": sigma.to(x.device), "noise": noise.to(x.device), "cond": self.batched(self.conditions(prompts, x))}
 
 

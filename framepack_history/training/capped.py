@@ -1,0 +1,80 @@
+"""Capped histories in training: the layout :class:`~framepack_history.history.HistoryState` holds under
+``history.max_tokens``, built from a clip's latents and encoded with gradients.
+
+A generator with a cap reads coarse token groups (many groups' raw latents averaged over time, then
+encoded) at the true time positions of the frames they cover, often minutes back. A DiT trained only on
+short, full-detail histories reads neither well, so Stage II can train on the same layouts: the merges are
+replayed group by group with the cap's own rule (so train and generate agree), then every group of every
+sample is encoded in one encoder call (the encoder is group-local in time, so this equals encoding them
+one by one, as the generator does).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..encoder import HistoryEncoder
+from ..history import MERGE_RULES
+
+Span = tuple[int, int]  # (first fine group, fine groups covered)
+
+
+def cap_budget(max_tokens: int, tokens_per_group: int) -> int:
+    """Complete groups a cap allows: the cap less one group kept free for the partial last one (as generation)."""
+    return max_tokens // tokens_per_group - 1
+
+
+@torch.no_grad()
+def cap_layout(latents: torch.Tensor, frames_per_group: int, budget: int, rule: str) -> list[Span]:
+    """The complete groups of history ``latents [C, T, H, W]`` after capping at ``budget`` groups.
+
+    Groups are added one at a time and merged while the layout is over budget, exactly as
+    :meth:`HistoryState.append` does, so the result is the layout a job holds after ``T`` frames.
+    """
+    g, merge = frames_per_group, MERGE_RULES[rule]
+    segs: list[list] = []
+    for i in range(int(latents.shape[1]) // g):
+        total = latents[:, i * g : (i + 1) * g].double().sum(1) if rule == "similar" else None
+        segs.append([i, 1, None, total])
+        while len(segs) > budget:
+            merge(segs, budget)
+    return [(int(s[0]), int(s[1])) for s in segs]
+
+
+def pooled(latents: torch.Tensor, span: Span, g: int) -> torch.Tensor:
+    """A span's raw latents ``[C, n*g, H, W]`` averaged over time by ``n`` into one group ``[C, g, H, W]``."""
+    first, n = span
+    frames = latents[:, first * g : (first + n) * g]
+    return frames.unflatten(1, (g, n)).mean(2) if n > 1 else frames
+
+
+def capped_history(encoder: HistoryEncoder, latents: torch.Tensor, track: torch.Tensor | None, budget: int,
+                   rule: str, layout_from: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``[B, N, D]`` and positions ``[B, N, 3]`` of capped histories ``latents [B, C, T, H, W]``.
+
+    ``layout_from`` (default ``latents``) decides the merges: Stage I's frame queries encode a noised
+    history but a job lays out its clean one. ``track [B, T]``: camera offsets (canvas positions) or None.
+    Positions follow :meth:`HistoryState.tokens`: each token frame at the centre of the frames it covers
+    (a partial last group padded to a whole one), time relative to the end of the history.
+    """
+    b, _, t = latents.shape[:3]
+    g, pt = encoder.frames_per_group, encoder.config.patch_size[0]
+    source = latents if layout_from is None else layout_from
+    layouts = [cap_layout(source[i], g, budget, rule) for i in range(b)]
+    groups = torch.stack([pooled(latents[i], s, g) for i in range(b) for s in layouts[i]])
+    grid = encoder(groups).unflatten(0, (b, -1)).squeeze(2)  # [B, S, h, w, D]
+    spans = [[(f * g, n * g) for f, n in lay] for lay in layouts]
+    done = t // g * g
+    if done < t:  # the partial last group, replicate-padded by the encoder
+        grid = torch.cat([grid, encoder(latents[:, :, done:])], dim=1)
+        spans = [s + [(done, t - done)] for s in spans]
+    _, s_len, h, w, d = grid.shape
+    base = encoder.positions(1, h, w)[0].to(latents.device)
+    pos = base.expand(b, s_len, h, w, 3).clone()
+    starts = torch.tensor([[a for a, _ in sp] for sp in spans], dtype=torch.float32, device=latents.device)
+    sizes = torch.tensor([[max(n, g) for _, n in sp] for sp in spans], dtype=torch.float32, device=latents.device)
+    pos[..., 0] = (starts / pt + (sizes / pt - 1) / 2 - t / pt)[:, :, None, None]
+    if track is not None:
+        means = torch.stack([torch.stack([track[i, a : a + n].float().mean() for a, n in spans[i]]) for i in range(b)])
+        pos[..., 2] += means[:, :, None, None].to(pos.device)
+    return grid.reshape(b, s_len * h * w, d), pos.reshape(b, -1, 3)
