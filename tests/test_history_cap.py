@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack_history.config import GenerationRequest, InputError, preset_from_dict
-from framepack_history.history import MIN_CAP_GROUPS, HistoryState, merge_similar
+from framepack_history.config import HISTORY_MERGES, GenerationRequest, InputError, preset_from_dict
+from framepack_history.history import MERGE_RULES, MIN_CAP_GROUPS, HistoryState, merge_similar
 
 from .test_encoder import make_encoder
 
@@ -175,7 +175,8 @@ def test_invalid_preset_cap_is_an_input_error():
     assert e.value.message.startswith("history.max_tokens must be an integer")
 
 
-def test_a_capped_job_resumes_identically(toy_pipeline, tmp_path):
+@pytest.mark.parametrize("merge", [None, "oldest"])  # None: the preset's, the default rule
+def test_a_capped_job_resumes_identically(toy_pipeline, tmp_path, merge):
     """Crash after section 5 of 8 with merges already done; the resumed job equals the uninterrupted one."""
     import numpy as np
 
@@ -186,10 +187,10 @@ def test_a_capped_job_resumes_identically(toy_pipeline, tmp_path):
 
     cap = 9 * TOKENS_PER_GROUP  # the tiny toy: 16 tokens per group, 2 per section: merges from section 4 on
     request = GenerationRequest(prompt="0s: camera pans right; 2s: camera pans left", seconds=4, seed=5, steps=2,
-                                max_history_tokens=cap)
+                                max_history_tokens=cap, history_merge=merge)
     render(toy_pipeline, request, tmp_path / "straight.mp4", tmp_path / "seg-a")
     straight = toy_pipeline.last_generation.history
-    assert straight.merge == "similar"
+    assert straight.merge == (merge or "similar")
     assert max(seg[1] for seg in straight._segs) > 1 and straight.num_tokens <= cap
     job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=5)
     job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
@@ -298,3 +299,62 @@ def test_similar_chunks_index_scattered_full_detail_groups(tmp_path):
     again = HistoryState(enc, max_tokens=cap)
     again.load(tmp_path / "h.safetensors")
     assert torch.equal(again.grid, state.grid)
+
+
+def test_the_rule_names_agree():
+    from framepack_history.config import HistorySpec
+
+    assert HISTORY_MERGES == tuple(MERGE_RULES)
+    assert HistorySpec().merge == HISTORY_MERGES[0] == HistoryState(None).merge == "similar"
+    with pytest.raises(ValueError, match="similar, oldest"):
+        HistoryState(None, merge="newest")
+
+
+@pytest.mark.parametrize("bad", ["newest", "", 3, "Similar"])
+def test_invalid_merge_is_an_input_error(bad):
+    preset = preset_from_dict({"name": "t", "model": {"backbone": "toy"}})
+    with pytest.raises(InputError) as e:
+        GenerationRequest(prompt="camera holds", history_merge=bad).validate(preset)
+    assert e.value.field == "--history-merge" and "similar, oldest" in e.value.message
+    if isinstance(bad, str):
+        with pytest.raises(InputError) as e:
+            preset_from_dict({"name": "t", "model": {"backbone": "toy"}, "history": {"merge": bad}})
+        assert e.value.message.startswith("history.merge must be one of similar, oldest")
+
+
+def test_bad_merge_on_the_command_line_exits_2(tmp_path, capsys):
+    from framepack_history.cli import main
+
+    from .conftest import TINY_TOY
+
+    assert main(["generate", "--preset", str(TINY_TOY), "--prompt", "a", "--history-merge", "newest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--history-merge" in err[0] and "'similar', 'oldest'" in err[0], err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[model]\nbackbone = "toy"\n[history]\nmerge = "newest"\n')
+    assert main(["generate", "--preset", str(bad), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "history.merge must be one of similar, oldest" in err[0], err
+
+
+def test_the_job_keeps_the_rule_it_started_with(toy_pipeline, tmp_path):
+    """The request's rule, else the job's preset's; a job saved before the option existed merged ``oldest``."""
+    import json
+
+    from framepack_history.checkpoint import JobDir
+
+    request = GenerationRequest(prompt="camera holds", seconds=1, max_history_tokens=9 * TOKENS_PER_GROUP)
+    assert toy_pipeline.start(request)[0].history.merge == "similar"
+    toy_pipeline.preset.history.merge = "oldest"
+    assert toy_pipeline.start(request)[0].history.merge == "oldest"
+    request.history_merge = "similar"
+    assert toy_pipeline.start(request)[0].history.merge == "similar"
+    toy_pipeline.preset.history.merge = "similar"
+    request.history_merge = None
+    job = JobDir(tmp_path / "job")
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    assert job.info().preset.history.merge == "similar" and job.info().request.history_merge is None
+    saved = json.loads((job.root / "preset.json").read_text())
+    del saved["history"]["merge"]
+    (job.root / "preset.json").write_text(json.dumps(saved))
+    assert job.info().preset.history.merge == "oldest"
