@@ -358,3 +358,24 @@ def test_the_job_keeps_the_rule_it_started_with(toy_pipeline, tmp_path):
     del saved["history"]["merge"]
     (job.root / "preset.json").write_text(json.dumps(saved))
     assert job.info().preset.history.merge == "oldest"
+
+
+def test_the_inspector_rebuilds_the_history_with_the_jobs_rule(toy_pipeline, tmp_path):
+    """The memory inspector reports the time reduction of the job's own layout, under either rule."""
+    from framepack_history.checkpoint import JobDir
+    from framepack_history.recall import _recall
+    from framepack_history.render import render
+
+    coarse = {}
+    for merge in ("oldest", None):  # None: the preset's (similar)
+        request = GenerationRequest(prompt="0s: camera pans right; 2s: camera pans left", seconds=4, seed=5, steps=1,
+                                    max_history_tokens=9 * TOKENS_PER_GROUP, history_merge=merge)
+        job = JobDir(tmp_path / str(merge))
+        job.create(request, toy_pipeline.preset, out=tmp_path / f"{merge}.mp4")
+        render(toy_pipeline, request, tmp_path / f"{merge}.mp4", job.root / "segments", job=job)
+        history = toy_pipeline.last_generation.history
+        got = [_recall(toy_pipeline, job, at / 4, 1, 0) for at in range(16)]
+        assert [r.coarse for r in got] == [history.time_reduction_at(r.frame) for r in got]
+        assert got[-1].history_tokens == history.num_tokens
+        coarse[merge] = [r.coarse for r in got]
+    assert coarse["oldest"] != coarse[None] and max(coarse[None]) > 1  # the two rules' layouts differ here
