@@ -19,10 +19,11 @@ one token frame stands for all of them. Which two is the merge rule's choice
 
 * ``similar`` (the default): the neighbours whose raw latents differ least,
   by Ward's cost ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2`` on the
-  latents' time means (``n``: fine groups covered), the squared error that
-  averaging them adds. A held or repeated view costs almost nothing to merge,
-  so it merges; a view seen once keeps full detail however old it is, and a
-  return to it later still finds it.
+  latents' means over time ``[C, H, W]`` (``n``: fine groups covered), the
+  squared error that replacing both by one mean adds. A held or repeated view
+  costs almost nothing to merge, so it merges first; a view seen once, unlike
+  its neighbours, keeps full detail however old it is (while cheaper merges
+  remain), so a return to it later still finds it in detail.
 * ``oldest``: the two oldest groups of the finest level that has to give way
   become one of the next level (``2**level`` groups), so detail falls with age.
 
@@ -34,8 +35,11 @@ place in time: each token sits at the centre of the frames it covers.
 Groups are added one at a time and merged by the rule, so the layout depends
 on the raw latents (with ``oldest``, on the group count alone), never on how
 the appends were split, and a coarse group's tokens depend only on its frames.
-A resume replays the same merges from the saved latents, so the state after a
-resume is the same as without one.
+A resume replays the same merges from the saved latents (the sums are taken
+in float64, independent of how the frames lie in memory), so the state after a
+resume is the same as without one. Checkpoint chunks name the group of each
+full-detail token frame they hold: under ``similar`` merged groups can lie
+between them.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ class HistoryState:
         # sum of their raw latents over time [C, H, W]]``, oldest first. (Uncapped, ``_done`` holds them.)
         self._segs: list[list] = []
         self._fine_groups = 0
+        # ``similar``'s costs of the neighbour pairs it has weighed, by ``(first group, n_a, n_b)``: one merge
+        # changes two pairs, so each merge weighs two (a resume replays hundreds of merges)
+        self._costs: dict[tuple[int, int, int], float] = {}
         # Raw latents on the host, one chunk per append (no copy of the past per section).
         self._chunks: list[torch.Tensor] = []
         self._frames = 0
@@ -251,7 +258,7 @@ class HistoryState:
         """Rebuild the state from :meth:`chunk` outputs, oldest first; tokens go back to the device."""
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
         self._chunks, self._track, self._done, self._tail = [], [], [], None
-        self._segs, self._fine_groups = [], 0
+        self._segs, self._fine_groups, self._costs = [], 0, {}
         if self.capped:
             return self._load_capped(chunks, dtype)
         for c in chunks:
@@ -306,7 +313,7 @@ class HistoryState:
         self._fine_groups += 1
         budget = self._budget(tokens_per_group)
         while len(self._segs) > budget:
-            MERGE_RULES[self.merge](self._segs, budget)
+            MERGE_RULES[self.merge](self._segs, budget, self._costs)
 
     def _group_sum(self, group: int) -> torch.Tensor | None:
         """The sum over time of fine group ``group``'s raw latents ``[C, H, W]`` (only ``similar`` reads it).
@@ -415,10 +422,10 @@ def _done_groups(chunk: dict[str, torch.Tensor], after: int) -> list[int]:
 MIN_CAP_GROUPS = 8
 
 
-def merge_oldest(segs: list[list], budget: int) -> None:
+def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> None:
     """One merge: the two oldest segments of a level become one of the next level (tokens ``None``: to encode).
 
-    A level-``l`` segment covers ``2**l`` fine groups.
+    A level-``l`` segment covers ``2**l`` fine groups; ``costs`` is unused (the choice reads only levels).
 
     Level 0 gives way while it would keep at least half the budget (recent history keeps that much
     detail); then the finest older level with two segments; level 0 again only when no other can.
@@ -441,24 +448,39 @@ def merge_oldest(segs: list[list], budget: int) -> None:
     segs[i : i + 2] = [[segs[i][0], 2 ** (level + 1), None, None]]
 
 
-def merge_similar(segs: list[list], budget: int) -> None:
-    """One merge: of the older half of the budget, the two neighbours whose frames differ least become one.
+def ward_cost(a: list, b: list) -> float:
+    """Ward's cost of merging segments ``a`` and ``b``: ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2``.
 
-    The cost of a merge is Ward's: ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2`` over the raw latents'
-    time means, the squared error the averaging adds. Held, repeated views cost nothing to merge while a
-    view seen once (and unlike its neighbours) keeps full detail however old it is. The newest
-    ``budget // 2`` segments never merge (recent history keeps full detail); ties go to the oldest pair.
+    The means are of the raw latents over time (each segment keeps their sum), so the cost is the squared
+    error that replacing both by one mean adds: it grows with the difference and with the frames it spans.
+    """
+    (_, na, _, sa), (_, nb, _, sb) = a[:4], b[:4]
+    return float(((sa / na - sb / nb) ** 2).sum()) * na * nb / (na + nb)
+
+
+def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int], float] | None = None) -> None:
+    """One merge: of all but the newest ``budget // 2`` segments, the two neighbours that differ least become one.
+
+    The least :func:`ward_cost` wins, ties to the oldest pair. Held, repeated views cost nothing to merge
+    while a view seen once (and unlike its neighbours) keeps full detail however old it is; the newest
+    ``budget // 2`` never merge (recent history keeps full detail). ``costs``: a memo of the pairs weighed
+    before, by ``(first group, n_a, n_b)`` (a segment's span fixes its frames, so a cost never changes).
     """
     older = len(segs) - budget // 2
     if older < 2:
         raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
+    memo = {} if costs is None else costs
 
     def cost(i: int) -> float:
-        (_, na, _, sa), (_, nb, _, sb) = segs[i], segs[i + 1]
-        return float(((sa / na - sb / nb) ** 2).sum()) * na * nb / (na + nb)
+        key = (segs[i][0], segs[i][1], segs[i + 1][1])
+        if key not in memo:
+            memo[key] = ward_cost(segs[i], segs[i + 1])
+        return memo[key]
 
     i = min(range(older - 1), key=cost)
-    (first, na, _, sa), (_, nb, _, sb) = segs[i], segs[i + 1]
+    for j in range(max(0, i - 1), min(i + 2, len(segs) - 1)):  # the pairs this merge ends
+        memo.pop((segs[j][0], segs[j][1], segs[j + 1][1]), None)
+    (first, na, _, sa), (_, nb, _, sb) = segs[i][:4], segs[i + 1][:4]
     segs[i : i + 2] = [[first, na + nb, None, sa + sb]]
 
 

@@ -270,10 +270,30 @@ def test_merge_similar_takes_the_least_ward_cost():
     # b|cd 16/10 * (2.56 + 0.7225) = 5.25: the size weighting of a 2-group segment
     merge_similar(segs, 5)
     assert [s[:2] for s in segs] == [[0, 1], [1, 8], [9, 3], [12, 1], [13, 1]]
+    # the memo a state keeps: the same choices, and it forgets the pairs a merge ends
+    segs, memo = [_seg(0, 1, [0, 0]), _seg(1, 8, [1, 0]), _seg(9, 1, [2, 0.6]), _seg(10, 1, [3.2, 1.1]), *recent], {}
+    merge_similar(segs, 6, memo)
+    assert [s[:2] for s in segs] == [[0, 1], [1, 8], [9, 2], [11, 1], [12, 1], [13, 1]]
+    assert memo == pytest.approx({(0, 1, 8): 8 / 9})  # a|b is still a pair; b|c and c|d are gone
     # ties go to the oldest pair
     same = [_seg(i, 1, [1, 1]) for i in range(9)]
     merge_similar(same, 8)
     assert [s[:2] for s in same] == [[0, 2]] + [[i, 1] for i in range(2, 9)]
+
+
+def test_the_cost_memo_changes_no_choice():
+    gen = torch.Generator().manual_seed(2)
+    views = [torch.randn(3, 2, 2, generator=gen, dtype=torch.float64) for _ in range(5)]
+    layouts = []
+    for memo in (None, {}):
+        segs = []
+        for g in range(200):  # a few views coming back in no order
+            segs.append([g, 1, None, views[(g * g) % 5] + 1e-3 * g])
+            while len(segs) > 20:
+                merge_similar(segs, 20, memo)
+        layouts.append([s[:2] for s in segs])
+        assert memo is None or len(memo) < 20  # pairs the merges ended are forgotten
+    assert layouts[0] == layouts[1]
 
 
 def test_similar_chunks_index_scattered_full_detail_groups(tmp_path):
