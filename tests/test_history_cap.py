@@ -143,6 +143,16 @@ def test_capped_chunks_rebuild_the_same_state(merge):
     assert torch.equal(again.grid, state.grid)
     assert torch.equal(again.tokens()[1], state.tokens()[1])
     assert again.num_tokens == state.num_tokens and again.num_groups == state.num_groups
+    if merge == "oldest":  # chunks written before the merge rules (full-detail groups as a run) still load
+        old = [{k: v for k, v in c.items() if k != "tokens_done_groups"} for c in chunks]
+        for o, c in zip(old, chunks):
+            if "tokens_done_groups" in c:
+                index = c["tokens_done_groups"]
+                assert torch.equal(index, torch.arange(int(index[0]), int(index[0]) + len(index)))
+                o["tokens_done_from"] = index[0]
+        before = HistoryState(enc, max_tokens=cap, merge="oldest")
+        before.load_chunks(old)
+        assert torch.equal(before.grid, state.grid)
     # and it goes on identically
     more = _latents(9, seed=5)
     assert again.append(more) == state.append(more)
