@@ -160,7 +160,7 @@ class JobDir:
             raise InputError(where, f"job format {data.get('format')!r} is not {FORMAT}; resume it with the version that wrote it")
         try:
             request = GenerationRequest(**data["request"])
-            preset = preset_from_dict(_read_json(self.root / PRESET, where), f"{where}/{PRESET}")
+            preset = preset_from_dict(_saved_preset(_read_json(self.root / PRESET, where)), f"{where}/{PRESET}")
             out, seg = Path(data["out"]), Path(data["segments_dir"])
         except (KeyError, TypeError) as e:
             raise InputError(where, f"{REQUEST} lacks or garbles {e}; the job folder is damaged") from None
@@ -305,7 +305,8 @@ class JobDir:
         mode = pipeline.option(request, "history_mode")
         device = pipeline.backbone.device
         cap = pipeline.history_cap(request, _size(request, pipeline.preset)) if mode == "encoder" else 0
-        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap)
+        history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap,
+                               merge=pipeline.option(request, "history_merge"))  # the rule the job started with
         try:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:
@@ -319,6 +320,14 @@ class JobDir:
                 torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
         return gen, resumed
+
+
+def _saved_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """A job's saved preset; one written before ``history.merge`` existed capped by ``oldest``, the only rule then."""
+    history = data.get("history")
+    if isinstance(history, dict) and "merge" not in history:
+        data = {**data, "history": {**history, "merge": "oldest"}}
+    return data
 
 
 def _size(request: GenerationRequest, preset: Preset) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-from .config import HISTORY_MODES, InputError, ROOT, GenerationRequest, available_presets, load_preset
+from .config import HISTORY_MERGES, HISTORY_MODES, InputError, ROOT, GenerationRequest, available_presets, load_preset
 
 
 class UsageError(Exception):
@@ -50,7 +50,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="history guidance (encoder mode): 1 = off, >1 leans harder on the history embedding")
     g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
     g.add_argument("--max-history-tokens", type=int, metavar="N",
-                   help="bounded history: at most N history tokens, older history coarser (0 = no cap; default: the preset's)")
+                   help="bounded history: at most N history tokens, merging groups to fit (0 = no cap; default: the preset's)")
+    g.add_argument("--history-merge", choices=HISTORY_MERGES,
+                   help="which history groups the token cap merges: similar (held views merge, a view seen once keeps "
+                        "full detail) or oldest (detail falls with age); default: the preset's")
     g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int)
@@ -174,6 +177,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
         history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
         steps=args.steps, guidance=args.guidance,
         cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
+        history_merge=args.history_merge,
         loras=[] if args.no_loras else None if args.lora is None else [parse_lora(text) for text in args.lora],
         cache=args.cache,
     )

@@ -21,6 +21,8 @@ from .device import DTYPE_NAMES, WEIGHT_STORAGE
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "presets"
 HISTORY_MODES = ("encoder", "window", "none")
+#: the rules a history-token cap merges by (``history.MERGE_RULES``); the first is the default
+HISTORY_MERGES = ("similar", "oldest")
 #: text-to-video start frames each backbone offers, its default first. An image-to-video checkpoint
 #: (FramePack-F1) always wants a start image: black, white, green screen (chroma-key 0,177,64) or
 #: seeded noise, as FramePack-Studio offers; the toy draws its world's first view.
@@ -102,10 +104,13 @@ class HistorySpec:
     # add-on window alone, which Stage II trains with the same weights) and the prediction moves
     # ``guidance`` times as far from that one: 1 = off, > 1 leans harder on memory. Costs a second pass.
     guidance: float = 1.0
-    # Bounded history (mode "encoder"): at most this many history tokens; when they would pass it, the
-    # oldest history is re-encoded at twice the time reduction (and again, as needed) while recent
+    # Bounded history (mode "encoder"): at most this many history tokens; when they would pass it, two
+    # neighbouring token groups are re-encoded as one from their time-averaged latents while recent
     # history keeps full detail. 0 = no cap: the tokens grow with the video.
     max_tokens: int = 0
+    # Which groups the cap merges: "similar" (the neighbours whose latents differ least: held views merge,
+    # a view seen once keeps full detail however old) or "oldest" (detail falls with age).
+    merge: str = "similar"
 
 
 @dataclass
@@ -209,6 +214,8 @@ def _check(preset: Preset) -> None:
         raise InputError("history.guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {h.guidance!r})")
     if h.max_tokens < 0:
         raise InputError("history.max_tokens", f"must be >= 0 (0 = no cap; got {h.max_tokens})")
+    if h.merge not in HISTORY_MERGES:
+        raise InputError("history.merge", f"must be one of {', '.join(HISTORY_MERGES)} (got {h.merge!r})")
     if m.backbone not in ("toy", "hunyuan_framepack"):
         raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
     if v.buckets is None:
@@ -410,6 +417,8 @@ class GenerationRequest:
     height: int | None = None
     #: bounded history: the most history tokens (0 = no cap); None = the preset's ``history.max_tokens``
     max_history_tokens: int | None = None
+    #: which groups the history-token cap merges (``HISTORY_MERGES``); None = the preset's ``history.merge``
+    history_merge: str | None = None
     #: LoRAs on the DiT: ``[{"name": FILE, "weight": W}]``; resolving adds ``path`` and ``sha256`` (kept for
     #: the sidecar and for resume); None = the preset's ``loras``, [] = none
     loras: list[dict[str, Any]] | None = None
@@ -449,6 +458,8 @@ class GenerationRequest:
         cap = self.max_history_tokens
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_HISTORY_TOKENS):
             raise InputError("--max-history-tokens", f"must be an integer in [0, {MAX_HISTORY_TOKENS}] (0 = no cap; got {cap!r})")
+        if self.history_merge is not None and self.history_merge not in HISTORY_MERGES:
+            raise InputError("--history-merge", f"must be one of {', '.join(HISTORY_MERGES)} (got {self.history_merge!r})")
         if self.cfg is not None and self.cfg < 1:
             raise InputError("--cfg", f"must be >= 1 (got {self.cfg:g})")
         if self.shift is not None and self.shift <= 0:

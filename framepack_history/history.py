@@ -12,16 +12,34 @@ the few raw frames this needs are the only context ever re-read.
 
 **Bounded history** (``max_tokens > 0``): tokens grow linearly with the
 video, so a cap keeps them bounded. When the complete groups would pass the
-cap, the two oldest groups of the finest level that has to give way are
-replaced by one group of the next level: the same encoder run on their raw
-latents averaged over time by ``2**level``, so one token frame covers
-``2**level`` groups (twice the time reduction per level). Recent history keeps
-full detail: at least half the budget stays at level 0 while older levels can
-still merge. Coarse groups keep their true place in time: each token sits at
-the centre of the frames it covers. The layout after ``G`` complete groups
-depends on ``G`` alone (groups are added one at a time and merged by the same
-rule) and a coarse group's tokens depend only on its frames, so however the
-appends were split, and after a resume, the state is the same.
+cap, two neighbouring groups are replaced by one: the same encoder run on
+their raw latents averaged over time by the number of groups they cover, so
+one token frame stands for all of them. Which two is the merge rule's choice
+(``merge``):
+
+* ``similar`` (the default): the neighbours whose raw latents differ least,
+  by Ward's cost ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2`` on the
+  latents' means over time ``[C, H, W]`` (``n``: fine groups covered), the
+  squared error that replacing both by one mean adds. A held or repeated view
+  costs almost nothing to merge, so it merges first; a view seen once, unlike
+  its neighbours, keeps full detail however old it is (while cheaper merges
+  remain), so a return to it later still finds it in detail.
+* ``oldest``: the two oldest groups of the finest level that has to give way
+  become one of the next level (``2**level`` groups), so detail falls with age.
+
+Either way recent history keeps full detail: ``similar`` never merges the
+newest ``budget // 2`` groups, ``oldest`` keeps at least half the budget at
+level 0 while older levels can still merge. Coarse groups keep their true
+place in time: each token sits at the centre of the frames it covers.
+
+Groups are added one at a time and merged by the rule, so the layout depends
+on the raw latents (with ``oldest``, on the group count alone), never on how
+the appends were split, and a coarse group's tokens depend only on its frames.
+A resume replays the same merges from the saved latents (the sums are taken
+in float64, independent of how the frames lie in memory), so the state after a
+resume is the same as without one. Checkpoint chunks name the group of each
+full-detail token frame they hold: under ``similar`` merged groups can lie
+between them.
 """
 
 from __future__ import annotations
@@ -49,17 +67,25 @@ def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
 class HistoryState:
     """Raw latents (host) + compressed tokens (device) + their positions."""
 
-    def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu", max_tokens: int = 0) -> None:
+    def __init__(self, encoder: HistoryEncoder | None, device: torch.device | str = "cpu", max_tokens: int = 0,
+                 merge: str = "similar") -> None:
         self.encoder = encoder
         self.device = torch.device(device)
         #: the token cap (0 = none: the history grows with the video)
         self.max_tokens = int(max_tokens)
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0 (got {max_tokens})")
-        # Capped: the complete groups as segments ``[first fine group, level, tokens [1, 1, h, w, D]]``,
-        # oldest first; a level-l segment covers 2**l fine groups. (Uncapped, ``_done`` holds them.)
+        if merge not in MERGE_RULES:
+            raise ValueError(f"merge must be one of {', '.join(MERGE_RULES)} (got {merge!r})")
+        #: which groups the cap merges: ``oldest`` (by age) or ``similar`` (the neighbours that differ least)
+        self.merge = merge
+        # Capped: the complete groups as segments ``[first fine group, fine groups covered, tokens [1, 1, h, w, D],
+        # sum of their raw latents over time [C, H, W]]``, oldest first. (Uncapped, ``_done`` holds them.)
         self._segs: list[list] = []
         self._fine_groups = 0
+        # ``similar``'s costs of the neighbour pairs it has weighed, by ``(first group, n_a, n_b)``: one merge
+        # changes two pairs, so each merge weighs two (a resume replays hundreds of merges)
+        self._costs: dict[tuple[int, int, int], float] = {}
         # Raw latents on the host, one chunk per append (no copy of the past per section).
         self._chunks: list[torch.Tensor] = []
         self._frames = 0
@@ -205,10 +231,10 @@ class HistoryState:
             tensors["latents"] = self._last_frames(new).contiguous()
             tensors["track"] = torch.tensor(self._track[since_frames:], dtype=torch.float32)
         if self.capped:  # the new groups still at full detail (merged ones are re-encoded on load)
-            fine = [seg for seg in self._segs if seg[1] == 0 and seg[0] >= since_groups]
+            fine = [seg for seg in self._segs if seg[1] == 1 and seg[0] >= since_groups]
             done = torch.cat([seg[2] for seg in fine], dim=1) if fine else None
-            if fine:
-                tensors["tokens_done_from"] = torch.tensor(fine[0][0], dtype=torch.int64)
+            if fine:  # by index: ``similar`` may have merged groups between them
+                tensors["tokens_done_groups"] = torch.tensor([seg[0] for seg in fine], dtype=torch.int64)
         else:
             done = self._last_groups(self.num_groups - since_groups)
         for name, t in (("tokens_done", done), ("tokens_tail", self._tail)):
@@ -232,7 +258,7 @@ class HistoryState:
         """Rebuild the state from :meth:`chunk` outputs, oldest first; tokens go back to the device."""
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
         self._chunks, self._track, self._done, self._tail = [], [], [], None
-        self._segs, self._fine_groups = [], 0
+        self._segs, self._fine_groups, self._costs = [], 0, {}
         if self.capped:
             return self._load_capped(chunks, dtype)
         for c in chunks:
@@ -261,9 +287,9 @@ class HistoryState:
     def time_reduction_at(self, frame: int) -> int:
         """How many of the encoder's groups the token frame holding latent ``frame`` covers (1: full detail)."""
         g = self.encoder.frames_per_group if self.encoder is not None else 1
-        for first, level, _ in self._segs if self.capped else ():
-            if first * g <= frame < (first + 2**level) * g:
-                return 2**level
+        for first, n, *_ in self._segs if self.capped else ():
+            if first * g <= frame < (first + n) * g:
+                return n
         return 1
 
     def _budget(self, tokens_per_group: int) -> int:
@@ -282,11 +308,23 @@ class HistoryState:
 
     def _grow(self, tokens: torch.Tensor | None, tokens_per_group: int) -> None:
         """One more complete group at full detail; merge until the layout fits the budget again."""
-        self._segs.append([self._fine_groups, 0, tokens])
+        first = self._fine_groups
+        self._segs.append([first, 1, tokens, self._group_sum(first)])
         self._fine_groups += 1
         budget = self._budget(tokens_per_group)
         while len(self._segs) > budget:
-            merge_oldest(self._segs, budget)
+            MERGE_RULES[self.merge](self._segs, budget, self._costs)
+
+    def _group_sum(self, group: int) -> torch.Tensor | None:
+        """The sum over time of fine group ``group``'s raw latents ``[C, H, W]`` (only ``similar`` reads it).
+
+        Summed in float64 after the conversion: the result must not depend on how the frames lie in
+        memory (one chunk or several), or a resume could replay different merges.
+        """
+        if self.merge != "similar":
+            return None
+        g = self.encoder.frames_per_group
+        return self._frames_between(group * g, (group + 1) * g).double().sum(2)[0]
 
     def _encode_merged(self) -> None:
         """Encode the coarse groups that merges left without tokens (only those still in the layout)."""
@@ -295,9 +333,9 @@ class HistoryState:
                 seg[2] = self._encode_coarse(seg[0], seg[1])
 
     @torch.no_grad()
-    def _encode_coarse(self, first_group: int, level: int) -> torch.Tensor:
-        """One token frame for ``2**level`` groups: their raw latents averaged over time by ``2**level``, encoded."""
-        g, k = self.encoder.frames_per_group, 2**level
+    def _encode_coarse(self, first_group: int, k: int) -> torch.Tensor:
+        """One token frame for ``k`` groups: their raw latents averaged over time by ``k``, encoded."""
+        g = self.encoder.frames_per_group
         frames = self._frames_between(first_group * g, (first_group + k) * g)
         pooled = frames.unflatten(2, (g, k)).mean(3) if k > 1 else frames
         return self.encoder(pooled.to(self.device, self.encoder.dtype))
@@ -315,7 +353,7 @@ class HistoryState:
     def _spans(self) -> list[tuple[int, int]]:
         """``(first latent frame, frames)`` of every token frame (segments, then the partial group)."""
         g = self.encoder.frames_per_group
-        spans = [(seg[0] * g, 2 ** seg[1] * g) for seg in self._segs]
+        spans = [(seg[0] * g, seg[1] * g) for seg in self._segs]
         if self._tail is not None:
             spans.append((self._fine_groups * g, self.num_frames - self._fine_groups * g))
         return spans
@@ -348,10 +386,12 @@ class HistoryState:
                 self._track += c["track"].tolist() if "track" in c else [0.0] * int(lat.shape[2])
             if "tokens_done" in c:
                 done = c["tokens_done"]
-                first = int(c["tokens_done_from"]) if "tokens_done_from" in c else groups
-                for i in range(int(done.shape[1])):
-                    fine[first + i] = done[:, i : i + 1]
-                groups = first + int(done.shape[1])
+                index = _done_groups(c, groups)
+                if len(index) != done.shape[1]:
+                    raise ValueError(f"a history chunk holds {done.shape[1]} token groups but {len(index)} indices")
+                for i, group in enumerate(index):
+                    fine[group] = done[:, i : i + 1]
+                groups = index[-1] + 1 if index else groups
         self._frames = sum(int(c.shape[2]) for c in self._chunks)
         if len(self._track) != self._frames:
             raise ValueError(f"history chunks hold {self._frames} latent frames but {len(self._track)} track offsets")
@@ -364,18 +404,28 @@ class HistoryState:
         for _ in range(complete):  # the same layout as appending, group by group
             self._grow(None, int(some.shape[2] * some.shape[3]))
         for seg in self._segs:
-            if seg[1] == 0:
+            if seg[1] == 1:
                 if seg[0] not in fine:
                     raise ValueError(f"the history chunks lack the tokens of group {seg[0]}")
                 seg[2] = fine[seg[0]].to(self.device, dtype)
         self._encode_merged()
 
+def _done_groups(chunk: dict[str, torch.Tensor], after: int) -> list[int]:
+    """The group index of each of a capped chunk's ``tokens_done`` (older chunks: a run from ``tokens_done_from``)."""
+    if "tokens_done_groups" in chunk:
+        return [int(i) for i in chunk["tokens_done_groups"]]
+    first = int(chunk["tokens_done_from"]) if "tokens_done_from" in chunk else after
+    return list(range(first, first + int(chunk["tokens_done"].shape[1])))
+
+
 #: the fewest complete groups a cap may allow (half of them stay at full detail)
 MIN_CAP_GROUPS = 8
 
 
-def merge_oldest(segs: list[list], budget: int) -> None:
+def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> None:
     """One merge: the two oldest segments of a level become one of the next level (tokens ``None``: to encode).
+
+    A level-``l`` segment covers ``2**l`` fine groups; ``costs`` is unused (the choice reads only levels).
 
     Level 0 gives way while it would keep at least half the budget (recent history keeps that much
     detail); then the finest older level with two segments; level 0 again only when no other can.
@@ -383,7 +433,8 @@ def merge_oldest(segs: list[list], budget: int) -> None:
     """
     counts: dict[int, int] = {}
     for seg in segs:
-        counts[seg[1]] = counts.get(seg[1], 0) + 1
+        lv = seg[1].bit_length() - 1
+        counts[lv] = counts.get(lv, 0) + 1
     coarse = sorted(lv for lv, n in counts.items() if lv > 0 and n >= 2)
     if counts.get(0, 0) - 2 >= budget // 2:  # merging two still leaves half the budget at level 0
         level = 0
@@ -393,5 +444,45 @@ def merge_oldest(segs: list[list], budget: int) -> None:
         level = 0
     else:
         raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
-    i = next(j for j, seg in enumerate(segs) if seg[1] == level)
-    segs[i : i + 2] = [[segs[i][0], level + 1, None]]
+    i = next(j for j, seg in enumerate(segs) if seg[1] == 2**level)
+    segs[i : i + 2] = [[segs[i][0], 2 ** (level + 1), None, None]]
+
+
+def ward_cost(a: list, b: list) -> float:
+    """Ward's cost of merging segments ``a`` and ``b``: ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2``.
+
+    The means are of the raw latents over time (each segment keeps their sum), so the cost is the squared
+    error that replacing both by one mean adds: it grows with the difference and with the frames it spans.
+    """
+    (_, na, _, sa), (_, nb, _, sb) = a[:4], b[:4]
+    return float(((sa / na - sb / nb) ** 2).sum()) * na * nb / (na + nb)
+
+
+def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int], float] | None = None) -> None:
+    """One merge: of all but the newest ``budget // 2`` segments, the two neighbours that differ least become one.
+
+    The least :func:`ward_cost` wins, ties to the oldest pair. Held, repeated views cost nothing to merge
+    while a view seen once (and unlike its neighbours) keeps full detail however old it is; the newest
+    ``budget // 2`` never merge (recent history keeps full detail). ``costs``: a memo of the pairs weighed
+    before, by ``(first group, n_a, n_b)`` (a segment's span fixes its frames, so a cost never changes).
+    """
+    older = len(segs) - budget // 2
+    if older < 2:
+        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
+    memo = {} if costs is None else costs
+
+    def cost(i: int) -> float:
+        key = (segs[i][0], segs[i][1], segs[i + 1][1])
+        if key not in memo:
+            memo[key] = ward_cost(segs[i], segs[i + 1])
+        return memo[key]
+
+    i = min(range(older - 1), key=cost)
+    for j in range(max(0, i - 1), min(i + 2, len(segs) - 1)):  # the pairs this merge ends
+        memo.pop((segs[j][0], segs[j][1], segs[j + 1][1]), None)
+    (first, na, _, sa), (_, nb, _, sb) = segs[i][:4], segs[i + 1][:4]
+    segs[i : i + 2] = [[first, na + nb, None, sa + sb]]
+
+
+#: the merge rules a cap can use, by name (the default first)
+MERGE_RULES = {"similar": merge_similar, "oldest": merge_oldest}

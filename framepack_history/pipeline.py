@@ -147,7 +147,7 @@ class Pipeline:
         if value is not None:
             return value
         source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames"),
-                  "history_guidance": ("history", "guidance"),
+                  "history_guidance": ("history", "guidance"), "history_merge": ("history", "merge"),
                   "max_history_tokens": ("history", "max_tokens")}.get(name, ("sampling", name))
         return getattr(getattr(self.preset, source[0]), source[1])
 
@@ -191,7 +191,8 @@ class Pipeline:
             raise InputError("--history", "this preset has no history encoder; use 'window' or 'none'")
         v = self.preset.video
         cap = self.history_cap(request, (w, h)) if mode == "encoder" else 0
-        history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device, max_tokens=cap)
+        history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device, max_tokens=cap,
+                               merge=self.option(request, "history_merge"))
         gen = Generation(request, board, self.sections_for(request.seconds), history)
         if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
             rate = None if self.encoder is None else self.encoder.config.rate

@@ -128,7 +128,8 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
         raise InputError("recall", f"{job.root}: history unreadable ({type(e).__name__}: {e})") from None
     request = info.request
     cap = pipeline.history_cap(request, _size(request, pipeline.preset))
-    history = HistoryState(pipeline.encoder, pipeline.backbone.device, max_tokens=cap)
+    history = HistoryState(pipeline.encoder, pipeline.backbone.device, max_tokens=cap,
+                           merge=pipeline.option(request, "history_merge"))
     try:
         history.load_chunks(chunks)
     except (ValueError, RuntimeError) as e:

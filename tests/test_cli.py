@@ -78,6 +78,7 @@ def test_hunyuan_image_to_video(tmp_path, start_image):
         (["--image", "/nonexistent/x.png"], "--image"),
         (["--continue-video", "/nonexistent/x.mp4"], "--continue-video"),
         (["--history", "forget"], "--history"),
+        (["--history-merge", "newest"], "--history-merge"),
         (["--out", "video.avi"], "--out"),
     ],
 )
