@@ -47,8 +47,8 @@ AGES_S = (10.0, 60.0, 240.0)
 MERGE = {"rule": "similar"}  # --merge: which groups the cap merges (history.merge)
 
 
-def load_pipeline() -> Pipeline:
-    preset = load_preset("toy-cpu")
+def load_pipeline(name: str = "toy-cpu") -> Pipeline:
+    preset = load_preset(name)
     bb = load_backbone(preset.model)
     bb.transformer.eval()
     return Pipeline(bb, build_encoder(preset.model, bb), preset)
@@ -153,6 +153,7 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="time whole five-minute jobs generated section by section")
     ap.add_argument("--skip-cost", action="store_true", help="revisit and recall only")
     ap.add_argument("--excursion", type=float, default=EXCURSION_S, help="seconds away before the camera returns")
+    ap.add_argument("--preset", default="toy-cpu", help="preset name or .toml (a training run's preset.toml)")
     ap.add_argument("--merge", default="similar", choices=["similar", "oldest"], help="which groups the cap merges")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--threads", type=int, default=1,
@@ -163,7 +164,7 @@ def main() -> int:
     MERGE["rule"] = args.merge
     torch.manual_seed(0)
     t_start = time.perf_counter()
-    pipe = load_pipeline()
+    pipe = load_pipeline(args.preset)
     v = pipe.preset.video
     print(f"toy-cpu: {v.fps} fps, {v.section_frames}-frame sections, rate {pipe.encoder.config.rate}, "
           f"history guidance {pipe.preset.history.guidance:g}, {torch.get_num_threads()} threads")

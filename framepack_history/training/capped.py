@@ -33,11 +33,12 @@ def cap_layout(latents: torch.Tensor, frames_per_group: int, budget: int, rule: 
     """
     g, merge = frames_per_group, MERGE_RULES[rule]
     segs: list[list] = []
+    costs: dict = {}  # the rule's memo of pair costs, as a HistoryState keeps one
     for i in range(int(latents.shape[1]) // g):
         total = latents[:, i * g : (i + 1) * g].double().sum(1) if rule == "similar" else None
         segs.append([i, 1, None, total])
         while len(segs) > budget:
-            merge(segs, budget)
+            merge(segs, budget, costs)
     return [(int(s[0]), int(s[1])) for s in segs]
 
 
