@@ -311,6 +311,7 @@ class JobDir:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:
             raise InputError(str(self.root), f"checkpoint history inconsistent ({e})") from None
+        pipeline.prepare_memory(request, board, mode, cap, _size(request, pipeline.preset))  # the plan its start made
         cond = {k[len("cond."):]: v.to(device) for k, v in cond_tensors.items() if k.startswith("cond.")}
         rng = chunks[-1][0].get("rng.cpu", cond_tensors.get("rng.cpu"))  # format 1 kept it with the conditioning
         if rng is not None:

@@ -194,22 +194,7 @@ class Pipeline:
         history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device, max_tokens=cap,
                                merge=self.option(request, "history_merge"))
         gen = Generation(request, board, self.sections_for(request.seconds), history)
-        if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
-            rate = None if self.encoder is None else self.encoder.config.rate
-            # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
-            starts = bool(request.image or request.continue_video or request.start_frame)
-            # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
-            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap),
-                             sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
-            # and its guidance: the passes run block by block together (more activations)
-            preset = replace(preset, sampling=replace(preset.sampling, cfg=float(self.option(request, "cfg"))),
-                             history=replace(preset.history, guidance=float(self.option(request, "history_guidance"))))
-            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=(w, h))
-        if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
-            for prompt in dict.fromkeys(p for _, p in board):
-                self.text(prompt)
-            if float(self.option(request, "cfg")) != 1.0:
-                self.text(self.preset.sampling.negative_prompt)
+        self.prepare_memory(request, board, mode, cap, (w, h))
         frames, latents, shown = None, None, True
         if request.continue_video:
             frames = read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
@@ -229,6 +214,30 @@ class Pipeline:
                 latents = self.backbone.vae_encode(to_pixels(frames))
         history.append(latents)
         return gen, frames if shown else None
+
+    def prepare_memory(self, request: GenerationRequest, board: list[tuple[float, str]], mode: str, cap: int,
+                       size: tuple[int, int]) -> None:
+        """Plan device memory for this request and load its prompts' text (a start, and a resume alike).
+
+        The plan reads the request's length, history mode and cap, resolution, guidance and cache:
+        a job resumed after a restart needs the same plan its start made, not the manager's first one.
+        """
+        if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
+            rate = None if self.encoder is None else self.encoder.config.rate
+            # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
+            starts = bool(request.image or request.continue_video or request.start_frame)
+            # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
+            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap),
+                             sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
+            # and its guidance: the passes run block by block together (more activations)
+            preset = replace(preset, sampling=replace(preset.sampling, cfg=float(self.option(request, "cfg"))),
+                             history=replace(preset.history, guidance=float(self.option(request, "history_guidance"))))
+            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=size)
+        if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
+            for prompt in dict.fromkeys(p for _, p in board):
+                self.text(prompt)
+            if float(self.option(request, "cfg")) != 1.0:
+                self.text(self.preset.sampling.negative_prompt)
 
     def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
         """The request's history-token cap (0 = none), checked against one token group at ``size``."""

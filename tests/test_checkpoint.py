@@ -431,3 +431,42 @@ def test_atomic_writes_are_fsynced_before_they_are_named(tmp_path, monkeypatch):
         assert tmp.name == "v.part.mp4"
         tmp.write_bytes(b"x")
     assert (tmp_path / "v.mp4").read_bytes() == b"x"
+
+
+class _PlanRecorder:
+    """A memory manager stand-in that records the plans asked of it."""
+
+    def __init__(self) -> None:
+        self.plans: list[dict] = []
+
+    def prepare(self, preset, seconds, **kw) -> str:
+        self.plans.append({"seconds": seconds, "max_tokens": preset.history.max_tokens,
+                           "guidance": preset.history.guidance, **kw})
+        return ""
+
+    def phase(self, name, section=None):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def test_a_resumed_job_is_planned_as_its_start_was(toy_pipeline, tmp_path):
+    """After a restart the memory manager plans the job's own request (length, mode, cap, size), not its first plan."""
+    from framepack_history.render import render
+
+    request = GenerationRequest(prompt="0s: camera pans right; 2s: camera holds", seconds=4, seed=2, steps=1,
+                                max_history_tokens=160, history_guidance=1.5)
+    job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=2)
+    job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
+    recorder = _PlanRecorder()
+    toy_pipeline.memory = recorder
+    try:
+        with pytest.raises(_Crash):
+            render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)
+        started = list(recorder.plans)
+        gen, _ = JobDir(job.root).restore(toy_pipeline)
+    finally:
+        toy_pipeline.memory = None
+    assert gen.next_section == 2 and len(started) == 1
+    assert recorder.plans[1:] == started  # the same plan again, from the saved request alone
+    assert started[0]["seconds"] == 4 and started[0]["max_tokens"] == 160 and started[0]["guidance"] == 1.5
