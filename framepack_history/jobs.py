@@ -217,6 +217,11 @@ class Worker:
             raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
         if not isinstance(prompt, str):
             raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        p = job.progress
+        if job.status == "running" and p.sections_total and p.section >= p.sections_total - 1:
+            # an edit is taken before a section starts: none is left for it once the last one has
+            raise InputError("job", f"{job_id} is making its last section ({p.sections_total} of {p.sections_total}); "
+                                    "no section is left for a storyboard edit")
         jd = self.job_dir(job_id)
         preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
         dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)

@@ -367,3 +367,20 @@ def test_gallery_pick_reuse_and_extend_handlers(toy_pipeline, tmp_path):
     new = worker.job_dir(job_id)
     assert worker.queued() == [job_id] and new.checkpoint()["total_sections"] == 5 and new.checkpoint()["next_section"] == 2
     assert new.info().request.prompt == "0s: camera holds" and new.info().extra["extended_at"] == 2
+
+
+def test_a_steer_during_the_last_section_is_refused_with_the_reason(tmp_path):
+    """An edit is taken before a section starts; once the last one runs none would follow it, so it is refused."""
+    from framepack_history.job_store import JobSpec
+    from framepack_history.jobs import Worker
+    from tests.conftest import TINY_TOY
+
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")  # not started: the job stays as we set it
+    job = worker.submit(JobSpec(GenerationRequest(prompt="camera pans left", seconds=2, seed=1, steps=1), str(TINY_TOY)))
+    worker.store.update(job, status="running")
+    job.progress.sections_total, job.progress.section = 4, 2
+    assert worker.steer(job.id, "camera holds").steer_pending == "camera holds"  # section 3 of 4 still to come
+    job.progress.section = 3
+    with pytest.raises(InputError, match="last section \\(4 of 4\\); no section is left"):
+        worker.steer(job.id, "camera pans right")
+    assert job.steer_pending == "camera holds"  # the earlier edit is untouched
