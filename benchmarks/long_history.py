@@ -17,6 +17,11 @@ measured with and without ``history.max_tokens`` (the shipped model, ``toy-cpu``
 
     nice -n 10 python benchmarks/long_history.py                 # 8 worlds, the 5-minute timing from true history
     nice -n 10 python benchmarks/long_history.py --caps 0,40 --worlds 0 --full   # whole generated jobs (about 10 min)
+    nice -n 10 python benchmarks/long_history.py --skip-cost --caps 0,40,80,160 --worlds 64 --merge oldest  # README rows
+    nice -n 10 python benchmarks/long_history.py --skip-cost --worlds 64 --preset outputs/train/toy-long/preset.toml
+
+``--merge`` picks the cap's merge rule (``history.merge``: similar, the default, or oldest); ``--preset`` another
+model (a training run's ``preset.toml``). The margin's ± is the standard error of the paired per-world differences.
 """
 
 from __future__ import annotations
