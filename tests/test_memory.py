@@ -331,3 +331,20 @@ def test_out_of_memory_part_way_through_a_copy_leaves_the_group_on_the_host():
     group.host[1] = real
     group.onload()
     assert group.on_device and all(ledger.is_resident(t) for t in group.tensors)
+
+
+def test_the_similar_rule_plans_its_segment_sums_on_the_host():
+    """Capped with ``similar``, every segment keeps a float64 sum of its raw latents: the host rows count them."""
+    from dataclasses import replace
+
+    from framepack_history.config import load_preset
+
+    preset = load_preset("rtx4070-12gb")
+    assert preset.history.max_tokens and preset.history.merge == "similar"
+    oldest = replace(preset, history=replace(preset.history, merge="oldest"))
+    a = plan(preset, 300, history_mode="encoder", rate="4x4x2", budget=Budget(64 * GiB, 64 * GiB, "cuda", "test"))
+    b = plan(oldest, 300, history_mode="encoder", rate="4x4x2", budget=Budget(64 * GiB, 64 * GiB, "cuda", "test"))
+    per_segment = 16 * 60 * 104 * 8  # 16 latent channels at 480x832 (60x104 latents), float64
+    segments = preset.history.max_tokens // (8 * 13)  # 4x4x2 of 2x2 DiT patches on 60x104 latents: 8x13 per group
+    assert a.host_peak - b.host_peak == per_segment * segments
+    assert [r.device_peak_bytes for r in a] == [r.device_peak_bytes for r in b]  # the device is not touched

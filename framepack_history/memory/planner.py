@@ -224,12 +224,18 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     per_group = enc.tokens_for(1, h, w)
     most = preset.history.max_tokens // per_group * per_group if preset.history.max_tokens else None
 
+    # the similar rule keeps a float64 sum of each capped segment's raw latents on the host (history.HistoryState)
+    sum_bytes = geo.latent_channels * h * w * 8 if mode == "encoder" and most and preset.history.merge == "similar" else 0
+
+    def merge_sums(f: int) -> int:
+        return sum_bytes * min(f // enc.frames_per_group, most // per_group) if sum_bytes else 0
+
     def hist(f: int) -> int:
         n = enc.tokens_for(f, h, w) if mode == "encoder" and f else 0
         return n if most is None else min(n, most)
 
     latent_bytes = geo.latent_channels * t * h * w * 4
-    host_latents = [geo.latent_channels * f * h * w * 4 for f in frames]
+    host_latents = [geo.latent_channels * f * h * w * 4 + merge_sums(f) for f in frames]
     tok_bytes = geo.hidden_size * dsize
     vae_b, enc_b, nonblock = module_bytes(bb.vae), module_bytes(enc), comps.nonblock_bytes() + adapter_bytes
     sizes = comps.block_bytes()
