@@ -357,6 +357,8 @@ def cmd_recall(args: argparse.Namespace) -> int:
     if args.real_out:
         save_png(r.real, args.real_out, scale)
     print(r.summary())
+    if r.layout_text():
+        print(r.layout_text())
     print(f"PSNR {r.psnr:.2f} dB; wrote {args.out}" + (f" and {args.real_out}" if args.real_out else ""))
     return 0
 

@@ -284,6 +284,26 @@ class HistoryState:
         self.load_chunks([load_file(str(path))])
 
     # ------------------------------------------------------------- the cap
+    def layout(self) -> list[tuple[int, int, int]]:
+        """``(first latent frame, frames, time reduction)`` of the history's runs, oldest first.
+
+        Consecutive full-detail token frames form one run (reduction 1); each merged group of a capped
+        history is a run of its own (reduction = the fine groups it covers). Uncapped: one run.
+        """
+        if not self.num_frames:
+            return []
+        if not self.capped:
+            return [(0, self.num_frames, 1)]
+        runs: list[tuple[int, int, int]] = []
+        spans = self._spans()  # the segments, then the partial last group (full detail)
+        for i, (a, n) in enumerate(spans):
+            k = int(self._segs[i][1]) if i < len(self._segs) else 1
+            if runs and k == 1 and runs[-1][2] == 1:
+                runs[-1] = (runs[-1][0], runs[-1][1] + n, 1)
+            else:
+                runs.append((a, n, k))
+        return runs
+
     def time_reduction_at(self, frame: int) -> int:
         """How many of the encoder's groups the token frame holding latent ``frame`` covers (1: full detail)."""
         g = self.encoder.frames_per_group if self.encoder is not None else 1

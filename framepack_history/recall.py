@@ -47,6 +47,14 @@ class Recall:
     real: np.ndarray  # uint8 [H, W, 3]
     psnr: float  # dB
     seconds: float  # the video's length so far
+    #: what the embedding keeps: ``(from s, to s, time reduction)`` runs of the saved history (1 = full detail)
+    layout: tuple[tuple[float, float, int], ...] = ()
+
+    def layout_text(self) -> str:
+        """``memory: 0-5 s full detail, 5-230 s 156x coarser, ...`` (capped histories merge what repeats)."""
+        runs = [f"{round(a, 2):g}-{round(b, 2):g} s " + ("full detail" if k == 1 else f"{k}x coarser")
+                for a, b, k in self.layout]
+        return "memory: " + ", ".join(runs) if runs else ""
 
     def summary(self) -> str:
         detail = "full detail" if self.coarse == 1 else f"a group {self.coarse}x coarser in time (bounded history)"
@@ -147,8 +155,10 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     fps = pipeline.preset.video.fps
     end_frame = history.num_frames - 1
     age = (end_frame - pos) * pipeline.preset.video.section_frames / pipeline.section_latent_frames / fps
+    layout = tuple((seconds_of(pipeline, ck, history.num_frames, a), seconds_of(pipeline, ck, history.num_frames, a + n), k)
+                   for a, n, k in history.layout())
     return Recall(at, pos, age, int(ck.get("next_section", 0)), history.num_tokens, history.time_reduction_at(pos),
-                  to_uint8(got[0])[0], to_uint8(real[0])[0], score, seconds)
+                  to_uint8(got[0])[0], to_uint8(real[0])[0], score, seconds, layout)
 
 
 def _size(request: Any, preset: Any) -> tuple[int, int]:
@@ -175,6 +185,17 @@ def frame_at(pipeline: Pipeline, ck: dict, history_frames: int, at: float) -> tu
     else:
         pos = start + (p - context) * n // v.section_frames
     return max(0, min(history_frames - 1, pos)), seconds
+
+
+def seconds_of(pipeline: Pipeline, ck: dict, history_frames: int, frame: int) -> float:
+    """Video time (s) at which history latent ``frame`` begins: the inverse of :func:`frame_at`."""
+    v = pipeline.preset.video
+    sections, context = int(ck.get("next_section", 0)), int(ck.get("context_frames", 0))
+    n = pipeline.section_latent_frames
+    start = history_frames - n * sections  # latents before section 0 (start image, continued video)
+    if frame < start:  # the start frames, spread evenly over their latents
+        return context / v.fps * frame / start
+    return (context + (frame - start) * v.section_frames / n) / v.fps
 
 
 def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:

@@ -34,6 +34,7 @@ def test_the_memory_tab_recalls_a_frame(tmp_path):
         psnr = page.locator("#fph-recall-psnr")
         expect(psnr).to_contain_text("PSNR", timeout=90_000)
         assert "latent frame 6" in psnr.inner_text()
+        assert "memory: 0-" in psnr.inner_text() and "full detail" in psnr.inner_text()  # what the embedding keeps
         expect(page.locator("#fph-recalled img")).to_be_visible()
         expect(page.locator("#fph-real img")).to_be_visible()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

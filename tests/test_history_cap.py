@@ -407,5 +407,11 @@ def test_the_inspector_rebuilds_the_history_with_the_jobs_rule(toy_pipeline, tmp
         got = [_recall(toy_pipeline, job, at / 4, 1, 0) for at in range(16)]
         assert [r.coarse for r in got] == [history.time_reduction_at(r.frame) for r in got]
         assert got[-1].history_tokens == history.num_tokens
+        # the layout the inspector shows: runs that tile the video, each frame in the run of its reduction
+        runs = got[-1].layout
+        assert runs[0][0] == 0 and runs[-1][1] == got[-1].seconds
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:])) and any(k > 1 for *_, k in runs)
+        assert [next(k for a, b, k in runs if a <= r.at < b) for r in got] == [r.coarse for r in got]
+        assert got[-1].layout_text().startswith("memory: 0-") and "x coarser" in got[-1].layout_text()
         coarse[merge] = [r.coarse for r in got]
     assert coarse["oldest"] != coarse[None] and max(coarse[None]) > 1  # the two rules' layouts differ here

@@ -37,7 +37,8 @@ class MemoryTab:
     def recall_click(self, job_id: Any, at: Any, request: gr.Request | None = None) -> tuple:
         """Memory tab: the frame recalled from the embedding, the real frame, and their PSNR."""
         r = self._recall(job_id, at, request=request)
-        return r.recalled, r.real, f"**PSNR {r.psnr:.2f} dB** · {r.summary()} · saved history: {r.sections} sections, {r.seconds:g} s"
+        return r.recalled, r.real, (f"**PSNR {r.psnr:.2f} dB** · {r.summary()} · saved history: {r.sections} sections, "
+                                    f"{r.seconds:g} s · {r.layout_text()}")
 
     def recall_choices(self, request: gr.Request | None = None) -> Any:
         """Memory tab: every job this user sees, newest first."""
@@ -62,5 +63,6 @@ class MemoryTab:
         for image, path in zip((r.recalled, r.real), paths):
             Image.fromarray(image).save(path)
         info = {"psnr": r.psnr, "at": r.at, "latent_frame": r.frame, "age_s": r.age_s, "sections": r.sections,
-                "history_tokens": r.history_tokens, "time_reduction": r.coarse, "seconds": r.seconds, "summary": r.summary()}
+                "history_tokens": r.history_tokens, "time_reduction": r.coarse, "seconds": r.seconds, "summary": r.summary(),
+                "layout": [list(run) for run in r.layout]}
         return str(paths[0]), str(paths[1]), info
