@@ -104,7 +104,7 @@ class JobRunner:
                    pending_steer=lambda: self._take_steer(job), on_steer=lambda steers: store.update(
                        job, steers=steers, message=f"storyboard edited; in force from section {steers[-1]['section'] + 1}"))
         except Cancelled:
-            self._keep_partial(job, preset, progress.sections)
+            self._keep_partial(job, preset, progress.sections, getattr(pipeline.backbone, "speed", None))
             done = job.progress.sections_done
             store.update(job, status="cancelled", message=f"cancelled after {done} of {job.progress.sections_total} sections",
                          finished=time.time())
@@ -138,8 +138,8 @@ class JobRunner:
         self.store.update(job, status="failed", message=message, finished=time.time())
         record_status(jd, "failed", message)
 
-    def _keep_partial(self, job: Job, preset: Preset, sections: list[dict]) -> None:
-        """A cancelled job keeps what it finished: segments joined without re-encoding.
+    def _keep_partial(self, job: Job, preset: Preset, sections: list[dict], speed: dict | None = None) -> None:
+        """A cancelled job keeps what it finished: segments joined without re-encoding (``speed``: as a finished one).
 
         The frame count is read from the joined video: it holds the start frames and an overlap
         tail that FramePack-F1's decode held back, which no section's progress counted.
@@ -152,8 +152,9 @@ class JobRunner:
         out = job.folder / "video.mp4"
         concat_segments(job.segments, out)
         seg_log = SegmentLog(job.folder / "segments", preset.video.fps, list(job.segments), sections, count_frames(out))
-        steers = {"steers": job.steers} if job.steers else {}
-        write_json(sidecar(job.spec.request, preset, seg_log, {"cancelled": True, "video": str(out), **steers}),
+        extra = {"cancelled": True, "video": str(out), **({"steers": job.steers} if job.steers else {}),
+                 **({"speed": speed} if speed else {})}
+        write_json(sidecar(job.spec.request, preset, seg_log, extra),
                    out.with_suffix(".json"))
         self.store.update(job, video=out, sidecar=out.with_suffix(".json"))
 

@@ -77,7 +77,9 @@ def test_cancel_queued_and_running(worker):
     assert side["cancelled"] is True and side["frames"] == count_frames(job.video)
     assert queued.started is None
     # the worker goes on
-    assert wait(worker, worker.submit(spec()).id).status == "done"
+    done = wait(worker, worker.submit(spec()).id)
+    assert done.status == "done"
+    assert side["speed"] == json.loads(done.sidecar.read_text())["speed"]  # what ran, as a finished job records it
 
 
 def test_second_client_sees_the_same_job(worker):
