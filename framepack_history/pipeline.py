@@ -227,7 +227,8 @@ class Pipeline:
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
             # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
-            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap),
+            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap,
+                                                          merge=self.option(request, "history_merge")),
                              sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
             # and its guidance: the passes run block by block together (more activations)
             preset = replace(preset, sampling=replace(preset.sampling, cfg=float(self.option(request, "cfg"))),

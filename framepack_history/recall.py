@@ -193,8 +193,10 @@ def seconds_of(pipeline: Pipeline, ck: dict, history_frames: int, frame: int) ->
     sections, context = int(ck.get("next_section", 0)), int(ck.get("context_frames", 0))
     n = pipeline.section_latent_frames
     start = history_frames - n * sections  # latents before section 0 (start image, continued video)
-    if frame < start:  # the start frames, spread evenly over their latents
-        return context / v.fps * frame / start
+    if frame < start:  # inside the start frames: the first one frame_at maps to this latent or a later one
+        geo = pipeline.backbone.geometry
+        first = next((p for p in range(context) if min(start - 1, geo.latent_frames(p + 1) - 1) >= frame), context)
+        return first / v.fps
     return (context + (frame - start) * v.section_frames / n) / v.fps
 
 

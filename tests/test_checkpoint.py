@@ -441,7 +441,7 @@ class _PlanRecorder:
 
     def prepare(self, preset, seconds, **kw) -> str:
         self.plans.append({"seconds": seconds, "max_tokens": preset.history.max_tokens,
-                           "guidance": preset.history.guidance, **kw})
+                           "guidance": preset.history.guidance, "merge": preset.history.merge, **kw})
         return ""
 
     def phase(self, name, section=None):
@@ -455,7 +455,7 @@ def test_a_resumed_job_is_planned_as_its_start_was(toy_pipeline, tmp_path):
     from framepack_history.render import render
 
     request = GenerationRequest(prompt="0s: camera pans right; 2s: camera holds", seconds=4, seed=2, steps=1,
-                                max_history_tokens=160, history_guidance=1.5)
+                                max_history_tokens=160, history_guidance=1.5, history_merge="oldest")
     job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=2)
     job.create(request, toy_pipeline.preset, out=tmp_path / "v.mp4")
     recorder = _PlanRecorder()
@@ -470,3 +470,4 @@ def test_a_resumed_job_is_planned_as_its_start_was(toy_pipeline, tmp_path):
     assert gen.next_section == 2 and len(started) == 1
     assert recorder.plans[1:] == started  # the same plan again, from the saved request alone
     assert started[0]["seconds"] == 4 and started[0]["max_tokens"] == 160 and started[0]["guidance"] == 1.5
+    assert started[0]["merge"] == "oldest" != toy_pipeline.preset.history.merge  # the request's rule is planned

@@ -49,3 +49,23 @@ def test_recall_without_an_embedding_exits_2_with_the_reason(tmp_path, capsys, p
     assert reason in err and err.count("\n") == 1, err
     assert not (tmp_path / "f.png").exists()
     assert main(["recall", str(tmp_path / "nowhere"), "--at", "0.5"]) == 2
+
+
+@pytest.mark.parametrize("context", [1, 33])  # a start image; a continued video of 33 frames (9 causal latents)
+def test_layout_times_invert_the_inspectors_time_to_frame_map(context):
+    """A run boundary's time is the first time ``frame_at`` maps to that latent frame (4x causal VAE, 30 fps)."""
+    from types import SimpleNamespace
+
+    from framepack_history.backbones.base import LatentGeometry
+    from framepack_history.recall import frame_at, seconds_of
+
+    geo = LatentGeometry(spatial_scale=8, temporal_scale=4, causal_first_frame=True, latent_channels=16,
+                         patch_size=(1, 2, 2), hidden_size=64)
+    pipe = SimpleNamespace(preset=SimpleNamespace(video=SimpleNamespace(fps=30, section_frames=36)),
+                           section_latent_frames=9, backbone=SimpleNamespace(geometry=geo))
+    ck = {"next_section": 3, "context_frames": context}
+    frames = geo.latent_frames(context) + 27  # the start latents, then three sections of 9
+    for f in range(frames):
+        t = seconds_of(pipe, ck, frames, f)
+        pos, _ = frame_at(pipe, ck, frames, t)
+        assert pos >= f and (t == 0 or frame_at(pipe, ck, frames, t - 1 / 30)[0] < f), (f, t, pos)

@@ -62,8 +62,11 @@ def capped_history(encoder: HistoryEncoder, latents: torch.Tensor, track: torch.
     g, pt = encoder.frames_per_group, encoder.config.patch_size[0]
     source = latents if layout_from is None else layout_from
     layouts = [cap_layout(source[i], g, budget, rule) for i in range(b)]
-    groups = torch.stack([pooled(latents[i], s, g) for i in range(b) for s in layouts[i]])
-    grid = encoder(groups).unflatten(0, (b, -1)).squeeze(2)  # [B, S, h, w, D]
+    if layouts[0]:  # every sample has as many complete groups (t // g, capped alike)
+        groups = torch.stack([pooled(latents[i], s, g) for i in range(b) for s in layouts[i]])
+        grid = encoder(groups).unflatten(0, (b, -1)).squeeze(2)  # [B, S, h, w, D]
+    else:  # shorter than one group: the partial group alone, as a job holds it
+        grid = encoder(latents[:, :, :0])
     spans = [[(f * g, n * g) for f, n in lay] for lay in layouts]
     done = t // g * g
     if done < t:  # the partial last group, replicate-padded by the encoder

@@ -259,11 +259,19 @@ class FlowModule(nn.Module):
                 layout_from: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         from .capped import cap_budget, capped_history
 
+        from ..history import MIN_CAP_GROUPS
+
         _, h, w = self.encoder.grid(1, *latents.shape[3:])
         budget = cap_budget(cap, h * w)
+        if budget < MIN_CAP_GROUPS:  # generation refuses such a cap: never train on layouts it cannot hold
+            raise InputError("stage2.capped_tokens", f"{cap} holds {budget + 1} token groups of {h * w} tokens; "
+                                                     f"at least {(MIN_CAP_GROUPS + 1) * h * w} are needed")
         tokens, pos = capped_history(self.encoder, latents, track, budget, self.cfg.stage2.merge, layout_from)
         if track is None and bool((pos == pos[:1]).all()):
             pos = pos[0]  # one layout for the batch: the shared ``[N, 3]`` every backbone takes
+        elif pos.dim() == 3 and self.backbone.name != "toy":  # only the toy DiT reads per-sample positions
+            raise InputError("batch_size", "capped histories laid out per sample (stage2.merge 'similar') need "
+                                           "batch_size 1 on this backbone, or stage2.merge 'oldest'")
         return tokens, pos
 
     def flow_loss(self, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

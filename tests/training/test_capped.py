@@ -28,7 +28,7 @@ def _history(frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("rule", ["similar", "oldest"])
-@pytest.mark.parametrize("frames", [7, 61, 96])
+@pytest.mark.parametrize("frames", [1, 7, 61, 96])  # 1: shorter than a group
 def test_training_lays_out_and_encodes_capped_histories_as_the_generator(rule, frames):
     enc = make_encoder("2x2x2")
     cap = 10 * TOKENS_PER_GROUP
@@ -38,8 +38,9 @@ def test_training_lays_out_and_encodes_capped_histories_as_the_generator(rule, f
         tokens, pos = capped_history(enc, x, track, cap_budget(cap, TOKENS_PER_GROUP), rule)
     for i in range(2):  # each sample as a job holds it after appending its frames (in uneven pieces)
         state = HistoryState(enc, max_tokens=cap, merge=rule)
-        for a, b in ((0, 5), (5, frames)):
-            state.append(x[i : i + 1, :, a:b], track[i, a:b])
+        for a, b in ((0, min(5, frames)), (min(5, frames), frames)):
+            if b > a:
+                state.append(x[i : i + 1, :, a:b], track[i, a:b])
         want_tokens, want_pos = state.tokens()
         assert tokens.shape[1] == want_tokens.shape[1] <= cap
         torch.testing.assert_close(tokens[i : i + 1], want_tokens, atol=1e-5, rtol=1e-5)
@@ -62,13 +63,33 @@ def test_the_similar_rule_keeps_a_view_seen_once_and_merges_the_still_stretch():
 def test_stage2_trains_on_capped_histories(tmp_path, stage1_run):
     """stage2.p_capped: every step's history capped (next sections and frame queries); the run trains and exports."""
     over = {"model": {"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder")},
-            "stage2": {"p_capped": 1.0, "capped_tokens": [40], "p_frame_query": 0.5, "window_frames": 1,
+            "stage2": {"p_capped": 1.0, "capped_tokens": [160], "p_frame_query": 0.5, "window_frames": 1,
                        "p_window_mode": 0.0},
             "data": {"frames": 48}, "max_steps": 4}
     out = train("stage2", tmp_path / "capped", **over)
     log = read_log(out / "loss.jsonl")
     assert len(log) == 4 and all(math.isfinite(r["loss"]) for r in log)
     assert (out / "history_encoder").is_dir()
+
+
+def test_a_training_cap_generation_would_refuse_is_an_input_error():
+    """A cap below the least a job may use (nine groups) is refused when training meets it, naming the key."""
+    from types import SimpleNamespace
+
+    from framepack_history.config import InputError
+    from framepack_history.training.modeling import FlowModule
+
+    enc = make_encoder("2x2x2")
+    module = FlowModule.__new__(FlowModule)
+    torch.nn.Module.__init__(module)
+    module.encoder = enc
+    module._refs = (SimpleNamespace(name="toy"), SimpleNamespace(stage2=SimpleNamespace(merge="similar")))
+    x = torch.randn(1, 4, 40, 16, 16)
+    with pytest.raises(InputError) as e:
+        module.history(x, None, cap=8 * TOKENS_PER_GROUP)
+    assert e.value.field == "stage2.capped_tokens" and "at least 144" in e.value.message
+    tokens, pos = module.history(x, None, cap=10 * TOKENS_PER_GROUP)
+    assert tokens.shape[1] == 9 * TOKENS_PER_GROUP and pos.shape == (9 * TOKENS_PER_GROUP, 3)  # one group kept free
 
 
 @pytest.mark.parametrize("over,key", [({"p_capped": 1.5}, "stage2.p_capped"),
