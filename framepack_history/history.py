@@ -51,6 +51,9 @@ from safetensors.torch import load_file
 
 from .encoder import HistoryEncoder
 from .fsio import atomic_save_tensors
+from .history_merge import MERGE_RULES, MIN_CAP_GROUPS, add_group, cap_groups, group_sum
+
+__all__ = ["HistoryState", "MERGE_RULES", "MIN_CAP_GROUPS", "group_means"]
 
 
 def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
@@ -314,11 +317,7 @@ class HistoryState:
 
     def _budget(self, tokens_per_group: int) -> int:
         """Complete groups allowed: the cap less one group kept free for the partial last group."""
-        groups = self.max_tokens // tokens_per_group - 1
-        if groups < MIN_CAP_GROUPS:
-            raise ValueError(f"max_tokens {self.max_tokens} holds {groups + 1} token groups of {tokens_per_group} tokens; "
-                             f"at least {(MIN_CAP_GROUPS + 1) * tokens_per_group} are needed")
-        return groups
+        return cap_groups(self.max_tokens, tokens_per_group)
 
     def _add_groups(self, fine: list[torch.Tensor]) -> None:
         """Add complete fine groups ``[1, 1, h, w, D]`` one at a time, merging as the cap says; encode new merges."""
@@ -328,23 +327,10 @@ class HistoryState:
 
     def _grow(self, tokens: torch.Tensor | None, tokens_per_group: int) -> None:
         """One more complete group at full detail; merge until the layout fits the budget again."""
-        first = self._fine_groups
-        self._segs.append([first, 1, tokens, self._group_sum(first)])
+        first, g = self._fine_groups, self.encoder.frames_per_group
+        total = group_sum(self._frames_between(first * g, (first + 1) * g)) if self.merge == "similar" else None
+        add_group(self._segs, self._costs, first, tokens, total, self._budget(tokens_per_group), self.merge)
         self._fine_groups += 1
-        budget = self._budget(tokens_per_group)
-        while len(self._segs) > budget:
-            MERGE_RULES[self.merge](self._segs, budget, self._costs)
-
-    def _group_sum(self, group: int) -> torch.Tensor | None:
-        """The sum over time of fine group ``group``'s raw latents ``[C, H, W]`` (only ``similar`` reads it).
-
-        Summed in float64 after the conversion: the result must not depend on how the frames lie in
-        memory (one chunk or several), or a resume could replay different merges.
-        """
-        if self.merge != "similar":
-            return None
-        g = self.encoder.frames_per_group
-        return self._frames_between(group * g, (group + 1) * g).double().sum(2)[0]
 
     def _encode_merged(self) -> None:
         """Encode the coarse groups that merges left without tokens (only those still in the layout)."""
@@ -436,73 +422,3 @@ def _done_groups(chunk: dict[str, torch.Tensor], after: int) -> list[int]:
         return [int(i) for i in chunk["tokens_done_groups"]]
     first = int(chunk["tokens_done_from"]) if "tokens_done_from" in chunk else after
     return list(range(first, first + int(chunk["tokens_done"].shape[1])))
-
-
-#: the fewest complete groups a cap may allow (half of them stay at full detail)
-MIN_CAP_GROUPS = 8
-
-
-def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> None:
-    """One merge: the two oldest segments of a level become one of the next level (tokens ``None``: to encode).
-
-    A level-``l`` segment covers ``2**l`` fine groups; ``costs`` is unused (the choice reads only levels).
-
-    Level 0 gives way while it would keep at least half the budget (recent history keeps that much
-    detail); then the finest older level with two segments; level 0 again only when no other can.
-    Levels never increase towards the present, so the two oldest of a level are neighbours.
-    """
-    counts: dict[int, int] = {}
-    for seg in segs:
-        lv = seg[1].bit_length() - 1
-        counts[lv] = counts.get(lv, 0) + 1
-    coarse = sorted(lv for lv, n in counts.items() if lv > 0 and n >= 2)
-    if counts.get(0, 0) - 2 >= budget // 2:  # merging two still leaves half the budget at level 0
-        level = 0
-    elif coarse:
-        level = coarse[0]
-    elif counts.get(0, 0) >= 2:
-        level = 0
-    else:
-        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
-    i = next(j for j, seg in enumerate(segs) if seg[1] == 2**level)
-    segs[i : i + 2] = [[segs[i][0], 2 ** (level + 1), None, None]]
-
-
-def ward_cost(a: list, b: list) -> float:
-    """Ward's cost of merging segments ``a`` and ``b``: ``n_a n_b / (n_a + n_b) * |mean_a - mean_b|^2``.
-
-    The means are of the raw latents over time (each segment keeps their sum), so the cost is the squared
-    error that replacing both by one mean adds: it grows with the difference and with the frames it spans.
-    """
-    (_, na, _, sa), (_, nb, _, sb) = a[:4], b[:4]
-    return float(((sa / na - sb / nb) ** 2).sum()) * na * nb / (na + nb)
-
-
-def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int], float] | None = None) -> None:
-    """One merge: of all but the newest ``budget // 2`` segments, the two neighbours that differ least become one.
-
-    The least :func:`ward_cost` wins, ties to the oldest pair. Held, repeated views cost nothing to merge
-    while a view seen once (and unlike its neighbours) keeps full detail however old it is; the newest
-    ``budget // 2`` never merge (recent history keeps full detail). ``costs``: a memo of the pairs weighed
-    before, by ``(first group, n_a, n_b)`` (a segment's span fixes its frames, so a cost never changes).
-    """
-    older = len(segs) - budget // 2
-    if older < 2:
-        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
-    memo = {} if costs is None else costs
-
-    def cost(i: int) -> float:
-        key = (segs[i][0], segs[i][1], segs[i + 1][1])
-        if key not in memo:
-            memo[key] = ward_cost(segs[i], segs[i + 1])
-        return memo[key]
-
-    i = min(range(older - 1), key=cost)
-    for j in range(max(0, i - 1), min(i + 2, len(segs) - 1)):  # the pairs this merge ends
-        memo.pop((segs[j][0], segs[j][1], segs[j + 1][1]), None)
-    (first, na, _, sa), (_, nb, _, sb) = segs[i][:4], segs[i + 1][:4]
-    segs[i : i + 2] = [[first, na + nb, None, sa + sb]]
-
-
-#: the merge rules a cap can use, by name (the default first)
-MERGE_RULES = {"similar": merge_similar, "oldest": merge_oldest}

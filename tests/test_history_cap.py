@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from framepack_history.config import HISTORY_MERGES, GenerationRequest, InputError, preset_from_dict
-from framepack_history.history import MERGE_RULES, MIN_CAP_GROUPS, HistoryState, merge_similar
+from framepack_history.history import MERGE_RULES, MIN_CAP_GROUPS, HistoryState
+from framepack_history.history_merge import merge_similar
 
 from .test_encoder import make_encoder
 

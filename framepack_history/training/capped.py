@@ -14,14 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..encoder import HistoryEncoder
-from ..history import MERGE_RULES
+from ..history_merge import add_group, group_sum
 
 Span = tuple[int, int]  # (first fine group, fine groups covered)
-
-
-def cap_budget(max_tokens: int, tokens_per_group: int) -> int:
-    """Complete groups a cap allows: the cap less one group kept free for the partial last one (as generation)."""
-    return max_tokens // tokens_per_group - 1
 
 
 @torch.no_grad()
@@ -31,14 +26,10 @@ def cap_layout(latents: torch.Tensor, frames_per_group: int, budget: int, rule: 
     Groups are added one at a time and merged while the layout is over budget, exactly as
     :meth:`HistoryState.append` does, so the result is the layout a job holds after ``T`` frames.
     """
-    g, merge = frames_per_group, MERGE_RULES[rule]
-    segs: list[list] = []
-    costs: dict = {}  # the rule's memo of pair costs, as a HistoryState keeps one
+    g, segs, costs = frames_per_group, [], {}  # costs: the rule's memo, as a HistoryState keeps one
     for i in range(int(latents.shape[1]) // g):
-        total = latents[:, i * g : (i + 1) * g].double().sum(1) if rule == "similar" else None
-        segs.append([i, 1, None, total])
-        while len(segs) > budget:
-            merge(segs, budget, costs)
+        total = group_sum(latents[:, i * g : (i + 1) * g]) if rule == "similar" else None
+        add_group(segs, costs, i, None, total, budget, rule)
     return [(int(s[0]), int(s[1])) for s in segs]
 
 

@@ -257,15 +257,14 @@ class FlowModule(nn.Module):
 
     def _capped(self, latents: torch.Tensor, track: torch.Tensor | None, cap: int,
                 layout_from: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        from .capped import cap_budget, capped_history
-
-        from ..history import MIN_CAP_GROUPS
+        from ..history_merge import cap_groups
+        from .capped import capped_history
 
         _, h, w = self.encoder.grid(1, *latents.shape[3:])
-        budget = cap_budget(cap, h * w)
-        if budget < MIN_CAP_GROUPS:  # generation refuses such a cap: never train on layouts it cannot hold
-            raise InputError("stage2.capped_tokens", f"{cap} holds {budget + 1} token groups of {h * w} tokens; "
-                                                     f"at least {(MIN_CAP_GROUPS + 1) * h * w} are needed")
+        try:  # generation refuses such a cap: never train on layouts it cannot hold
+            budget = cap_groups(cap, h * w)
+        except ValueError as e:
+            raise InputError("stage2.capped_tokens", str(e)) from None
         tokens, pos = capped_history(self.encoder, latents, track, budget, self.cfg.stage2.merge, layout_from)
         if track is None and bool((pos == pos[:1]).all()):
             pos = pos[0]  # one layout for the batch: the shared ``[N, 3]`` every backbone takes

@@ -14,7 +14,7 @@ from typing import Any
 
 import tomllib
 
-from ..config import InputError, _build
+from ..config import HISTORY_MERGES, InputError, _build
 from ..device import DTYPE_NAMES
 
 
@@ -213,10 +213,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     _need(cfg.lr > 0, "lr", f"must be > 0 (got {cfg.lr})")
     _need(bool(cfg.stage2.capped_tokens) and all(isinstance(c, int) and c > 0 for c in cfg.stage2.capped_tokens),
           "stage2.capped_tokens", f"must be a list of positive token caps (got {cfg.stage2.capped_tokens!r})")
-    from ..history import MERGE_RULES  # torch: only once the cheap checks passed
-
-    _need(cfg.stage2.merge in MERGE_RULES, "stage2.merge",
-          f"must be one of {', '.join(MERGE_RULES)} (got {cfg.stage2.merge!r})")
+    _need(cfg.stage2.merge in HISTORY_MERGES, "stage2.merge",
+          f"must be one of {', '.join(HISTORY_MERGES)} (got {cfg.stage2.merge!r})")
     return cfg
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from framepack_history.history import HistoryState
-from framepack_history.training.capped import cap_budget, cap_layout, capped_history
+from framepack_history.history_merge import cap_groups
+from framepack_history.training.capped import cap_layout, capped_history
 from framepack_history.training.common import read_log
 
 from ..test_encoder import make_encoder
@@ -35,7 +36,7 @@ def test_training_lays_out_and_encodes_capped_histories_as_the_generator(rule, f
     lats, tracks = zip(*(_history(frames, seed) for seed in (1, 2)))
     x, track = torch.cat(lats), torch.stack(tracks)
     with torch.no_grad():
-        tokens, pos = capped_history(enc, x, track, cap_budget(cap, TOKENS_PER_GROUP), rule)
+        tokens, pos = capped_history(enc, x, track, cap_groups(cap, TOKENS_PER_GROUP), rule)
     for i in range(2):  # each sample as a job holds it after appending its frames (in uneven pieces)
         state = HistoryState(enc, max_tokens=cap, merge=rule)
         for a, b in ((0, min(5, frames)), (min(5, frames), frames)):
@@ -49,7 +50,7 @@ def test_training_lays_out_and_encodes_capped_histories_as_the_generator(rule, f
 
 def test_the_similar_rule_keeps_a_view_seen_once_and_merges_the_still_stretch():
     lat, _ = _history(96, seed=3)
-    budget = cap_budget(31 * TOKENS_PER_GROUP, TOKENS_PER_GROUP)  # 30 groups: the newest 15 never merge
+    budget = cap_groups(31 * TOKENS_PER_GROUP, TOKENS_PER_GROUP)  # 30 groups: the newest 15 never merge
     similar = cap_layout(lat[0], 2, budget, "similar")
     oldest = cap_layout(lat[0], 2, budget, "oldest")
     assert len(similar) == len(oldest) == budget
