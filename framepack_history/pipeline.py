@@ -226,13 +226,13 @@ class Pipeline:
             rate = None if self.encoder is None else self.encoder.config.rate
             # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
             starts = bool(request.image or request.continue_video or request.start_frame)
-            # the request's history cap; step caching holds residuals through the steps: planned with the request's setting
-            preset = replace(self.preset, history=replace(self.preset.history, max_tokens=cap,
-                                                          merge=self.option(request, "history_merge")),
-                             sampling=replace(self.preset.sampling, cache=self.option(request, "cache")))
-            # and its guidance: the passes run block by block together (more activations)
-            preset = replace(preset, sampling=replace(preset.sampling, cfg=float(self.option(request, "cfg"))),
-                             history=replace(preset.history, guidance=float(self.option(request, "history_guidance"))))
+            # the request's own settings: its history cap and merge rule; step caching holds residuals through
+            # the steps; guidance passes run block by block together (more activations)
+            opt = lambda name: self.option(request, name)  # noqa: E731
+            preset = replace(self.preset,
+                             history=replace(self.preset.history, max_tokens=cap, merge=opt("history_merge"),
+                                             guidance=float(opt("history_guidance"))),
+                             sampling=replace(self.preset.sampling, cache=opt("cache"), cfg=float(opt("cfg"))))
             self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=size)
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
