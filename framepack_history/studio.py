@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 #: an absolute path inside a message: POSIX (/a/b) or Windows (C:\\a\\b); its last part is kept
-_PATH = re.compile(r"(?<![^\s'\"(\[{=])(?:[A-Za-z]:)?[/\\](?:[^\s'\"()\[\]{}<>,;:/\\]+[/\\])+(?=[^\s'\"/\\]*)")
+_PATH = re.compile(r"(?<![^\s'\"`(\[{=])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`()\[\]{}<>,;:/\\]+[/\\])+(?=[^\s'\"`/\\]*)")
 
 
 @dataclass(frozen=True)

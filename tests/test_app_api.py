@@ -107,6 +107,8 @@ def test_bad_input_is_a_clear_error_and_the_server_lives(client, tmp_path):
         generate(client, seconds=100_000).result(timeout=30)
     with pytest.raises(AppError, match="start-frame: 'green' is not offered by the toy backbone"):
         generate(client, start_frame="green").result(timeout=30)
+    with pytest.raises(AppError, match="history-merge: must be one of similar, oldest"):
+        generate(client, history_merge="newest").result(timeout=30)
     with pytest.raises(AppError, match="no job"):
         client.predict("no-such-job", api_name="/cancel")
     big = tmp_path / "big.png"
@@ -132,9 +134,9 @@ def test_recall_and_a_history_cap_through_the_api(client):
     from PIL import Image
 
     video, sidecar = generate(client, prompt="0s: camera pans right; 4s: camera pans left", seconds=14, preset="toy-cpu", encoder_rate="2x2x4",
-                              max_history_tokens=36).result(timeout=300)
+                              max_history_tokens=36, history_merge="oldest").result(timeout=300)
     data = json.loads(Path(sidecar).read_text())
-    assert data["request"]["max_history_tokens"] == 36
+    assert data["request"]["max_history_tokens"] == 36 and data["request"]["history_merge"] == "oldest"
     assert [s["history_tokens"] for s in data["sections"]][-1] <= 36  # 4 tokens a second, capped
     job = client.predict("", api_name="/status")["jobs"][0]["id"]  # newest first
     recalled, real, info = client.predict(job, 2.0, None, api_name="/recall")

@@ -258,13 +258,13 @@ def test_reuse_settings_reads_a_sidecar_into_the_form(toy_pipeline, tmp_path):
     from ui.reuse import form_values
 
     request = GenerationRequest(prompt="0s: camera pans left; 1s~0.5s: camera holds", seconds=1, seed=42, steps=3,
-                                history_guidance=1.5, window_frames=2)
+                                history_guidance=1.5, window_frames=2, max_history_tokens=160, history_merge="oldest")
     _, data, _ = render_job(toy_pipeline, tmp_path / "job", request, tmp_path / "v.mp4")
     offered = ["toy-cpu", str(TINY_TOY)]
     values, notes = form_values(tmp_path / "v.json", offered, "toy-cpu")
     assert values == {"prompt": request.prompt, "seconds": 1, "seed": 42, "preset": str(TINY_TOY), "steps": 3,
                       "guidance": 1.0, "shift": None, "encoder_rate": "2x2x2", "history": "encoder", "window": 2,
-                      "history_guidance": 1.5, "start_frame": "world"}
+                      "history_guidance": 1.5, "start_frame": "world", "max_tokens": 160, "merge": "oldest", "cache": "off"}
     assert notes == []
     # another preset than those offered: the form keeps its own, and says so
     values, notes = form_values(tmp_path / "v.json", ["toy-cpu"], "toy-cpu")

@@ -224,3 +224,25 @@ def test_admin_flag_is_checked(capsys):
         assert app.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--admin" in err and needle in err, err
+
+
+def test_the_first_screen_shows_no_server_folders_to_a_shared_studio(tmp_path, monkeypatch):
+    """The weights panel names where downloads go: the local user sees the folder, a shared studio's users do not."""
+    from types import SimpleNamespace
+
+    import ui.weights
+    from framepack_history import hub
+
+    target = tmp_path / "srv" / "huggingface" / "hub"
+    target.mkdir(parents=True)
+    downloads = SimpleNamespace(
+        state=lambda ref: SimpleNamespace(status="failed", message=f"disk full at {target}/models--x/blobs"),
+        plan=lambda model, ref: SimpleNamespace(todo=1 << 30, files=[SimpleNamespace(done=False)], commits=["abc123"],
+                                                target=target))
+    monkeypatch.setattr(ui.weights.hub, "missing", lambda model: hub.components(model))  # nothing downloaded
+    preset = "tests/presets/tiny-hub.toml"
+    local, _ = ui.weights.WeightsPanel(downloads).view(preset)
+    shared, _ = ui.weights.WeightsPanel(downloads, Studio.from_auth(list(USERS.items()))).view(preset)
+    assert str(target) in local and "disk full at" in local
+    assert str(tmp_path) not in shared and "free in `hub`" in shared and "disk full at blobs" in shared
+    assert "1.1 GB to fetch" in shared and "press **Download**" in shared

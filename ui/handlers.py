@@ -108,7 +108,7 @@ class Handlers:
              shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
              start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
              lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0,
-             cache: Any = None) -> JobSpec:
+             cache: Any = None, history_merge: Any = None) -> JobSpec:
         """Page/API values (in the order of the page's inputs) -> a job spec.
 
         Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
@@ -132,6 +132,7 @@ class Handlers:
             max_history_tokens=_num(max_history_tokens, "history-token cap", integer=True),
             loras=_loras((lora_1, lora_weight_1), (lora_2, lora_weight_2), (lora_3, lora_weight_3)),
             cache=str(cache) if cache else None,  # checked with the request (names the field)
+            history_merge=str(history_merge) if history_merge else None,  # checked with the request too
         )
         preset = preset or self.default_preset
         if preset not in self.presets:
@@ -324,6 +325,7 @@ class Handlers:
             start_frame_update(p.model.backbone),
             gr.update(value=p.history.max_tokens),
             gr.update(value=p.sampling.cache),
+            gr.update(value=p.history.merge),
         )
 
     # ------------------------------------------------------------ the queue
@@ -458,7 +460,7 @@ class Handlers:
         return (v["prompt"], v["seconds"], v["seed"], v["preset"], v["steps"], v["guidance"], v["shift"],
                 gr.update(choices=rates, value=v["encoder_rate"] if v["encoder_rate"] in rates else p.model.encoder_rate,
                           visible=len(rates) > 1),
-                v["history"], v["window"], v["history_guidance"], frames)
+                v["history"], v["window"], v["history_guidance"], frames, v["max_tokens"], v["merge"], v["cache"])
 
     def cancel_picked(self, job_id: str, request: gr.Request | None = None) -> None:
         """Queue tab: cancel any of this user's jobs; the page keeps showing the one it follows."""
@@ -473,7 +475,8 @@ class Handlers:
                      start_frame: str | None = None, max_history_tokens: int | None = None,
                      lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
                      lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
-                     cache: str | None = None, request: gr.Request | None = None) -> tuple[str, str]:
+                     cache: str | None = None, history_merge: str | None = None,
+                     request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
@@ -481,10 +484,11 @@ class Handlers:
         history, at most that many history tokens (0 = no cap; empty = the preset's).
         ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
         none = the preset's LoRAs. ``cache``: step caching, off, fast or faster (empty = the preset's).
+        ``history_merge``: what the cap merges, similar or oldest (empty = the preset's).
         """
         job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
                           encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
-                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, cache,
+                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, cache, history_merge,
                           owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)

@@ -16,6 +16,7 @@ import gradio as gr
 
 from framepack_history.config import (
     CACHE_SETTINGS,
+    HISTORY_MERGES,
     HISTORY_MODES,
     MAX_HISTORY_GUIDANCE,
     START_FRAMES,
@@ -98,7 +99,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         gr.Markdown("## FramePack History · long video, section by section\n"
                     "Every finished section plays at once; the whole past is kept as a short history embedding.")
         # the first screen: which preset runs, what it needs (weights, with a Download button), what to do next
-        weights = WeightsPanel()
+        weights = WeightsPanel(studio=studio)
         with gr.Group(elem_id="fph-first"):
             first_md = gr.Markdown(weights.view(default_preset, sizes=False)[0], elem_id="fph-weights", padding=True)
             download = gr.Button("Download", visible=False, variant="primary", elem_id="fph-download")
@@ -138,6 +139,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                         history_cap = gr.Number(value=preset.history.max_tokens, precision=0, minimum=0,
                                                 label="History-token cap (0 = none)", elem_id="fph-history-cap",
                                                 info="bounded history: older history coarser, recent in full detail")
+                        history_merge = gr.Radio(list(HISTORY_MERGES), value=preset.history.merge, label="Cap merges",
+                                                 elem_id="fph-history-merge",
+                                                 info="similar: what repeats; oldest: the oldest history first")
                     with gr.Row(equal_height=True):
                         cache = gr.Radio(list(CACHE_SETTINGS), value=preset.sampling.cache, label="Step cache", scale=1)
                         gr.Markdown(CACHE_NOTE, elem_id="fph-cache-note")
@@ -208,8 +212,11 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         inputs = [prompt, image, video, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance,
                   start_frame, history_cap]
         inputs += [c for pair in lora_picks for c in pair]  # lora_1, lora_weight_1, ... (Handlers.spec)
-        inputs += [cache]
+        inputs += [cache, history_merge]
         follow_outputs = [player, preview, progress, plan, files]
+        # the advanced settings a preset decides (Handlers.preset_defaults returns them in this order)
+        defaults = [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap, cache,
+                    history_merge]
         private = {"api_visibility": "private"}
 
         # -- Generate: queue the job, then follow it in this page
@@ -227,7 +234,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
-        demo.load(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap, cache], **private)
+        demo.load(h.preset_defaults, [preset_dd], defaults, **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
         # -- resume an interrupted job, follow it here, and refresh the list
@@ -251,7 +258,8 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         # -- gallery: reuse a past video's settings, or extend it from its saved history
         gallery.select(h.gallery_pick, None, picked_video, **private)
-        form = [prompt, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance, start_frame]
+        form = [prompt, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance, start_frame,
+                history_cap, history_merge, cache]
         reuse.click(h.reuse_settings, [picked_video], form, **private)
         settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)
         extended = extend.click(h.extend_click, [picked_video, extend_prompt, extend_seconds], [job_id, progress],
@@ -260,7 +268,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         # -- the preset decides the advanced defaults and the plan
         # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
-        preset_dd.input(h.preset_defaults, [preset_dd], [steps, guidance, shift, rate, history, window, history_guidance, seconds, start_frame, history_cap, cache], **private)
+        preset_dd.input(h.preset_defaults, [preset_dd], defaults, **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history]
         for event in (preset_dd.change, rate.change, history.change, seconds.release):

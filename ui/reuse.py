@@ -73,7 +73,8 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
     values = {**_defaults(preset), "prompt": request.prompt, "seconds": request.seconds, "seed": request.seed,
               "preset": chosen, "start_frame": request.start_frame}
     for key, field in (("steps", "steps"), ("guidance", "guidance"), ("shift", "shift"), ("history", "history_mode"),
-                       ("window", "window_frames"), ("history_guidance", "history_guidance")):
+                       ("window", "window_frames"), ("history_guidance", "history_guidance"),
+                       ("max_tokens", "max_history_tokens"), ("merge", "history_merge"), ("cache", "cache")):
         if getattr(request, field) is not None:
             values[key] = getattr(request, field)
     rate = data.get("encoder_rate")
@@ -89,4 +90,5 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
 def _defaults(preset: Preset) -> dict[str, Any]:
     s, h = preset.sampling, preset.history
     return {"steps": s.steps, "guidance": s.guidance, "shift": s.shift, "encoder_rate": preset.model.encoder_rate,
-            "history": h.mode, "window": h.window_frames, "history_guidance": h.guidance}
+            "history": h.mode, "window": h.window_frames, "history_guidance": h.guidance,
+            "max_tokens": h.max_tokens, "merge": h.merge, "cache": s.cache}

@@ -16,6 +16,7 @@ import gradio as gr
 from framepack_history import hub
 from framepack_history.config import InputError, Preset, load_preset
 from framepack_history.download import DownloadError, Downloader, free_space, human
+from framepack_history.studio import Studio
 
 POLL_S = 0.5
 
@@ -32,16 +33,24 @@ def needs(preset: Preset) -> str:
 
 
 class WeightsPanel:
-    """Page events for the first screen and the Download button, bound to one :class:`Downloader`."""
+    """Page events for the first screen and the Download button, bound to one :class:`Downloader`.
 
-    def __init__(self, downloader: Downloader | None = None) -> None:
+    With a shared ``studio`` (``--auth``) every text drops the server's folders, as job messages do.
+    """
+
+    def __init__(self, downloader: Downloader | None = None, studio: Studio | None = None) -> None:
         self.downloads = downloader or Downloader()
+        self.studio = studio or Studio()
 
     def view(self, preset_ref: str, sizes: bool = True) -> tuple[str, Any]:
         """(first-screen markdown, Download button update) for ``preset_ref``.
 
         ``sizes=False`` stays off the network (the page's first paint); the load event then asks the hub.
         """
+        md, button = self._view(preset_ref, sizes)
+        return self.studio.say(md), button
+
+    def _view(self, preset_ref: str, sizes: bool) -> tuple[str, Any]:
         try:
             preset = load_preset(preset_ref)
         except InputError as e:
@@ -77,7 +86,7 @@ class WeightsPanel:
             preset = load_preset(preset_ref)
             self.downloads.start(preset.model, preset_ref)
         except (InputError, DownloadError) as e:
-            raise gr.Error(str(getattr(e, "message", e)), title="Can't download") from None
+            raise gr.Error(self.studio.say(str(getattr(e, "message", e))), title="Can't download") from None
         return preset_ref
 
     def follow(self, preset_ref: str) -> Iterator[tuple[str, Any, str]]:
@@ -87,10 +96,10 @@ class WeightsPanel:
             if s.status != "running":
                 break
             md, _ = self.view(preset_ref)
-            yield md, gr.update(visible=True, interactive=False, value="Downloading…"), progress_html(s)
+            yield md, gr.update(visible=True, interactive=False, value="Downloading…"), self.studio.say(progress_html(s))
             time.sleep(POLL_S)
         md, button = self.view(preset_ref)
-        yield md, button, progress_html(s)
+        yield md, button, self.studio.say(progress_html(s))
 
 
 def progress_html(s: Any) -> str:
