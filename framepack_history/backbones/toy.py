@@ -151,9 +151,10 @@ class _Block(nn.Module):
     #: diffusers' cache hooks may wrap it (it returns the hidden states alone; see ``step_cache``)
     _step_cache_block = True
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, rope_values: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.rope_values = rope_values
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm, self.k_norm = nn.RMSNorm(dim // heads), nn.RMSNorm(dim // heads)
@@ -174,8 +175,17 @@ class _Block(nn.Module):
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         # The dispatcher takes [B, N, H, Dh]; its native backend is the same SDPA call on the same strides.
+        if self.rope_values:
+            # Rotate values by their key's position and the result back by the query's, so a
+            # value arrives turned by the *relative* offset (translation invariant). Why: a query
+            # token can then read a different part of one history token depending on where it
+            # sits inside that token's box; plain RoPE hands every query the same value vector.
+            v = apply_rope(v, cos, sin)
         a = dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                  backend=self.attention_backend).reshape(b, n, d)
+                                  backend=self.attention_backend)
+        if self.rope_values:
+            a = apply_rope(a.transpose(1, 2), cos, -sin).transpose(1, 2)
+        a = a.reshape(b, n, d)
         x = x + g1 * self.out(a)
         return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
@@ -199,6 +209,7 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         rope_theta: float = 100.0,
         prediction_type: str = "velocity",
         canvas_positions: bool = False,
+        rope_values: bool = False,
     ) -> None:
         super().__init__()
         if prediction_type not in ("velocity", "sample"):
@@ -212,7 +223,7 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         # Which kind of token this is: noisy section, raw window, history embedding.
         self.type_embed = nn.Parameter(torch.zeros(3, d))
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(d, heads, rope_values) for _ in range(depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.mod_out = nn.Linear(d, 2 * d)
         self.proj_out = nn.Linear(d, in_channels * math.prod(patch_size))
