@@ -19,6 +19,7 @@ This module imports no torch at import time, so the UI can use it freely.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import itertools
@@ -210,7 +211,6 @@ class Worker:
         Checked as a new job's storyboard would be (:class:`InputError` otherwise); the worker
         takes it before its next section and records it in the job folder (:mod:`.steering`).
         """
-        import dataclasses
 
         job = self.store.get(job_id)
         if job.terminal:
@@ -391,34 +391,61 @@ def past_results(outputs: str | Path, limit: int = 24,
 
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
-               history_mode: str | None = None, size: tuple[int, int] | None = None) -> list[str]:
-    """What the device will hold: history tokens now, for the whole request (at ``size``, its bucket), and the memory plan."""
+               history_mode: str | None = None, size: tuple[int, int] | None = None, max_tokens: int | None = None,
+               merge: str | None = None, loras: tuple[str, ...] = ()) -> list[str]:
+    """What the device will hold: history tokens now, for the whole request (at ``size``, its bucket), and the memory plan.
+
+    ``max_tokens``/``merge``: the request's history cap and its rule (None = the preset's); ``loras``: the
+    LoRA files (names in ``loras/`` or paths) whose adapters stay resident beside the DiT.
+    """
     now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
-    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size))
+    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size, max_tokens, merge,
+                                  tuple(loras)))
+
+
+def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
+    """Bytes the LoRA adapters of ``names`` take on the DiT in ``dtype`` (read from the files' headers)."""
+    from .lora.files import adapter_numel, locate
+
+    size = {"float32": 4, "float64": 8}.get(dtype, 2)
+    return sum(adapter_numel(locate(n)) for n in names) * size
 
 
 @functools.lru_cache(maxsize=64)
 def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None,
-                size: tuple[int, int] | None = None) -> tuple[str, ...]:
+                size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
+                loras: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
     from .budget import history_budget
 
     preset = load_preset(preset_name)
+    h = preset.history
+    h = dataclasses.replace(h, max_tokens=h.max_tokens if max_tokens is None else max_tokens, merge=merge or h.merge)
+    preset = dataclasses.replace(preset, history=h)
     rate = encoder_rate or preset.model.encoder_rate
     mode = history_mode or preset.history.mode
     budget = history_budget(preset, seconds=max(seconds, 1.0))
     row = budget["rates"].get(rate) or next(iter(budget["rates"].values()))
     if mode == "encoder":
+        cap = preset.history.max_tokens
+        capped = f", capped at **{cap}** ({preset.history.merge})" if cap and cap < row["tokens"] else ""
         tokens = (f"at {seconds:g} s: **{row['tokens']}** history tokens (rate {rate}, "
-                  f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens)")
+                  f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens){capped}")
         lines = [tokens]
     else:
         lines = [f"history mode **{mode}**: no history tokens"]
+    if not loras:  # none picked: the preset's own LoRAs, as a job would take
+        from .lora.files import parse_arg
+
+        loras = tuple(parse_arg(text, "loras")["name"] for text in preset.loras)
+    adapters = lora_bytes(loras, preset.hardware.dtype)
+    if adapters:
+        lines.append(f"LoRAs: {len(loras)}, {adapters / 2**20:.1f} MiB resident beside the DiT")
     hw = preset.hardware
     try:
         from .memory import plan
 
-        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size).summary())
+        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size, adapter_bytes=adapters).summary())
     except Exception:  # the plan is advice: its absence or failure must not break the page
         log.warning("no memory plan for %s", preset.name, exc_info=True)
         budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"

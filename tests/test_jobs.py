@@ -152,6 +152,16 @@ def test_plan_lines_show_history_budget():
     assert "no history tokens" in plan_lines(TINY, None, 10, history_mode="none")[0]
 
 
+def test_plan_lines_follow_the_requests_cap_and_merge_rule():
+    """The page's plan reads the cap the user typed, not only the preset's: its history and host bytes."""
+    free = plan_lines("toy-cpu", None, 300, max_tokens=0)
+    capped = plan_lines("toy-cpu", None, 300, max_tokens=40, merge="oldest")
+    assert "capped" not in free[0] and "**1200** history tokens" in free[0]
+    assert capped[0].endswith("capped at **40** (oldest)")
+    assert plan_lines("toy-cpu", None, 300)[0].endswith("capped at **240** (similar)")  # the preset's own cap
+    assert free[1] != capped[1]  # the planner's peaks follow the cap
+
+
 def test_queue_is_fifo_bounded_and_cancels_what_waits():
     import threading
 

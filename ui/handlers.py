@@ -284,22 +284,28 @@ class Handlers:
     def plan_md(self, job: Job) -> str:
         r = job.spec.request
         size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
+        loras = tuple(e["path"] if e.get("path") else e["name"] for e in r.loras or ())
         return self.studio.say(self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens,
-                                             r.history_mode, size))
+                                             r.history_mode, size, r.max_history_tokens, r.history_merge, loras))
 
-    def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None) -> str:
-        """The plan shown before a job starts (preset / rate / length / history mode changed)."""
+    def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None,
+                     max_tokens: Any = None, merge: str | None = None, *loras: Any) -> str:
+        """The plan shown before a job starts (preset, rate, length, history mode, cap or LoRAs changed)."""
         try:
             secs = _num(seconds, "seconds") or 5.0
+            cap = _num(max_tokens, "history-token cap", integer=True)
         except InputError as e:
             return f"{e.field}: {e.message}"
-        return self.studio.say(self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None))
+        names = tuple(str(n) for n in loras if n)
+        return self.studio.say(self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None,
+                                             None, cap, merge or None, names))
 
     @staticmethod
     def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None,
-                 size: tuple[int, int] | None = None) -> str:
+                 size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
+                 loras: tuple[str, ...] = ()) -> str:
         try:
-            lines = plan_lines(preset, rate, seconds, tokens, mode, size)
+            lines = plan_lines(preset, rate, seconds, tokens, mode, size, max_tokens, merge, loras)
         except (InputError, OSError, ValueError) as e:
             return f"memory plan unavailable: {e}"
         return "\n".join(f"- {line}" for line in lines)

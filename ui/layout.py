@@ -270,8 +270,10 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
         preset_dd.input(h.preset_defaults, [preset_dd], defaults, **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
-        plan_inputs = [preset_dd, rate, seconds, history]
-        for event in (preset_dd.change, rate.change, history.change, seconds.release):
+        plan_inputs = [preset_dd, rate, seconds, history, history_cap, history_merge] + [name for name, _ in lora_picks]
+        plan_events = [preset_dd.change, rate.change, history.change, seconds.release, history_cap.blur, history_cap.submit,
+                       history_merge.change] + [name.change for name, _ in lora_picks]
+        for event in plan_events:
             event(h.preview_plan, plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **private)
 
         # -- the first screen follows the preset; Download runs beside the worker and reports progress

@@ -128,6 +128,11 @@ def header(path: Path, field: str = "--lora") -> dict[str, Any]:
     return data
 
 
+def adapter_numel(path: Path, field: str = "--lora") -> int:
+    """How many numbers the file's LoRA weights hold, from its header alone (no tensor is read)."""
+    return sum(math.prod(v["shape"]) for k, v in header(path, field).items() if "lora" in k and "shape" in v)
+
+
 def resolve(entry: dict[str, Any], field: str = "--lora") -> dict[str, Any]:
     """``entry`` with its file's ``path`` and ``sha256`` (checked against a recorded hash, as on resume)."""
     entry = check_entry(entry, field)
