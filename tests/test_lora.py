@@ -300,6 +300,20 @@ def test_planner_counts_adapter_bytes(preset):
             assert rb.device_peak_bytes - ra.device_peak_bytes == 12345
 
 
+def test_page_plan_counts_the_picked_loras_as_applying_them_does(preset, files):
+    """The plan before a job reads the LoRA files' headers: the bytes the adapters take once applied."""
+    from framepack_history.jobs import lora_bytes, plan_lines
+
+    bb = load_backbone(preset.model)
+    apply(bb, [{"name": str(files["one_path"]), "weight": 1.0}, {"name": str(files["two_path"]), "weight": 0.5}])
+    names = (str(files["one_path"]), str(files["two_path"]))
+    assert lora_bytes(names, preset.hardware.dtype) == adapter_bytes(bb.transformer) > 0
+    with_loras = plan_lines(str(TINY_HUNYUAN), None, 2, loras=names)
+    mib = adapter_bytes(bb.transformer) / 2**20
+    assert f"LoRAs: 2, {mib:.1f} MiB resident beside the DiT" in with_loras
+    assert not any(line.startswith("LoRAs:") for line in plan_lines(str(TINY_HUNYUAN), None, 2))
+
+
 # ------------------------------------------------------------------ jobs
 def test_resume_restores_the_lora_set(preset, files, tmp_path):
     from framepack_history.checkpoint import JobDir
