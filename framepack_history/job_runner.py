@@ -101,7 +101,7 @@ class JobRunner:
                           encoder_rate=spec.encoder_rate, folder=str(job.folder))
             render(pipeline, spec.request, out, job.folder / "segments", on_event=progress.on_event,
                    on_step=progress.on_step, on_segment=progress.on_segment, job=jd,
-                   pending_steer=lambda: self._take_steer(job), on_steer=lambda steers: store.update(
+                   pending_steer=lambda last: self._take_steer(job, last), on_steer=lambda steers: store.update(
                        job, steers=steers, message=f"storyboard edited; in force from section {steers[-1]['section'] + 1}"))
         except Cancelled:
             self._keep_partial(job, preset, progress.sections, getattr(pipeline.backbone, "speed", None))
@@ -123,13 +123,18 @@ class JobRunner:
         else:
             store.update(job, status="done", video=out, sidecar=out.with_suffix(".json"), message="", finished=time.time())
 
-    def _take_steer(self, job: Job) -> str | None:
-        """The storyboard edit a page posted since the last section, taken (worker thread, before a section)."""
+    def _take_steer(self, job: Job, last: bool) -> str | None:
+        """The storyboard edit a page posted since the last section, taken (worker thread, before a section).
+
+        Before the ``last`` section the job also stops taking edits, under the same lock as
+        :meth:`Worker.steer` posts them: an edit is either taken or refused, never dropped.
+        """
         taken: list[str | None] = []
 
         def take(j: Job) -> None:
             taken.append(j.steer_pending)
             j.steer_pending = None
+            j.steer_closed = j.steer_closed or last
 
         self.store.mutate(job, take, notify=False)
         return taken[0]

@@ -75,6 +75,8 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     #: a storyboard edit posted by a page, taken by the worker before its next section (see .steering)
     steer_pending: str | None = None
+    #: set by the worker as it starts the last section: no later section would follow an edit
+    steer_closed: bool = False
     #: the edits that took effect: ``{"section", "prompt", "time"}``
     steers: list[dict] = field(default_factory=list)
 

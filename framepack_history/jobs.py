@@ -217,15 +217,20 @@ class Worker:
             raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
         if not isinstance(prompt, str):
             raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
-        p = job.progress
-        if job.status == "running" and p.sections_total and p.section >= p.sections_total - 1:
-            # an edit is taken before a section starts: none is left for it once the last one has
-            raise InputError("job", f"{job_id} is making its last section ({p.sections_total} of {p.sections_total}); "
-                                    "no section is left for a storyboard edit")
         jd = self.job_dir(job_id)
         preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
         dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
-        self.store.update(job, steer_pending=prompt, message="storyboard edit: the next section follows it")
+
+        def post(j: Job) -> None:  # under the lock the worker takes edits with (JobRunner._take_steer)
+            if j.steer_closed:
+                # an edit is taken before a section starts: none is left for it once the last one has
+                n = j.progress.sections_total
+                raise InputError("job", f"{job_id} is making its last section ({n} of {n}); "
+                                        "no section is left for a storyboard edit")
+            j.steer_pending = prompt
+            j.message = "storyboard edit: the next section follows it"
+
+        self.store.mutate(job, post)
         return job
 
     def queued(self) -> list[str]:

@@ -86,7 +86,7 @@ def render(
     on_step: Callable[[int, dict], None] | None = None,
     on_segment: Callable[[Path], None] | None = None,
     job: JobDir | None = None,
-    pending_steer: Callable[[], str | None] | None = None,
+    pending_steer: Callable[[bool], str | None] | None = None,
     on_steer: Callable[[list[dict]], None] | None = None,
 ) -> dict:
     """Generate ``request`` into ``out`` (mp4) and ``out.json``; return the sidecar.

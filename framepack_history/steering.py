@@ -51,17 +51,18 @@ def storyboard_in_force(steers: list[dict], section: int) -> str | None:
 class Steering:
     """The pipeline's ``before_section`` hook: take a posted edit, record it, apply the storyboard in force."""
 
-    def __init__(self, folder: str | Path | None, pending: Callable[[], str | None] | None = None,
+    def __init__(self, folder: str | Path | None, pending: Callable[[bool], str | None] | None = None,
                  on_change: Callable[[list[dict]], None] | None = None) -> None:
         self.folder = Path(folder) if folder else None
-        self.pending = pending or (lambda: None)
+        self.pending = pending or (lambda last: None)
         self.on_change = on_change
         self.steers = read_steers(self.folder)
         if self.steers and on_change is not None:
             on_change(list(self.steers))
 
     def __call__(self, gen: Generation) -> None:
-        new = self.pending()
+        # ``last``: no section follows this one, so whoever posts edits stops taking them (atomically)
+        new = self.pending(gen.next_section >= gen.total_sections - 1)
         if new is not None:
             self.steers.append({"section": gen.next_section, "prompt": new, "time": time.time()})
             if self.folder is not None:  # durable before the section that follows it starts

@@ -137,7 +137,7 @@ def test_a_steer_holds_through_a_kill_and_a_resume(toy_pipeline, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job,
-               on_event=kill_after_section_3, pending_steer=lambda: next(posted, None))
+               on_event=kill_after_section_3, pending_steer=lambda last: next(posted, None))
     assert job.status == "interrupted" and json.loads((job.root / "steers.json").read_text())["steers"][0]["section"] == 2
     data = render(toy_pipeline, request, tmp_path / "v.mp4", job.root / "segments", job=job)  # resume
     assert data["resumed_from_section"] == 4 and [s["section"] for s in data["steers"]] == [2]
@@ -145,7 +145,7 @@ def test_a_steer_holds_through_a_kill_and_a_resume(toy_pipeline, tmp_path):
     assert prompts == ["camera pans left"] * 2 + ["camera pans right"] * 4
     # the same as a job never interrupted that had the same edit at the same section
     posted = iter([None, None, STEERED])
-    straight = render(toy_pipeline, request, tmp_path / "s.mp4", tmp_path / "seg", pending_steer=lambda: next(posted, None))
+    straight = render(toy_pipeline, request, tmp_path / "s.mp4", tmp_path / "seg", pending_steer=lambda last: next(posted, None))
     assert [s["prompt"] for s in straight["sections"]] == prompts
     from framepack_history.video import read_video
 
@@ -370,7 +370,11 @@ def test_gallery_pick_reuse_and_extend_handlers(toy_pipeline, tmp_path):
 
 
 def test_a_steer_during_the_last_section_is_refused_with_the_reason(tmp_path):
-    """An edit is taken before a section starts; once the last one runs none would follow it, so it is refused."""
+    """An edit is taken before a section starts; once the last one starts none would follow it, so it is refused.
+
+    The worker closes edits in the same locked step that takes the last pending one: an edit posted at any
+    moment is either taken or refused with the reason, never silently dropped.
+    """
     from framepack_history.job_store import JobSpec
     from framepack_history.jobs import Worker
     from tests.conftest import TINY_TOY
@@ -378,9 +382,11 @@ def test_a_steer_during_the_last_section_is_refused_with_the_reason(tmp_path):
     worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")  # not started: the job stays as we set it
     job = worker.submit(JobSpec(GenerationRequest(prompt="camera pans left", seconds=2, seed=1, steps=1), str(TINY_TOY)))
     worker.store.update(job, status="running")
-    job.progress.sections_total, job.progress.section = 4, 2
-    assert worker.steer(job.id, "camera holds").steer_pending == "camera holds"  # section 3 of 4 still to come
-    job.progress.section = 3
+    job.progress.sections_total, job.progress.section = 4, 3  # progress alone does not close edits
+    assert worker.steer(job.id, "camera holds").steer_pending == "camera holds"
+    assert worker.runner._take_steer(job, last=False) == "camera holds"  # before section 3 of 4
+    worker.steer(job.id, "camera pans right")
+    assert worker.runner._take_steer(job, last=True) == "camera pans right"  # taken as the last section starts
     with pytest.raises(InputError, match="last section \\(4 of 4\\); no section is left"):
-        worker.steer(job.id, "camera pans right")
-    assert job.steer_pending == "camera holds"  # the earlier edit is untouched
+        worker.steer(job.id, "camera holds")
+    assert job.steer_pending is None  # nothing waits that no section would take
