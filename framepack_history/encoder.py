@@ -26,7 +26,10 @@ Why the HR branch never mixes time groups: every layer after the temporal
 reduction is per frame (kernel 1 in time, attention within a frame,
 LayerNorm over channels). One group of ``T`` token frames therefore maps to
 its tokens independently of every other group, and a new section can be
-encoded alone and *appended*: the history is never re-encoded.
+encoded alone and *appended*: the history is never re-encoded. With
+``context_groups`` the temporal conv also reads that many groups *before*
+each group (never after), so a group is coded against what it follows; a new
+section is still appended, given those earlier frames as ``context``.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
         use_lr_branch: bool = True,
         use_hr_branch: bool = True,
         use_box_branch: bool = False,
+        context_groups: int = 0,
     ) -> None:
         super().__init__()
         if not (use_lr_branch or use_hr_branch or use_box_branch):
@@ -122,8 +126,11 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             ft, fh, fw = self.factor
             c = list(channels)
             layers: list[nn.Module] = [nn.Conv3d(latent_channels, c[0], (1, 3, 3), padding=(0, 1, 1)), nn.SiLU()]
-            # Time first: one non-overlapping temporal conv (kernel == stride).
-            layers += [nn.Conv3d(c[0], c[1], (ft, 3, 3), stride=(ft, 1, 1), padding=(0, 1, 1)), nn.SiLU()]
+            # Time first: one temporal conv with stride = one group. Its kernel also covers the
+            # ``context_groups`` groups before (causal: never later ones), so a group can be
+            # coded against the frames it follows; 0 = the paper's non-overlapping kernel.
+            kt = ft * (1 + context_groups)
+            layers += [nn.Conv3d(c[0], c[1], (kt, 3, 3), stride=(ft, 1, 1), padding=(0, 1, 1)), nn.SiLU()]
             # Then space: stride-2 stages until the grid is reached; channels
             # follow the list and stay at its last entry.
             nh, nw = _log2_exact(fh, "spatial reduction (patch*rate, height)"), _log2_exact(fw, "spatial reduction (patch*rate, width)")
@@ -187,8 +194,28 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             latents = F.pad(latents, pad, mode="replicate")
         return latents
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """History latents ``[B, C, T, H, W]`` -> token grid ``[B, T', H', W', D]``."""
+    @property
+    def context_frames(self) -> int:
+        """Latent frames before a group that its tokens depend on (the HR branch's causal context)."""
+        return self.factor[0] * self.config.get("context_groups", 0) if self.config.use_hr_branch else 0
+
+    def _hr_input(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """``x`` with exactly :attr:`context_frames` frames before it: the given ones, the first frame repeated before them."""
+        k = self.context_frames
+        if not k:
+            return x
+        ctx = x[:, :, :0] if context is None else context[:, :, -k:].to(x.dtype)
+        full = torch.cat([ctx, x], dim=2)
+        missing = k - ctx.shape[2]  # the start of the video: nothing came before
+        return F.pad(full, (0, 0, 0, 0, missing, 0), mode="replicate") if missing else full
+
+    def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """History latents ``[B, C, T, H, W]`` -> token grid ``[B, T', H', W', D]``.
+
+        ``context``: the latent frames just before ``latents`` (at least :attr:`context_frames` of
+        them where there are that many), so a group encoded alone gets the same tokens as inside
+        the whole history. Only an encoder with ``context_groups`` reads it.
+        """
         if latents.shape[2] == 0:
             b = latents.shape[0]
             _, gh, gw = self.grid(0, latents.shape[3], latents.shape[4])
@@ -202,7 +229,7 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
             low = F.avg_pool3d(x, kernel_size=(rt, rh, rw)) if (rt, rh, rw) != (1, 1, 1) else x
             out = out + self._lr_embed[0](low.to(self.dtype))
         if self.config.use_hr_branch:
-            y = self.hr_convs(x.to(self.dtype))
+            y = self.hr_convs(self._hr_input(x, context).to(self.dtype))
             y = self.hr_attn(y)
             y = self.hr_proj(y) * self.hr_gate.view(1, -1, 1, 1, 1)
             out = out + y

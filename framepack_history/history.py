@@ -80,6 +80,9 @@ class HistoryState:
             raise ValueError(f"max_tokens must be >= 0 (got {max_tokens})")
         if merge not in MERGE_RULES:
             raise ValueError(f"merge must be one of {', '.join(MERGE_RULES)} (got {merge!r})")
+        if self.max_tokens and getattr(encoder, "context_frames", 0):
+            # a merged group has no one group before it to be coded against
+            raise ValueError("a history-token cap needs an encoder without context_groups")
         #: which groups the cap merges: ``oldest`` (by age) or ``similar`` (the neighbours that differ least)
         self.merge = merge
         # Capped: the complete groups as segments ``[first fine group, fine groups covered, tokens [1, 1, h, w, D],
@@ -194,9 +197,14 @@ class HistoryState:
             return 0
         g = self.encoder.frames_per_group
         first_group = start // g  # the partial group (if any) is re-encoded with its new frames
-        frames = self._last_frames(self.num_frames - first_group * g)
+        before = min(getattr(self.encoder, "context_frames", 0), first_group * g)  # frames the new groups are coded against
+        frames = self._last_frames(self.num_frames - first_group * g + before)
         enc_dtype = self.encoder.dtype
-        tokens = self.encoder(frames.to(self.device, enc_dtype))  # [1, t', h, w, D]
+        if before:
+            ctx, frames = frames[:, :, :before].to(self.device, enc_dtype), frames[:, :, before:]
+            tokens = self.encoder(frames.to(self.device, enc_dtype), context=ctx)
+        else:
+            tokens = self.encoder(frames.to(self.device, enc_dtype))  # [1, t', h, w, D]
         complete = (self.num_frames - first_group * g) // g
         full, tail = tokens[:, :complete], tokens[:, complete:]
         self._tail = tail if tail.shape[1] else None

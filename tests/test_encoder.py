@@ -238,3 +238,30 @@ def test_box_branch_append_equals_reencode(sections):
     with torch.no_grad():
         full = enc(latents)
     assert (state.tokens()[0] - full.reshape(1, -1, 32)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("sections", [[1, 4, 4, 5, 8], [9, 3, 10]])
+def test_context_groups_are_causal_and_append_equals_reencode(sections):
+    """With context_groups the HR branch reads the group before each one: appended sections get the
+    whole history's tokens (given those frames as context), and no group depends on a later one."""
+    enc = make_encoder("2x2x2", context_groups=1)
+    assert enc.context_frames == enc.frames_per_group == 2  # one group: rate 2 x patch 1 in time
+    with torch.no_grad():
+        enc.hr_gate.normal_()
+    latents = torch.randn(1, 4, sum(sections), 16, 16)
+    state = HistoryState(enc)
+    for i, n in enumerate(sections):
+        state.append(latents[:, :, sum(sections[:i]) : sum(sections[: i + 1])])
+    with torch.no_grad():
+        full = enc(latents)
+        changed = latents.clone()
+        changed[:, :, 12:] += 1.0  # frames 12 on: group 6 on
+        later = enc(changed)
+        alone = enc(latents[:, :, 8:])  # without context: the first frame stands in for it
+    assert (state.tokens()[0] - full.reshape(1, -1, 32)).abs().max().item() <= 1e-5
+    g = 12 // enc.frames_per_group
+    assert torch.equal(later[:, :g], full[:, :g]) and not torch.allclose(later[:, g:], full[:, g:])
+    first = 8 // enc.frames_per_group
+    assert not torch.allclose(alone[:, :1], full[:, first : first + 1])  # the context is read
+    with pytest.raises(ValueError, match="history-token cap needs an encoder without context_groups"):
+        HistoryState(enc, max_tokens=64)

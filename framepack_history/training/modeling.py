@@ -158,7 +158,8 @@ def build_encoder(cfg: TrainConfig, spec: ModelSpec, backbone: Backbone) -> Hist
                                  patch_size=tuple(geo.patch_size), rate=spec.encoder_rate,
                                  channels=tuple(spec.encoder_channels), use_lr_branch=cfg.encoder.use_lr_branch,
                                  use_hr_branch=cfg.encoder.use_hr_branch,
-                                 use_box_branch=cfg.encoder.use_box_branch)
+                                 use_box_branch=cfg.encoder.use_box_branch,
+                                 context_groups=cfg.encoder.context_groups)
         else:
             raise InputError("encoder.kind", f"must be 'history' or 'large_patchifier' (got {cfg.encoder.kind!r})")
     enc = anchor_dtype(enc).to(backbone.device)

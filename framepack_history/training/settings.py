@@ -37,6 +37,7 @@ class EncoderConfig:
     use_lr_branch: bool = True
     use_hr_branch: bool = True
     use_box_branch: bool = False  # + one linear map of each token box (contains the large patchifier)
+    context_groups: int = 0  # the HR branch also reads this many groups before each one (causal; 0 = none)
 
 
 @dataclass
@@ -210,6 +211,9 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
           f"need 1 <= omega_min <= omega_max (got {cfg.stage1.omega_min}, {cfg.stage1.omega_max})")
     _need(cfg.encoder.use_lr_branch or cfg.encoder.use_hr_branch or cfg.encoder.use_box_branch, "encoder",
           "needs at least one branch")
+    _need(cfg.encoder.context_groups >= 0, "encoder.context_groups", f"must be >= 0 (got {cfg.encoder.context_groups})")
+    _need(not (cfg.encoder.context_groups and cfg.stage2.p_capped), "encoder.context_groups",
+          "capped histories (stage2.p_capped) need an encoder without context groups")
     _need(cfg.lr > 0, "lr", f"must be > 0 (got {cfg.lr})")
     _need(bool(cfg.stage2.capped_tokens) and all(isinstance(c, int) and c > 0 for c in cfg.stage2.capped_tokens),
           "stage2.capped_tokens", f"must be a list of positive token caps (got {cfg.stage2.capped_tokens!r})")
