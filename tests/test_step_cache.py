@@ -201,27 +201,28 @@ def test_cli_bad_cache_exits_2_with_one_line(capsys):
 
 
 def test_page_and_api_pass_the_setting_through():
-    """The page's last input and the API's last parameter become the request's ``cache``."""
+    """The page's inputs and the API's parameters end with ``cache, history_merge``: both reach the request."""
     import inspect
 
     from ui.handlers import Handlers
 
-    assert list(inspect.signature(Handlers.spec).parameters)[-1] == "cache"
-    # the API's last value parameter (gradio fills the trailing ``request`` itself)
-    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-1] == "cache"
+    assert list(inspect.signature(Handlers.spec).parameters)[-2:] == ["cache", "history_merge"]
+    # the API's last value parameters (gradio fills the trailing ``request`` itself)
+    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-2:] == ["cache", "history_merge"]
     h = Handlers.__new__(Handlers)  # spec() reads only the presets
     h.presets, h.default_preset = ["toy-cpu"], "toy-cpu"
-    spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster")
-    assert spec.request.cache == "faster"
+    spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster", history_merge="oldest")
+    assert spec.request.cache == "faster" and spec.request.history_merge == "oldest"
     assert h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None).request.cache is None
 
 
-def test_page_control_is_the_last_generate_input(tmp_path):
+def test_page_controls_are_the_last_generate_inputs(tmp_path):
     from framepack_history.jobs import Worker
     from ui.layout import build_app
 
     cfg = build_app(Worker(tmp_path / "out", jobs_dir=tmp_path / "jobs")).get_config_file()
     labels = {c["id"]: c.get("props", {}) for c in cfg["components"]}
     generate = next(d for d in cfg["dependencies"] if d.get("api_name") == "generate")
-    last = labels[generate["inputs"][-1]]
-    assert last["label"] == "Step cache" and [v for v, _ in last["choices"]] == ["off", "fast", "faster"]
+    cache, merge = (labels[i] for i in generate["inputs"][-2:])
+    assert cache["label"] == "Step cache" and [v for v, _ in cache["choices"]] == ["off", "fast", "faster"]
+    assert merge["label"] == "Cap merges" and [v for v, _ in merge["choices"]] == ["similar", "oldest"]

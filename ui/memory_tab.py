@@ -13,7 +13,8 @@ import gradio as gr
 
 from framepack_history.config import InputError
 
-from .handlers import Handlers, _num
+from .handlers import Handlers
+from .values import _num
 
 
 class MemoryTab:
