@@ -111,14 +111,20 @@ def training_preset(cfg: TrainConfig) -> Preset:
 def build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | str) -> Backbone:
     """The preset's backbone; for the toy, optionally with a trained VAE swapped in.
 
-    A toy DiT loaded from weights takes ``canvas_positions`` from the preset's
-    ``[model.config.dit]`` when it is given there, so a view-position model
-    can be finetuned into a canvas-position one.
+    A toy DiT loaded from weights takes ``canvas_positions`` and ``rope_values`` from
+    the preset's ``[model.config.dit]`` when they are given there (switches with no
+    weights of their own), so a view-position model can be finetuned into a
+    canvas-position one, or one with rotary values.
     """
     bb = _build_backbone(cfg, spec, device)
-    canvas = (spec.config.get("dit") or {}).get("canvas_positions")
-    if spec.backbone == "toy" and canvas is not None and bool(canvas) != bb.transformer.config.canvas_positions:
-        bb.transformer.register_to_config(canvas_positions=bool(canvas))
+    if spec.backbone != "toy":
+        return bb
+    dit, given = bb.transformer, spec.config.get("dit") or {}
+    for key in ("canvas_positions", "rope_values"):
+        if given.get(key) is not None and bool(given[key]) != bool(dit.config.get(key, False)):
+            dit.register_to_config(**{key: bool(given[key])})
+    for block in dit.blocks:
+        block.rope_values = bool(dit.config.get("rope_values", False))
     return bb
 
 

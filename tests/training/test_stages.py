@@ -134,9 +134,10 @@ def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
     from framepack_history.config import InputError
 
     over = {"model": {"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder"),
-                      "config": {"dit": {"canvas_positions": True}}}, "max_steps": 2}
+                      "config": {"dit": {"canvas_positions": True, "rope_values": True}}}, "max_steps": 2}
     out = train("stage2", tmp_path / "canvas", data={"cache": str(tmp_path / "cache")}, **over)
-    assert json.loads((out / "transformer" / "config.json").read_text())["canvas_positions"] is True
+    saved = json.loads((out / "transformer" / "config.json").read_text())
+    assert saved["canvas_positions"] is True and saved["rope_values"] is True  # switches a loaded model takes
     assert all(math.isfinite(r["loss"]) for r in read_log(out / "loss.jsonl"))
 
     from framepack_history.training.stages import track_of
@@ -144,6 +145,7 @@ def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
     from framepack_history.config import load_preset
 
     bb = load_backbone(load_preset(out / "preset.toml").model)
+    assert all(block.rope_values for block in bb.transformer.blocks)
     track = track_of({"camera_x": torch.tensor([[0, 4, 8]])}, bb)  # 32 px views: 4 px = one DiT token
     torch.testing.assert_close(track.cpu(), torch.tensor([[0.0, 1.0, 2.0]]))
     with pytest.raises(InputError, match="camera track"):
