@@ -248,8 +248,11 @@ class Pipeline:
         geo = self.backbone.geometry
         _, gh, gw = self.encoder.grid(1, size[1] // geo.spatial_scale, size[0] // geo.spatial_scale)
         least = (MIN_CAP_GROUPS + 1) * gh * gw
+        field = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
+        if getattr(self.encoder, "context_frames", 0):
+            raise InputError(field, "this history encoder codes each group against the one before it "
+                                    "(context_groups); a cap needs one that codes groups alone (0 = no cap)")
         if cap < least:
-            field = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
             raise InputError(field, f"{cap} is below the least cap at {size[0]}x{size[1]}, {least} tokens "
                                     f"({MIN_CAP_GROUPS + 1} token groups of {gh * gw}); 0 = no cap")
         return cap

@@ -265,3 +265,15 @@ def test_context_groups_are_causal_and_append_equals_reencode(sections):
     assert not torch.allclose(alone[:, :1], full[:, first : first + 1])  # the context is read
     with pytest.raises(ValueError, match="history-token cap needs an encoder without context_groups"):
         HistoryState(enc, max_tokens=64)
+
+
+def test_a_cap_with_a_context_encoder_is_a_clear_input_error(toy_pipeline):
+    """A job asking for a cap on an encoder that codes groups against the previous one is refused by name."""
+    from framepack_history.config import GenerationRequest, InputError
+    from framepack_history.pipeline import Pipeline
+
+    enc = make_encoder("2x2x2", context_groups=1)
+    pipe = Pipeline(toy_pipeline.backbone, enc, toy_pipeline.preset)
+    with pytest.raises(InputError, match="context_groups.*a cap needs one that codes groups alone"):
+        pipe.history_cap(GenerationRequest(prompt="camera holds", max_history_tokens=400), (32, 32))
+    assert pipe.history_cap(GenerationRequest(prompt="camera holds", max_history_tokens=0), (32, 32)) == 0
