@@ -185,6 +185,13 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
         return gt * gh * gw
 
     # ---------------------------------------------------------------- encoding
+    def _pad_space(self, latents: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad height and width to whole token boxes (time as it is)."""
+        _, fh, fw = self.factor
+        h, w = latents.shape[3:]
+        pad = (0, (-w) % fw, 0, (-h) % fh, 0, 0)  # replicate pads 5D tensors on all three axes or none
+        return F.pad(latents, pad, mode="replicate") if any(pad) else latents
+
     def _pad(self, latents: torch.Tensor) -> torch.Tensor:
         """Replicate-pad to whole groups, so partial groups are well defined."""
         ft, fh, fw = self.factor
@@ -204,7 +211,7 @@ class HistoryEncoder(ModelMixin, ConfigMixin):
         k = self.context_frames
         if not k:
             return x
-        ctx = x[:, :, :0] if context is None else context[:, :, -k:].to(x.dtype)
+        ctx = x[:, :, :0] if context is None else self._pad_space(context[:, :, -k:].to(x.dtype))
         full = torch.cat([ctx, x], dim=2)
         missing = k - ctx.shape[2]  # the start of the video: nothing came before
         return F.pad(full, (0, 0, 0, 0, missing, 0), mode="replicate") if missing else full

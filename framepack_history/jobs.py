@@ -213,7 +213,7 @@ class Worker:
         """
 
         job = self.store.get(job_id)
-        if job.terminal:
+        if job.terminal:  # checked again under the lock, where it counts
             raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
         if not isinstance(prompt, str):
             raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
@@ -222,10 +222,13 @@ class Worker:
         dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
 
         def post(j: Job) -> None:  # under the lock the worker takes edits with (JobRunner._take_steer)
+            if j.terminal:  # ended since the check above: nothing would take the edit
+                raise InputError("job", f"{job_id} is {j.status}; only a queued or running job can be steered")
             if j.steer_closed:
                 # an edit is taken before a section starts: none is left for it once the last one has
                 n = j.progress.sections_total
-                raise InputError("job", f"{job_id} is making its last section ({n} of {n}); "
+                which = f" ({n} of {n})" if n else ""
+                raise InputError("job", f"{job_id} is making its last section{which}; "
                                         "no section is left for a storyboard edit")
             j.steer_pending = prompt
             j.message = "storyboard edit: the next section follows it"
@@ -404,8 +407,19 @@ def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, histo
     LoRA files (names in ``loras/`` or paths) whose adapters stay resident beside the DiT.
     """
     now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
+    # the LoRA files are read each time (a file replaced under its name changes the plan); the rest is cached
+    preset = load_preset(preset_name)
+    names = tuple(loras) or _preset_loras(preset)
+    adapters = lora_bytes(names, preset.hardware.dtype)
     return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size, max_tokens, merge,
-                                  tuple(loras)))
+                                  len(names), adapters))
+
+
+def _preset_loras(preset: Preset) -> tuple[str, ...]:
+    """The preset's own LoRA files: what a job takes when the request picks none."""
+    from .lora.files import parse_arg
+
+    return tuple(parse_arg(text, "loras")["name"] for text in preset.loras)
 
 
 def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
@@ -419,7 +433,7 @@ def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
 @functools.lru_cache(maxsize=64)
 def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None,
                 size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
-                loras: tuple[str, ...] = ()) -> tuple[str, ...]:
+                loras: int = 0, adapters: int = 0) -> tuple[str, ...]:
     """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
     from .budget import history_budget
 
@@ -439,13 +453,8 @@ def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, hist
         lines = [tokens]
     else:
         lines = [f"history mode **{mode}**: no history tokens"]
-    if not loras:  # none picked: the preset's own LoRAs, as a job would take
-        from .lora.files import parse_arg
-
-        loras = tuple(parse_arg(text, "loras")["name"] for text in preset.loras)
-    adapters = lora_bytes(loras, preset.hardware.dtype)
     if adapters:
-        lines.append(f"LoRAs: {len(loras)}, {adapters / 2**20:.1f} MiB resident beside the DiT")
+        lines.append(f"LoRAs: {loras}, {adapters / 2**20:.1f} MiB resident beside the DiT")
     hw = preset.hardware
     try:
         from .memory import plan

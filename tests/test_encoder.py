@@ -240,15 +240,16 @@ def test_box_branch_append_equals_reencode(sections):
     assert (state.tokens()[0] - full.reshape(1, -1, 32)).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("size", [(16, 16), (15, 14)])  # also a frame that is not whole token boxes
 @pytest.mark.parametrize("sections", [[1, 4, 4, 5, 8], [9, 3, 10]])
-def test_context_groups_are_causal_and_append_equals_reencode(sections):
+def test_context_groups_are_causal_and_append_equals_reencode(sections, size):
     """With context_groups the HR branch reads the group before each one: appended sections get the
     whole history's tokens (given those frames as context), and no group depends on a later one."""
     enc = make_encoder("2x2x2", context_groups=1)
     assert enc.context_frames == enc.frames_per_group == 2  # one group: rate 2 x patch 1 in time
     with torch.no_grad():
         enc.hr_gate.normal_()
-    latents = torch.randn(1, 4, sum(sections), 16, 16)
+    latents = torch.randn(1, 4, sum(sections), *size)
     state = HistoryState(enc)
     for i, n in enumerate(sections):
         state.append(latents[:, :, sum(sections[:i]) : sum(sections[: i + 1])])

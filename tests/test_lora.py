@@ -314,6 +314,20 @@ def test_page_plan_counts_the_picked_loras_as_applying_them_does(preset, files):
     assert not any(line.startswith("LoRAs:") for line in plan_lines(str(TINY_HUNYUAN), None, 2))
 
 
+def test_a_lora_header_without_shapes_is_an_input_error(tmp_path):
+    """The plan reads LoRA headers: one whose tensors have no shape is refused by name, not a crash."""
+    import json
+    import struct
+
+    from framepack_history.lora.files import adapter_numel
+
+    path = tmp_path / "odd.safetensors"
+    head = json.dumps({"x.lora_A.weight": 5}).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(InputError, match="odd.safetensors: not a safetensors file"):
+        adapter_numel(path)
+
+
 # ------------------------------------------------------------------ jobs
 def test_resume_restores_the_lora_set(preset, files, tmp_path):
     from framepack_history.checkpoint import JobDir

@@ -246,3 +246,11 @@ def test_the_first_screen_shows_no_server_folders_to_a_shared_studio(tmp_path, m
     assert str(target) in local and "disk full at" in local
     assert str(tmp_path) not in shared and "free in `hub`" in shared and "disk full at blobs" in shared
     assert "1.1 GB to fetch" in shared and "press **Download**" in shared
+    # the progress bar's failure message: scrubbed before it is escaped (an escaped quote hides the path)
+    state = SimpleNamespace(status="failed", message=f"PermissionError: '{target}/models--x/abc'", done=0, total=0,
+                            file="", files_done=0, files_total=0)
+    bar = ui.weights.progress_html(state, Studio.from_auth(list(USERS.items())).say)
+    assert str(tmp_path) not in bar and "abc" in bar
+    assert str(target) in ui.weights.progress_html(state)
+    bad, _ = ui.weights.WeightsPanel(downloads, Studio.from_auth(list(USERS.items()))).view(str(tmp_path / "nope.toml"))
+    assert str(tmp_path) not in bad and "nope.toml" in bad

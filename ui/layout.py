@@ -260,21 +260,24 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         gallery.select(h.gallery_pick, None, picked_video, **private)
         form = [prompt, seconds, seed, preset_dd, steps, guidance, shift, rate, history, window, history_guidance, start_frame,
                 history_cap, history_merge, cache]
-        reuse.click(h.reuse_settings, [picked_video], form, **private)
-        settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)
+        reused = [reuse.click(h.reuse_settings, [picked_video], form, **private),
+                  settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)]
         extended = extend.click(h.extend_click, [picked_video, extend_prompt, extend_seconds], [job_id, progress],
                                 concurrency_limit=None, **private)
         extended.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- the preset decides the advanced defaults and the plan
         # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
-        preset_dd.input(h.preset_defaults, [preset_dd], defaults, **private)
+        preset_picked = preset_dd.input(h.preset_defaults, [preset_dd], defaults, **private)
         # (the slider on release only: each new length is a new plan, and large presets take seconds to plan)
         plan_inputs = [preset_dd, rate, seconds, history, history_cap, history_merge] + [name for name, _ in lora_picks]
-        plan_events = [preset_dd.change, rate.change, history.change, seconds.release, history_cap.blur, history_cap.submit,
+        plan_events = [rate.change, history.change, seconds.release, history_cap.blur, history_cap.submit,
                        history_merge.change] + [name.change for name, _ in lora_picks]
         for event in plan_events:
             event(h.preview_plan, plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **private)
+        # a new preset (or reused settings) plans once its own values are in the form, never with the old ones
+        for done in (preset_picked, *reused):
+            done.success(h.preview_plan, plan_inputs, [plan], show_progress="hidden", **private)
 
         # -- the first screen follows the preset; Download runs beside the worker and reports progress
         first = [first_md, download, download_progress]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -54,7 +54,7 @@ class WeightsPanel:
         try:
             preset = load_preset(preset_ref)
         except InputError as e:
-            return f"**{html.escape(str(preset_ref))}**: {e.message}", gr.update(visible=False)
+            return f"**{html.escape(self.studio.say(str(preset_ref)))}**: {e.message}", gr.update(visible=False)
         head = f"**Preset `{preset.name}`** runs on {needs(preset)}. {preset.description}".rstrip()
         if not hub.components(preset.model):
             return (f"{head}\n\nIts weights ship with the project: nothing to download. "
@@ -96,20 +96,20 @@ class WeightsPanel:
             if s.status != "running":
                 break
             md, _ = self.view(preset_ref)
-            yield md, gr.update(visible=True, interactive=False, value="Downloading…"), self.studio.say(progress_html(s))
+            yield md, gr.update(visible=True, interactive=False, value="Downloading…"), progress_html(s, self.studio.say)
             time.sleep(POLL_S)
         md, button = self.view(preset_ref)
-        yield md, button, self.studio.say(progress_html(s))
+        yield md, button, progress_html(s, self.studio.say)
 
 
-def progress_html(s: Any) -> str:
-    """A bar with bytes and files; the message when it failed."""
+def progress_html(s: Any, say: Callable[[str], str] = str) -> str:
+    """A bar with bytes and files; the message when it failed (``say``: what a client may read of it, before escaping)."""
     if s.status == "idle":
         return ""
     pct = 100.0 if s.status == "done" else (100.0 * s.done / s.total if s.total else 0.0)
     line = {"running": f"downloading {html.escape(s.file.rsplit('/', 1)[-1]) or '…'}",
             "done": "download finished", "failed": "download stopped"}[s.status]
-    msg = f"<div class='fph-msg'>{html.escape(s.message)}</div>" if s.message else ""
+    msg = f"<div class='fph-msg'>{html.escape(say(s.message))}</div>" if s.message else ""
     return (f"<div class='fph-progress'><div class='fph-line'><b class='fph-status {s.status}'>{s.status}</b> {line} · "
             f"{human(s.done)} / {human(s.total)} · file {s.files_done}/{s.files_total}</div>"
             f"<div class='fph-bar'><div style='width:{pct:.1f}%'></div></div>{msg}</div>")

@@ -130,7 +130,15 @@ def header(path: Path, field: str = "--lora") -> dict[str, Any]:
 
 def adapter_numel(path: Path, field: str = "--lora") -> int:
     """How many numbers the file's LoRA weights hold, from its header alone (no tensor is read)."""
-    return sum(math.prod(v["shape"]) for k, v in header(path, field).items() if "lora" in k and "shape" in v)
+    total = 0
+    for key, entry in header(path, field).items():
+        if "lora" not in key:
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise InputError(field, f"{path.name}: not a safetensors file (tensor {key!r} has no shape)")
+        total += math.prod(shape)
+    return total
 
 
 def resolve(entry: dict[str, Any], field: str = "--lora") -> dict[str, Any]:
