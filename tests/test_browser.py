@@ -141,3 +141,21 @@ def test_reload_reattaches_then_cancel(page, server):
         assert r.status == 200
     folder = next(server[1].glob(f"*/{job}"))
     assert (folder / "video.mp4").is_file() and (folder / "video.json").is_file()
+
+
+def test_the_plan_follows_the_typed_cap_and_merge_rule(page):
+    """Advanced settings: a typed history-token cap and the merge rule reach the memory plan shown."""
+    cap = page.locator("#fph-history-cap input")
+    if not cap.is_visible():
+        page.get_by_text("Advanced").click()
+    plan = page.locator("#fph-plan")
+    expect(plan).to_contain_text("history tokens", timeout=20_000)
+    page.wait_for_timeout(1500)  # the page's load events set the preset's defaults: type after them
+    cap.fill("144")
+    cap.press("Enter")  # the plan re-plans when the cap is submitted (or the field is left)
+    expect(plan).to_contain_text("capped at 144 (similar)", timeout=20_000)
+    page.locator("#fph-history-merge").get_by_test_id("oldest-radio-label").click()
+    expect(plan).to_contain_text("capped at 144 (oldest)", timeout=20_000)
+    cap.fill("0")
+    page.locator("#fph-plan").click()  # leaving the field re-plans too
+    expect(plan).not_to_contain_text("capped at", timeout=20_000)
