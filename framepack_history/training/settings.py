@@ -62,6 +62,9 @@ class Stage2Config:
     # Chance that a step trains Stage I's frame-query objective instead (same batch of clips): keeps the
     # embedding decodable and the DiT practised at reading past frames out of it.
     p_frame_query: float = 0.0
+    # Chance that an encoder-mode step drops the add-on window: the history embedding alone must give the
+    # section, so the DiT cannot lean on the raw window for what the embedding holds.
+    p_no_window: float = 0.0
     # Chance that a step (next section or frame query) lays its history out as a job with
     # ``history.max_tokens`` does: a cap drawn from ``capped_tokens``, the merges replayed with ``merge``,
     # coarse groups at the true places of their frames. Teaches the DiT to read what a cap keeps.
@@ -204,6 +207,7 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                    ("stage2.p_window_mode", cfg.stage2.p_window_mode),
                    ("stage2.p_revisit_split", cfg.stage2.p_revisit_split),
                    ("stage2.p_frame_query", cfg.stage2.p_frame_query), ("stage2.p_capped", cfg.stage2.p_capped),
+                   ("stage2.p_no_window", cfg.stage2.p_no_window),
                    ("ema_decay", cfg.ema_decay)):
         _need(0.0 <= p <= 1.0, key, f"must be in [0, 1] (got {p})")
     _need(0.0 < cfg.stage1.mask_noise_center < 1.0, "stage1.mask_noise_center", "must be in (0, 1)")

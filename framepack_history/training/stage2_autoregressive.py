@@ -131,6 +131,9 @@ class Stage2Task(StageTask):
         # Window sizes exactly as the pipeline: encoder mode uses the add-on window (0 = none),
         # window mode defaults to one section of raw latents.
         window = c2.window_frames if use_encoder else (c2.window_frames or n)
+        # Drawn only when the term is on, so runs without it keep their random stream.
+        if use_encoder and c2.p_no_window > 0 and float(torch.rand(1, generator=gen)) < c2.p_no_window:
+            window = 0
         window = min(window, split)
         cap = draw_cap(c2, gen) if use_encoder else 0
         sigma = logit_normal(b, self.cfg.sigma_mean, self.cfg.sigma_std, gen)

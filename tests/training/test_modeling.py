@@ -116,6 +116,32 @@ def test_stage2_window_mode_feeds_what_the_pipeline_feeds(tmp_path):
         assert b["window"] == min(b["section"], b["split"])
 
 
+def test_stage2_history_alone_steps_drop_the_window_and_nothing_else(tmp_path):
+    """p_no_window: encoder-mode steps without the add-on window; at 0 the batches are those of a config without it."""
+    from framepack_history.training.common import load_config, step_generator
+    from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.stage2_autoregressive import NextSectionModule, Stage2Task
+
+    from .conftest import CONFIGS
+
+    def batches(**stage2):
+        cfg = load_config(TrainConfig, CONFIGS / "tiny_stage2.toml",
+                          {"out": str(tmp_path), "stage2": {"window_frames": 2, "p_window_mode": 0.0, **stage2}})
+        preset = training_preset(cfg)
+        bb = build_backbone(cfg, preset.model, "cpu")
+        task = Stage2Task(cfg, NextSectionModule(bb, build_encoder(cfg, preset.model, bb), cfg), preset.video.fps)
+        task.preset = preset
+        items = {"latents": torch.randn(2, 4, 12, 16, 16, generator=torch.Generator().manual_seed(1)),
+                 "caption": ["camera holds"] * 2}
+        return [task.make_batch(items, step_generator(0, step)) for step in range(6)]
+
+    plain, zero, always = batches(), batches(p_no_window=0.0), batches(p_no_window=1.0)
+    assert all(b["use_encoder"] and b["window"] == 2 for b in plain)
+    assert [(b["split"], b["window"]) for b in zero] == [(b["split"], b["window"]) for b in plain]
+    assert all(torch.equal(a["noise"], b["noise"]) for a, b in zip(zero, plain))
+    assert all(b["use_encoder"] and b["window"] == 0 for b in always)
+
+
 def test_export_from_a_gathered_state_dict_matches_the_trained_module(tmp_path, stage1_run):
     """The FSDP/DeepSpeed export path: rebuild on the CPU, load the full state dict, export."""
     from safetensors.torch import load_file
