@@ -390,12 +390,21 @@ def past_results(outputs: str | Path, limit: int = 24,
     items = []
     shown = (f for f in sorted(found, reverse=True) if visible is None or visible(f[1]))
     for _, video, sc in itertools.islice(shown, limit):
-        try:
-            prompt = json.loads(sc.read_text())["request"]["prompt"]
-        except (OSError, ValueError, KeyError, TypeError):
-            prompt = ""
-        items.append((str(video), (prompt or video.parent.name)[:80]))
+        items.append((str(video), _caption(sc, video)))
     return items
+
+
+def _caption(sidecar: Path, video: Path) -> str:
+    """A gallery caption: the video's length (when recorded), whether it was cancelled, and its prompt."""
+    try:
+        data = json.loads(sidecar.read_text())
+        prompt = str(data["request"]["prompt"] or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return video.parent.name[:80]
+    seconds = data.get("seconds")
+    head = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    head += ", cancelled" if data.get("cancelled") else ""
+    return (f"{head} · " if head else "") + (prompt or video.parent.name)[:80]
 
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,

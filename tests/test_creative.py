@@ -361,6 +361,15 @@ def test_gallery_pick_reuse_and_extend_handlers(toy_pipeline, tmp_path):
     h = Handlers(worker, str(TINY_TOY))
     picked = h.gallery_pick(SimpleNamespace(index=0))
     assert picked == str(video)
+    # a newer video arrives: the new listing keeps the picked one selected where it now sits
+    newer = tmp_path / "outputs" / "2026-01-01" / "130000-fedcba"
+    newer.mkdir(parents=True)
+    for name in ("video.mp4", "video.json"):
+        (newer / name).write_bytes((video.parent / name).read_bytes())
+    _, _, _, listing = h.refresh(None, picked)
+    assert [v for v, _ in listing["value"]] == [str(newer / "video.mp4"), picked] and listing["selected_index"] == 1
+    assert listing["value"][1][1] == "1.1 s · camera pans left"  # length and prompt
+    assert h.refresh(None, "")[3]["selected_index"] is None
     form = h.reuse_settings(picked)
     assert form[:4] == ("camera pans left", 1, 8, str(TINY_TOY)) and form[4] == 2
     job_id, _ = h.extend_click(picked, "0s: camera holds", 1.5)

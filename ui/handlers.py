@@ -303,8 +303,12 @@ class Handlers(ApiHandlers):
             return ""
         return f"{job.device} #{job.worker}" if len(self.worker.lanes) > 1 and job.worker else job.device
 
-    def refresh(self, seen: list | None, request: gr.Request | None = None) -> tuple:
-        """Timer: queue table, job picker and gallery (this user's), only when something changed."""
+    def refresh(self, seen: list | None, picked_video: str | None = None, request: gr.Request | None = None) -> tuple:
+        """Timer: queue table, job picker and gallery (this user's), only when something changed.
+
+        A new listing keeps the picked video selected where it now sits (new videos come first), so the
+        preview shows the video that Reuse settings and Extend act on.
+        """
         jobs = self.visible_jobs(request)
         key = [(j.id, j.status, j.progress.sections_done, j.device) for j in jobs]
         if seen == key:
@@ -313,7 +317,9 @@ class Handlers(ApiHandlers):
         finished = [k for k in key if k[1] in TERMINAL]
         gallery = gr.skip()
         if seen is None or finished != [k for k in seen if k[1] in TERMINAL]:
-            gallery = self.gallery(request)
+            items = self.gallery(request)
+            where = next((i for i, (video, _) in enumerate(items) if picked_video and video == picked_video), None)
+            gallery = gr.update(value=items, selected_index=where)
         return key, self.queue_rows(request), gr.update(choices=ids), gallery
 
     def gallery(self, request: gr.Request | None = None) -> list[tuple[str, str]]:
@@ -369,9 +375,9 @@ class Handlers(ApiHandlers):
         return self.progress_html(job)
 
     # ---------------------------------------------------- gallery: extend, reuse
-    def gallery_pick(self, evt: gr.SelectData) -> str:
-        """The video picked in the Gallery (its path in outputs/, by its place in the listing)."""
-        items = self.gallery()
+    def gallery_pick(self, evt: gr.SelectData, request: gr.Request | None = None) -> str:
+        """The video picked in the Gallery (its path in outputs/, by its place in this user's listing)."""
+        items = self.gallery(request)
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return items[index][0] if isinstance(index, int) and 0 <= index < len(items) else ""
 

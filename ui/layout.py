@@ -233,7 +233,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         # -- re-attach on load: the running job, else the newest
         loaded = demo.load(h.attach, None, job_id, **private)
         loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
-        demo.load(h.refresh, [seen], [seen, queue, picked, gallery], **private)
+        demo.load(h.refresh, [seen, picked_video], [seen, queue, picked, gallery], **private)
         demo.load(h.preset_defaults, [preset_dd], defaults, **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
 
@@ -243,7 +243,8 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         resumed.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- queue tab
-        timer.tick(h.refresh, [seen], [seen, queue, picked, gallery], concurrency_limit=None, show_progress="hidden", **private)
+        timer.tick(h.refresh, [seen, picked_video], [seen, queue, picked, gallery], concurrency_limit=None, show_progress="hidden",
+                   **private)
         shown = show.click(lambda j: (j or ""), [picked], [job_id], **private)
         shown.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
