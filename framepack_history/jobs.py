@@ -178,6 +178,7 @@ class Worker:
             raise InputError("encoder rate", f"{spec.encoder_rate!r} is not offered by {preset.name} (choices: {', '.join(rates)})")
         self.queue.check_room()
         check_inputs(spec.request, preset)
+        check_cap(spec.request, preset, spec.encoder_rate)
         job_id = new_job_id()
         job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
 
@@ -405,6 +406,22 @@ def _caption(sidecar: Path, video: Path) -> str:
     head = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
     head += ", cancelled" if data.get("cancelled") else ""
     return (f"{head} · " if head else "") + (prompt or video.parent.name)[:80]
+
+
+def check_cap(request: GenerationRequest, preset: Preset, rate: str | None = None) -> None:
+    """A history-token cap too small for the video is refused when the job is submitted, not when it starts."""
+    cap, mode = request.max_history_tokens, request.history_mode or preset.history.mode
+    if not cap or mode != "encoder":
+        return
+    from .budget import least_cap
+    from .history_merge import MIN_CAP_GROUPS
+
+    size = (request.width, request.height) if request.width and request.height else None
+    least, groups = least_cap(preset, rate, size), MIN_CAP_GROUPS + 1
+    if cap < least:
+        w, h = size or (preset.video.width, preset.video.height)
+        raise InputError("--max-history-tokens", f"{cap} is below the least cap at {w}x{h}, {least} tokens "
+                                                 f"({groups} token groups of {least // groups}); 0 = no cap")
 
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack_history.config import HISTORY_MERGES, GenerationRequest, InputError, preset_from_dict
+from framepack_history.config import HISTORY_MERGES, GenerationRequest, InputError, load_preset, preset_from_dict
 from framepack_history.history import MERGE_RULES, MIN_CAP_GROUPS, HistoryState
 from framepack_history.history_merge import merge_similar
 
@@ -416,3 +416,28 @@ def test_the_inspector_rebuilds_the_history_with_the_jobs_rule(toy_pipeline, tmp
         assert got[-1].layout_text().startswith("memory: 0-") and "x coarser" in got[-1].layout_text()
         coarse[merge] = [r.coarse for r in got]
     assert coarse["oldest"] != coarse[None] and max(coarse[None]) > 1  # the two rules' layouts differ here
+
+
+def test_a_cap_below_the_least_is_refused_at_submit_not_when_the_job_starts(tmp_path, toy_pipeline):
+    """The page and the API queue nothing for a cap too small: the same least cap the job's start checks."""
+    from framepack_history.budget import least_cap
+    from framepack_history.job_store import JobSpec
+    from framepack_history.jobs import Worker
+    from tests.conftest import TINY_TOY
+    from ui.handlers import cap_info
+
+    preset = load_preset(TINY_TOY)
+    least = least_cap(preset)
+    size = (preset.video.width, preset.video.height)
+    with pytest.raises(InputError):  # the job's own check at start, for the same figure
+        toy_pipeline.history_cap(GenerationRequest(prompt="camera holds", max_history_tokens=least - 1), size)
+    assert toy_pipeline.history_cap(GenerationRequest(prompt="camera holds", max_history_tokens=least), size) == least
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")  # not started
+    with pytest.raises(InputError, match=f"5 is below the least cap at 32x32, {least} tokens"):
+        worker.submit(JobSpec(GenerationRequest(prompt="camera holds", max_history_tokens=5), str(TINY_TOY)))
+    assert worker.queued() == []
+    ok = worker.submit(JobSpec(GenerationRequest(prompt="camera holds", max_history_tokens=least), str(TINY_TOY)))
+    window = worker.submit(JobSpec(GenerationRequest(prompt="camera holds", max_history_tokens=5, history_mode="window"),
+                                   str(TINY_TOY)))  # no embedding: the cap does not apply
+    assert worker.queued() == [ok.id, window.id]
+    assert f"at least {least}, 0 = no cap" in cap_info(preset)

@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 
 from framepack_history import hub
-from framepack_history.config import START_FRAMES, GenerationRequest, InputError, load_preset
+from framepack_history.config import START_FRAMES, GenerationRequest, InputError, Preset, load_preset
 from framepack_history.jobs import TERMINAL, Job, JobSpec, Worker, past_results, plan_lines
 from framepack_history.studio import Studio
 from framepack_history.studio import scrub as _scrub
@@ -283,7 +283,7 @@ class Handlers(ApiHandlers):
             gr.update(value=p.history.guidance),
             gr.update(maximum=p.video.max_seconds),
             start_frame_update(p.model.backbone),
-            gr.update(value=p.history.max_tokens),
+            gr.update(value=p.history.max_tokens, info=cap_info(p)),
             gr.update(value=p.sampling.cache),
             gr.update(value=p.history.merge),
         )
@@ -442,6 +442,17 @@ def start_frame_update(backbone: str) -> Any:
     kinds = START_FRAMES.get(backbone, ())
     return gr.update(choices=[(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
                      visible=len(kinds) > 1)
+
+
+def cap_info(preset: Preset) -> str:
+    """The history-token cap's help: what it does and the least a job of this preset may use."""
+    from framepack_history.budget import least_cap  # configs on the meta device: loaded on first use
+
+    try:
+        least = f"at least {least_cap(preset)}, " if preset.history.mode == "encoder" or preset.model.encoder else ""
+    except Exception:  # advice only: a preset whose configs cannot be read still gets the help
+        least = ""
+    return f"bounded history: older history coarser, recent in full detail ({least}0 = no cap)"
 
 
 def random_seed() -> int:

@@ -27,7 +27,7 @@ from framepack_history.config import (
 from framepack_history.jobs import Worker
 from framepack_history.studio import Studio
 
-from .handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, lora_choices, random_seed
+from .handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, cap_info, lora_choices, random_seed
 from .memory_tab import MemoryTab
 from .weights import WeightsPanel
 
@@ -138,7 +138,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                                                      label="History guidance (1 = off)")
                         history_cap = gr.Number(value=preset.history.max_tokens, precision=0, minimum=0,
                                                 label="History-token cap (0 = none)", elem_id="fph-history-cap",
-                                                info="bounded history: older history coarser, recent in full detail")
+                                                info=cap_info(preset))
                         history_merge = gr.Radio(list(HISTORY_MERGES), value=preset.history.merge, label="Cap merges",
                                                  elem_id="fph-history-merge",
                                                  info="similar: what repeats; oldest: the oldest history first")
