@@ -254,3 +254,22 @@ def test_the_first_screen_shows_no_server_folders_to_a_shared_studio(tmp_path, m
     assert str(target) in ui.weights.progress_html(state)
     bad, _ = ui.weights.WeightsPanel(downloads, Studio.from_auth(list(USERS.items()))).view(str(tmp_path / "nope.toml"))
     assert str(tmp_path) not in bad and "nope.toml" in bad
+
+
+def test_cancelling_an_ended_job_says_so(tmp_path, monkeypatch):
+    """Queue tab: "Cancel job" on a finished job says it has ended instead of claiming to cancel it."""
+    import ui.handlers
+
+    said = []
+    monkeypatch.setattr(ui.handlers.gr, "Info", said.append)
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    h = handlers(worker, tmp_path)
+    job_id = h.generate_click(*values("a"), request=ALICE)[0]
+    worker.store.update(worker.store.get(job_id), status="done")
+    h.cancel_picked(job_id, request=ALICE)
+    assert said == [f"Job {job_id} has already ended (done); nothing to cancel."]
+    assert worker.store.get(job_id).status == "done"
+    assert "no job with id" in error_of(h.cancel_picked, job_id, request=BOB)  # another user's job stays hidden
+    queued = h.generate_click(*values("b"), request=ALICE)[0]
+    h.cancel_picked(queued, request=ALICE)
+    assert said[-1] == f"Cancelling job {queued}." and worker.store.get(queued).status == "cancelled"

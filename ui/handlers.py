@@ -430,6 +430,14 @@ class Handlers(ApiHandlers):
 
     def cancel_picked(self, job_id: str, request: gr.Request | None = None) -> None:
         """Queue tab: cancel any of this user's jobs; the page keeps showing the one it follows."""
+        if job_id:
+            try:
+                job = self.store.get(self.own(job_id, request))
+            except InputError as e:
+                raise self._error(e) from None
+            if job.terminal:
+                gr.Info(f"Job {job_id} has already ended ({job.status}); nothing to cancel.")
+                return
         self.cancel_click(job_id, request)
         gr.Info(f"Cancelling job {job_id}.")
 
