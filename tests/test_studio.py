@@ -62,9 +62,9 @@ def test_users_see_and_act_on_their_own_jobs_only(tmp_path):
     outputs = tmp_path / "outputs"
     worker = Worker(outputs, max_queue=8, jobs_dir=tmp_path / "jobs")  # not started: jobs stay queued
     h = handlers(worker, tmp_path)
-    a = h.generate_click(*values("alice's secret storyboard"), request=ALICE)[0]
-    b = h.generate_click(*values("bob's secret storyboard"), request=BOB)[0]
-    b2 = h.generate_click(*values("bob's second storyboard"), request=BOB)[0]
+    a = h.generate_click(*values("alice's secret storyboard"), request=ALICE)
+    b = h.generate_click(*values("bob's secret storyboard"), request=BOB)
+    b2 = h.generate_click(*values("bob's second storyboard"), request=BOB)
     assert worker.owner_of(a) == "alice" and json.loads((tmp_path / "jobs" / a / "request.json").read_text())["owner"] == "alice"
 
     # /status: own jobs only, no other user's prompt, no absolute path anywhere
@@ -101,7 +101,7 @@ def test_users_see_and_act_on_their_own_jobs_only(tmp_path):
     again = Worker(outputs, max_queue=8, jobs_dir=tmp_path / "jobs")
     h2 = handlers(again, tmp_path)
     assert [r["id"] for r in h2.interrupted(request=BOB)] == [b2] and h2.interrupted(request=ALICE) == []
-    assert "folder" not in h2.interrupted(request=BOB)[0]
+    assert "folder" not in h2.interrupted(request=BOB)
     choices, box = h2.interrupted_choices(request=ALICE)
     assert choices["choices"] == [] and not box["visible"]
     assert [r["id"] for r in h2.api_status("", request=ROOT_USER)["interrupted"]] == [b2]
@@ -115,7 +115,7 @@ def test_gallery_and_files_follow_the_owner(tmp_path):
     outputs = tmp_path / "outputs"
     worker = Worker(outputs, max_queue=8, jobs_dir=tmp_path / "jobs")
     h = handlers(worker, tmp_path)
-    ids = {u: h.generate_click(*values(f"{u}'s video"), request=gr.Request(username=u))[0] for u in ("alice", "bob")}
+    ids = {u: h.generate_click(*values(f"{u}'s video"), request=gr.Request(username=u)) for u in ("alice", "bob")}
     for user, job_id in ids.items():  # what a finished job leaves in outputs/
         folder = worker.store.get(job_id).folder
         folder.mkdir(parents=True)
@@ -134,7 +134,7 @@ def test_no_auth_behaves_as_one_local_user(tmp_path):
 
     worker = Worker(tmp_path / "outputs", max_queue=8, jobs_dir=tmp_path / "jobs")
     h = Handlers(worker, TINY, [TINY], temp_dir=tmp_path / "tmp")
-    a = h.generate_click(*values("one"), request=gr.Request())[0]
+    a = h.generate_click(*values("one"), request=gr.Request())
     assert h.api_status(a, request=gr.Request())["owner"] is None and h.attach(request=gr.Request()) == a
     assert h.api_cancel(a, request=gr.Request())["status"] == "cancelled"
     message = error_of(h.api_resume, "000000-abcdef", request=gr.Request())
@@ -264,12 +264,12 @@ def test_cancelling_an_ended_job_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(ui.handlers.gr, "Info", said.append)
     worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
     h = handlers(worker, tmp_path)
-    job_id = h.generate_click(*values("a"), request=ALICE)[0]
+    job_id = h.generate_click(*values("a"), request=ALICE)
     worker.store.update(worker.store.get(job_id), status="done")
     h.cancel_picked(job_id, request=ALICE)
     assert said == [f"Job {job_id} has already ended (done); nothing to cancel."]
     assert worker.store.get(job_id).status == "done"
     assert "no job with id" in error_of(h.cancel_picked, job_id, request=BOB)  # another user's job stays hidden
-    queued = h.generate_click(*values("b"), request=ALICE)[0]
+    queued = h.generate_click(*values("b"), request=ALICE)
     h.cancel_picked(queued, request=ALICE)
     assert said[-1] == f"Cancelling job {queued}." and worker.store.get(queued).status == "cancelled"

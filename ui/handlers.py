@@ -104,10 +104,17 @@ class Handlers(ApiHandlers):
         except InputError as e:
             raise self._error(e, "Can't start this job") from None
 
-    def generate_click(self, *values: Any, request: gr.Request | None = None) -> tuple[str, Any, str]:
-        """Page Generate: queue the job and point this page at it."""
-        job = self.submit(*values, owner=self.user(request))
-        return job.id, gr.update(value=None, visible=False), self.html(job)
+    def generate_click(self, *values: Any, request: gr.Request | None = None) -> str:
+        """Page Generate: queue the job and point this page at it (its id; :meth:`started` then shows it).
+
+        Only the hidden job id is this event's output, so a refused request's error marks no part of the
+        page that still shows the previous job.
+        """
+        return self.submit(*values, owner=self.user(request)).id
+
+    def started(self, job_id: str) -> tuple[Any, str]:
+        """After Generate: the previous job's files hidden, the new job's progress shown."""
+        return gr.update(value=None, visible=False), self.html(self.store.get(job_id))
 
     # ------------------------------------------------------------ ownership
     def user(self, request: gr.Request | None = None) -> str | None:

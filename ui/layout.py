@@ -223,9 +223,10 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         # preprocess=False: the handlers check every value themselves, with messages that name the input;
         # gradio's own image decoding would fail on a bad upload with a generic error (uploads are still
         # checked to come from the upload folder before this point)
-        started = generate.click(h.generate_click, inputs, [job_id, files, progress], trigger_mode="multiple",
+        started = generate.click(h.generate_click, inputs, [job_id], trigger_mode="multiple",
                                  concurrency_limit=None, preprocess=False, **private)
-        started.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        announced = started.success(h.started, [job_id], [files, progress], concurrency_limit=None, **private)
+        announced.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
         dice.click(random_seed, None, seed, queue=False, **private)
         steer.click(h.steer_click, [job_id, steer_text], [progress], concurrency_limit=None, **private)
