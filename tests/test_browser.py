@@ -77,6 +77,13 @@ def status(page: Page) -> str:
     return page.locator("#fph-progress .fph-status").inner_text().strip().lower()
 
 
+def test_first_screen_shows_the_idle_progress_and_the_plan(page):
+    """Nothing to follow yet: the page's load events leave the idle message and the plan in place."""
+    page.wait_for_timeout(3000)  # after the load events (attach, follow, preset defaults)
+    expect(page.locator("#fph-progress")).to_contain_text("No job yet")
+    expect(page.locator("#fph-plan")).to_contain_text("history tokens")
+
+
 def test_bad_input_shows_a_message(page):
     page.get_by_label("Prompt or storyboard").fill("5s: a cat; 2s: a dog")
     page.get_by_role("button", name="Generate", exact=True).click()

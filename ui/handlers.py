@@ -32,6 +32,7 @@ from .values import _current, _fmt_time, _loras, _num, _path
 LORA_SLOTS = 3  # LoRA pickers on the page (and lora_N arguments of the API)
 CATCH_UP_AFTER = 3  # more finished segments than this are sent to a re-attached page as one chunk
 WAIT_S = 1.0  # how often a follower re-checks that its page still wants it
+FOLLOW_OUTPUTS = 5  # what a follower streams to: player, preview, progress, plan, files
 
 
 def lora_choices() -> list[str]:
@@ -182,6 +183,8 @@ class Handlers(ApiHandlers):
         try:
             if job_id and self.studio.may_see(self.user(request), self.worker.owner_of(str(job_id))):
                 yield from self._follow(job_id, session, token)
+            else:  # nothing to follow: leave the page as it is (a generator that yields nothing blanks its outputs)
+                yield (gr.skip(),) * FOLLOW_OUTPUTS
         finally:
             self._release(session, token)
 
