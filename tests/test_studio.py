@@ -273,3 +273,17 @@ def test_cancelling_an_ended_job_says_so(tmp_path, monkeypatch):
     queued = h.generate_click(*values("b"), request=ALICE)
     h.cancel_picked(queued, request=ALICE)
     assert said[-1] == f"Cancelling job {queued}." and worker.store.get(queued).status == "cancelled"
+
+
+def test_the_memory_tabs_slider_spans_what_a_cancelled_job_made(tmp_path):
+    from ui.memory_tab import MemoryTab
+
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    h = handlers(worker, tmp_path)
+    job_id = h.generate_click(*values("a")[:3], 20, *values("a")[4:], request=ALICE)
+    job = worker.store.get(job_id)
+    job.progress.sections_total, job.progress.sections_done = 80, 20
+    assert MemoryTab(h).recall_job(job_id, ALICE)["maximum"] == 20  # not ended: the whole request
+    worker.store.update(job, status="cancelled")
+    assert MemoryTab(h).recall_job(job_id, ALICE)["maximum"] == 5  # 20 of 80 sections made
+    assert MemoryTab(h).recall_job(job_id, BOB) == gr.skip()  # another user's job: nothing about it

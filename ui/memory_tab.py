@@ -38,19 +38,25 @@ class MemoryTab:
     def recall_click(self, job_id: Any, at: Any, request: gr.Request | None = None) -> tuple:
         """Memory tab: the frame recalled from the embedding, the real frame, and their PSNR."""
         r = self._recall(job_id, at, request=request)
-        return r.recalled, r.real, (f"**PSNR {r.psnr:.2f} dB** · {r.summary()} · saved history: {r.sections} sections, "
-                                    f"{r.seconds:g} s · {r.layout_text()}")
+        # the summary ends with the PSNR: shown once, in bold
+        summary = r.summary().replace(f"PSNR {r.psnr:.2f} dB", f"**PSNR {r.psnr:.2f} dB**")
+        return r.recalled, r.real, f"{summary} · saved history: {r.sections} sections, {r.seconds:g} s · {r.layout_text()}"
 
     def recall_choices(self, request: gr.Request | None = None) -> Any:
         """Memory tab: every job this user sees, newest first."""
         return gr.update(choices=[j.id for j in reversed(self.h.visible_jobs(request))])
 
-    def recall_job(self, job_id: Any) -> Any:
-        """Memory tab: the time slider spans the chosen job's length."""
+    def recall_job(self, job_id: Any, request: gr.Request | None = None) -> Any:
+        """Memory tab: the time slider spans what the chosen job made (a cancelled job: its finished sections)."""
         try:
-            seconds = self.h.store.get(self.h.own(job_id)).spec.request.seconds if job_id else None
+            job = self.h.store.get(self.h.own(job_id, request)) if job_id else None
         except (InputError, gr.Error):
-            seconds = None
+            job = None
+        if job is None:
+            return gr.skip()
+        p, seconds = job.progress, job.spec.request.seconds
+        if job.terminal and p.sections_total and p.sections_done < p.sections_total:
+            seconds = seconds * p.sections_done / p.sections_total
         return gr.update(maximum=seconds) if seconds else gr.skip()
 
     def api_recall(self, job_id: str, at: float, steps: int | None = None,
