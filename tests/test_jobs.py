@@ -159,7 +159,8 @@ def test_plan_lines_follow_the_requests_cap_and_merge_rule():
     assert "capped" not in free[0] and "**1200** history tokens" in free[0]
     assert capped[0].endswith("capped at **40** (oldest)")
     assert plan_lines("toy-cpu", None, 300)[0].endswith("capped at **240** (similar)")  # the preset's own cap
-    assert free[1] != capped[1]  # the planner's peaks follow the cap
+    assert free[1] != capped[1] and capped[1].endswith("never more than 40 (the cap)")  # the planner follows the cap
+    assert "the cap" not in free[1]
 
 
 def test_queue_is_fifo_bounded_and_cancels_what_waits():

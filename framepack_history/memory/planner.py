@@ -116,10 +116,11 @@ class Plan(list):
     """``list[PhasePlan]`` plus the request it was made for."""
 
     def __init__(self, rows: list[PhasePlan], *, preset: str, seconds: float, budget: Budget, strategy: Strategy,
-                 tokens_per_20s: int, fps: float, section_seconds: float) -> None:
+                 tokens_per_20s: int, fps: float, section_seconds: float, history_cap: int = 0) -> None:
         super().__init__(rows)
         self.preset, self.seconds, self.budget, self.strategy = preset, seconds, budget, strategy
         self.tokens_per_20s, self.fps, self.section_seconds = tokens_per_20s, fps, section_seconds
+        self.history_cap = history_cap  # the most history tokens a capped request holds (0 = no cap)
 
     @property
     def device_peak(self) -> int:
@@ -138,7 +139,8 @@ class Plan(list):
         return (f"plan {self.preset}, {self.seconds:g} s: device peak {self.device_peak / GiB:.2f} of "
                 f"{b.device_bytes / GiB:.2f} GiB, host peak {self.host_peak / GiB:.2f} of {b.host_bytes / GiB:.2f} GiB "
                 f"({'fits' if self.fits else 'DOES NOT FIT'}); {self.strategy.describe()}; "
-                f"{self.tokens_per_20s} history tokens per 20 s")
+                f"{self.tokens_per_20s} history tokens per 20 s"
+                + (f", never more than {self.history_cap} (the cap)" if self.history_cap else ""))
 
     def to_json(self) -> list[dict[str, Any]]:
         return [p.to_dict() for p in self]
@@ -353,7 +355,7 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
                               s, wd, max(act_s, enc_act)))
     b20 = enc.tokens_for(start + geo.latent_frames(20 * v.fps), h, w) - enc.tokens_for(start, h, w) if mode == "encoder" else 0
     return Plan(rows, preset=preset.name, seconds=seconds, budget=budget, strategy=strategy, tokens_per_20s=b20,
-                fps=v.fps, section_seconds=v.section_frames / v.fps)
+                fps=v.fps, section_seconds=v.section_frames / v.fps, history_cap=most if mode == "encoder" and most else 0)
 
 
 def _choose(sizes: list[int], usable: int, needs: Any) -> Strategy:
