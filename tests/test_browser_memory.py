@@ -26,7 +26,7 @@ def test_the_memory_tab_recalls_a_frame(tmp_path):
         assert status(page) == "done"
         page.get_by_role("tab", name="Memory").click()
         page.locator("#fph-recall-job input").click()
-        page.get_by_role("option", name=job).click()
+        page.get_by_role("option", name=job).first.click()  # labelled by id, status and prompt
         at = page.get_by_label("number input for Time (s)")
         at.fill("1.5")
         at.press("Enter")

@@ -86,7 +86,8 @@ def test_users_see_and_act_on_their_own_jobs_only(tmp_path):
     # the Queue tab: rows, the job picker and the interrupted list are per user
     assert [r[0] for r in h.queue_rows(request=BOB)] == [b2, b]
     _, rows, picker, _ = h.refresh(None, request=ALICE)
-    assert [r[0] for r in rows] == [a] and picker["choices"] == [a]
+    assert [r[0] for r in rows] == [a] and [v for _, v in picker["choices"]] == [a]
+    assert picker["choices"][0][0].startswith(f"{a} · queued · alice's secret")  # id, status, prompt
     assert h.api_cancel(b, request=ROOT_USER)["status"] == "cancelled"  # the admin may cancel anyone's
     assert h.api_cancel(a, request=ALICE)["status"] == "cancelled"
 

@@ -323,7 +323,7 @@ class Handlers(ApiHandlers):
         key = [(j.id, j.status, j.progress.sections_done, j.device) for j in jobs]
         if seen == key:
             return seen, gr.skip(), gr.skip(), gr.skip()
-        ids = [j.id for j in reversed(jobs)]
+        ids = job_choices(jobs)
         finished = [k for k in key if k[1] in TERMINAL]
         gallery = gr.skip()
         if seen is None or finished != [k for k in seen if k[1] in TERMINAL]:
@@ -460,6 +460,15 @@ def start_frame_update(backbone: str) -> Any:
     kinds = START_FRAMES.get(backbone, ())
     return gr.update(choices=[(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
                      visible=len(kinds) > 1)
+
+
+def job_choices(jobs: list[Job]) -> list[tuple[str, str]]:
+    """Job pickers' choices, newest first: the id with the job's status and the start of its prompt."""
+    def label(j: Job) -> str:
+        prompt = j.spec.request.prompt.replace("\n", " ")
+        return f"{j.id} · {j.status} · {prompt[:40] + ('…' if len(prompt) > 40 else '')}"
+
+    return [(label(j), j.id) for j in reversed(jobs)]
 
 
 def cap_info(preset: Preset) -> str:

@@ -13,7 +13,7 @@ import gradio as gr
 
 from framepack_history.config import InputError
 
-from .handlers import Handlers
+from .handlers import Handlers, job_choices
 from .values import _num
 
 
@@ -44,7 +44,7 @@ class MemoryTab:
 
     def recall_choices(self, request: gr.Request | None = None) -> Any:
         """Memory tab: every job this user sees, newest first."""
-        return gr.update(choices=[j.id for j in reversed(self.h.visible_jobs(request))])
+        return gr.update(choices=job_choices(self.h.visible_jobs(request)))
 
     def recall_job(self, job_id: Any, request: gr.Request | None = None) -> Any:
         """Memory tab: the time slider spans what the chosen job made (a cancelled job: its finished sections)."""
