@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
+def _accelerate() -> str | None:
+    """The accelerate CLI of this interpreter's environment (a venv run without activation has it beside python)."""
+    beside = Path(sys.executable).parent / "accelerate"
+    return str(beside) if beside.is_file() else shutil.which("accelerate")
+
+
+@pytest.mark.skipif(_accelerate() is None, reason="accelerate CLI not installed")
 def test_two_process_stage1_ranks_hold_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     # `accelerate launch --cpu` starts a single process; multi-process CPU runs go through the
     # multi-GPU launcher (torchrun) with ACCELERATE_USE_CPU, which selects gloo.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "-m", "framepack_history", "train", "stage1", "--config", str(CONFIGS / "tiny_stage1.toml"),
            "--out", str(out), "--max_steps", "2", "--checksum_weights", "true"]
