@@ -288,3 +288,15 @@ def test_the_memory_tabs_slider_spans_what_a_cancelled_job_made(tmp_path):
     worker.store.update(job, status="cancelled")
     assert MemoryTab(h).recall_job(job_id, ALICE)["maximum"] == 5  # 20 of 80 sections made
     assert MemoryTab(h).recall_job(job_id, BOB) == gr.skip()  # another user's job: nothing about it
+
+
+def test_page_errors_name_the_pages_fields_and_the_api_keeps_the_request_fields(tmp_path):
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    h = handlers(worker, tmp_path)
+    page = error_of(h.generate_click, "5s: a; 2s: b", *values("x")[1:], request=ALICE)
+    assert page.startswith("Prompt or storyboard: storyboard times must increase"), page
+    capped = [*values("x"), 5]  # history-token cap 5: below the least
+    assert error_of(h.generate_click, *capped, request=ALICE).startswith("History-token cap: 5 is below the least cap")
+    api = error_of(h.api_generate, "5s: a; 2s: b", None, None, 0.5, 1, TINY, request=ALICE)
+    assert api.startswith("prompt: storyboard times must increase"), api
+    assert worker.queued() == []

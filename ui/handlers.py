@@ -33,6 +33,11 @@ LORA_SLOTS = 3  # LoRA pickers on the page (and lora_N arguments of the API)
 CATCH_UP_AFTER = 3  # more finished segments than this are sent to a re-attached page as one chunk
 WAIT_S = 1.0  # how often a follower re-checks that its page still wants it
 FOLLOW_OUTPUTS = 5  # what a follower streams to: player, preview, progress, plan, files
+#: request fields (named as on the command line) as the page labels them, for the page's error messages
+PAGE_LABELS = {"--prompt": "Prompt or storyboard", "--seconds": "Length (seconds)", "--seed": "Seed", "--shift": "Shift",
+               "--history": "History", "--history-guidance": "History guidance", "--max-history-tokens": "History-token cap",
+               "--history-merge": "Cap merges", "--image": "Start image", "--steps": "Steps", "--guidance": "Guidance",
+               "--window-frames": "Sliding-window frames", "--cache": "Step cache", "--start-frame": "Start frame"}
 
 
 def lora_choices() -> list[str]:
@@ -94,7 +99,8 @@ class Handlers(ApiHandlers):
             raise InputError("preset", f"unknown preset {preset!r} (choices: {', '.join(self.presets)})")
         return JobSpec(request, preset, encoder_rate or None)
 
-    def submit(self, *values: Any, owner: str | None = None) -> Job:
+    def submit(self, *values: Any, owner: str | None = None, page: bool = False) -> Job:
+        """Queue a job from the page's (or the API's) values; ``page``: errors name the page's fields."""
         try:
             spec = self.spec(*values)
             spec.owner = owner
@@ -103,6 +109,8 @@ class Handlers(ApiHandlers):
                 raise InputError("weights", hub.missing_message(model, gone, spec.preset))
             return self.worker.submit(spec)
         except InputError as e:
+            if page and e.field in PAGE_LABELS:
+                e = InputError(PAGE_LABELS[e.field], e.message)
             raise self._error(e, "Can't start this job") from None
 
     def generate_click(self, *values: Any, request: gr.Request | None = None) -> str:
@@ -111,7 +119,7 @@ class Handlers(ApiHandlers):
         Only the hidden job id is this event's output, so a refused request's error marks no part of the
         page that still shows the previous job.
         """
-        return self.submit(*values, owner=self.user(request)).id
+        return self.submit(*values, owner=self.user(request), page=True).id
 
     def started(self, job_id: str) -> tuple[Any, str]:
         """After Generate: the previous job's files hidden, the new job's progress shown."""
