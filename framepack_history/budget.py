@@ -44,19 +44,20 @@ def geometry_from_configs(preset: Preset) -> LatentGeometry:
                           c.num_attention_heads * c.attention_head_dim)
 
 
-def least_cap(preset: Preset, rate: str | None = None, size: tuple[int, int] | None = None) -> int:
-    """The smallest ``history.max_tokens`` a job may use: ``MIN_CAP_GROUPS + 1`` token groups at ``size``.
-
-    The same figure as ``Pipeline.history_cap`` checks when a job starts, from configs alone (no weights).
-    """
-    from .history_merge import MIN_CAP_GROUPS
-
+def group_tokens(preset: Preset, rate: str | None = None, size: tuple[int, int] | None = None) -> int:
+    """History tokens in one token group at ``size`` (default: the preset's), from configs alone (no weights)."""
     geo = geometry_from_configs(preset)
     w, h = size or (preset.video.width, preset.video.height)
     _, ph, pw = geo.patch_size
     rh, rw, _ = parse_rate(rate or preset.model.encoder_rate)
-    per_group = math.ceil(h // geo.spatial_scale / (ph * rh)) * math.ceil(w // geo.spatial_scale / (pw * rw))
-    return (MIN_CAP_GROUPS + 1) * per_group
+    return math.ceil(h // geo.spatial_scale / (ph * rh)) * math.ceil(w // geo.spatial_scale / (pw * rw))
+
+
+def least_cap(preset: Preset, rate: str | None = None, size: tuple[int, int] | None = None) -> int:
+    """The smallest ``history.max_tokens`` a job may use: ``MIN_CAP_GROUPS + 1`` token groups at ``size``."""
+    from .history_merge import MIN_CAP_GROUPS
+
+    return (MIN_CAP_GROUPS + 1) * group_tokens(preset, rate, size)
 
 
 def history_budget(preset: Preset, seconds: float = 20.0) -> dict:

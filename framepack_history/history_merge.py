@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 #: the fewest complete groups a cap may allow (half of them stay at full detail)
 MIN_CAP_GROUPS = 8
+
+
+def require_cap(cap: int, tokens_per_group: int, size: tuple[int, int], field: str) -> None:
+    """An :class:`InputError` naming ``field`` when ``cap`` allows fewer groups than a job may use at ``size``."""
+    least = (MIN_CAP_GROUPS + 1) * tokens_per_group
+    if cap < least:
+        raise InputError(field, f"{cap} is below the least cap at {size[0]}x{size[1]}, {least} tokens "
+                                f"({MIN_CAP_GROUPS + 1} token groups of {tokens_per_group}); 0 = no cap")
 
 
 def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> None:

@@ -413,15 +413,12 @@ def check_cap(request: GenerationRequest, preset: Preset, rate: str | None = Non
     cap, mode = request.max_history_tokens, request.history_mode or preset.history.mode
     if not cap or mode != "encoder":
         return
-    from .budget import least_cap
-    from .history_merge import MIN_CAP_GROUPS
+    from .budget import group_tokens
+    from .history_merge import require_cap
 
     size = (request.width, request.height) if request.width and request.height else None
-    least, groups = least_cap(preset, rate, size), MIN_CAP_GROUPS + 1
-    if cap < least:
-        w, h = size or (preset.video.width, preset.video.height)
-        raise InputError("--max-history-tokens", f"{cap} is below the least cap at {w}x{h}, {least} tokens "
-                                                 f"({groups} token groups of {least // groups}); 0 = no cap")
+    require_cap(cap, group_tokens(preset, rate, size), size or (preset.video.width, preset.video.height),
+                "--max-history-tokens")
 
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
@@ -450,9 +447,12 @@ def _preset_loras(preset: Preset) -> tuple[str, ...]:
 
 def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
     """Bytes the LoRA adapters of ``names`` take on the DiT in ``dtype`` (read from the files' headers)."""
+    import torch
+
+    from .device import torch_dtype
     from .lora.files import adapter_numel, locate
 
-    size = {"float32": 4, "float64": 8}.get(dtype, 2)
+    size = torch.empty(0, dtype=torch_dtype(dtype)).element_size()
     return sum(adapter_numel(locate(n)) for n in names) * size
 
 

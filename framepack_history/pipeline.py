@@ -22,7 +22,8 @@ from .backbones.base import Backbone, Conditioning, Context
 from .buckets import resolve_size
 from .config import GenerationRequest, InputError, Preset, prompt_weights
 from .encoder import HistoryEncoder
-from .history import MIN_CAP_GROUPS, HistoryState
+from .history import HistoryState
+from .history_merge import require_cap
 from .overlap import OverlapDecoder
 from .sampling import Branch, guided_together, sample
 from .step_cache import StepCache, threshold_for
@@ -247,14 +248,11 @@ class Pipeline:
             return cap
         geo = self.backbone.geometry
         _, gh, gw = self.encoder.grid(1, size[1] // geo.spatial_scale, size[0] // geo.spatial_scale)
-        least = (MIN_CAP_GROUPS + 1) * gh * gw
         field = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
         if getattr(self.encoder, "context_frames", 0):
             raise InputError(field, "this history encoder codes each group against the one before it "
                                     "(context_groups); a cap needs one that codes groups alone (0 = no cap)")
-        if cap < least:
-            raise InputError(field, f"{cap} is below the least cap at {size[0]}x{size[1]}, {least} tokens "
-                                    f"({MIN_CAP_GROUPS + 1} token groups of {gh * gw}); 0 = no cap")
+        require_cap(cap, gh * gw, size, field)
         return cap
 
     def size_for(self, request: GenerationRequest) -> tuple[int, int]:

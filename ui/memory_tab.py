@@ -38,9 +38,7 @@ class MemoryTab:
     def recall_click(self, job_id: Any, at: Any, request: gr.Request | None = None) -> tuple:
         """Memory tab: the frame recalled from the embedding, the real frame, and their PSNR."""
         r = self._recall(job_id, at, request=request)
-        # the summary ends with the PSNR: shown once, in bold
-        summary = r.summary().replace(f"PSNR {r.psnr:.2f} dB", f"**PSNR {r.psnr:.2f} dB**")
-        return r.recalled, r.real, f"{summary} · saved history: {r.sections} sections, {r.seconds:g} s · {r.layout_text()}"
+        return r.recalled, r.real, f"{r.summary()} · saved history: {r.sections} sections, {r.seconds:g} s · {r.layout_text()}"
 
     def recall_choices(self, request: gr.Request | None = None) -> Any:
         """Memory tab: every job this user sees, newest first."""
