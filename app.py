@@ -19,8 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-from framepack_history.cli import UsageError, report
-from framepack_history.config import InputError, available_presets, load_preset
+from framepack_history.cli.main import report
+from framepack_history.config.paths import PACKAGE, ROOT, resolve_path
+from framepack_history.config.presets import available_presets, load_preset
+from framepack_history.errors import InputError, UsageError
+from framepack_history.jobs.studio import Studio
+from framepack_history.jobs.worker import Worker
+from framepack_history.ui.file_guard import FileGuard
+from framepack_history.ui.layout import CSS, build_app
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -100,7 +106,7 @@ def parse_devices(text: str | None) -> list[str] | None:
     names = [t.strip() for t in text.split(",")]
     if not names or any(not n for n in names):
         raise InputError("--devices", f"expected a comma-separated list such as cuda:0,cuda:1 (got {text!r})")
-    from framepack_history.loading import check_device  # torch: only when asked for
+    from framepack_history.generation.loading import check_device  # torch: only when asked for
 
     devices = [str(check_device(n, "--devices")) for n in names]
     devices = ["cuda:0" if d == "cuda" else d for d in devices]  # so that cuda and cuda:0 count as one
@@ -167,9 +173,8 @@ def prepare(argv: list[str] | None = None) -> argparse.Namespace:
 
 def blocked_paths(jobs_dir: Path) -> list[str]:
     """What the page must never serve: job state, weights (local folders and the hub cache), the package."""
-    from framepack_history.config import ROOT, resolve_path
 
-    paths = {jobs_dir, ROOT / "framepack_history", ROOT / "presets", ROOT / ".git"}
+    paths = {jobs_dir, PACKAGE, ROOT / ".git"}
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
     paths.add(Path(hub))
     for name in available_presets():
@@ -196,20 +201,14 @@ def start(args: argparse.Namespace):
     os.environ["GRADIO_TEMP_DIR"] = temp
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    import gradio as gr
-
-    from framepack_history.jobs import Worker
-    from framepack_history.studio import Studio
-    from ui import build_app
-    from ui.file_guard import FileGuard
-    from ui.layout import CSS
+    import gradio as gr  # gradio: only when the page starts (the CLI never loads it)
 
     studio = Studio.from_auth(args.auth, getattr(args, "admin", None))
     worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir, devices=getattr(args, "devices", None)).start()
     demo = build_app(worker, args.preset, studio)
     app_kwargs = {}
     if studio.shared:  # a user fetches only their own files by URL
-        from starlette.middleware import Middleware
+        from starlette.middleware import Middleware  # starlette: only when the page serves files
 
         app_kwargs["middleware"] = [Middleware(FileGuard, studio=studio, outputs=outputs, owner_of_file=worker.owner_of_file)]
     demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=8)

@@ -26,11 +26,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from safetensors.torch import save  # noqa: E402
 
-from framepack_history.checkpoint import CHECKPOINT, JobDir  # noqa: E402
-from framepack_history.config import GenerationRequest, load_preset  # noqa: E402
-from framepack_history.loading import build_encoder, load_backbone  # noqa: E402
-from framepack_history.pipeline import Pipeline  # noqa: E402
-from framepack_history.render import render  # noqa: E402
+from framepack_history.config.presets import load_preset  # noqa: E402
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import build_encoder, load_backbone  # noqa: E402
+from framepack_history.generation.pipeline import Pipeline  # noqa: E402
+from framepack_history.jobs.checkpoint import CHECKPOINT, JobDir  # noqa: E402
+from framepack_history.jobs.render import render  # noqa: E402
 
 
 class MeasuredJobDir(JobDir):

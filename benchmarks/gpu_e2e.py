@@ -32,8 +32,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framepack_history.config import GenerationRequest, load_preset
-from framepack_history.loading import build_encoder
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import build_encoder
 from framepack_history.memory.manager import MemoryManager
 from framepack_history.memory.planner import Budget, GiB, plan
 from framepack_history.memory.streaming import Residency
@@ -107,9 +108,9 @@ def full_backbone(device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKLHunyuanVideo
     from transformers import CLIPTextConfig, CLIPTextModel, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
+    from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
     from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone, _byte_tokenizer
     from framepack_history.memory.components import HUNYUAN_TEMPLATE_TOKENS, read_config
-    from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
 
     with torch.device("meta"):
         dit = HistoryFramepackTransformer3DModel.from_config(read_config("framepack_f1_transformer.json"))
@@ -174,7 +175,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
 
-    from framepack_history.pipeline import Pipeline, SectionDone
+    from framepack_history.generation.pipeline import Pipeline
 
     if args.tiny:
         preset = load_preset(TINY)
@@ -231,7 +232,7 @@ def main() -> int:
 
 def run_request(pipe, bb, req: GenerationRequest, v, done: list, steps: list[float]) -> float:
     """The start (text, image and VAE encode), then the last two sections after a synthesised history."""
-    from framepack_history.pipeline import SectionDone
+    from framepack_history.generation.pipeline import SectionDone
 
     t0 = time.perf_counter()
     gen, _ = pipe.start(req)  # text, image and VAE encode through the manager

@@ -28,8 +28,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framepack_history.backbones.hunyuan_framepack import HistoryFramepackTransformer3DModel
-from framepack_history.config import load_preset
+from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
+from framepack_history.config.presets import load_preset
 from framepack_history.memory.components import meta_components, read_config
 from framepack_history.memory.planner import Budget, GiB, plan
 from framepack_history.memory.streaming import BlockStreamer, Residency

@@ -44,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_e2e import TINY, full_backbone, rss_gib, tiny_backbone
 
 from framepack_history.backbones.base import Backbone
-from framepack_history.config import GenerationRequest, load_preset
-from framepack_history.loading import build_encoder
+from framepack_history.backbones.speed import apply_speed
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import build_encoder
 from framepack_history.memory.manager import MemoryManager
 from framepack_history.memory.planner import Budget, GiB, plan
-from framepack_history.speed import apply_speed
 
 FRAMEPACK_4090 = {"FramePack": 2.5, "FramePack + TeaCache": 1.5}  # s/frame, its README (RTX 4090)
 VARIANTS = {
@@ -90,7 +91,7 @@ def backbone_for(preset, args: argparse.Namespace, device: torch.device, dtype: 
 
 
 def run_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, built: dict) -> dict:
-    from framepack_history.pipeline import Pipeline
+    from framepack_history.generation.pipeline import Pipeline
 
     spec = VARIANTS[name]
     preset = load_preset(TINY if args.tiny else "rtx4070-12gb")

@@ -37,12 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from framepack_history.config import GenerationRequest, load_preset, parse_storyboard
-from framepack_history.history import HistoryState
-from framepack_history.loading import build_encoder, load_backbone
-from framepack_history.pipeline import Generation, Pipeline, SectionDone, to_pixels
-from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec, leave_and_return
-from framepack_history.training.evaluate import psnr, retrieve, to_unit, uint8_to_unit
+from framepack_history.backbones.toyworld import EVAL_SEED_START, World, WorldSpec, leave_and_return
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import parse_storyboard
+from framepack_history.generation.frame_query import psnr, retrieve, to_unit, uint8_to_unit
+from framepack_history.generation.loading import build_encoder, load_backbone
+from framepack_history.generation.pipeline import Generation, Pipeline, SectionDone, to_pixels
+from framepack_history.history.state import HistoryState
 from framepack_history.training.revisit import encode_like_pipeline
 from framepack_history.training.stages import track_of
 

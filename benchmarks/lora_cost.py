@@ -27,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from framepack_history.backbones.base import Conditioning, Context  # noqa: E402
-from framepack_history.memory.components import transformer_blocks  # noqa: E402
+from framepack_history.backbones.base import (  # noqa: E402
+    Conditioning,
+    Context,
+    transformer_blocks,  # noqa: E402
+)
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
            "proj_mlp", "proj_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
@@ -103,7 +106,7 @@ def measure(rank: int, repeat: int) -> None:
 
 
 def full_size(ranks: tuple[int, ...], tokens: int) -> None:
-    from framepack_history.config import load_preset
+    from framepack_history.config.presets import load_preset
     from framepack_history.memory.components import meta_components
 
     comps = meta_components(load_preset("rtx4070-12gb"))

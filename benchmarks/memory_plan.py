@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataclasses import replace
 
-from framepack_history.config import load_preset
+from framepack_history.config.presets import load_preset
 from framepack_history.memory.planner import GiB, Plan, format_table, plan
 
 GOAL_DEVICE_GIB, GOAL_HOST_GIB = 11.5, 32.0

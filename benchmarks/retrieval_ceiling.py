@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch import nn
 
-from framepack_history.config import load_preset
-from framepack_history.loading import load_backbone
+from framepack_history.config.presets import load_preset
+from framepack_history.generation.loading import load_backbone
 from framepack_history.training.data import toyworld_dataset
 from framepack_history.training.settings import DataConfig
 

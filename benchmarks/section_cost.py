@@ -21,9 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from framepack_history.config import GenerationRequest, load_preset  # noqa: E402
-from framepack_history.loading import build_encoder, load_backbone  # noqa: E402
-from framepack_history.pipeline import Pipeline, SectionDone  # noqa: E402
+from framepack_history.config.presets import load_preset  # noqa: E402
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import build_encoder, load_backbone  # noqa: E402
+from framepack_history.generation.pipeline import Pipeline, SectionDone  # noqa: E402
 
 
 def dit_flops(n_tokens: int, hidden: int, depth: int) -> float:

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from toy_quality import psnr
 
-from framepack_history import step_cache
-from framepack_history.config import GenerationRequest, load_preset
-from framepack_history.loading import build_encoder, load_backbone
-from framepack_history.pipeline import Pipeline, SectionDone
-from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec
+from framepack_history.backbones.toyworld import EVAL_SEED_START, World, WorldSpec
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation import step_cache
+from framepack_history.generation.loading import build_encoder, load_backbone
+from framepack_history.generation.pipeline import Pipeline, SectionDone
 from framepack_history.training.evaluate import EvalConfig
 from framepack_history.training.revisit import make_episode, score_episode
 from framepack_history.training.settings import DataConfig

@@ -1,6 +1,6 @@
 """Streaming to the page: time to the first playable section, and bytes encoded per section.
 
-Runs jobs through the real :class:`~framepack_history.jobs.Worker` on a
+Runs jobs through the real :class:`~framepack_history.jobs.worker.Worker` on a
 preset (default toy-cpu; random weights are fine) and feeds every finished
 segment through the same code the page uses for its growing player
 (``gr.Video(streaming=True).stream_output``: a remux into an MPEG-TS chunk).
@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from framepack_history.config import GenerationRequest
-from framepack_history.jobs import JobSpec, Worker
+from framepack_history.config.request import GenerationRequest
+from framepack_history.jobs.store import JobSpec
+from framepack_history.jobs.worker import Worker
 
 GOAL_FIRST_S = 5.0
 
@@ -100,7 +101,7 @@ def main() -> None:
         os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
         import gradio  # noqa: F401  (as the app has, before anyone presses Generate)
 
-        from framepack_history.config import load_preset
+        from framepack_history.config.presets import load_preset
 
         load_preset(args.preset)  # the page reads the preset when it is built, which imports torch
         worker = Worker(tmp / "outputs").start()

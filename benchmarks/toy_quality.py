@@ -32,11 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from framepack_history.config import GenerationRequest, load_preset  # noqa: E402
-from framepack_history.loading import build_encoder, load_backbone  # noqa: E402
-from framepack_history.pipeline import Pipeline, SectionDone  # noqa: E402
-from framepack_history.render import render  # noqa: E402
-from framepack_history.toyworld import EVAL_SEED_START, World, WorldSpec  # noqa: E402
+from framepack_history.backbones.toyworld import EVAL_SEED_START, World, WorldSpec  # noqa: E402
+from framepack_history.config.presets import load_preset  # noqa: E402
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import build_encoder, load_backbone  # noqa: E402
+from framepack_history.generation.pipeline import Pipeline, SectionDone  # noqa: E402
+from framepack_history.jobs.render import render  # noqa: E402
 from framepack_history.training.revisit import _generation, encode_like_pipeline  # noqa: E402
 
 

@@ -1,7 +1,7 @@
-"""``python -m framepack_history``: see :mod:`framepack_history.cli`."""
+"""``python -m framepack_history``: see :mod:`framepack_history.cli.main`."""
 
 import sys
 
-from .cli import main
+from framepack_history.cli.main import main
 
 sys.exit(main())

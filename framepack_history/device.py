@@ -25,7 +25,7 @@ WEIGHT_STORAGE = ("", "float8_e4m3fn", "float8_e5m2")
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype called ``name`` (one of :data:`DTYPE_NAMES`)."""
-    import torch
+    import torch  # torch: kept off the page's import path
 
     if name not in DTYPE_NAMES:
         raise KeyError(f"dtype {name!r} is not one of {', '.join(DTYPE_NAMES)}")

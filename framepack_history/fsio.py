@@ -73,7 +73,7 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def atomic_save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """A safetensors file, written atomically (host tensors, contiguous)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # safetensors: only when tensors are read or written
 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -22,10 +22,6 @@ Callback = Callable[[dict], None] | None
 SAMPLERS = ("euler", "unipc")
 
 
-class Cancelled(Exception):
-    """Raised by a callback to stop sampling; carries no partial result."""
-
-
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     """Timestep shift (SD3/FramePack): spend more steps at high noise when shift > 1."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)

@@ -21,15 +21,15 @@ TINY_HUNYUAN = TESTS / "presets" / "tiny-hunyuan.toml"
 
 @pytest.fixture
 def tiny_toy_preset():
-    from framepack_history.config import load_preset
+    from framepack_history.config.presets import load_preset
 
     return load_preset(TINY_TOY)
 
 
 @pytest.fixture
 def toy_pipeline(tiny_toy_preset):
-    from framepack_history.loading import build_encoder, load_backbone
-    from framepack_history.pipeline import Pipeline
+    from framepack_history.generation.loading import build_encoder, load_backbone
+    from framepack_history.generation.pipeline import Pipeline
 
     bb = load_backbone(tiny_toy_preset.model)
     return Pipeline(bb, build_encoder(tiny_toy_preset.model, bb), tiny_toy_preset)
@@ -50,7 +50,7 @@ def start_image(tmp_path) -> Path:
 @pytest.fixture
 def short_video(tmp_path) -> Path:
     """A 1 s, 8 fps mp4 of moving colour bars."""
-    from framepack_history.video import write_segment
+    from framepack_history.generation.video import write_segment
 
     frames = np.zeros((8, 32, 32, 3), np.uint8)
     for i in range(8):

@@ -23,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-
 #: the repos of tests/presets/tiny-hub.toml
 F1, BASE, REDUX = "tiny/framepack-f1", "tiny/hunyuanvideo", "tiny/redux"
 

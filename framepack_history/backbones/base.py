@@ -39,10 +39,6 @@ def place(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> 
     return module.to(device)
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """Model weights are neither in a local folder nor in the local hub cache."""
-
-
 @dataclass
 class Context:
     """Clean context tokens the DiT attends to next to the noisy section.
@@ -299,3 +295,8 @@ class Backbone(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for sidecars and the UI."""
         return {"backbone": self.name, "geometry": self.geometry.__dict__}
+
+
+def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:
+    """Blocks in execution order: the items of the DiT's top-level ``ModuleList``s (as diffusers' block offloading)."""
+    return [b for child in transformer.children() if isinstance(child, nn.ModuleList) for b in child]

@@ -20,6 +20,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.utils import apply_lora_scale
 
+from framepack_history.backbones.attention import masked_form
+
 __all__ = ["BackendAttnProcessor", "HistoryFramepackTransformer3DModel"]
 
 
@@ -38,7 +40,6 @@ class BackendAttnProcessor:
         self.set_backend(backend)
 
     def set_backend(self, backend: str) -> None:
-        from ..attention import masked_form
 
         self.plain._attention_backend = AttentionBackendName(backend)
         self.masked._attention_backend = AttentionBackendName(masked_form(backend))

@@ -36,12 +36,16 @@ from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
 # WeightsNotFoundError (a FileNotFoundError) is the contract's, so callers catch one class for every backbone.
-from framepack_history.backbones.base import (
-    Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, WeightsNotFoundError, place,
-)
+from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, place
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
-from framepack_history.backbones.hunyuan_weights import (
-    is_offline, load, load_frozen, locate, snapshot, text_encoder_quantization_config,
+from framepack_history.errors import WeightsNotFoundError
+from framepack_history.hub.hunyuan_weights import (
+    is_offline,
+    load,
+    load_frozen,
+    locate,
+    snapshot,
+    text_encoder_quantization_config,
 )
 from framepack_history.sampling import f1_mu
 
@@ -64,7 +68,9 @@ START_COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 177,
 
 def _default_template() -> dict[str, Any]:
     # Imported lazily: the pipeline module pulls in (and warns about) image-processor backends.
-    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import (
+        DEFAULT_PROMPT_TEMPLATE,  # diffusers: only on the path that uses it (slow to import)
+    )
 
     return dict(DEFAULT_PROMPT_TEMPLATE)
 
@@ -373,7 +379,13 @@ class HunyuanFramepackBackbone(Backbone):
         are read later, per block, by :class:`~framepack_history.memory.MemoryManager`),
         the text and image encoders become ``loaders`` run on first use, the VAE stays on the host.
         """
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
+        from transformers import (  # transformers: only for the real model (the toy needs none)
+            AutoImageProcessor,
+            AutoTokenizer,
+            CLIPTextModel,
+            LlamaModel,
+            SiglipVisionModel,
+        )
 
         offline = is_offline(local_files_only)
         cfg, tok, proc = "config.json", "tokenizer_config.json", "preprocessor_config.json"
@@ -419,8 +431,15 @@ class HunyuanFramepackBackbone(Backbone):
         cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **overrides: Any
     ) -> "HunyuanFramepackBackbone":
         """Every component from tiny configs with random weights (tests, CI); ``overrides`` update the DiT config."""
-        from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+        from transformers import (
+            CLIPTextConfig,
+            CLIPTextModel,
+            LlamaConfig,
+            LlamaModel,
+            SiglipImageProcessor,
+            SiglipVisionConfig,
+            SiglipVisionModel,
+        )  # transformers: only for the real model (the toy needs none)
 
         torch.manual_seed(seed)
         tokenizer = _byte_tokenizer(
@@ -467,8 +486,14 @@ class HunyuanFramepackBackbone(Backbone):
 
 def _byte_tokenizer(specials: tuple[str, ...], add_eos: bool) -> Any:
     """Offline byte-level tokenizer: 256 byte tokens + ``specials`` (BOS, EOS/pad, then markers kept whole)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # tokenizers: only for the real model (the toy needs none)
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast  # transformers: only for the real model (the toy needs none)
 
     vocab = {tok: i for i, tok in enumerate(specials)}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # sorted: the alphabet comes from a hash set

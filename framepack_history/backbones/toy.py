@@ -23,7 +23,9 @@ from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .base import Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, place
+from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, place
+from framepack_history.backbones.toyworld import World, WorldSpec, camera_action, start_frame
+from framepack_history.config.storyboard import prompt_at
 
 # Words of the toy world's captions; anything else maps to <unk>.
 DEFAULT_VOCAB = [
@@ -101,7 +103,7 @@ class ToyVAE(ModelMixin, ConfigMixin):
         super().save_pretrained(save_directory, **kw)
         weights = Path(save_directory) / "diffusion_pytorch_model.safetensors"
         if not weights.exists():  # space_to_depth has no weights; from_pretrained still wants the file
-            from safetensors.torch import save_file
+            from safetensors.torch import save_file  # safetensors: only when tensors are read or written
 
             save_file({}, str(weights))
 
@@ -357,7 +359,6 @@ def fit_latent_rgb(vae: ToyVAE, frames: torch.Tensor) -> LatentRGB:
 
 def toy_world_frames(n_worlds: int = 8, view: int = 16) -> torch.Tensor:
     """A few toy-world views (several worlds, camera places, sprite moments) as ``[N, 3, H, W]`` in ``[-1, 1]``."""
-    from ..toyworld import World, WorldSpec
 
     spec, views = WorldSpec(view=view), []
     for seed in range(n_worlds):
@@ -439,7 +440,6 @@ class ToyBackbone(Backbone):
 
     def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int, height: int) -> StartFrame | None:
         """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start (``kind`` "world")."""
-        from ..toyworld import WorldSpec, start_frame
 
         if kind != "world":
             raise ValueError(f"the toy backbone starts from its world's first view ('world'), not {kind!r}")
@@ -460,8 +460,6 @@ class ToyBackbone(Backbone):
         """The toy world's documented pan speed, per frame, from the storyboard (canvas-position DiTs only)."""
         if not self.dit.config.canvas_positions:
             return None
-        from ..config import prompt_at
-        from ..toyworld import WorldSpec, camera_action
 
         speed = WorldSpec(view=width, fps=fps).pan_speed / (self.geometry.spatial_scale * self.geometry.patch_size[2])
         return torch.tensor([camera_action(prompt_at(storyboard, (first_frame + k) / fps)) * speed for k in range(n)])

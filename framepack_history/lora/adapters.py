@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import InputError
-from . import convert, files
+from framepack_history.errors import InputError
+from framepack_history.lora import convert, files
 
 STATE = "_fph_loras"  # transformer attribute: adapter name -> sha256 of its file
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import InputError
+from framepack_history.errors import InputError
 
 _PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.", "model.diffusion_model.")
 _KOHYA = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
@@ -39,8 +39,8 @@ _ORIGINAL_PARTS = {
 
 def read(path: str | Path, field: str = "--lora") -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file (never a pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # safetensors: only when tensors are read or written
+    from safetensors.torch import load_file  # safetensors: only when tensors are read or written
 
     try:
         return load_file(str(path), device="cpu")
@@ -111,7 +111,9 @@ def to_diffusers(sd: dict[str, torch.Tensor], transformer: nn.Module, file: str,
             name = flat[name]  # kohya flattened every '.' into '_'
         out[f"{name}.lora_A.weight"], out[f"{name}.lora_B.weight"] = a, b
     if original:
-        from diffusers.loaders.lora_conversion_utils import _convert_hunyuan_video_lora_to_diffusers
+        from diffusers.loaders.lora_conversion_utils import (
+            _convert_hunyuan_video_lora_to_diffusers,  # diffusers: only on the path that uses it (slow to import)
+        )
 
         try:
             out = {_strip(k): v for k, v in _convert_hunyuan_video_lora_to_diffusers(out).items()}

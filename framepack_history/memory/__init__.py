@@ -9,26 +9,7 @@
   components made resident by hooks when their code runs and evicted when
   the room is needed, and a residency ledger that measures what sat on the
   device (strict mode: a module run off the device raises);
-* :mod:`.measure` — live tensor bytes without a GPU (also on ``meta``).
-
-Names are imported on first use, so ``import framepack_history.memory`` stays cheap.
+* :mod:`.measure` — live tensor bytes without a GPU (also on ``meta``);
+* :mod:`.components` — a preset's models on the ``meta`` device (shapes and sizes, no weights);
+* :mod:`.oom` — recognising out-of-memory and asking for a more conservative plan.
 """
-
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
-
-_WHERE = {
-    "Budget": "planner", "PhasePlan": "planner", "Plan": "planner", "Strategy": "planner",
-    "format_table": "planner", "plan": "planner", "MemoryManager": "manager",
-    "BlockStreamer": "streaming", "Residency": "streaming", "LiveBytes": "measure",
-}
-__all__ = ["BlockStreamer", "Budget", "LiveBytes", "MemoryManager", "PhasePlan", "Plan", "Residency", "Strategy",
-           "format_table", "plan"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

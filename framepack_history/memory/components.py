@@ -18,11 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones.base import Backbone, Conditioning, Context
-from ..config import ModelSpec, Preset, resolve_path
-from ..device import torch_dtype
-from ..encoder import HistoryEncoder
-from .measure import LiveBytes, trace_peak
+from framepack_history.backbones.base import Backbone, Conditioning, Context, transformer_blocks
+from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
+from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
+from framepack_history.backbones.precision import store_weights
+from framepack_history.backbones.toy import DEFAULT_VOCAB, ToyBackbone, ToyDiT, ToyVAE, WordTokenizer
+from framepack_history.config.paths import resolve_path
+from framepack_history.config.presets import ModelSpec, Preset
+from framepack_history.device import torch_dtype
+from framepack_history.history.encoder import HistoryEncoder
+from framepack_history.memory.measure import LiveBytes, trace_peak
 
 CONFIGS = Path(__file__).resolve().parent.parent / "backbones" / "configs"
 HUNYUAN_TEXT_TOKENS = 256  # max_sequence_length of encode_text: what the DiT reads at most
@@ -86,13 +91,7 @@ class MetaComponents:
         return Conditioning(c)
 
 
-def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:
-    """Blocks in execution order: the items of the DiT's top-level ``ModuleList``s (as diffusers' block offloading)."""
-    return [b for child in transformer.children() if isinstance(child, nn.ModuleList) for b in child]
-
-
 def _toy(spec: ModelSpec, dtype: torch.dtype, shallow: bool) -> Backbone:
-    from ..backbones.toy import DEFAULT_VOCAB, ToyBackbone, ToyDiT, ToyVAE, WordTokenizer
 
     if spec.weights:  # trained weights: their saved configs are the truth
         folder = Path(resolve_path(spec.weights))
@@ -111,10 +110,15 @@ def _toy(spec: ModelSpec, dtype: torch.dtype, shallow: bool) -> Backbone:
 
 
 def _hunyuan(spec: ModelSpec, dtype: torch.dtype, shallow: bool) -> tuple[Backbone, dict[str, Any]]:
-    from diffusers import AutoencoderKLHunyuanVideo
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
-
-    from ..backbones.hunyuan_framepack import HistoryFramepackTransformer3DModel, HunyuanFramepackBackbone
+    from diffusers import AutoencoderKLHunyuanVideo  # diffusers: only on the path that uses it (slow to import)
+    from transformers import (  # transformers: only for the real model (the toy needs none)
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     few = {"num_layers": 1, "num_single_layers": 1}
     if not spec.weights:  # the tiny test model: the same code path that builds it, on meta
@@ -158,7 +162,6 @@ def _key(preset: Preset) -> str:
 
 @lru_cache(maxsize=8)
 def _build(key: str, rate: str | None) -> MetaComponents:
-    from ..precision import store_weights
 
     model, dtype_name, weights_dtype = json.loads(key)
     spec = ModelSpec(**model)

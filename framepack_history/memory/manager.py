@@ -41,17 +41,16 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from ..backbones.base import Backbone
-from .measure import module_bytes
-from .planner import Plan, plan
-from .streaming import BlockStreamer, Residency, WeightGroup, block_placement, load_safetensors
+from framepack_history.backbones.base import Backbone
+from framepack_history.errors import OffDeviceError
+from framepack_history.lora.adapters import adapter_bytes, is_adapter
+from framepack_history.memory.measure import module_bytes
+from framepack_history.memory.oom import is_out_of_memory
+from framepack_history.memory.planner import Plan, plan
+from framepack_history.memory.streaming import BlockStreamer, Residency, WeightGroup, block_placement, load_safetensors
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "image_encoder", "vae")
 RESIDENT_HOOK, STRICT_HOOK = "framepack_history.resident", "framepack_history.strict"
-
-
-class OffDeviceError(RuntimeError):
-    """Strict mode: a module ran while the ledger says some of its weights were off the device."""
 
 
 def _quantized(module: nn.Module) -> bool:
@@ -174,7 +173,6 @@ class MemoryManager:
 
     def adapters_changed(self) -> None:
         """The DiT's LoRA adapters changed: count their bytes; in strict mode, check them like every weight."""
-        from ..lora.adapters import adapter_bytes, is_adapter
 
         dit = self.backbone.transformer
         self.adapter_bytes = adapter_bytes(dit)
@@ -315,7 +313,6 @@ class MemoryManager:
         try:
             yield
         except BaseException as e:
-            from ..checkpoint import is_out_of_memory
 
             if is_out_of_memory(e) and self.failed_phase is None:
                 self.failed_phase = name

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Preset, load_preset
-from .components import (
+from framepack_history.config.presets import Preset, load_preset
+from framepack_history.memory.components import (
     cached_trace,
     denoise_activation,
     meta_components,
@@ -33,7 +33,8 @@ from .components import (
     vae_decode_activation,
     vae_encode_activation,
 )
-from .measure import module_bytes, trace_peak
+from framepack_history.memory.measure import module_bytes, trace_peak
+from framepack_history.sampling import guidance_branches
 
 GiB, MiB = 1 << 30, 1 << 20
 HOST_OVERHEAD = {"cuda": 2 * GiB, "cpu": 3 * GiB // 4}  # interpreter + torch/CUDA libraries + allocator pools
@@ -61,7 +62,7 @@ class Budget:
     @classmethod
     def for_preset(cls, preset: Preset, device: str | None = None) -> Budget:
         """The preset's ``hardware`` budgets, or measured free memory minus a reserve where they are 0."""
-        import psutil
+        import psutil  # psutil: only when the host budget is measured
 
         dev = (device or preset.hardware.device).split(":")[0]
         hw, src = preset.hardware, "preset"
@@ -253,7 +254,6 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         return CACHE_COPIES * branches * seq * tok_bytes
 
     # Activations per section: exact traces at the ends, linear in history tokens between.
-    from ..sampling import guidance_branches
 
     # guidance's passes run together block by block (history guidance only where there is an embedding)
     branches = guidance_branches(preset.sampling.cfg, preset.history.guidance if mode == "encoder" else 1.0)

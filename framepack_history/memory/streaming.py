@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .measure import quant_state_tensors
+from framepack_history.backbones.base import transformer_blocks
+from framepack_history.lora.adapters import is_adapter
+from framepack_history.memory.measure import quant_state_tensors
 
 
 class Residency:
@@ -104,7 +106,6 @@ class WeightGroup:
     @classmethod
     def of(cls, name: str, modules: Iterable[nn.Module], residency: Residency, keep_host: bool = True,
            extra: Iterable[torch.Tensor] = ()) -> WeightGroup:
-        from ..lora.adapters import is_adapter
 
         seen, tensors = set(), []
         own = chain(*(chain(m.named_parameters(), m.named_buffers()) for m in modules))
@@ -182,7 +183,6 @@ class BlockStreamer:
 
     def __init__(self, transformer: nn.Module, resident: Iterable[int], residency: Residency,
                  use_stream: bool | None = None, name: str = "transformer", prefetch: bool = True) -> None:
-        from .components import transformer_blocks
 
         self.residency = residency
         self.transformer = transformer
@@ -322,7 +322,7 @@ def load_safetensors(module: nn.Module, folder: str | Path, on_device: Callable[
     or into pinned host memory (``on_device(name)``), so the host never holds a
     second full copy of the weights, only the page cache of the mapping.
     """
-    from safetensors import safe_open
+    from safetensors import safe_open  # safetensors: only when tensors are read or written
 
     pin = device.type == "cuda"
     files = sorted(Path(folder).glob("*.safetensors"))

@@ -1,4 +1,4 @@
-"""Capped histories in training: the layout :class:`~framepack_history.history.HistoryState` holds under
+"""Capped histories in training: the layout :class:`~framepack_history.history.state.HistoryState` holds under
 ``history.max_tokens``, built from a clip's latents and encoded with gradients.
 
 A generator with a cap reads coarse token groups (many groups' raw latents averaged over time, then
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..encoder import HistoryEncoder
-from ..history_merge import add_group, group_sum
+from framepack_history.history.encoder import HistoryEncoder
+from framepack_history.history.merge import add_group, group_sum
 
 Span = tuple[int, int]  # (first fine group, fine groups covered)
 

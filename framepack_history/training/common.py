@@ -15,6 +15,9 @@ step (data order, noise, sigma, Omega) comes from a generator seeded by
 
 from __future__ import annotations
 
+"""SHA-256 over the trainable parameters in name order: equal on every rank when DDP is in sync."""
+import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -26,22 +29,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..config import InputError
-from .settings import (  # noqa: F401  (re-exported: the stages import config pieces from here)
-    DataConfig,
-    EncoderConfig,
-    Stage1Config,
-    Stage2Config,
-    TrainConfig,
-    VaeConfig,
-    apply_overrides,
-    check_train_config,
-    dump_toml,
-    find_path,
-    load_config,
-    parse_overrides,
-    parse_value,
-)
+from framepack_history.errors import InputError
+from framepack_history.training.settings import TrainConfig, find_path
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -69,10 +58,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def plot_losses(log_path: Path, png: Path, title: str = "") -> None:
     """Loss against step (raw and smoothed), log scale: one PNG next to the log."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when a chart is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a chart is drawn
 
     rows = read_log(log_path)
     if not rows:
@@ -156,8 +145,8 @@ class EMA:
 
 def make_accelerator(cfg: TrainConfig):
     """An Accelerator for this config (launch settings come from ``accelerate launch``)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate import Accelerator  # accelerate: only when training runs
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration  # accelerate: only when training runs
 
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise InputError("--mixed_precision", f"must be no, bf16 or fp16 (got {cfg.mixed_precision!r})")
@@ -193,7 +182,7 @@ def checkpoints(out: Path) -> list[Path]:
 
 def _register_weight_hooks(accelerator, ema: EMA | None) -> None:
     """Save/load trainable parameters only, as safetensors (plain DDP/CPU/one GPU)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save_file  # safetensors: only when tensors are read or written
 
     def save_hook(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
         if accelerator.is_main_process:
@@ -230,8 +219,8 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
     ``batches(start_step, rank)`` yields collated raw batches, one per
     micro-step, in the order that only depends on the step.
     """
-    from accelerate.utils import DistributedType
-    from tqdm import tqdm
+    from accelerate.utils import DistributedType  # accelerate: only when training runs
+    from tqdm import tqdm  # tqdm: only for a progress bar on a terminal
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,9 +322,6 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
 
 
 def write_checksum(path: Path, module: nn.Module) -> str:
-    """SHA-256 over the trainable parameters in name order: equal on every rank when DDP is in sync."""
-    import hashlib
-
     h = hashlib.sha256()
     for n, p in sorted(module.named_parameters()):
         if p.requires_grad:
@@ -358,6 +344,5 @@ def save_checkpoint(accelerator, out: Path, step: int, keep: int) -> Path:
 
 
 def _asdict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
 
     return dataclasses.asdict(cfg)

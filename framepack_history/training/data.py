@@ -26,19 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import InputError, parse_storyboard, prompt_at
-from ..device import torch_dtype
-from ..fsio import atomic_save_tensors
+from framepack_history.backbones.toyworld import ToyWorldDataset, WorldSpec
+from framepack_history.device import torch_dtype
+from framepack_history.errors import InputError
+from framepack_history.fsio import atomic_save_tensors
+from framepack_history.generation.video import _fit
+from framepack_history.training.settings import find_path
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
-
-
-def caption_at(caption: str, seconds: float) -> str:
-    """The storyboard entry in force at ``seconds`` (plain captions are returned as they are)."""
-    try:
-        return prompt_at(parse_storyboard(caption), seconds)
-    except InputError:
-        return caption
 
 
 # ----------------------------------------------------------------- pixels
@@ -63,10 +58,8 @@ class VideoFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import imageio_ffmpeg
-        from PIL import Image
-
-        from ..video import _fit
+        import imageio_ffmpeg  # imageio_ffmpeg: only to find ffmpeg when media is read
+        from PIL import Image  # PIL: only when an image is read or written
 
         path = self.files[i]
         gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={self.fps}"])
@@ -95,7 +88,6 @@ def toyworld_dataset(cfg_data, width: int, height: int, fps: int, split: str | N
     ``data.options`` may set WorldSpec fields (views_wide, pan_px_per_frame,
     n_landmarks, n_sprites) and dataset fields (first, p_return).
     """
-    from ..toyworld import ToyWorldDataset, WorldSpec
 
     if width != height:
         raise InputError("video.width", f"the toy world renders square views (got {width}x{height})")
@@ -113,7 +105,6 @@ def pixel_dataset(cfg_data, width: int, height: int, fps: int, split: str | None
     if cfg_data.kind == "toyworld":
         return toyworld_dataset(cfg_data, width, height, fps, split)
     if cfg_data.kind == "folder":
-        from .common import find_path
 
         return VideoFolderDataset(find_path(cfg_data.root), cfg_data.frames, width, height, fps)
     raise InputError("data.kind", f"must be toyworld, folder or cache (got {cfg_data.kind!r})")
@@ -140,7 +131,7 @@ def build_latent_cache(dataset: Dataset, folder: str | Path, encode: Callable[[t
     ``fingerprint`` (VAE config, clip geometry, data source) is stored in
     ``cache.json``; a cache built for something else is refused, not mixed.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm: only for a progress bar on a terminal
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +166,7 @@ class LatentCacheDataset(Dataset):
     """Items ``{"latents", "caption"}`` (and ``camera_x`` for the toy world) read lazily from the shards."""
 
     def __init__(self, folder: str | Path) -> None:
-        from safetensors import safe_open
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
 
         self.folder = Path(folder)
         self.shards = sorted(self.folder.glob("shard_*.safetensors"))
@@ -191,7 +182,7 @@ class LatentCacheDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from safetensors import safe_open
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
 
         s, key, caption = self.index[i]
         with safe_open(str(self.shards[s]), "pt") as f:

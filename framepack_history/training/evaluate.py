@@ -20,21 +20,24 @@ preset files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ..backbones.base import Context
-from ..config import MAX_HISTORY_GUIDANCE, InputError, load_preset
-from ..history import HistoryState
-from ..pipeline import Pipeline
-from ..sampling import guided, sample
-from .common import DataConfig, find_path
-from .stages import track_of
+from framepack_history.config.presets import MAX_HISTORY_GUIDANCE, load_preset
+from framepack_history.errors import InputError
+from framepack_history.generation.frame_query import psnr, retrieve, ssim, to_unit, uint8_to_unit  # noqa: F401
+from framepack_history.generation.loading import load_backbone
+from framepack_history.generation.pipeline import Pipeline
+from framepack_history.history.state import HistoryState
+from framepack_history.training.data import pixel_dataset
+from framepack_history.training.modeling import load_encoder
+from framepack_history.training.settings import DataConfig, find_path
+from framepack_history.training.stages import track_of
 
 BANDS = ("old", "middle", "recent")
 
@@ -73,43 +76,6 @@ def check_eval_config(cfg: EvalConfig) -> EvalConfig:
 
 
 # ------------------------------------------------------------------ metrics
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of ``[N, 3, H, W]`` images in ``[0, 1]``."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return 10 * torch.log10(1.0 / mse)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM of ``[N, 3, H, W]`` images in ``[0, 1]`` (Gaussian window, per channel, averaged)."""
-    window = min(window, a.shape[-1], a.shape[-2])
-    x = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = (g / g.sum())[:, None] * (g / g.sum())[None, :]
-    c = a.shape[1]
-    kernel = g.expand(c, 1, window, window).to(a.device)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=c)
-
-    a, b = a.float(), b.float()
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` pixels -> ``[0, 1]``, quantised to 8 bits like a saved video frame."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round() / 255.0
-
-
-def uint8_to_unit(frames) -> torch.Tensor:
-    """``uint8 [F, H, W, 3]`` -> ``[F, 3, H, W]`` in ``[0, 1]``."""
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
-
-
 def summary(values: list[float], episodes: list[int] | None = None) -> dict[str, float]:
     """Mean, std, count and the standard error of the mean (``se``).
 
@@ -155,8 +121,6 @@ def parse_models(entries: list[str]) -> list[tuple[str, Path]]:
 
 def load_run(path: Path, device: str = "cpu") -> Pipeline:
     """A pipeline from a training run folder (its ``preset.toml``) or a preset file."""
-    from ..loading import load_backbone
-    from .modeling import load_encoder
 
     preset = load_preset(path / "preset.toml" if path.is_dir() else path)
     preset.hardware.device = device
@@ -170,7 +134,6 @@ def load_run(path: Path, device: str = "cpu") -> Pipeline:
 
 
 def eval_dataset(cfg: EvalConfig, pipeline: Pipeline):
-    from .data import pixel_dataset
 
     v = pipeline.preset.video
     return pixel_dataset(cfg.data, v.width, v.height, v.fps)
@@ -187,26 +150,6 @@ def query_positions(t: int, per_band: int, gen: torch.Generator) -> dict[str, li
 
 
 @torch.no_grad()
-def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, steps: int, seed: int,
-             target_w: torch.Tensor | None = None) -> torch.Tensor:
-    """Denoise latent frame ``pos`` of the history from its embedding alone; returns ``[1, C, 1, h, w]``."""
-    from .data import caption_at
-
-    bb, p = pipeline.backbone, pipeline.preset
-    tokens, positions = hist.tokens()
-    t, lat = hist.num_frames, hist.latents
-    cond = pipeline.text(caption_at(caption, bb.geometry.pixel_frames(t) / p.video.fps))
-    ctx = Context(history_tokens=tokens, history_positions=positions,
-                  target_t=torch.tensor([float(pos - t)], device=bb.device), target_w=target_w)
-    noise = torch.randn((1, lat.shape[1], 1, *lat.shape[3:]), generator=torch.Generator().manual_seed(seed))
-
-    def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:
-        return bb.predict(x, s, cond, ctx, p.sampling.guidance).float()
-
-    shift, mu = pipeline.schedule(p.sampling.shift)
-    return sample(p.sampling.sampler, guided(model, 1.0), noise.to(bb.device), steps, shift, mu=mu)
-
-
 def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
     """Retrieval PSNR/SSIM by history position for every model; writes JSON + PNG to ``cfg.out``."""
     out = Path(cfg.out)
@@ -265,10 +208,10 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
 
 def plot_retrieval(results: dict[str, Any], png: Path) -> None:
     """PSNR and SSIM by history position, one bar per model (VAE reconstruction as the ceiling line)."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when a chart is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a chart is drawn
 
     labels = list(results["models"])
     groups = [*BANDS, "all"]
@@ -297,6 +240,5 @@ def _jsonable(v: Any) -> Any:
 
 
 def _cfg_dict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
 
     return dataclasses.asdict(cfg)

@@ -16,12 +16,18 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..backbones.base import Backbone
-from ..config import InputError, ModelSpec, Preset, _build, load_preset
-from ..encoder import HistoryEncoder, parse_rate
-from ..device import torch_dtype
-from ..loading import load_backbone
-from .common import TrainConfig, dump_toml, find_path
+from framepack_history.backbones.base import Backbone
+from framepack_history.backbones.toy import ToyBackbone, ToyVAE
+from framepack_history.config.presets import ModelSpec, Preset, _build, load_preset
+from framepack_history.config.rates import parse_rate
+from framepack_history.device import torch_dtype
+from framepack_history.errors import InputError
+from framepack_history.generation.loading import load_backbone
+from framepack_history.history.encoder import HistoryEncoder
+from framepack_history.history.merge import cap_groups
+from framepack_history.history.state import group_means
+from framepack_history.training.capped import capped_history
+from framepack_history.training.settings import TrainConfig, dump_toml, find_path
 
 # The DiT's attention and MLP linear layers (not embedders, norms or modulation).
 LORA_TARGETS = {
@@ -132,7 +138,6 @@ def _build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | st
     if cfg.vae_weights:
         if spec.backbone != "toy":
             raise InputError("vae_weights", "is for the toy backbone (real backbones bring their VAE)")
-        from ..backbones.toy import ToyBackbone, ToyVAE
 
         folder = find_path(cfg.vae_weights)
         folder = folder / "vae" if (folder / "vae").is_dir() else folder
@@ -187,7 +192,7 @@ def prepare_transformer(cfg: TrainConfig, backbone: Backbone) -> nn.Module:
         if t.dtype != torch.float32:
             raise InputError("weights_dtype", "full finetuning (lora_rank = 0) needs float32 (mixed precision comes from autocast)")
     else:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # peft: only when LoRA layers are built
 
         t.requires_grad_(False)
         targets = cfg.lora_targets or LORA_TARGETS.get(backbone.name)
@@ -209,7 +214,7 @@ def prepare_transformer(cfg: TrainConfig, backbone: Backbone) -> nn.Module:
 
 def merge_lora(module: nn.Module) -> nn.Module:
     """Fold every LoRA layer into its base weight and drop the adapter wrappers (in place)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft: only when LoRA layers are built
 
     for name, child in list(module.named_modules()):
         if isinstance(child, BaseTunerLayer):
@@ -247,7 +252,6 @@ class FlowModule(nn.Module):
         ``cap > 0``: the layout a job with ``history.max_tokens = cap`` holds
         (:mod:`.capped`; merges decided on ``layout_from``, default ``latents``).
         """
-        from ..history import group_means
 
         if cap > 0:
             return self._capped(latents, track, cap, layout_from)
@@ -264,8 +268,6 @@ class FlowModule(nn.Module):
 
     def _capped(self, latents: torch.Tensor, track: torch.Tensor | None, cap: int,
                 layout_from: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..history_merge import cap_groups
-        from .capped import capped_history
 
         _, h, w = self.encoder.grid(1, *latents.shape[3:])
         try:  # generation refuses such a cap: never train on layouts it cannot hold
@@ -319,11 +321,11 @@ def param_groups(module: FlowModule, cfg: TrainConfig) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ export
 def export_run(out: Path, module: FlowModule, preset: Preset, cfg: TrainConfig) -> None:
     """Write the app-loadable folder: transformer (+ vae, tokenizer for the toy), history_encoder, preset.toml."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # safetensors: only when tensors are read or written
 
     bb, t = module.backbone, module.transformer
     if cfg.lora_rank > 0:
-        from peft.utils import get_peft_model_state_dict
+        from peft.utils import get_peft_model_state_dict  # peft: only when LoRA layers are built
 
         lora_dir = out / "transformer_lora"
         lora_dir.mkdir(parents=True, exist_ok=True)

@@ -28,15 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GenerationRequest, InputError, parse_storyboard
-from ..history import HistoryState
-from ..pipeline import Generation, Pipeline, to_pixels
-from .stages import track_of
-from .evaluate import EvalConfig, _cfg_dict, load_run, parse_models, psnr, ssim, summary, uint8_to_unit
+from framepack_history.backbones.toyworld import EVAL_SEED_START, World, WorldSpec, leave_and_return, pan_away_and_back
+from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import parse_storyboard
+from framepack_history.errors import InputError
+from framepack_history.generation.frame_query import psnr, ssim, uint8_to_unit
+from framepack_history.generation.pipeline import Generation, Pipeline, to_pixels
+from framepack_history.history.state import HistoryState
+from framepack_history.training.data import SPEC_KEYS
+from framepack_history.training.evaluate import EvalConfig, _cfg_dict, load_run, parse_models, summary
+from framepack_history.training.stages import track_of
 
 
 def storyboard(kind: str, gap: float, spec) -> str:
-    from ..toyworld import leave_and_return, pan_away_and_back
 
     if kind == "pan_away_and_back":
         return pan_away_and_back(gap / 2)
@@ -47,8 +51,6 @@ def storyboard(kind: str, gap: float, spec) -> str:
 
 def make_episode(pipeline: Pipeline, cfg: EvalConfig, kind: str, gap: float, index: int):
     """The true episode (long enough to contain the return section) and that section's index."""
-    from ..toyworld import EVAL_SEED_START, World, WorldSpec
-    from .data import SPEC_KEYS
 
     v = pipeline.preset.video
     spec = WorldSpec(view=v.width, fps=v.fps, **{k: tuple(x) if isinstance(x, list) else x
@@ -245,10 +247,10 @@ def _ep(pipe: Pipeline, cfg: EvalConfig, kind: str, gap: float, i: int):
 
 def plot_revisit(results: dict[str, Any], png: Path) -> None:
     """Teacher-forced PSNR and free-running PSNR vs the first visit, by episode kind and gap."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when a chart is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when a chart is drawn
 
     models = results["models"]
     groups = [(k, g) for lb in models for k, gaps in models[lb].items() if isinstance(gaps, dict) for g in gaps]

@@ -14,8 +14,10 @@ from typing import Any
 
 import tomllib
 
-from ..config import HISTORY_MERGES, InputError, _build
-from ..device import DTYPE_NAMES
+from framepack_history.config.paths import ROOT
+from framepack_history.config.presets import HISTORY_MERGES, _build
+from framepack_history.device import DTYPE_NAMES
+from framepack_history.errors import InputError
 
 
 @dataclass
@@ -228,7 +230,6 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
 
 def find_path(value: str) -> Path:
     """A path relative to the working directory, else to the repository root."""
-    from ..config import ROOT
 
     p = Path(value)
     return p if p.is_absolute() or p.exists() else ROOT / p

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from ..backbones.base import Context
-from .common import TrainConfig, logit_normal
-from .data import caption_at
-from .modeling import FlowModule
-from .stages import StageTask, latents_of, track_of
+from framepack_history.backbones.base import Context
+from framepack_history.config.storyboard import caption_at
+from framepack_history.training.common import logit_normal
+from framepack_history.training.modeling import FlowModule
+from framepack_history.training.settings import TrainConfig
+from framepack_history.training.stages import StageTask, latents_of, run_stage, track_of
 
 
 def sample_omega(t: int, gen: torch.Generator, omega_min: int, omega_max: int, contiguous_p: float) -> torch.Tensor:
@@ -94,6 +95,5 @@ class Stage1Task(StageTask):
 
 def main(cfg: TrainConfig) -> Path:
     """Train Stage I from a validated config; returns the output folder."""
-    from .stages import run_stage
 
     return run_stage(cfg, FrameQueryModule, Stage1Task)

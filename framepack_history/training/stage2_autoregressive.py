@@ -17,7 +17,7 @@ section start, and predicts the section with the rectified-flow loss.
   (camera tracks only): the sections where memory, not the window, helps;
 * with probability ``stage2.p_window_mode`` a step trains the sliding-window
   baseline instead (no embedding, the last section of raw latents, exactly
-  what :class:`~framepack_history.pipeline.Pipeline` feeds in ``window``
+  what :class:`~framepack_history.generation.pipeline.Pipeline` feeds in ``window``
   mode), so that baseline is measured with the same weights.
 
 The split point is shared by a batch (history lengths must match to batch
@@ -31,13 +31,14 @@ from typing import Any
 
 import torch
 
-from ..backbones.base import Context
-from ..config import InputError
-from .common import TrainConfig, logit_normal
-from .data import caption_at
-from .modeling import FlowModule
-from .stage1_frame_query import FrameQueryModule, Stage1Task
-from .stages import StageTask, latents_of, track_of
+from framepack_history.backbones.base import Context
+from framepack_history.config.storyboard import caption_at
+from framepack_history.errors import InputError
+from framepack_history.training.common import logit_normal
+from framepack_history.training.modeling import FlowModule
+from framepack_history.training.settings import TrainConfig
+from framepack_history.training.stage1_frame_query import FrameQueryModule, Stage1Task
+from framepack_history.training.stages import StageTask, latents_of, run_stage, track_of
 
 
 class NextSectionModule(FlowModule):
@@ -148,6 +149,5 @@ class Stage2Task(StageTask):
 
 def main(cfg: TrainConfig) -> Path:
     """Train Stage II from a validated config; returns the output folder."""
-    from .stages import run_stage
 
     return run_stage(cfg, NextSectionModule, Stage2Task)

@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from ..backbones.base import Backbone, Conditioning
-from ..config import InputError, Preset
-from .common import TrainConfig, find_path
-from .modeling import (
+from framepack_history.backbones.base import Backbone, Conditioning
+from framepack_history.config.presets import Preset
+from framepack_history.errors import InputError
+from framepack_history.training.common import make_accelerator, run
+from framepack_history.training.data import LatentCacheDataset, build_latent_cache, pixel_dataset, step_batches
+from framepack_history.training.modeling import (
     FlowModule,
     build_backbone,
     build_encoder,
@@ -27,6 +29,7 @@ from .modeling import (
     rebind_transformer,
     training_preset,
 )
+from framepack_history.training.settings import TrainConfig, find_path
 
 
 class StageTask:
@@ -113,7 +116,6 @@ def track_of(items: dict[str, Any], backbone: Backbone) -> torch.Tensor | None:
 
 def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accelerator):
     """Latent items from a cache, or pixel items encoded on the fly (``data.cache = ""``)."""
-    from .data import LatentCacheDataset, build_latent_cache, pixel_dataset
 
     v = preset.video
     if cfg.data.kind == "cache":
@@ -140,8 +142,6 @@ def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accel
 
 def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
     """Shared set-up of Stage I and II: models, data, then the common loop."""
-    from .common import make_accelerator, run
-    from .data import step_batches
 
     accelerator = make_accelerator(cfg)
     preset = training_preset(cfg)

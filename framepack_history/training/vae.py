@@ -20,8 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import InputError
-from .common import TrainConfig, find_path
+from framepack_history.backbones.toy import ToyVAE
+from framepack_history.config.presets import load_preset
+from framepack_history.errors import InputError
+from framepack_history.training.common import make_accelerator, run
+from framepack_history.training.data import pixel_dataset, step_batches
+from framepack_history.training.settings import TrainConfig, find_path
 
 
 class VAEModule(nn.Module):
@@ -77,10 +81,6 @@ class VAETask:
 
 def main(cfg: TrainConfig) -> Path:
     """Train the toy VAE from a validated config; returns the output folder."""
-    from ..backbones.toy import ToyVAE
-    from ..config import load_preset
-    from .common import make_accelerator, run
-    from .data import pixel_dataset, step_batches
 
     preset = load_preset(find_path(cfg.preset))
     if preset.model.backbone != "toy":

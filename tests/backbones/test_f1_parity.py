@@ -21,13 +21,14 @@ from PIL import Image
 
 from framepack_history.backbones.base import Context
 from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
-from framepack_history.config import GenerationRequest, load_preset
-from framepack_history.history import HistoryState
-from framepack_history.loading import load_backbone
-from framepack_history.overlap import OverlapDecoder
-from framepack_history.pipeline import Pipeline, SectionDone, section_noise, to_pixels, to_uint8
-from framepack_history.sampling import flow_sigmas, f1_mu
-from framepack_history.video import read_image
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.loading import load_backbone
+from framepack_history.generation.overlap import OverlapDecoder
+from framepack_history.generation.pipeline import Pipeline, SectionDone, section_noise, to_pixels, to_uint8
+from framepack_history.generation.video import read_image
+from framepack_history.history.state import HistoryState
+from framepack_history.sampling import f1_mu, flow_sigmas
 
 SIZE, SECTIONS, STEPS, PROMPT = 64, 3, 3, "a red fox runs through snow"
 
@@ -231,7 +232,7 @@ def test_none_mode_keeps_only_the_start_anchor(runs) -> None:
 
 def test_resume_recreates_the_held_back_tail(folders, backbone, runs, tmp_path) -> None:
     """Checkpoint after section 1, restore into a fresh generation (no held tail): the same frames follow."""
-    from framepack_history.checkpoint import JobDir
+    from framepack_history.jobs.checkpoint import JobDir
 
     gen = runs["gen"]
     request = gen.request
@@ -257,8 +258,8 @@ def test_resume_recreates_the_held_back_tail(folders, backbone, runs, tmp_path) 
 
 def test_render_joins_the_stream_and_records_the_shift(folders, backbone, runs, tmp_path) -> None:
     """The mp4 is the segments joined (109 frames, as the reference); the sidecar names F1's dynamic shift."""
-    from framepack_history.render import render
-    from framepack_history.video import read_video
+    from framepack_history.generation.video import read_video
+    from framepack_history.jobs.render import render
 
     pipe = Pipeline(backbone, None, folders["preset"])
     data = render(pipe, runs["gen"].request, tmp_path / "v.mp4", tmp_path / "seg")
@@ -270,8 +271,8 @@ def test_render_joins_the_stream_and_records_the_shift(folders, backbone, runs, 
 
 def test_cancel_keeps_the_held_back_tail(folders, backbone, runs, tmp_path) -> None:
     """Cancelled during section 2: sections 0-1 and section 1's unblended tail are on disk, nothing else."""
-    from framepack_history.render import render
-    from framepack_history.sampling import Cancelled
+    from framepack_history.errors import Cancelled
+    from framepack_history.jobs.render import render
 
     def stop(index: int, info: dict) -> None:
         if index == 2:
@@ -290,7 +291,7 @@ def test_encoder_mode_in_the_loop(folders, backbone) -> None:
     (An empty embedding leaving F1's context bit for bit: ``test_encoder_mode_is_window_plus_history_tokens``.)"""
     from dataclasses import replace
 
-    from framepack_history.loading import build_encoder
+    from framepack_history.generation.loading import build_encoder
 
     preset = folders["preset"]
     encoder = build_encoder(replace(preset.model, encoder_rate="2x2x2", encoder_channels=[8, 16, 16, 32]), backbone)

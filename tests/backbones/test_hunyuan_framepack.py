@@ -9,11 +9,9 @@ import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 
 from framepack_history.backbones.base import Conditioning, Context
-from framepack_history.backbones.hunyuan_framepack import (
-    HistoryFramepackTransformer3DModel,
-    HunyuanFramepackBackbone,
-    WeightsNotFoundError,
-)
+from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
+from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
+from framepack_history.errors import WeightsNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +222,9 @@ def test_from_pretrained_local_folders(backbone: HunyuanFramepackBackbone, tmp_p
 
 
 def test_missing_weights_offline_fail_fast(tmp_path, monkeypatch) -> None:
-    from framepack_history.backbones import base
+    from framepack_history import errors
 
-    assert WeightsNotFoundError is base.WeightsNotFoundError  # the class the CLI catches
+    assert WeightsNotFoundError is errors.WeightsNotFoundError  # the class the CLI catches
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match="transformer.*download them or point to a local folder"):

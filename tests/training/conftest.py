@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "framepack_history" / "training"
 
 def train(stage: str, out: Path, **over):
     """Run one stage in-process from its tiny config plus overrides; returns the output folder."""
-    from framepack_history.training.common import TrainConfig, check_train_config, load_config
+    from framepack_history.training.settings import TrainConfig, check_train_config, load_config
 
     cfg = load_config(TrainConfig, CONFIGS / f"tiny_{stage}.toml", {"out": str(out), **over})
     cfg.stage = stage

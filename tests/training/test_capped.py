@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from framepack_history.history import HistoryState
-from framepack_history.history_merge import cap_groups
+from framepack_history.history.merge import cap_groups
+from framepack_history.history.state import HistoryState
 from framepack_history.training.capped import cap_layout, capped_history
 from framepack_history.training.common import read_log
+from tests.history.test_encoder import make_encoder
 
-from ..test_encoder import make_encoder
 from .conftest import train
 
 TOKENS_PER_GROUP = 16  # make_encoder("2x2x2") on 16x16 latents, patch 2: a 4x4 grid per token frame
@@ -77,7 +77,7 @@ def test_a_training_cap_generation_would_refuse_is_an_input_error():
     """A cap below the least a job may use (nine groups) is refused when training meets it, naming the key."""
     from types import SimpleNamespace
 
-    from framepack_history.config import InputError
+    from framepack_history.errors import InputError
     from framepack_history.training.modeling import FlowModule
 
     enc = make_encoder("2x2x2")
@@ -97,8 +97,9 @@ def test_a_training_cap_generation_would_refuse_is_an_input_error():
                                       ({"capped_tokens": [0]}, "stage2.capped_tokens"),
                                       ({"merge": "newest"}, "stage2.merge")])
 def test_bad_capped_settings_name_their_key(over, key):
-    from framepack_history.config import InputError
-    from framepack_history.training.common import TrainConfig, check_train_config, load_config
+    from framepack_history.errors import InputError
+    from framepack_history.training.settings import TrainConfig, check_train_config, load_config
+
     from .conftest import CONFIGS
 
     cfg = load_config(TrainConfig, CONFIGS / "tiny_stage2.toml", {"stage2": over})

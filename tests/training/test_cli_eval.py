@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from framepack_history.cli import main
+from framepack_history.cli.main import main
 
 from .conftest import CONFIGS
 
@@ -118,8 +118,8 @@ def test_memory_columns_are_what_the_window_does_not_show():
 def test_revisit_worlds_follow_the_split_and_first():
     from types import SimpleNamespace
 
-    from framepack_history.config import load_preset
-    from framepack_history.toyworld import EVAL_SEED_START
+    from framepack_history.backbones.toyworld import EVAL_SEED_START
+    from framepack_history.config.presets import load_preset
     from framepack_history.training.evaluate import EvalConfig
     from framepack_history.training.revisit import make_episode
 

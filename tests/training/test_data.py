@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from framepack_history.config import InputError
-from framepack_history.training.common import DataConfig, TrainConfig, load_config, parse_overrides
+from framepack_history.config.storyboard import caption_at
+from framepack_history.errors import InputError
 from framepack_history.training.data import (
     LatentCacheDataset,
     StepBatchSampler,
     VideoFolderDataset,
     build_latent_cache,
-    caption_at,
     toyworld_dataset,
 )
+from framepack_history.training.settings import DataConfig, TrainConfig, load_config, parse_overrides
 
 
 def test_toyworld_items_have_the_training_format():
@@ -102,7 +102,7 @@ def test_overrides_reach_into_tables_and_are_typed(tmp_path):
 
 
 def test_ssim_and_psnr():
-    from framepack_history.training.evaluate import psnr, ssim
+    from framepack_history.generation.frame_query import psnr, ssim
 
     a = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-5)

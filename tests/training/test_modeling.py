@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from framepack_history.training.common import TrainConfig
+from framepack_history.training.settings import TrainConfig
 
 
 def _toy(tiny_toy_preset):
-    from framepack_history.loading import build_encoder, load_backbone
+    from framepack_history.generation.loading import build_encoder, load_backbone
 
     bb = load_backbone(tiny_toy_preset.model)
     return bb, build_encoder(tiny_toy_preset.model, bb)
@@ -16,7 +16,7 @@ def _toy(tiny_toy_preset):
 
 def test_training_history_tokens_match_history_state(tiny_toy_preset):
     """The tokens and positions Stage I/II train on are exactly what generation feeds the DiT."""
-    from framepack_history.history import HistoryState
+    from framepack_history.history.state import HistoryState
     from framepack_history.training.modeling import FlowModule
 
     bb, enc = _toy(tiny_toy_preset)
@@ -32,7 +32,7 @@ def test_training_history_tokens_match_history_state(tiny_toy_preset):
 
 
 def test_large_patchifier_starts_as_pool_plus_the_dits_patchifier(tiny_toy_preset):
-    from framepack_history.encoder import HistoryEncoder
+    from framepack_history.history.encoder import HistoryEncoder
     from framepack_history.training.modeling import LargePatchifier, anchor_dtype
 
     bb, _ = _toy(tiny_toy_preset)
@@ -97,8 +97,9 @@ def test_flow_loss_weightings(tiny_toy_preset):
 
 def test_stage2_window_mode_feeds_what_the_pipeline_feeds(tmp_path):
     """Window-mode steps: no embedding, one section of raw latents (the pipeline's default window)."""
-    from framepack_history.training.common import load_config, step_generator
+    from framepack_history.training.common import step_generator
     from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.settings import load_config
     from framepack_history.training.stage2_autoregressive import NextSectionModule, Stage2Task
 
     from .conftest import CONFIGS
@@ -118,8 +119,9 @@ def test_stage2_window_mode_feeds_what_the_pipeline_feeds(tmp_path):
 
 def test_stage2_history_alone_steps_drop_the_window_and_nothing_else(tmp_path):
     """p_no_window: encoder-mode steps without the add-on window; at 0 the batches are those of a config without it."""
-    from framepack_history.training.common import load_config, step_generator
+    from framepack_history.training.common import step_generator
     from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.settings import load_config
     from framepack_history.training.stage2_autoregressive import NextSectionModule, Stage2Task
 
     from .conftest import CONFIGS
@@ -146,7 +148,6 @@ def test_export_from_a_gathered_state_dict_matches_the_trained_module(tmp_path, 
     """The FSDP/DeepSpeed export path: rebuild on the CPU, load the full state dict, export."""
     from safetensors.torch import load_file
 
-    from framepack_history.training.common import load_config
     from framepack_history.training.modeling import (
         FlowModule,
         build_backbone,
@@ -155,6 +156,7 @@ def test_export_from_a_gathered_state_dict_matches_the_trained_module(tmp_path, 
         prepare_transformer,
         training_preset,
     )
+    from framepack_history.training.settings import load_config
 
     from .conftest import CONFIGS
 
@@ -178,8 +180,9 @@ def test_export_from_a_gathered_state_dict_matches_the_trained_module(tmp_path, 
 
 def test_image_to_video_backbones_get_the_first_frame_as_condition(tmp_path):
     """FramePack-F1 always sees the start image; training conditions on each clip's first frame too."""
-    from framepack_history.training.common import load_config, step_generator
+    from framepack_history.training.common import step_generator
     from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.settings import load_config
     from framepack_history.training.stage2_autoregressive import NextSectionModule, Stage2Task
 
     from .conftest import CONFIGS

@@ -20,9 +20,10 @@ def test_stage1_runs_and_exports_an_app_loadable_folder(stage1_run):
         assert (stage1_run / part / "config.json").is_file()
     assert (stage1_run / "tokenizer.json").is_file() and (stage1_run / "loss.png").stat().st_size > 0
 
-    from framepack_history.config import GenerationRequest, load_preset
-    from framepack_history.loading import build_encoder, load_backbone
-    from framepack_history.pipeline import Pipeline, SectionDone
+    from framepack_history.config.presets import load_preset
+    from framepack_history.config.request import GenerationRequest
+    from framepack_history.generation.loading import build_encoder, load_backbone
+    from framepack_history.generation.pipeline import Pipeline, SectionDone
 
     preset = load_preset(stage1_run / "preset.toml")
     bb = load_backbone(preset.model)
@@ -98,8 +99,9 @@ def test_omega_is_random_in_count_and_position_and_covers_the_history():
 
 def test_stage1_batches_draw_a_different_omega_per_sample(tmp_path):
     """Within one batch, samples query different frames; the encoder input keeps Omega clean."""
-    from framepack_history.training.common import TrainConfig, load_config, step_generator
+    from framepack_history.training.common import step_generator
     from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.settings import TrainConfig, load_config
     from framepack_history.training.stage1_frame_query import FrameQueryModule, Stage1Task
 
     from .conftest import CONFIGS
@@ -120,7 +122,7 @@ def test_stage1_batches_draw_a_different_omega_per_sample(tmp_path):
 def test_vae_training_refuses_a_weightless_vae(tmp_path):
     import pytest
 
-    from framepack_history.config import InputError
+    from framepack_history.errors import InputError
 
     over = {"model": {"config": {"vae": {"kind": "space_to_depth", "latent_channels": 12, "spatial_scale": 2}}}}
     with pytest.raises(InputError, match="model.config.vae.kind.*no weights to train"):
@@ -131,7 +133,7 @@ def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
     """Stage II with canvas positions reads camera_x from the clips (through the latent cache too)."""
     import pytest
 
-    from framepack_history.config import InputError
+    from framepack_history.errors import InputError
 
     over = {"model": {"weights": str(stage1_run), "encoder": str(stage1_run / "history_encoder"),
                       "config": {"dit": {"canvas_positions": True, "rope_values": True}}}, "max_steps": 2}
@@ -140,9 +142,9 @@ def test_canvas_positions_train_from_the_camera_track(tmp_path, stage1_run):
     assert saved["canvas_positions"] is True and saved["rope_values"] is True  # switches a loaded model takes
     assert all(math.isfinite(r["loss"]) for r in read_log(out / "loss.jsonl"))
 
+    from framepack_history.config.presets import load_preset
+    from framepack_history.generation.loading import load_backbone
     from framepack_history.training.stages import track_of
-    from framepack_history.loading import load_backbone
-    from framepack_history.config import load_preset
 
     bb = load_backbone(load_preset(out / "preset.toml").model)
     assert all(block.rope_values for block in bb.transformer.blocks)

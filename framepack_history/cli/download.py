@@ -1,0 +1,76 @@
+"""``python -m framepack_history download``: fetch a preset's weights, with sizes, progress and resume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from framepack_history.config.presets import load_preset
+from framepack_history.errors import DownloadError
+from framepack_history.hub import files as hub
+from framepack_history.hub.download import check_disk, fetch, free_space, human, local_preset, make_plan
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download the weights a preset needs (sizes first, resumable)",
+                       description="Download exactly the files a preset needs (configs, tokenizers, safetensors) into "
+                                   "the Hugging Face cache (HF_HOME) or --local-dir. Shows the total size first, refuses "
+                                   "when the disk lacks room, and continues an interrupted download where it stopped.")
+    p.add_argument("--preset", default="rtx4070-12gb", help="preset name or .toml path (default rtx4070-12gb)")
+    p.add_argument("--local-dir", help="put the repos in DIR/<owner>/<name> instead of the cache, and write "
+                                       "DIR/<preset>.toml that reads them")
+    p.add_argument("--dry-run", action="store_true", help="print what would be downloaded, then stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # tqdm: only for a progress bar on a terminal
+
+    preset = load_preset(args.preset)
+    comps = hub.components(preset.model)
+    if not comps:
+        print(f"{preset.name} needs no download (its weights ship with the project or are built from configs)")
+        return 0
+    try:
+        plan = make_plan(preset.model, args.preset, args.local_dir)
+        print(f"{preset.name}: {len(plan.files)} files in {len(plan.commits)} repos, {human(plan.total)} in all; "
+              f"{human(plan.todo)} to download into {plan.target} ({human(free_space(plan.target))} free)", flush=True)
+        if args.dry_run:
+            for f in plan.files:
+                print(f"  {'have' if f.done else 'get '} {human(f.size):>9}  {f.repo}/{f.path}")
+            return 0
+        check_disk(plan)
+        bars: dict[str, tqdm] = {}
+
+        def on_progress(p) -> None:
+            if args.quiet:
+                return
+            if "total" not in bars:
+                bars["total"] = tqdm(total=p.total, unit="B", unit_scale=True, desc="total", position=0, file=sys.stderr)
+            if bars.get("name") != p.file:
+                if "file" in bars:
+                    bars["file"].close()
+                bars["name"] = p.file
+                bars["file"] = tqdm(total=p.file_size, unit="B", unit_scale=True, position=1, leave=False, file=sys.stderr,
+                                    desc=p.file[-48:])
+            for key, value in (("total", p.done), ("file", p.file_done)):
+                bars[key].update(value - bars[key].n)
+
+        try:
+            fetch(plan, on_progress)
+        finally:
+            for key in ("file", "total"):
+                if key in bars:
+                    bars[key].close()
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    if plan.local_dir is not None:
+        copy = local_preset(preset.path, plan)
+        print(f"done: {plan.local_dir}; start with `{hub.python()} app.py --preset {copy}`")
+    else:
+        print(f"done: {preset.name}'s weights are in {plan.target}; start with `{hub.python()} app.py --preset {args.preset}`")
+    return 0

@@ -1,0 +1,147 @@
+"""A request: what to make (prompt or storyboard, length, seed, inputs) and the settings it overrides.
+
+Every field left ``None`` means "the preset's"; :meth:`GenerationRequest.validate` checks what needs
+no file read and returns the parsed storyboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from framepack_history.config.loras import check_entries
+from framepack_history.config.presets import (
+    HISTORY_MERGES,
+    HISTORY_MODES,
+    MAX_HISTORY_GUIDANCE,
+    MAX_HISTORY_TOKENS,
+    START_FRAMES,
+    Preset,
+    check_cache,
+)
+from framepack_history.config.storyboard import MAX_PROMPT_CHARS, parse_storyboard
+from framepack_history.errors import InputError
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: what to make, from what, and how long."""
+
+    prompt: str = ""
+    seconds: float = 5.0
+    seed: int = 0
+    image: str | None = None
+    continue_video: str | None = None
+    history_mode: str | None = None  # None = the preset's
+    window_frames: int | None = None
+    history_guidance: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    cfg: float | None = None
+    shift: float | None = None
+    sampler: str | None = None
+    #: text-to-video start frame (see ``START_FRAMES``); None = the backbone's default, filled in by ``validate``
+    start_frame: str | None = None
+    #: the size generated at: the preset's, or a start image's / continued video's bucket (filled in
+    #: when the inputs are read; see :mod:`.buckets`)
+    width: int | None = None
+    height: int | None = None
+    #: bounded history: the most history tokens (0 = no cap); None = the preset's ``history.max_tokens``
+    max_history_tokens: int | None = None
+    #: which groups the history-token cap merges (``HISTORY_MERGES``); None = the preset's ``history.merge``
+    history_merge: str | None = None
+    #: LoRAs on the DiT: ``[{"name": FILE, "weight": W}]``; resolving adds ``path`` and ``sha256`` (kept for
+    #: the sidecar and for resume); None = the preset's ``loras``, [] = none
+    loras: list[dict[str, Any]] | None = None
+    #: step caching (``off``, ``fast``, ``faster``); None = the preset's ``sampling.cache``
+    cache: str | None = None
+
+    def validate(self, preset: Preset) -> list[tuple[float, str]]:
+        """Check everything that doesn't need a file read; return the storyboard."""
+        if not isinstance(self.seconds, (int, float)) or isinstance(self.seconds, bool) or not math.isfinite(self.seconds):
+            raise InputError("--seconds", f"must be a finite number (got {self.seconds!r})")
+        if self.seconds <= 0:
+            raise InputError("--seconds", f"must be > 0 (got {self.seconds:g})")
+        if self.seconds > preset.video.max_seconds:
+            raise InputError("--seconds", f"{self.seconds:g} s is over the preset's limit of {preset.video.max_seconds:g} s")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise InputError("--seed", f"must be an integer in [0, 2^63) (got {self.seed!r})")
+        if not isinstance(self.prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(self.prompt).__name__})")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv, a broken client)
+            raise InputError("--prompt", f"is not valid UTF-8 text (character {e.start + 1} cannot be encoded)") from None
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise InputError("--prompt", f"is {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.history_mode is not None and self.history_mode not in HISTORY_MODES:
+            raise InputError("--history", f"must be one of {', '.join(HISTORY_MODES)} (got {self.history_mode!r})")
+        for name, val, lo in (("--steps", self.steps, 1), ("--window-frames", self.window_frames, 0)):
+            if val is not None and (not isinstance(val, int) or val < lo or val > 1000):
+                raise InputError(name, f"must be an integer in [{lo}, 1000] (got {val!r})")
+        for name, val in (("--guidance", self.guidance), ("--cfg", self.cfg), ("--shift", self.shift)):
+            if val is not None and (not math.isfinite(val) or val < 0 or val > 100):
+                raise InputError(name, f"must be a number in [0, 100] (got {val!r})")
+        hg = self.history_guidance
+        if hg is not None and (isinstance(hg, bool) or not isinstance(hg, (int, float)) or not math.isfinite(hg)
+                               or not 0 <= hg <= MAX_HISTORY_GUIDANCE):
+            raise InputError("--history-guidance", f"must be a number in [0, {MAX_HISTORY_GUIDANCE:g}] (got {hg!r})")
+        cap = self.max_history_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_HISTORY_TOKENS):
+            raise InputError("--max-history-tokens", f"must be an integer in [0, {MAX_HISTORY_TOKENS}] (0 = no cap; got {cap!r})")
+        if self.history_merge is not None and self.history_merge not in HISTORY_MERGES:
+            raise InputError("--history-merge", f"must be one of {', '.join(HISTORY_MERGES)} (got {self.history_merge!r})")
+        if self.cfg is not None and self.cfg < 1:
+            raise InputError("--cfg", f"must be >= 1 (got {self.cfg:g})")
+        if self.shift is not None and self.shift <= 0:
+            raise InputError("--shift", f"must be > 0 (got {self.shift:g})")
+        if self.sampler is not None and self.sampler not in ("euler", "unipc"):
+            raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
+        if self.cache is not None:
+            check_cache(self.cache, "--cache")
+        if self.image and self.continue_video:
+            raise InputError("--image", "give either a start image or a video to continue, not both")
+        check_entries(self.loras)
+        board = parse_storyboard(self.prompt)
+        if not board[0][1] and not (self.image or self.continue_video):
+            raise InputError("--prompt", "is empty; give a prompt, a start image or a video to continue")
+        self._check_start_frame(preset)
+        self._check_size(preset)
+        return board
+
+    def _check_start_frame(self, preset: Preset) -> None:
+        """A known start frame, for text-to-video only; unset becomes the backbone's default (recorded)."""
+        offered = START_FRAMES.get(preset.model.backbone, ())
+        if self.image or self.continue_video:
+            if self.start_frame is not None:
+                given = "a start image" if self.image else "a video to continue"
+                raise InputError("--start-frame", f"is for text-to-video; this request has {given}")
+            return
+        if self.start_frame is None:
+            self.start_frame = offered[0] if offered else None
+        elif self.start_frame not in offered:
+            raise InputError("--start-frame", f"{self.start_frame!r} is not offered by the {preset.model.backbone} "
+                                              f"backbone (choices: {', '.join(offered)})")
+
+    def _check_size(self, preset: Preset) -> None:
+        """Width and height both set or both unset; text-to-video is generated at the preset's size."""
+        v = preset.video
+        if (self.width is None) != (self.height is None):
+            raise InputError("--width" if self.width is None else "--height", "width and height go together")
+        if self.width is None:
+            if not (self.image or self.continue_video):
+                self.width, self.height = v.width, v.height
+            return
+        for name, val in (("--width", self.width), ("--height", self.height)):
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0 or val % 2:
+                raise InputError(name, f"must be a positive even integer (got {val!r})")
+        if self.width * self.height > v.width * v.height:
+            raise InputError("--width", f"{self.width}x{self.height} is over the preset's budget of "
+                                        f"{v.width}x{v.height} pixels")
+        if not v.buckets and (self.width, self.height) != (v.width, v.height):
+            raise InputError("--width", f"{self.width}x{self.height}: this preset generates at {v.width}x{v.height} only")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,115 @@
+"""Storyboards: ``TIME: text`` entries (``TIME~SPAN:`` blends from the entry before), parsed and read at a time.
+
+Validated here (every error names the entry), so a typo never reaches a generation. No torch here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from framepack_history.errors import InputError
+
+_STAMP = re.compile(r"(?:^|;|\n)\s*(\d+(?:\.\d+)?)\s*s\s*(?:~\s*(\d+(?:\.\d+)?)\s*s\s*)?:", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_LOOKS_TIMED = re.compile(r"^\s*[-+]?\d[\d.]*\s*[a-z]{0,3}\s*:", re.IGNORECASE)
+_LOOKS_BLEND = re.compile(r"^\s*[-+]?\d[\d.]*\s*s?\s*~", re.IGNORECASE)
+MAX_PROMPT_CHARS = 2000
+
+
+class Entry(tuple):
+    """One storyboard entry: the pair ``(start, text)``, plus ``blend``.
+
+    ``blend`` is how many seconds the entry takes to fade in from the one before it (0 = a cut).
+    It rides along as an attribute so that everything that reads entries as pairs keeps working.
+    """
+
+    def __new__(cls, start: float, text: str, blend: float = 0.0) -> Entry:
+        self = super().__new__(cls, (float(start), text))
+        self.blend = float(blend)
+        return self
+
+    def __getnewargs__(self) -> tuple:  # copy and pickle rebuild it with its blend
+        return (self[0], self[1], self.blend)
+
+    def __repr__(self) -> str:
+        return f"Entry({self[0]!r}, {self[1]!r}, blend={self.blend!r})" if self.blend else tuple.__repr__(self)
+
+
+def parse_storyboard(text: str) -> list[tuple[float, str]]:
+    """``"0s: a; 12s~2s: b"`` -> ``[(0.0, "a"), (12.0, "b")]`` (:class:`Entry` pairs); plain text -> ``[(0.0, text)]``.
+
+    ``12s~2s:`` asks for a prompt transition: from 12 s to 14 s the text conditioning moves linearly
+    from the entry before to this one (:func:`prompt_weights`). Raises :class:`InputError` for
+    storyboards that are malformed: text before the first stamp, empty entries, times that do not
+    increase, or blends that are malformed, have nothing to blend from or run into the next entry.
+    """
+    text = _CONTROL.sub(" ", text).strip()
+    stamps = list(_STAMP.finditer(text))
+    if not stamps:
+        if re.match(r"^\s*[-+]?[\d.]+\s*[a-z]*\s*[:~]", text, re.IGNORECASE):
+            raise InputError("--prompt", f"malformed storyboard time at {text[:20]!r}: write times like '0s:' or '12.5s:'")
+        return [Entry(0.0, text)]
+    if text[: stamps[0].start()].strip(" ;\n"):
+        raise InputError("--prompt", "storyboard text must start with a time such as '0s:'")
+    for part in re.split(r"[;\n]", text):  # '10: b' or '1m: b' between good stamps is a typo, not prompt text
+        if _LOOKS_BLEND.match(part) and not _STAMP.match(part):
+            raise InputError("--prompt", f"storyboard entry {part.strip()[:30]!r}: malformed blend; write a start and "
+                                         "a blend time like '12s~2s: text' (the prompt fades in over 2 s from 12 s)")
+        if _LOOKS_TIMED.match(part) and not _STAMP.match(part):
+            raise InputError("--prompt", f"malformed storyboard time at {part.strip()[:20]!r}: write times like '0s:' or '12.5s:'")
+    entries: list[Entry] = []
+    for i, m in enumerate(stamps):
+        end = stamps[i + 1].start() if i + 1 < len(stamps) else len(text)
+        body = text[m.end() : end].strip(" ;\n")
+        t, blend = float(m.group(1)), float(m.group(2) or 0)
+        if not body:
+            raise InputError("--prompt", f"storyboard entry at {m.group(1)}s has no text")
+        if entries and t <= entries[-1][0]:
+            raise InputError("--prompt", f"storyboard times must increase ({entries[-1][0]:g}s then {t:g}s)")
+        if blend and not entries:
+            raise InputError("--prompt", f"storyboard entry '{t:g}s~{blend:g}s: {body[:30]}' is the first: a blend needs "
+                                         "an entry before it to blend from")
+        entries.append(Entry(t, body, blend))
+    for e, nxt in itertools.pairwise(entries):
+        if e[0] + e.blend > nxt[0] + 1e-9:
+            raise InputError("--prompt", f"storyboard entry '{e[0]:g}s~{e.blend:g}s: {e[1][:30]}' blends until "
+                                         f"{e[0] + e.blend:g}s, past the next entry at {nxt[0]:g}s")
+    return entries
+
+
+def prompt_at(storyboard: list[tuple[float, str]], t: float) -> str:
+    """The prompt in force at time ``t``: the last entry that started at or before it."""
+    current = storyboard[0][1]
+    for start, text in storyboard:
+        if start <= t + 1e-9:
+            current = text
+    return current
+
+
+def prompt_weights(storyboard: list[tuple[float, str]], t: float) -> list[tuple[str, float]]:
+    """The prompts that condition time ``t`` and their weights: one at weight 1, or two inside a blend.
+
+    Inside ``start~blend`` of an entry the weight of its text grows linearly from 0 at ``start``
+    to 1 at ``start + blend``; the entry before it has the rest.
+    """
+    i = 0
+    for k, entry in enumerate(storyboard):
+        if entry[0] <= t + 1e-9:
+            i = k
+    entry = storyboard[i]
+    blend = getattr(entry, "blend", 0.0)
+    weight = (t - entry[0]) / blend if i and blend else 1.0
+    if weight >= 1.0:
+        return [(entry[1], 1.0)]
+    if weight <= 0.0:
+        return [(storyboard[i - 1][1], 1.0)]
+    return [(storyboard[i - 1][1], 1.0 - weight), (entry[1], weight)]
+
+
+def caption_at(caption: str, seconds: float) -> str:
+    """The storyboard entry in force at ``seconds`` (plain captions are returned as they are)."""
+    try:
+        return prompt_at(parse_storyboard(caption), seconds)
+    except InputError:
+        return caption

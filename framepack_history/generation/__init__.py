@@ -1,0 +1,12 @@
+"""Making a video: the section loop and what it needs, with no jobs, files or pages.
+
+* :mod:`.pipeline` — :class:`~.pipeline.Pipeline`, the section loop (conditioning -> history -> denoise -> decode) as typed events;
+* :mod:`.loading` — a backbone and its history encoder built from a preset, with the memory manager attached;
+* :mod:`.step_cache` — skipping most of the DiT on steps whose input barely changed;
+* :mod:`.overlap` — FramePack-F1's overlapped decode, streamed append-only;
+* :mod:`.buckets` — the size a start image or a continued video is generated at;
+* :mod:`.video` — reading user media, writing segments, assembling the mp4;
+* :mod:`.frame_query` — a past frame recalled from the embedding, and its scores (PSNR, SSIM).
+
+The samplers are :mod:`framepack_history.sampling` (pure functions, below every wing).
+"""

@@ -1,0 +1,477 @@
+"""The section loop: conditioning -> history -> denoise -> decode, as typed events.
+
+The pipeline never touches files or the UI. It yields events; whoever runs it
+(the CLI, the worker) writes segments, shows previews and checks for
+cancellation. A :class:`Generation` can be snapshotted after any section and
+resumed from that snapshot with identical results, because every section's
+noise is drawn from its own generator seeded by ``(seed, section index)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from framepack_history.backbones.base import Backbone, Conditioning, Context
+from framepack_history.config.presets import Preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import prompt_weights
+from framepack_history.errors import InputError
+from framepack_history.generation.buckets import resolve_size
+from framepack_history.generation.overlap import OverlapDecoder
+from framepack_history.generation.step_cache import StepCache, threshold_for
+from framepack_history.generation.video import read_image, read_video
+from framepack_history.history.encoder import HistoryEncoder
+from framepack_history.history.merge import require_cap
+from framepack_history.history.state import HistoryState
+from framepack_history.lora.adapters import apply
+from framepack_history.lora.files import requested
+from framepack_history.sampling import Branch, guided_together, sample
+
+MAX_CONTINUE_SECONDS = 30.0  # how much of an uploaded video becomes history
+
+
+# ------------------------------------------------------------------- events
+@dataclass
+class ContextFrames:
+    """Frames the video starts with (start image or the video being continued)."""
+
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+
+
+@dataclass
+class SectionStarted:
+    index: int
+    total: int
+    prompt: str
+    #: inside a prompt transition: ``(the prompt it blends from, the weight of ``prompt``)``
+    blend: tuple[str, float] | None = None
+
+
+@dataclass
+class StepPreview:
+    index: int
+    step: int
+    steps: int
+    image: np.ndarray  # uint8 [H, W, 3]
+
+
+@dataclass
+class SectionDone:
+    index: int
+    total: int
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    timings: dict[str, float]
+    history_tokens: int
+    shift: float | None = None  # the timestep shift this section was sampled with
+    #: DiT calls of the section and how many ran every block (step caching skips the others), by branch
+    dit_passes: dict | None = None
+
+
+@dataclass
+class Finished:
+    sections: int
+    frames: int
+    history_tokens: int
+
+
+Event = ContextFrames | SectionStarted | StepPreview | SectionDone | Finished
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``[3, F, H, W]`` in ``[-1, 1]`` -> ``uint8 [F, H, W, 3]``."""
+    x = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 [F, H, W, 3]`` -> ``[1, 3, F, H, W]`` in ``[-1, 1]``."""
+    x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 127.5 - 1
+    return x.permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def section_noise(shape: tuple[int, ...], seed: int, index: int) -> torch.Tensor:
+    """Noise for one section, independent of every other section (resume-safe)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+    return torch.randn(shape, generator=g)
+
+
+class MemoryHooks(Protocol):
+    """What the pipeline asks of a memory manager (see :mod:`.memory`): one context per phase."""
+
+    def phase(self, name: str, section: int | None = None) -> AbstractContextManager: ...
+
+    # optional: ``watch(module)`` (an always-resident module, e.g. the history encoder) and
+    # ``prepare(preset, seconds, *, history_mode, rate, start_image, size)`` (a plan for the request)
+
+
+# --------------------------------------------------------------- generation
+@dataclass
+class Generation:
+    """The state of one request between sections (what a checkpoint holds)."""
+
+    request: GenerationRequest
+    storyboard: list[tuple[float, str]]
+    total_sections: int
+    history: HistoryState
+    next_section: int = 0
+    image_cond: Conditioning = field(default_factory=Conditioning)
+    #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
+    #: never checkpointed, a resume decodes it again from the history
+    held: torch.Tensor | None = None
+    #: an extension's first section: the video it extends already ends with the held tail (see .extend)
+    tail_sent: bool = False
+
+
+class Pipeline:
+    """Generates a long video section by section from one backbone + encoder."""
+
+    def __init__(self, backbone: Backbone, encoder: HistoryEncoder | None, preset: Preset,
+                 memory: MemoryHooks | None = None) -> None:
+        self.backbone = backbone
+        self.encoder = encoder
+        self.preset = preset
+        self._text_cache: dict[str, Conditioning] = {}
+        #: called around every phase (text/image/VAE encode, denoise, decode); its hooks load what runs
+        self.memory = memory
+        if encoder is not None and hasattr(memory, "watch"):
+            memory.watch(encoder)
+
+    def _phase(self, name: str, section: int | None = None) -> AbstractContextManager:
+        return nullcontext() if self.memory is None else self.memory.phase(name, section)
+
+    # ------------------------------------------------------------- settings
+    def option(self, request: GenerationRequest, name: str):
+        """The request's value, or the preset's when the request leaves it unset."""
+        value = getattr(request, name)
+        if value is not None:
+            return value
+        source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames"),
+                  "history_guidance": ("history", "guidance"), "history_merge": ("history", "merge"),
+                  "max_history_tokens": ("history", "max_tokens")}.get(name, ("sampling", name))
+        return getattr(getattr(self.preset, source[0]), source[1])
+
+    @property
+    def section_latent_frames(self) -> int:
+        return self.backbone.geometry.latent_frames(self.preset.video.section_frames)
+
+    def sections_for(self, seconds: float) -> int:
+        return max(1, math.ceil(seconds * self.preset.video.fps / self.preset.video.section_frames - 1e-9))
+
+    def text(self, prompt: str) -> Conditioning:
+        """Prompt embeddings, computed once per distinct prompt and kept on the host between uses."""
+        if prompt not in self._text_cache:
+            with torch.no_grad(), self._phase("text_encode"):
+                self._text_cache[prompt] = self.backbone.encode_text(prompt).to("cpu")
+        return self._text_cache[prompt].to(self.backbone.device)
+
+    def text_at(self, storyboard: list[tuple[float, str]], t: float) -> Conditioning:
+        """The text conditioning at time ``t``: one prompt's, or inside a transition a blend of two.
+
+        One DiT call reads one text conditioning for all frames of its section, so a
+        transition moves per section, by the section's start time (``config.prompt_weights``).
+        """
+        parts = prompt_weights(storyboard, t)
+        if len(parts) == 1:  # no blend: exactly the prompt's own embedding
+            return self.text(parts[0][0])
+        (a, _), (b, weight) = parts
+        with torch.no_grad():
+            return self.backbone.blend_text(self.text(a), self.text(b), weight)
+
+    # -------------------------------------------------------------- start
+    def start(self, request: GenerationRequest) -> tuple[Generation, np.ndarray | None]:
+        """Validate, read inputs, encode any start frames into the history.
+
+        Returns the generation state and the frames the video starts with.
+        """
+        board = request.validate(self.preset)
+        w, h = self.size_for(request)
+        mode = self.option(request, "history_mode")
+        if mode == "encoder" and self.encoder is None:
+            raise InputError("--history", "this preset has no history encoder; use 'window' or 'none'")
+        v = self.preset.video
+        cap = self.history_cap(request, (w, h)) if mode == "encoder" else 0
+        history = HistoryState(self.encoder if mode == "encoder" else None, self.backbone.device, max_tokens=cap,
+                               merge=self.option(request, "history_merge"))
+        gen = Generation(request, board, self.sections_for(request.seconds), history)
+        self.prepare_memory(request, board, mode, cap, (w, h))
+        frames, latents, shown = None, None, True
+        if request.continue_video:
+            frames = read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
+        elif request.image:
+            frames = read_image(request.image, w, h)[None]
+        elif request.start_frame is not None:  # text-to-video: the backbone's start frame (config.START_FRAMES)
+            start = self.backbone.default_start(request.start_frame, request.seed, request.prompt, request.seconds, w, h)
+            if start is not None:
+                frames, latents, shown = start.image[None], start.latents, start.content
+        if frames is None:
+            return gen, None
+        # The image condition is the frame the video goes on from: the start image, or the last frame.
+        with torch.no_grad(), self._phase("image_encode"):
+            gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device), latents)
+        if latents is None:
+            with torch.no_grad(), self._phase("vae_encode"):
+                latents = self.backbone.vae_encode(to_pixels(frames))
+        history.append(latents)
+        return gen, frames if shown else None
+
+    def prepare_memory(self, request: GenerationRequest, board: list[tuple[float, str]], mode: str, cap: int,
+                       size: tuple[int, int]) -> None:
+        """Plan device memory for this request and load its prompts' text (a start, and a resume alike).
+
+        The plan reads the request's length, history mode and cap, resolution, guidance and cache:
+        a job resumed after a restart needs the same plan its start made, not the manager's first one.
+        """
+        if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
+            rate = None if self.encoder is None else self.encoder.config.rate
+            # text-to-video starts from the backbone's start frame (validate filled in request.start_frame)
+            starts = bool(request.image or request.continue_video or request.start_frame)
+            # the request's own settings: its history cap and merge rule; step caching holds residuals through
+            # the steps; guidance passes run block by block together (more activations)
+            opt = lambda name: self.option(request, name)  # noqa: E731
+            preset = replace(self.preset,
+                             history=replace(self.preset.history, max_tokens=cap, merge=opt("history_merge"),
+                                             guidance=float(opt("history_guidance"))),
+                             sampling=replace(self.preset.sampling, cache=opt("cache"), cfg=float(opt("cfg"))))
+            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=size)
+        if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
+            for prompt in dict.fromkeys(p for _, p in board):
+                self.text(prompt)
+            if float(self.option(request, "cfg")) != 1.0:
+                self.text(self.preset.sampling.negative_prompt)
+
+    def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
+        """The request's history-token cap (0 = none), checked against one token group at ``size``."""
+        cap = int(self.option(request, "max_history_tokens") or 0)
+        if not cap or self.encoder is None:
+            return cap
+        geo = self.backbone.geometry
+        _, gh, gw = self.encoder.grid(1, size[1] // geo.spatial_scale, size[0] // geo.spatial_scale)
+        field = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
+        if getattr(self.encoder, "context_frames", 0):
+            raise InputError(field, "this history encoder codes each group against the one before it "
+                                    "(context_groups); a cap needs one that codes groups alone (0 = no cap)")
+        require_cap(cap, gh * gw, size, field)
+        return cap
+
+    def size_for(self, request: GenerationRequest) -> tuple[int, int]:
+        """The request's ``(width, height)``: its start image's or video's bucket, chosen and recorded once."""
+        w, h = resolve_size(request, self.preset)
+        geo = self.backbone.geometry
+        grid = geo.spatial_scale * geo.patch_size[1], geo.spatial_scale * geo.patch_size[2]
+        if w % grid[1] or h % grid[0]:
+            raise InputError("--width" if w % grid[1] else "--height",
+                             f"{w}x{h} is not a multiple of the {self.backbone.name} backbone's {grid[1]}x{grid[0]} pixel grid")
+        return w, h
+
+    def size_of(self, gen: Generation) -> tuple[int, int]:
+        """``(width, height)`` ``gen`` is generated at: its request's (chosen by :meth:`start`), else the preset's."""
+        r, v = gen.request, self.preset.video
+        return (r.width, r.height) if r.width and r.height else (v.width, v.height)
+
+    # ------------------------------------------------------------- one section
+    def context(self, gen: Generation) -> Context:
+        """What the DiT sees of the past, by history mode.
+
+        ``window`` is the backbone's own context when it has one (FramePack-F1's
+        multi-scale clean latents from the last 19 latents), else a sliding
+        window of ``window_frames`` raw latents; ``encoder`` adds the history
+        tokens of the whole past to it; ``none`` keeps only the start anchor.
+        """
+        mode = self.option(gen.request, "history_mode")
+        bb = self.backbone
+        ctx = Context()
+        if mode == "encoder":
+            toks = gen.history.tokens()
+            if toks is not None:
+                ctx.history_tokens, ctx.history_positions = toks
+        if mode in ("encoder", "window") and bb.context_frames > 0:
+            recent = gen.history.window(bb.context_frames)
+            if recent is None:  # nothing yet: the backbone's context is all zeros, as F1 starts
+                _, c, _, h, w = self.latent_shape(gen)
+                recent = torch.zeros(1, c, 0, h, w)
+            ctx.recent_latents = recent.to(bb.device, bb.dtype)
+        elif mode in ("encoder", "window"):
+            self._window_context(gen, ctx, mode)
+        ctx.target_w = self.camera_track(gen)
+        return ctx
+
+    def _window_context(self, gen: Generation, ctx: Context, mode: str) -> None:
+        """The generic sliding window of raw latents (backbones without a context of their own)."""
+        window = int(self.option(gen.request, "window_frames"))
+        if mode == "window" and window == 0:
+            window = self.section_latent_frames  # the baseline: one section of raw latents
+        win = gen.history.window(window) if window > 0 else None
+        if win is not None:
+            ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
+            ctx.window_t0 = -float(win.shape[2])
+            track = gen.history.track[-win.shape[2]:]
+            if bool(track.any()):
+                ctx.window_w = track
+
+    def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
+        """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""
+        geo = self.backbone.geometry
+        width, height = (self.preset.video.width, self.preset.video.height) if gen is None else self.size_of(gen)
+        return (1, geo.latent_channels, self.section_latent_frames, height // geo.spatial_scale, width // geo.spatial_scale)
+
+    def schedule(self, shift: float | None, gen: Generation | None = None) -> tuple[float, float | None]:
+        """``(shift, mu)`` for a section: ``shift`` when given, else the backbone's own (F1: dynamic, ``e^mu``,
+        from the token count at ``gen``'s size)."""
+        if shift is not None:
+            return float(shift), None
+        mu = self.backbone.schedule_mu(self.latent_shape(gen))
+        return (1.0, None) if mu is None else (math.exp(mu), mu)
+
+    def camera_track(self, gen: Generation) -> torch.Tensor | None:
+        """The next section's view offsets (canvas-position backbones), continuing the history's track."""
+        v = self.preset.video
+        steps = self.backbone.camera_steps(gen.storyboard, gen.next_section * v.section_frames,
+                                           self.section_latent_frames, v.fps, self.size_of(gen)[0])
+        if steps is None:
+            return None
+        track = gen.history.track
+        last = float(track[-1]) if len(track) else 0.0
+        return last + torch.cumsum(steps.float(), 0)
+
+    def generate_section(self, gen: Generation, on_step: Callable[[dict], None] | None = None) -> SectionDone:
+        """Denoise, decode and append the next section; advance ``gen``."""
+        idx = gen.next_section
+        req, bb, v = gen.request, self.backbone, self.preset.video
+        t_start = idx * v.section_frames / v.fps
+        cond = self.text_at(gen.storyboard, t_start)
+        cond = Conditioning({**gen.image_cond.tensors, **cond.tensors})
+        cfg = float(self.option(req, "cfg"))
+        neg = None
+        if cfg != 1.0:
+            neg = Conditioning({**gen.image_cond.tensors, **self.text(self.preset.sampling.negative_prompt).tensors})
+        ctx = self.context(gen)
+        guidance = float(self.option(req, "guidance"))
+        # history guidance needs history tokens to guide with (none in the other modes, none yet
+        # when a text-to-video request has no start frame)
+        hg = float(self.option(req, "history_guidance")) if ctx.history_tokens is not None else 1.0
+
+        steps = int(self.option(req, "steps"))
+        # a fresh cache per section: no residual of another section, request or branch is ever reused
+        cache = StepCache(bb.transformer, threshold_for(bb.name, self.option(req, "cache")), steps)
+        model = self._branches_model(cache, cond, neg, ctx, guidance)
+
+        noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
+        shift, mu = self.schedule(self.option(req, "shift"), gen)
+        t0 = time.perf_counter()
+        with self._phase("denoise", idx), cache:
+            latents = sample(
+                self.option(req, "sampler"), guided_together(model, cfg, hg), noise, steps, shift, on_step, mu=mu,
+            )
+        t1 = time.perf_counter()
+        with torch.no_grad(), self._phase("vae_decode", idx):
+            if bb.overlap_decode:  # F1 decodes from the history, so the section goes in first
+                frames, t2, tokens = self._overlap_decode(gen, latents, ctx)
+            else:
+                frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
+                t2 = time.perf_counter()
+                tokens = gen.history.append(latents, track=ctx.target_w)
+        t3 = time.perf_counter()
+        gen.next_section += 1
+        return SectionDone(idx, gen.total_sections, frames,
+                           {"denoise_s": t1 - t0, "decode_s": t2 - t1, "history_encode_s": t3 - t2}, tokens, shift,
+                           cache.passes.to_dict())
+
+    def _branches_model(self, cache: StepCache, cond: Conditioning, neg: Conditioning | None, ctx: Context,
+                        guidance: float) -> Callable[[torch.Tensor, torch.Tensor, list[Branch]], list[torch.Tensor]]:
+        """The step's guidance branches ``(conditional, with_history)`` -> their predictions.
+
+        Without step caching every branch runs in one DiT call (a streamed block is copied once for
+        all of them); with it, each branch is its own call under its own cache state (diffusers'
+        cache contexts keep one residual per branch, and one call cannot switch between them).
+        """
+        bb = self.backbone
+        no_history = replace(ctx, history_tokens=None, history_positions=None)
+
+        def name(c: bool, h: bool) -> str:
+            return ("cond" if c else "uncond") + ("" if h else "/no_history")
+
+        def model(x: torch.Tensor, s: torch.Tensor, branches: list[Branch]) -> list[torch.Tensor]:
+            pairs = [(cond if c else neg, ctx if h else no_history) for c, h in branches]
+            if cache.threshold is None:
+                out = [v.float() for v in bb.predict_branches(x, s, pairs, guidance)]
+                for c, h in branches:
+                    cache.passes.add(name(c, h), True)
+                return out
+            return [cache.call(name(c, h), lambda pair=pair: bb.predict(x, s, *pair, guidance).float())
+                    for (c, h), pair in zip(branches, pairs)]
+
+        return model
+
+    def _overlap_decode(self, gen: Generation, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
+        """Append the section, then decode as F1 does: send what is final, hold back the overlap tail.
+
+        Returns the frames to send, when decoding ended and the history's token count.
+        """
+        idx, n = gen.next_section, self.section_latent_frames
+        start_frames = gen.history.num_frames - n * idx  # latents before section 0 (start image, continued video)
+        decoder = OverlapDecoder(self.backbone, n)
+        if gen.held is None and idx > 0:  # resumed: decode the last tail again from the raw latents
+            gen.held = decoder.held_after(gen.history, idx, start_frames)
+        t_append = time.perf_counter()
+        tokens = gen.history.append(latents, track=ctx.target_w)
+        t_append = time.perf_counter() - t_append
+        ready, gen.held = decoder.step(gen.history, idx, start_frames, gen.held)
+        if gen.tail_sent:  # extending a finished video, which already ends with that tail (unblended)
+            ready, gen.tail_sent = ready[:, :, decoder.overlap:], False
+        if idx == gen.total_sections - 1:  # the last section: nothing will blend the tail, send it now
+            ready, gen.held = torch.cat([ready, gen.held], dim=2), None
+        return to_uint8(ready[0]), time.perf_counter() - t_append, tokens
+
+    def preview(self, index: int, info: dict) -> StepPreview:
+        """The step's denoised estimate through the backbone's linear latent-to-RGB map: no VAE, no phase."""
+        with torch.no_grad():
+            img = to_uint8(self.backbone.preview(info["denoised"])[:, None])[0]
+        return StepPreview(index, info["step"], info["total"], img)
+
+    def set_loras(self, request: GenerationRequest) -> None:
+        """Put the request's LoRAs (else the preset's) on the DiT, replacing the last job's; record them resolved."""
+
+        request.loras = apply(self.backbone, requested(request.loras, self.preset.loras), self.memory)
+
+    # ---------------------------------------------------------------- loop
+    def run(
+        self,
+        request: GenerationRequest,
+        on_step: Callable[[int, dict], None] | None = None,
+        resume: Generation | None = None,
+        before_section: Callable[[Generation], None] | None = None,
+    ) -> Iterator[Event]:
+        """Yield events for a whole request (or for the rest of a resumed one).
+
+        ``on_step(section_index, info)`` runs after every denoising step (see
+        :mod:`.sampling`): draw previews there with :meth:`preview`, or raise
+        :class:`~.sampling.Cancelled` to stop. ``before_section(gen)`` runs before each
+        section starts (steering: it may replace ``gen.storyboard``). The finished
+        generation is left in ``self.last_generation``.
+        """
+        self.set_loras(request if resume is None else resume.request)
+        if resume is None:
+            gen, start_frames = self.start(request)
+            if start_frames is not None:
+                yield ContextFrames(start_frames)
+        else:
+            gen = resume
+        self.last_generation = gen
+        while gen.next_section < gen.total_sections:
+            if before_section is not None:
+                before_section(gen)
+            idx = gen.next_section
+            t_start = idx * self.preset.video.section_frames / self.preset.video.fps
+            parts = prompt_weights(gen.storyboard, t_start)
+            blend = (parts[0][0], round(parts[1][1], 6)) if len(parts) == 2 else None
+            yield SectionStarted(idx, gen.total_sections, parts[-1][0], blend)
+            step_cb = None if on_step is None else (lambda info, idx=idx: on_step(idx, info))
+            yield self.generate_section(gen, step_cb)
+        yield Finished(gen.total_sections, gen.total_sections * self.preset.video.section_frames, gen.history.num_tokens)

@@ -1,0 +1,101 @@
+"""What a request must pass before it is queued: its history-token cap, and its LoRAs (found, safetensors,
+made for this DiT), checked before any weights load.
+
+The DiT is the preset's on the ``meta`` device (no weights; the memory planner's copy), so a wrong
+shape or an unknown layer is reported at once, naming the file, instead of when the job starts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from framepack_history.config.presets import Preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.errors import InputError
+from framepack_history.generation.buckets import choose_size, source_size
+from framepack_history.lora import files
+
+
+def check_loras(request: GenerationRequest, preset: Preset, field: str = "--lora") -> int:
+    """Resolve ``request.loras`` (the preset's when unset) to entries with path and sha256, or raise.
+
+    Returns the device bytes their adapters take in the preset's dtype (what the memory plan counts).
+    """
+    entries = [files.resolve(e, field) for e in files.requested(request.loras, preset.loras)]
+    if entries and preset.model.backbone != "hunyuan_framepack":
+        raise InputError(field, f"the {preset.model.backbone} backbone takes no LoRAs "
+                                "(they are made for HunyuanVideo/FramePack)")
+    total = 0
+    if entries:
+        from framepack_history.lora import convert  # torch: kept off the page's import path
+        from framepack_history.memory.components import meta_components  # torch: kept off the page's import path
+
+        comps = meta_components(preset)
+        seen = set()
+        for e in entries:
+            sd = convert.to_diffusers(convert.read(e["path"], field), comps.backbone.transformer, e["name"], field)
+            if e["sha256"] not in seen:  # the same file twice is one adapter
+                seen.add(e["sha256"])
+                total += convert.nbytes(sd, comps.dtype)
+    request.loras = entries
+    return total
+
+
+def check_cap(request: GenerationRequest, preset: Preset, rate: str | None = None) -> None:
+    """A history-token cap too small for the video is refused when the job is submitted, not when it starts."""
+    cap, mode = request.max_history_tokens, request.history_mode or preset.history.mode
+    if not cap or mode != "encoder":
+        return
+    from framepack_history.history.budget import group_tokens  # torch: kept off the page's import path
+    from framepack_history.history.merge import require_cap  # torch: kept off the page's import path
+
+    size = (request.width, request.height) if request.width and request.height else None
+    require_cap(cap, group_tokens(preset, rate, size), size or (preset.video.width, preset.video.height),
+                "--max-history-tokens")
+
+
+def least_cap(preset: Preset) -> int:
+    """The smallest history-token cap a job of ``preset`` may use (configs on the ``meta`` device)."""
+    from framepack_history.history.budget import least_cap as least  # torch: kept off the page's import path
+
+    return least(preset)
+
+
+def admit_request(request: GenerationRequest, preset: Preset, encoder_rate: str | None = None,
+                  fields: tuple[str, str] = ("start image", "video to continue"),
+                  rate_field: str = "encoder rate") -> list[tuple[float, str]]:
+    """The one admission of a request, for the page, the API and the CLI; raises :class:`InputError`.
+
+    Checks the fields (no file read), the encoder rate, the start image or continued video (read now,
+    so a bad file fails before anything is queued; the size it gets is recorded), the LoRAs (resolved
+    with their hashes) and the history-token cap. ``fields`` names the two inputs as the caller shows
+    them. Returns the parsed storyboard.
+    """
+    board = request.validate(preset)
+    rates = [preset.model.encoder_rate] if preset.model.encoder else preset.model.encoder_rates
+    if encoder_rate is not None and encoder_rate not in rates:
+        raise InputError(rate_field, f"{encoder_rate!r} is not offered by {preset.name} (choices: {', '.join(rates)})")
+    check_inputs(request, preset, fields)
+    check_cap(request, preset, encoder_rate)
+    return board
+
+
+def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, str] = ("start image", "video to continue")) -> None:
+    """Read the start image / probe the video now, so a bad file fails at submit; record the size it gets."""
+    source = source_size(request, fields)
+    if request.width is None or request.height is None:
+        request.width, request.height = choose_size(preset, source, fields[1] if request.continue_video else fields[0])
+
+    check_loras(request, preset)  # found, safetensors, fits the DiT: recorded with their hashes
+
+
+def keep_inputs(request: GenerationRequest, folder: Path) -> None:
+    """Copy uploads into the job folder: upload caches are emptied, jobs are not."""
+    for name in ("image", "continue_video"):
+        src = getattr(request, name)
+        if src:
+            folder.mkdir(parents=True, exist_ok=True)
+            dst = folder / f"{name}{Path(src).suffix.lower()}"
+            shutil.copyfile(src, dst)
+            setattr(request, name, str(dst))

@@ -1,0 +1,451 @@
+"""Jobs, the server-side job store and the worker threads that own the devices.
+
+* Jobs and their store live in :mod:`.job_store` (re-exported here).
+* The :class:`Worker`'s threads are the only ones that touch models: one
+  :class:`Lane` per device (one by default). It is a thin facade over three
+  parts with one job each: :class:`~.job_queue.JobQueue` (FIFO order, a
+  maximum size, cancelling what has not started; shared by the lanes),
+  :class:`~.model_cache.ModelCache` (models loaded lazily when a job first
+  needs them, kept LRU; one per lane) and :class:`~.job_runner.JobRunner`
+  (runs one job: progress, previews, status). Cancelling raises :class:`~.sampling.Cancelled`
+  from the step callback; a bad job fails alone and the worker goes on.
+* Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
+  request, preset and a checkpoint after every section, so a job whose
+  process died can be resumed (:meth:`Worker.resume`). Segments and videos
+  stay in ``outputs/``; the job folders are never served by the page.
+
+This module imports no torch at import time, so the UI can use it freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import itertools
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from framepack_history.config.loras import parse_arg
+from framepack_history.config.presets import Preset, load_preset
+from framepack_history.device import torch_dtype
+from framepack_history.errors import InputError
+from framepack_history.jobs.admission import admit_request, keep_inputs
+from framepack_history.jobs.checkpoint import REQUEST, JobDir, interrupted_jobs
+from framepack_history.jobs.extend import extend_job
+from framepack_history.jobs.model_cache import ModelCache
+from framepack_history.jobs.queue import JobQueue
+from framepack_history.jobs.recall import Inspector
+from framepack_history.jobs.runner import JobRunner, record_status
+from framepack_history.jobs.store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
+from framepack_history.lora.files import adapter_numel, locate
+
+__all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progress", "Worker", "past_results", "plan_lines"]
+
+log = logging.getLogger(__name__)
+
+class Lane:
+    """One worker thread and what it owns: a device, its model cache (models, memory manager) and a runner."""
+
+    def __init__(self, index: int, device: str | None, runner_for: Callable[[ModelCache, str | None], JobRunner],
+                 max_models: int) -> None:
+        self.index = index  # 1, 2, ... (what the Queue tab shows beside the device)
+        self.device = device  # None: each job runs where its preset says
+        self.models = ModelCache(max_models)  # touched only by this lane's thread
+        self.runner = runner_for(self.models, device)
+        self.thread: threading.Thread | None = None
+
+
+class Worker:
+    """The threads that own models and devices: a facade over the queue, the model caches and the runners.
+
+    One worker thread (a :class:`Lane`) per entry of ``devices``, all taking jobs from one FIFO queue, so
+    jobs start in the order they were queued and as many run at once as there are devices. ``devices=None``
+    is one lane on whatever device each job's preset names (the single-device app).
+    """
+
+    def __init__(
+        self,
+        outputs: str | Path = "outputs",
+        store: JobStore | None = None,
+        max_queue: int = 16,
+        preview_every_s: float = 0.5,
+        max_models: int = 2,
+        jobs_dir: str | Path | None = None,
+        devices: list[str] | None = None,
+    ) -> None:
+        self.outputs = Path(outputs)
+        #: job folders (checkpoints); beside outputs/, not inside it, so the page never serves them
+        self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else self.outputs.resolve().parent / "jobs"
+        self.store = store or JobStore()
+        self.queue = JobQueue(max_queue)
+
+        def runner_for(models: ModelCache, device: str | None) -> JobRunner:
+            return JobRunner(self.store, self.job_dir, models.pipeline_for, preview_every_s,
+                             stopping=lambda: self.queue.closed, device=device)
+
+        self.lanes = [Lane(i, d, runner_for, max_models) for i, d in enumerate(devices or [None], 1)]
+        self.models = self.lanes[0].models  # the first lane's (single-device callers and tests)
+        self.runner = self.lanes[0].runner
+        self._lock = threading.Lock()
+        self._owners: dict[str, str | None] = {}  # job id -> owner, read once from its job folder
+        self._inspector = None  # the memory inspector's own CPU model, loaded on the first recall
+
+    @property
+    def devices(self) -> list[str | None]:
+        return [lane.device for lane in self.lanes]
+
+    @property
+    def loads(self) -> int:
+        """How many times a backbone was loaded, by all lanes (tests check the cache)."""
+        return sum(lane.models.loads for lane in self.lanes)
+
+    @property
+    def max_queue(self) -> int:
+        return self.queue.max_size
+
+    @property
+    def preview_every_s(self) -> float:
+        return self.runner.preview_every_s
+
+    def pipeline_for(self, preset: Preset, spec: JobSpec):
+        """The cached pipeline for ``spec`` (worker thread only)."""
+        return self.models.pipeline_for(preset, spec)
+
+    # ---------------------------------------------------------------- control
+    def start(self) -> Worker:
+        with self._lock:
+            idle = [lane for lane in self.lanes if lane.thread is None or not lane.thread.is_alive()]
+            if len(idle) == len(self.lanes):
+                self.queue.reopen()
+            for lane in idle:
+                name = "framepack-worker" if len(self.lanes) == 1 else f"framepack-worker-{lane.index}"
+                lane.thread = threading.Thread(target=self._loop, args=(lane,), name=name, daemon=True)
+                lane.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every job and end the threads (tests, shutdown).
+
+        Unlike a user's cancel, their job folders say "interrupted": the next
+        start of the app offers them for resume.
+        """
+        self.queue.close()
+        for job in self.store.jobs():
+            if not job.terminal:
+                self.cancel(job.id)
+                if job.status == "cancelled":  # it was queued: never started
+                    record_status(self.job_dir(job.id), "interrupted", "the server stopped before it started")
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Validate (cheaply: no file reads, no weights) and queue a job.
+
+        Raises :class:`InputError` for a bad preset, request or rate, or a
+        full queue; nothing is queued then.
+        """
+        preset = load_preset(spec.preset)
+        self.queue.check_room()
+        admit_request(spec.request, preset, spec.encoder_rate)
+        job_id = new_job_id()
+        job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
+
+        def admit() -> None:
+            keep_inputs(spec.request, job.folder / "inputs")
+            try:  # written before it is queued: a restart finds queued jobs too
+                self.job_dir(job_id).create(spec.request, preset, out=job.folder / "video.mp4", segments_dir=job.folder / "segments",
+                                            preset_ref=spec.preset, encoder_rate=spec.encoder_rate, folder=str(job.folder),
+                                            owner=spec.owner)
+            except OSError as e:
+                raise InputError("job", f"could not write its job folder ({e.strerror or e})") from None
+            self.store.add(job)
+
+        self.queue.put(job_id, admit)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now, or a started one at its next denoising step."""
+        job = self.store.get(job_id)
+        if self.queue.remove(job_id):
+            self.store.update(job, status="cancelled", message="cancelled before it started", finished=time.time())
+            record_status(self.job_dir(job_id), "cancelled", job.message)
+        elif not job.terminal:  # running, or just taken from the queue: the runner checks before each step
+            job.cancel_requested.set()
+            self.store.update(job, message="cancelling at the next step…")
+        return job
+
+    def steer(self, job_id: str, prompt: str) -> Job:
+        """Post a new storyboard for a queued or running job; the sections not yet started follow it.
+
+        Checked as a new job's storyboard would be (:class:`InputError` otherwise); the worker
+        takes it before its next section and records it in the job folder (:mod:`.steering`).
+        """
+
+        job = self.store.get(job_id)
+        if job.terminal:  # checked again under the lock, where it counts
+            raise InputError("job", f"{job_id} is {job.status}; only a queued or running job can be steered")
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        jd = self.job_dir(job_id)
+        preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
+        dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
+
+        def post(j: Job) -> None:  # under the lock the worker takes edits with (JobRunner._take_steer)
+            if j.terminal:  # ended since the check above: nothing would take the edit
+                raise InputError("job", f"{job_id} is {j.status}; only a queued or running job can be steered")
+            if j.steer_closed:
+                # an edit is taken before a section starts: none is left for it once the last one has
+                n = j.progress.sections_total
+                which = f" ({n} of {n})" if n else ""
+                raise InputError("job", f"{job_id} is making its last section{which}; "
+                                        "no section is left for a storyboard edit")
+            j.steer_pending = prompt
+            j.message = "storyboard edit: the next section follows it"
+
+        self.store.mutate(job, post)
+        return job
+
+    def queued(self) -> list[str]:
+        return self.queue.ids()
+
+    # ------------------------------------------------------- memory inspector
+    def recall(self, job_id: str, at: float, steps: int | None = None):
+        """The frame at ``at`` s recalled from a job's history embedding (see :mod:`.recall`).
+
+        Runs in the caller's thread, on the CPU, from the job's last checkpoint with a model of its
+        own: never this worker's device or the models it holds, so a running job is not disturbed.
+        """
+
+        jd = self.job_dir(job_id)
+        if not jd.exists():
+            raise InputError("job", f"no job {job_id!r} has a folder under {self.jobs_dir}")
+        with self._lock:
+            if self._inspector is None:
+                self._inspector = Inspector()
+        return self._inspector.recall(jd.root, at, steps)
+
+    # ------------------------------------------------------------- resuming
+    def job_dir(self, job_id: str) -> JobDir:
+        """The job folder of ``job_id`` (ids come from clients: plain names only)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", job_id or ""):
+            raise InputError("job", f"{job_id!r} is not a job id")
+        return JobDir(self.jobs_dir / job_id)
+
+    def interrupted(self) -> list[dict[str, Any]]:
+        """Jobs left unfinished by a process that is gone, in queue order: id, prompt, progress."""
+        mine = {j.id for j in self.store.jobs()}
+        rows = []
+        for jd in interrupted_jobs(self.jobs_dir, exclude=mine):
+            try:
+                info, ck = jd.info(), jd.checkpoint()
+            except InputError:
+                continue
+            rows.append({"id": jd.id, "prompt": info.request.prompt, "seconds": info.request.seconds,
+                         "sections_done": ck.get("next_section", 0), "sections_total": ck.get("total_sections"),
+                         "status": ck.get("status"), "folder": str(jd.root), "owner": info.extra.get("owner")})
+        return rows
+
+    def resume(self, job_id: str) -> Job:
+        """Queue an interrupted job again; it continues after its last finished section."""
+        jd = self.job_dir(job_id)
+        if not jd.exists():
+            raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir}")
+        info = jd.info()
+        if jd.status == "done":
+            raise InputError("job", f"{job_id} is already finished ({info.out})")
+        if jd.owner_alive():
+            raise InputError("job", f"{job_id} is being run by another process")
+        folder = Path(info.extra.get("folder") or info.out.parent)
+        job = Job(job_id, JobSpec(info.request, info.preset_ref, info.encoder_rate, info.extra.get("owner")), folder,
+                  message="resumes after its last finished section")
+
+        def admit() -> None:
+            if any(j.id == job_id and not j.terminal for j in self.store.jobs()):
+                raise InputError("job", f"{job_id} is already queued or running")
+            jd.set_status("queued", job.message)  # this process owns it now
+            self.store.add(job)
+
+        self.queue.put(job_id, admit)
+        return job
+
+    # ------------------------------------------------------------- owners
+    def owner_of(self, job_id: str) -> str | None:
+        """Who queued ``job_id`` (``None``: nobody logged in, or no such job); from its job folder after a restart."""
+        for job in self.store.jobs():
+            if job.id == job_id:
+                return job.spec.owner
+        with self._lock:
+            if job_id in self._owners:
+                return self._owners[job_id]
+        try:
+            data = json.loads((self.job_dir(job_id).root / REQUEST).read_text(encoding="utf-8"))
+        except (InputError, OSError, ValueError):
+            return None  # no such job (not remembered: it may be created later)
+        owner = data.get("owner") if isinstance(data, dict) else None
+        with self._lock:
+            self._owners[job_id] = owner  # written once, when the job was queued
+        return owner
+
+    def owner_of_file(self, path: str | Path) -> str | None:
+        """The owner of a file under ``outputs/`` (``outputs/DATE/JOB/...``); ``None`` for anything else."""
+        try:
+            parts = Path(path).resolve().relative_to(self.outputs.resolve()).parts
+        except (ValueError, OSError):
+            return None
+        return self.owner_of(parts[1]) if len(parts) >= 3 else None
+
+    def extend(self, job_id: str, prompt: str | None, seconds: float, owner: str | None = None) -> Job:
+        """Queue a new job that continues finished job ``job_id`` from its saved history for ``seconds`` more.
+
+        Its video starts with the old one; ``prompt`` is the storyboard of the whole video (times
+        from its start; None = the old job's), which the new sections follow (:mod:`.extend`).
+        """
+
+        src = self.job_dir(job_id)
+        if not src.exists():
+            raise InputError("job", f"no job folder {job_id!r} in {self.jobs_dir} (a video made without a job folder "
+                                    "cannot be extended; continue it with 'Video to continue')")
+        info = src.info()
+        prompt = info.request.prompt if prompt is None else prompt
+        if not isinstance(prompt, str):
+            raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
+        self.queue.check_room()
+        new_id = new_job_id()
+        folder = self.outputs / dt.date.today().isoformat() / new_id
+        job: list[Job] = []
+
+        def admit() -> None:
+            request = extend_job(src, self.job_dir(new_id), prompt, seconds, out=folder / "video.mp4",
+                                 segments_dir=folder / "segments", folder=str(folder), owner=owner)
+            job.append(Job(new_id, JobSpec(request, info.preset_ref, info.encoder_rate, owner=owner), folder,
+                           message=f"extends {job_id} from its saved history"))
+            self.store.add(job[0])
+
+        self.queue.put(new_id, admit)
+        return job[0]
+
+    # ----------------------------------------------------------------- thread
+    def _loop(self, lane: Lane) -> None:
+        if lane.device and lane.device.startswith("cuda:"):  # CUDA's current device is per thread: side streams use it
+            import torch  # torch: kept off the page's import path
+
+            torch.cuda.set_device(torch.device(lane.device))
+        while (job_id := self.queue.take()) is not None:
+            job = self.store.get(job_id)
+            self.store.update(job, status="running", started=time.time(), message="loading models…", device=lane.device,
+                              worker=lane.index)
+            try:
+                lane.runner.run(job)
+            except BaseException:  # the worker must outlive any job
+                log.exception("job %s crashed the worker loop", job.id)
+                if not job.terminal:
+                    self.store.update(job, status="failed", message="internal error (see the server log)", finished=time.time())
+
+
+# ------------------------------------------------------------- page helpers
+def past_results(outputs: str | Path, limit: int = 24,
+                 visible: Callable[[Path], bool] | None = None) -> list[tuple[str, str]]:
+    """``(video path, caption)`` of finished videos under ``outputs``, newest first (those ``visible(video)`` allows)."""
+    root = Path(outputs)
+    found = []
+    for sc in root.glob("*/**/*.json"):
+        if "segments" in sc.parts or sc.name == "job.json":
+            continue
+        video = sc.with_suffix(".mp4")
+        if video.is_file():
+            found.append((sc.stat().st_mtime, video, sc))
+    items = []
+    shown = (f for f in sorted(found, reverse=True) if visible is None or visible(f[1]))
+    for _, video, sc in itertools.islice(shown, limit):
+        items.append((str(video), _caption(sc, video)))
+    return items
+
+
+def _caption(sidecar: Path, video: Path) -> str:
+    """A gallery caption: the video's length (when recorded), whether it was cancelled, and its prompt."""
+    try:
+        data = json.loads(sidecar.read_text())
+        prompt = str(data["request"]["prompt"] or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return video.parent.name[:80]
+    seconds = data.get("seconds")
+    head = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    head += ", cancelled" if data.get("cancelled") else ""
+    return (f"{head} · " if head else "") + (prompt or video.parent.name)[:80]
+
+
+def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
+               history_mode: str | None = None, size: tuple[int, int] | None = None, max_tokens: int | None = None,
+               merge: str | None = None, loras: tuple[str, ...] = ()) -> list[str]:
+    """What the device will hold: history tokens now, for the whole request (at ``size``, its bucket), and the memory plan.
+
+    ``max_tokens``/``merge``: the request's history cap and its rule (None = the preset's); ``loras``: the
+    LoRA files (names in ``loras/`` or paths) whose adapters stay resident beside the DiT.
+    """
+    now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
+    # the LoRA files are read each time (a file replaced under its name changes the plan); the rest is cached
+    preset = load_preset(preset_name)
+    names = tuple(loras) or _preset_loras(preset)
+    adapters = lora_bytes(names, preset.hardware.dtype)
+    return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size, max_tokens, merge,
+                                  len(names), adapters))
+
+
+def _preset_loras(preset: Preset) -> tuple[str, ...]:
+    """The preset's own LoRA files: what a job takes when the request picks none."""
+
+    return tuple(parse_arg(text, "loras")["name"] for text in preset.loras)
+
+
+def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
+    """Bytes the LoRA adapters of ``names`` take on the DiT in ``dtype`` (read from the files' headers)."""
+    import torch  # torch: kept off the page's import path
+
+    size = torch.empty(0, dtype=torch_dtype(dtype)).element_size()
+    return sum(adapter_numel(locate(n)) for n in names) * size
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None,
+                size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
+                loras: int = 0, adapters: int = 0) -> tuple[str, ...]:
+    """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
+    from framepack_history.history.budget import history_budget  # torch: kept off the page's import path
+
+    preset = load_preset(preset_name)
+    h = preset.history
+    h = dataclasses.replace(h, max_tokens=h.max_tokens if max_tokens is None else max_tokens, merge=merge or h.merge)
+    preset = dataclasses.replace(preset, history=h)
+    rate = encoder_rate or preset.model.encoder_rate
+    mode = history_mode or preset.history.mode
+    budget = history_budget(preset, seconds=max(seconds, 1.0))
+    row = budget["rates"].get(rate) or next(iter(budget["rates"].values()))
+    if mode == "encoder":
+        cap = preset.history.max_tokens
+        capped = f", capped at **{cap}** ({preset.history.merge})" if cap and cap < row["tokens"] else ""
+        tokens = (f"at {seconds:g} s: **{row['tokens']}** history tokens (rate {rate}, "
+                  f"{row['tokens_per_second']:.1f}/s, 1/{row['compression']:.0f} of the raw DiT tokens){capped}")
+        lines = [tokens]
+    else:
+        lines = [f"history mode **{mode}**: no history tokens"]
+    if adapters:
+        lines.append(f"LoRAs: {loras}, {adapters / 2**20:.1f} MiB resident beside the DiT")
+    hw = preset.hardware
+    try:
+        from framepack_history.memory.planner import plan  # torch: kept off the page's import path
+
+        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size, adapter_bytes=adapters).summary())
+    except Exception:  # the plan is advice: its absence or failure must not break the page
+        log.warning("no memory plan for %s", preset.name, exc_info=True)
+        budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"
+        lines.append(f"device: {hw.device} ({hw.dtype}), budget {budget_gib}")
+    return tuple(lines)

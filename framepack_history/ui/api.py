@@ -1,0 +1,107 @@
+"""The HTTP API's handlers (``/generate``, ``/cancel``, ``/resume``, ``/steer``, ``/extend``, ``/status``).
+
+A mixin of :class:`ui.handlers.Handlers`: the same submit path, ownership checks and messages as the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from framepack_history.errors import InputError
+from framepack_history.jobs.store import Job
+from framepack_history.jobs.studio import client_view
+from framepack_history.ui.values import _current, _num
+
+
+class ApiHandlers:
+    """API events; needs the page handlers' ``submit``, ``user``, ``own``, ``visible_jobs`` and ``interrupted``."""
+
+    def api_generate(self, prompt: str, start_image: str | None = None, continue_video: Any = None, seconds: float = 5.0,
+                     seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
+                     shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
+                     window_frames: int | None = None, history_guidance: float | None = None,
+                     start_frame: str | None = None, max_history_tokens: int | None = None,
+                     lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
+                     lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
+                     cache: str | None = None, history_merge: str | None = None,
+                     request: gr.Request | None = None) -> tuple[str, str]:
+        """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
+
+        ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
+        empty = the backbone's default; ignored with a start image or video. ``max_history_tokens``: bounded
+        history, at most that many history tokens (0 = no cap; empty = the preset's).
+        ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
+        none = the preset's LoRAs. ``cache``: step caching, off, fast or faster (empty = the preset's).
+        ``history_merge``: what the cap merges, similar or oldest (empty = the preset's).
+        """
+        job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
+                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
+                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, cache, history_merge,
+                          owner=self.user(request))
+        while not job.terminal:
+            job = self.store.wait(job.id, job.version, 5.0)
+        if job.status != "done":
+            raise gr.Error(self.studio.say(f"job {job.id} {job.status}: {job.message}"))
+        return str(job.video), str(job.sidecar)
+
+    def view(self, job: Job) -> dict:
+        """A job as API clients see it: files relative to outputs/, no server folders."""
+        return client_view(job.snapshot(), self.worker.outputs, self.studio)
+
+    def api_cancel(self, job_id: str, request: gr.Request | None = None) -> dict:
+        """Cancel a job by id; returns its status."""
+        try:
+            return self.view(self.worker.cancel(self.own(job_id, request)))
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_resume(self, job_id: str, request: gr.Request | None = None) -> dict:
+        """Queue an interrupted job again (ids are in ``/status``'s ``interrupted``); returns its status."""
+        try:
+            return self.view(self.worker.resume(self.own(job_id, request)))
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_steer(self, job_id: str, prompt: str, request: gr.Request | None = None) -> dict:
+        """Change a queued or running job's storyboard; sections not yet started follow it. Returns its status."""
+        try:
+            job = self.worker.steer(self.own(job_id, request), prompt if isinstance(prompt, str) else str(prompt or ""))
+            return self.view(job)
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_extend(self, job_id: str, prompt: str = "", seconds: float = 5.0, request: gr.Request | None = None) -> dict:
+        """Continue finished job ``job_id`` from its saved history for ``seconds`` more; ``prompt`` is the storyboard
+        of the whole video (times from its start; empty = the old one's). Queues a new job; returns its status."""
+        try:
+            secs = _num(seconds, "seconds")
+            job = self.worker.extend(self.own(job_id, request), prompt or None, 5.0 if secs is None else secs,
+                                     owner=self.user(request))
+            return self.view(job)
+        except InputError as e:
+            raise self._error(e) from None
+
+    def api_status(self, job_id: str, request: gr.Request | None = None) -> dict:
+        """One job's status by id, or with an empty id all of this user's jobs (newest first) and interrupted ones.
+
+        Files are named relative to outputs/; with --auth a user sees only their own jobs (an admin all).
+        """
+        if job_id:
+            try:
+                return self.view(self.store.get(self.own(job_id, request)))
+            except InputError as e:
+                raise self._error(e) from None
+        jobs = self.visible_jobs(request)
+        current = _current(jobs)
+        mine = {j.id for j in jobs}
+        return {"current": current.id if current else None, "queued": [i for i in self.worker.queued() if i in mine],
+                "jobs": [self.view(j) for j in reversed(jobs)], "interrupted": self.interrupted(request),
+                "devices": [self._lane_row(lane, jobs) for lane in self.worker.lanes]}
+
+    @staticmethod
+    def _lane_row(lane: Any, jobs: list[Job]) -> dict:
+        """One worker: its device and the job it runs (if it is one of ``jobs``, those this user sees)."""
+        running = [j for j in jobs if j.status == "running" and j.worker == lane.index]
+        return {"worker": lane.index, "device": lane.device, "job": running[0].id if running else None}

@@ -1,0 +1,96 @@
+"""Reuse settings: a past video's sidecar (``video.json``) read back into the form's values.
+
+Only JSON is read, never anything executable; every problem is an :class:`InputError`
+that names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from framepack_history.config.presets import Preset, load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.errors import InputError
+
+MAX_SIDECAR_BYTES = 4 << 20  # a sidecar is a few KB; anything this large is not one
+FIELD = "settings"
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a sidecar, with its ``request`` checked to be one this version knows."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(FIELD, f"no such file: {p.name}")
+    if p.stat().st_size > MAX_SIDECAR_BYTES:
+        raise InputError(FIELD, f"{p.name} is {p.stat().st_size} bytes; a video's sidecar is a small .json file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError(FIELD, f"{p.name} is not JSON ({type(e).__name__}); load the .json written beside a video") from None
+    if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
+        raise InputError(FIELD, f"{p.name} is not a video sidecar: it has no \"request\" object")
+    known = {f.name for f in dataclasses.fields(GenerationRequest)}
+    unknown = sorted(set(data["request"]) - known)
+    if unknown:
+        raise InputError(FIELD, f"{p.name}: unknown request field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return data
+
+
+def pick_preset(data: dict[str, Any], offered: list[str]) -> str | None:
+    """Which of the ``offered`` presets the sidecar's job ran on (by name or .toml path), or None."""
+    preset = data.get("preset") if isinstance(data.get("preset"), dict) else {}
+    names = {str(preset.get("name") or ""), str(preset.get("path") or ""), str(data.get("preset_ref") or "")} - {""}
+    for value in offered:
+        if value in names or Path(value).stem in names or str(Path(value).resolve()) in names:
+            return value
+    return None
+
+
+def form_values(path: str | Path, offered: list[str], default_preset: str) -> tuple[dict[str, Any], list[str]]:
+    """``(values by form field, notes for the user)`` from the sidecar at ``path``.
+
+    Fields the request left unset take the preset's values, as a new job would. The request is
+    validated against that preset, so a sidecar the form could not run is refused here.
+    """
+    data = read_sidecar(path)
+    name = Path(path).name
+    notes: list[str] = []
+    chosen = pick_preset(data, offered)
+    if chosen is None:
+        ran = (data.get("preset") or {}).get("name") if isinstance(data.get("preset"), dict) else None
+        notes.append(f"its preset {ran or '?'!r} is not offered here; the form keeps {Path(default_preset).stem}")
+        chosen = default_preset
+    preset = load_preset(chosen)
+    try:
+        # the size is not a form field: the preset's, or the bucket of an input, chosen again on submit
+        request = dataclasses.replace(GenerationRequest(**data["request"]), width=None, height=None)
+        request.validate(preset)
+    except InputError as e:
+        raise InputError(FIELD, f"{name}: {e.field.lstrip('-')} {e.message}") from None
+    except TypeError as e:
+        raise InputError(FIELD, f"{name}: {e}") from None
+    values = {**_defaults(preset), "prompt": request.prompt, "seconds": request.seconds, "seed": request.seed,
+              "preset": chosen, "start_frame": request.start_frame}
+    for key, field in (("steps", "steps"), ("guidance", "guidance"), ("shift", "shift"), ("history", "history_mode"),
+                       ("window", "window_frames"), ("history_guidance", "history_guidance"),
+                       ("max_tokens", "max_history_tokens"), ("merge", "history_merge"), ("cache", "cache")):
+        if getattr(request, field) is not None:
+            values[key] = getattr(request, field)
+    rate = data.get("encoder_rate")
+    if isinstance(rate, str) and rate:
+        values["encoder_rate"] = rate
+    if request.image or request.continue_video:
+        notes.append("it started from " + ("an image" if request.image else "a video") + "; upload it again to use it")
+    if data.get("steers"):
+        notes.append(f"its storyboard was edited {len(data['steers'])} time(s) while it ran; the form has the first one")
+    return values, notes
+
+
+def _defaults(preset: Preset) -> dict[str, Any]:
+    s, h = preset.sampling, preset.history
+    return {"steps": s.steps, "guidance": s.guidance, "shift": s.shift, "encoder_rate": preset.model.encoder_rate,
+            "history": h.mode, "window": h.window_frames, "history_guidance": h.guidance,
+            "max_tokens": h.max_tokens, "merge": h.merge, "cache": s.cache}

@@ -1,0 +1,111 @@
+"""The headless CLI: real runs write a playable mp4 + sidecar; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from framepack_history.cli.main import main
+from framepack_history.generation.video import count_frames
+from tests.conftest import TINY_HUNYUAN, TINY_TOY
+
+
+def cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framepack_history", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_subcommands():
+    r = cli("--help")
+    assert r.returncode == 0
+    for sub in ("generate", "inspect"):
+        assert sub in r.stdout
+
+
+@pytest.mark.parametrize(
+    "preset,extra,frames",
+    [
+        (TINY_TOY, ["--prompt", "camera pans left", "--seconds", "1.5"], 1 + 12),  # the world's start frame + 3 sections of 4 frames
+        (TINY_TOY, ["--prompt", "0s: camera pans right; 1s: camera pans left", "--seconds", "2", "--history", "window"], 1 + 16),
+        # 2 sections of 2 latents after the (hidden) noise start latent, decoded as FramePack-F1: 4 frames per latent
+        (TINY_HUNYUAN, ["--prompt", "a cat", "--seconds", "1"], 8 + 8),
+    ],
+    ids=["toy-t2v", "toy-storyboard-window", "hunyuan-t2v"],
+)
+def test_generate_writes_mp4_and_sidecar(tmp_path, preset, extra, frames):
+    out = tmp_path / "v.mp4"
+    r = cli("generate", "--preset", str(preset), "--seed", "4", "--out", str(out), *extra)
+    assert r.returncode == 0, r.stderr
+    assert count_frames(out) == frames
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["seed"] == 4 and side["request"]["prompt"] == extra[1]
+    assert {"torch", "diffusers", "framepack_history"} <= set(side["versions"])
+    assert len(side["sections"]) == len(side["sections"]) and all("denoise_s" in s for s in side["sections"])
+    assert "history_tokens" in side["sections"][0]
+
+
+def test_generate_image_and_continue_video(tmp_path, start_image, short_video):
+    out = tmp_path / "i2v.mp4"
+    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(start_image), "--seconds", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert count_frames(out) == 1 + 8
+    out2 = tmp_path / "cont.mp4"
+    r = cli("generate", "--preset", str(TINY_TOY), "--continue-video", str(short_video), "--prompt", "go on", "--seconds", "1", "--out", str(out2))
+    assert r.returncode == 0, r.stderr
+    assert count_frames(out2) == 8 + 8
+
+
+def test_hunyuan_image_to_video(tmp_path, start_image):
+    out = tmp_path / "h.mp4"
+    r = cli("generate", "--preset", str(TINY_HUNYUAN), "--image", str(start_image), "--prompt", "a cat", "--seconds", "0.5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert count_frames(out) == 1 + 8  # the start image, then 4 frames per latent as FramePack-F1 decodes
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--seconds", "0"], "--seconds"),
+        (["--seconds", "-1"], "--seconds"),
+        (["--seconds", "nan"], "--seconds"),
+        (["--seconds", "inf"], "--seconds"),
+        (["--seconds", "100000"], "--seconds"),
+        (["--seconds", "abc"], "--seconds"),
+        (["--prompt", ""], "--prompt"),
+        (["--preset", "no-such-preset"], "--preset"),
+        (["--image", "/nonexistent/x.png"], "--image"),
+        (["--continue-video", "/nonexistent/x.mp4"], "--continue-video"),
+        (["--history", "forget"], "--history"),
+        (["--history-merge", "newest"], "--history-merge"),
+        (["--out", "video.avi"], "--out"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle, capsys):
+    """In-process (fast); the subprocess test below proves the real exit status."""
+    base = {"--prompt": "a", "--seconds": "1", "--preset": str(TINY_TOY)}
+    argv = ["generate"]
+    given = dict(zip(args[::2], args[1::2]))
+    for k, v in {**base, **given}.items():
+        argv += [k, v]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_corrupt_image_exits_2(tmp_path):
+    """A real process: exit status 2 and one line naming the argument."""
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(bad), "--seconds", "1", timeout=60)
+    assert r.returncode == 2 and "--image" in r.stderr and "not a readable image" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_json():
+    r = cli("inspect", "--preset", "rtx4070-12gb", "--json", timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    row = info["history"]["rates"]["4x4x2"]
+    assert row["compression"] == pytest.approx(30, rel=0.1)  # 1/32 of the raw tokens, up to edge padding
