@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from framepack_history.cli.main import report
-from framepack_history.config.paths import PACKAGE, ROOT, resolve_path
+from framepack_history.config.paths import PACKAGE, ROOT, WORKDIR, resolve_path
 from framepack_history.config.presets import available_presets, load_preset
 from framepack_history.errors import InputError, UsageError
 from framepack_history.jobs.studio import Studio
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="one worker per device, all taking jobs from one queue, e.g. cuda:0,cuda:1 "
                                      "(default: one worker on the preset's device)")
     p.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
-    p.add_argument("--outputs", default="outputs", help="where videos are written and served from (default outputs/)")
+    # WORKDIR/outputs, as the CLI writes: one folder whichever folder the page was started from
+    p.add_argument("--outputs", default=str(WORKDIR / "outputs"),
+                   help="where videos are written and served from (default: outputs/ beside app.py)")
     p.add_argument("--jobs-dir", help="job folders with per-section checkpoints, never served (default: jobs/ beside --outputs)")
     p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait at once (default 16)")
     p.add_argument("--max-file-size", default="200mb", help="upload limit, e.g. 200mb or 1gb (default 200mb)")

@@ -21,7 +21,7 @@ from framepack_history.cli.plan import run as cmd_plan
 from framepack_history.cli.train import COMMANDS as training_commands
 from framepack_history.cli.train import add_parsers as add_training_parsers
 from framepack_history.config.loras import parse_arg as parse_lora
-from framepack_history.config.paths import ROOT
+from framepack_history.config.paths import WORKDIR
 from framepack_history.config.presets import HISTORY_MERGES, HISTORY_MODES, available_presets, load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import torch_dtype
@@ -205,7 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
     # the page's and the API's admission: unreadable files, LoRAs and the cap fail before weights load
     admit_request(request, preset, rate, fields=("--image", "--continue-video"), rate_field="--encoder-rate")
-    out = Path(args.out) if args.out else ROOT / "outputs" / dt.date.today().isoformat() / f"{dt.datetime.now():%H%M%S}-seed{args.seed}.mp4"
+    out = Path(args.out) if args.out else WORKDIR / "outputs" / dt.date.today().isoformat() / f"{dt.datetime.now():%H%M%S}-seed{args.seed}.mp4"
     if args.job_dir and JobDir(args.job_dir).exists():
         raise InputError("--job-dir", f"{args.job_dir} already holds a job: finish it with "
                                       f"`python -m framepack_history resume {args.job_dir}`, or give a new folder")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from framepack_history.config.paths import ROOT, resolve_path
+from framepack_history.config.paths import WORKDIR, resolve_path
 from framepack_history.config.presets import ModelSpec, available_presets, load_preset
 
 #: what a component's folder may hold that we fetch: configs, tokenizers, safetensors (never .bin/.pt/.ckpt)
@@ -134,10 +134,11 @@ def preset_ref(spec: ModelSpec) -> str:
 def python() -> str:
     """How to call this interpreter in a printed command: ``.venv/bin/python`` inside the project's environment."""
 
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+    # WORKDIR: installed, the package lies in site-packages while the user's .venv is in the folder they work in
+    if Path(sys.prefix).resolve() != (WORKDIR / ".venv").resolve():
         return "python"
     exe = Path(sys.executable)
-    return str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
+    return str(exe.relative_to(WORKDIR)) if exe.is_relative_to(WORKDIR) else str(exe)
 
 
 def download_command(preset: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import tomllib
 
-from framepack_history.config.paths import ROOT
+from framepack_history.config.paths import PACKAGE, ROOT, WORKDIR
 from framepack_history.config.presets import HISTORY_MERGES, _build
 from framepack_history.device import DTYPE_NAMES
 from framepack_history.errors import InputError
@@ -168,7 +168,7 @@ def load_config(cls: type, path: str | Path | None, overrides: dict[str, Any] | 
     """Read a TOML config, apply overrides, validate into ``cls`` (errors name the field)."""
     data: dict[str, Any] = {}
     if path:
-        p = Path(path)
+        p = find_path(path)  # the shipped configs work from any folder, installed or not
         if not p.is_file():
             raise InputError("--config", f"no such file: {str(path)!r}")
         try:
@@ -228,11 +228,18 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def find_path(value: str) -> Path:
-    """A path relative to the working directory, else to the repository root."""
+def find_path(value: str | Path) -> Path:
+    """``value`` where it exists: as given (absolute, or relative to the working directory), else a file the
+    package ships (relative to :data:`ROOT`, or to the package itself: configs say ``presets/toy-cpu.toml``);
+    a path that exists nowhere yet (a cache to build) goes under :data:`WORKDIR`, never into site-packages."""
 
     p = Path(value)
-    return p if p.is_absolute() or p.exists() else ROOT / p
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (ROOT, PACKAGE):
+        if (base / p).exists():
+            return base / p
+    return WORKDIR / p
 
 
 def dump_toml(data: dict[str, Any]) -> str:
