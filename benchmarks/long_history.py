@@ -75,7 +75,7 @@ def true_history(pipe: Pipeline, ep, sections: int, cap: int, mode: str = "encod
     hist = HistoryState(pipe.encoder if mode == "encoder" else None, bb.device, max_tokens=cap, merge=MERGE["rule"])
     track = track_of({"camera_x": torch.as_tensor(ep.camera_x - ep.camera_x[0])[None]}, bb)
     # One append: the layout and the coarse tokens do not depend on how the history was appended.
-    hist.append(lat, track=None if track is None else track[0, : lat.shape[2]].cpu())
+    hist.append(lat, frame_context=None if track is None else track[0, : lat.shape[2]].cpu())
     return hist
 
 
@@ -137,7 +137,7 @@ def revisit_and_recall(pipe: Pipeline, ep, caps: list[int], index: int, excursio
     for cap in caps:
         hist = true_history(pipe, ep, k, cap)
         row: dict = {"tokens": hist.num_tokens}
-        track = hist.track
+        track = hist.frame_context
         for age in AGES_S:
             pos = max(0, hist.num_frames - 1 - round(age * fps))
             x0 = retrieve(pipe, hist, ep.caption, pos, pipe.preset.sampling.steps, index * 100 + int(age),

@@ -12,7 +12,10 @@ Units used throughout:
     ``(t, h, w)`` triples, so a history token can sit at the centre of the
     box of tokens it summarises;
   * time positions are relative to the first frame of the section being
-    generated: the past has negative ``t``.
+    generated: the past has negative ``t``;
+  * *frame context* is one value per latent frame that a backbone may read
+    beside the latents (:meth:`Backbone.frame_context`): the pipeline and the
+    history keep it and pass it back without reading it.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ class Context:
     #: Frame-query training (Stage I) asks for frames *inside* the history,
     #: each sample at its own places: ``[T]`` or per sample ``[B, T]``.
     target_t: torch.Tensor | None = None
-    #: Camera track (backbones with canvas positions): horizontal offset of the view, in DiT
-    #: token-grid units, of each noisy frame (``[T]`` or ``[B, T]``) and each window frame
-    #: (``[Tw]`` or ``[B, Tw]``); history positions already include theirs. None = 0.
+    #: Frame context (:meth:`Backbone.frame_context`; the toy's camera track, the view's horizontal
+    #: offset in DiT token-grid units) of each noisy frame (``[T]`` or ``[B, T]``) and each window
+    #: frame (``[Tw]`` or ``[B, Tw]``); history positions already include theirs
+    #: (:func:`move_by_frame_context`). None = 0.
     target_w: torch.Tensor | None = None
     window_w: torch.Tensor | None = None
     #: the history's last raw latents ``[B, C, Tr, H, W]`` (``Tr <= Backbone.context_frames``; fewer at the start)
@@ -234,13 +238,14 @@ class Backbone(ABC):
         """
         return None
 
-    def camera_steps(self, storyboard: list[tuple[float, str]], first_frame: int, n: int, fps: int,
-                     width: int) -> "torch.Tensor | None":
-        """How far the view moves from frame ``first_frame + k`` to the next, in DiT token units (``[n]``).
+    def frame_context(self, storyboard: list[tuple[float, str]], first_frame: int, n: int, fps: int, width: int,
+                      past: torch.Tensor) -> torch.Tensor | None:
+        """The frame context ``[n]`` of the section starting at pixel frame ``first_frame``, continuing ``past``.
 
-        Backbones that place tokens on a canvas (the toy DiT with
-        ``canvas_positions``) read the camera track from the storyboard;
-        the others return None and keep view-relative positions.
+        ``past [T]`` is the history's frame context so far (zeros where none was given). The pipeline
+        passes the result on as :attr:`Context.target_w` and keeps it in the history, which places history
+        tokens by it (:func:`move_by_frame_context`). The toy DiT with ``canvas_positions`` returns its
+        camera track from the storyboard; the others return None and keep view-relative positions.
         """
         return None
 
@@ -295,6 +300,15 @@ class Backbone(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for sidecars and the UI."""
         return {"backbone": self.name, "geometry": self.geometry.__dict__}
+
+
+def move_by_frame_context(positions: torch.Tensor, means: torch.Tensor) -> None:
+    """Move history positions ``[..., T', h, w, 3]`` by their token frames' mean frame context ``[..., T']`` (in place).
+
+    Frame context moves tokens along the w axis (the toy's canvas: a token sits where its frames' view
+    was), the contract :attr:`Context.target_w` and :attr:`Context.window_w` follow for the other frames.
+    """
+    positions[..., 2] += means.to(positions.device)[..., None, None]
 
 
 def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:

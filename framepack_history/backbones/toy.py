@@ -464,6 +464,15 @@ class ToyBackbone(Backbone):
         speed = WorldSpec(view=width, fps=fps).pan_speed / (self.geometry.spatial_scale * self.geometry.patch_size[2])
         return torch.tensor([camera_action(prompt_at(storyboard, (first_frame + k) / fps)) * speed for k in range(n)])
 
+    def frame_context(self, storyboard, first_frame: int, n: int, fps: int, width: int,
+                      past: torch.Tensor) -> torch.Tensor | None:
+        """The camera track: each frame's view offset (DiT token units), continuing the history's last one."""
+        steps = self.camera_steps(storyboard, first_frame, n, fps, width)
+        if steps is None:
+            return None
+        last = float(past[-1]) if len(past) else 0.0
+        return last + torch.cumsum(steps.float(), 0)
+
     def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels.to(self.device, self.dtype))
 

@@ -299,7 +299,7 @@ class Pipeline:
             ctx.recent_latents = recent.to(bb.device, bb.dtype)
         elif mode in ("encoder", "window"):
             self._window_context(gen, ctx, mode)
-        ctx.target_w = self.camera_track(gen)
+        ctx.target_w = self.frame_context(gen)
         return ctx
 
     def _window_context(self, gen: Generation, ctx: Context, mode: str) -> None:
@@ -311,9 +311,9 @@ class Pipeline:
         if win is not None:
             ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
             ctx.window_t0 = -float(win.shape[2])
-            track = gen.history.track[-win.shape[2]:]
-            if bool(track.any()):
-                ctx.window_w = track
+            past = gen.history.frame_context[-win.shape[2]:]
+            if bool(past.any()):
+                ctx.window_w = past
 
     def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
         """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""
@@ -329,16 +329,11 @@ class Pipeline:
         mu = self.backbone.schedule_mu(self.latent_shape(gen))
         return (1.0, None) if mu is None else (math.exp(mu), mu)
 
-    def camera_track(self, gen: Generation) -> torch.Tensor | None:
-        """The next section's view offsets (canvas-position backbones), continuing the history's track."""
+    def frame_context(self, gen: Generation) -> torch.Tensor | None:
+        """The next section's frame context (opaque: see :meth:`Backbone.frame_context`), continuing the history's."""
         v = self.preset.video
-        steps = self.backbone.camera_steps(gen.storyboard, gen.next_section * v.section_frames,
-                                           self.section_latent_frames, v.fps, self.size_of(gen)[0])
-        if steps is None:
-            return None
-        track = gen.history.track
-        last = float(track[-1]) if len(track) else 0.0
-        return last + torch.cumsum(steps.float(), 0)
+        return self.backbone.frame_context(gen.storyboard, gen.next_section * v.section_frames, self.section_latent_frames,
+                                           v.fps, self.size_of(gen)[0], gen.history.frame_context)
 
     def generate_section(self, gen: Generation, on_step: Callable[[dict], None] | None = None) -> SectionDone:
         """Denoise, decode and append the next section; advance ``gen``."""
@@ -376,7 +371,7 @@ class Pipeline:
             else:
                 frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])
                 t2 = time.perf_counter()
-                tokens = gen.history.append(latents, track=ctx.target_w)
+                tokens = gen.history.append(latents, frame_context=ctx.target_w)
         t3 = time.perf_counter()
         gen.next_section += 1
         return SectionDone(idx, gen.total_sections, frames,
@@ -420,7 +415,7 @@ class Pipeline:
         if gen.held is None and idx > 0:  # resumed: decode the last tail again from the raw latents
             gen.held = decoder.held_after(gen.history, idx, start_frames)
         t_append = time.perf_counter()
-        tokens = gen.history.append(latents, track=ctx.target_w)
+        tokens = gen.history.append(latents, frame_context=ctx.target_w)
         t_append = time.perf_counter() - t_append
         ready, gen.held = decoder.step(gen.history, idx, start_frames, gen.held)
         if gen.tail_sent:  # extending a finished video, which already ends with that tail (unblended)

@@ -1,8 +1,8 @@
 """How a history-token cap merges groups: the budget, the merge rules, and one step of the layout.
 
-Shared by generation (:class:`~framepack_history.history.state.HistoryState`, groups added as sections end)
-and training (:mod:`framepack_history.training.capped`, the same layouts replayed from a clip), so both
-make the same merges. A layout is a list of segments ``[first fine group, fine groups covered, tokens or
+Used by :class:`~framepack_history.history.layout.CappedLayout`, the one layout generation
+(:class:`~framepack_history.history.state.HistoryState`) and training (:mod:`framepack_history.training.capped`)
+share, so both make the same merges. A layout is a list of segments ``[first fine group, fine groups covered, tokens or
 None, sum of their raw latents over time [C, H, W] or None]``, oldest first. No encoder here.
 """
 

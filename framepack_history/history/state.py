@@ -39,7 +39,13 @@ A resume replays the same merges from the saved latents (the sums are taken
 in float64, independent of how the frames lie in memory), so the state after a
 resume is the same as without one. Checkpoint chunks name the group of each
 full-detail token frame they hold: under ``similar`` merged groups can lie
-between them.
+between them. The layout itself is :class:`~.layout.CappedLayout`, which
+training replays too.
+
+**Frame context**: one value per latent frame that the backbone may ask the
+history to keep (:meth:`Backbone.frame_context`; zeros where it gave none).
+The history only stores it and places each token frame by the mean of its
+frames' values (:func:`~framepack_history.backbones.base.move_by_frame_context`).
 """
 
 from __future__ import annotations
@@ -49,22 +55,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from framepack_history.backbones.base import move_by_frame_context
 from framepack_history.fsio import atomic_save_tensors
 from framepack_history.history.encoder import HistoryEncoder
-from framepack_history.history.merge import MERGE_RULES, MIN_CAP_GROUPS, add_group, cap_groups, group_sum
+from framepack_history.history.layout import CappedLayout, group_means, pool, span_means
+from framepack_history.history.merge import MERGE_RULES, MIN_CAP_GROUPS, cap_groups
 
 __all__ = ["HistoryState", "MERGE_RULES", "MIN_CAP_GROUPS", "group_means"]
 
-
-def group_means(track: torch.Tensor, group: int) -> torch.Tensor:
-    """Mean of each run of ``group`` values along the last axis (a shorter last run: its own mean)."""
-    t = track.shape[-1]
-    groups = -(-t // group)
-    pad = groups * group - t
-    x = torch.nn.functional.pad(track.float(), (0, pad))
-    counts = torch.full((groups,), float(group))
-    counts[-1] -= pad
-    return x.unflatten(-1, (groups, group)).sum(-1) / counts
+#: the chunk key the frame context is saved under (job folders have always named it after the toy's camera track)
+CONTEXT_KEY = "track"
 
 
 class HistoryState:
@@ -85,22 +85,20 @@ class HistoryState:
             raise ValueError("a history-token cap needs an encoder without context_groups")
         #: which groups the cap merges: ``oldest`` (by age) or ``similar`` (the neighbours that differ least)
         self.merge = merge
-        # Capped: the complete groups as segments ``[first fine group, fine groups covered, tokens [1, 1, h, w, D],
-        # sum of their raw latents over time [C, H, W]]``, oldest first. (Uncapped, ``_done`` holds them.)
-        self._segs: list[list] = []
-        self._fine_groups = 0
-        # ``similar``'s costs of the neighbour pairs it has weighed, by ``(first group, n_a, n_b)``: one merge
-        # changes two pairs, so each merge weighs two (a resume replays hundreds of merges)
-        self._costs: dict[tuple[int, int, int], float] = {}
+        # Capped: the complete groups as the cap lays them out, tokens [1, 1, h, w, D] per segment.
+        # (Uncapped, ``_done`` holds them.)
+        self._cap = self._new_layout()
         # Raw latents on the host, one chunk per append (no copy of the past per section).
         self._chunks: list[torch.Tensor] = []
         self._frames = 0
         # Tokens of complete groups, one chunk per append (device): appending never copies the past.
         self._done: list[torch.Tensor] = []
         self._tail: torch.Tensor | None = None  # tokens of the partial last group, or None
-        # Camera track: the view's horizontal offset per latent frame (DiT token units); zeros
-        # unless the backbone places tokens on a canvas.
-        self._track: list[float] = []
+        # The backbone's per-frame context, one value per latent frame (zeros where it gave none).
+        self._frame_context: list[float] = []
+
+    def _new_layout(self) -> CappedLayout | None:
+        return CappedLayout(self.merge, self.encoder.frames_per_group, self._frames_between) if self.capped else None
 
     # ---------------------------------------------------------------- queries
     @property
@@ -132,6 +130,11 @@ class HistoryState:
     def capped(self) -> bool:
         return self.max_tokens > 0 and self.encoder is not None
 
+    @property
+    def _segs(self) -> list[list]:
+        """The cap's segments ``[first fine group, fine groups covered, tokens, sum]`` (uncapped: none)."""
+        return self._cap.segs if self._cap is not None else []
+
     def _parts(self) -> list[torch.Tensor]:
         done = [seg[2] for seg in self._segs] if self.capped else self._done
         return done + ([self._tail] if self._tail is not None else [])
@@ -162,11 +165,10 @@ class HistoryState:
         _, t, h, w, d = g.shape
         pos = self._capped_positions(h, w) if self.capped else self.encoder.positions(t, h, w)
         pos[..., 0] -= self.num_frames / self.encoder.config.patch_size[0]
-        if self.capped:
-            if any(self._track):
-                pos[..., 2] += self._capped_track_means()[:, None, None]
-        elif any(self._track):
-            pos[..., 2] += group_means(torch.tensor(self._track), self.encoder.frames_per_group)[:, None, None]
+        if any(self._frame_context):
+            context = self.frame_context
+            means = span_means(context, self._spans()) if self.capped else group_means(context, self.encoder.frames_per_group)
+            move_by_frame_context(pos, means)
         return g.reshape(1, t * h * w, d), pos.reshape(-1, 3).to(self.device)
 
     def window(self, frames: int) -> torch.Tensor | None:
@@ -174,22 +176,22 @@ class HistoryState:
         return self._last_frames(frames)
 
     @property
-    def track(self) -> torch.Tensor:
-        """The camera track ``[T]``: the view's w offset of every latent frame (token units)."""
-        return torch.tensor(self._track, dtype=torch.float32)
+    def frame_context(self) -> torch.Tensor:
+        """The backbone's per-frame context ``[T]``, one value per latent frame (zeros where it gave none)."""
+        return torch.tensor(self._frame_context, dtype=torch.float32)
 
     # ---------------------------------------------------------------- updates
     @torch.no_grad()
-    def append(self, new_latents: torch.Tensor, track: torch.Tensor | None = None) -> int:
-        """Add latent frames ``[1, C, n, H, W]`` (and their camera offsets ``[n]``); encode only what is new.
+    def append(self, new_latents: torch.Tensor, frame_context: torch.Tensor | None = None) -> int:
+        """Add latent frames ``[1, C, n, H, W]`` (and their frame context ``[n]``); encode only what is new.
 
         Returns the number of history tokens after the append.
         """
         new_latents = new_latents.detach().to("cpu", torch.float32)
         n = int(new_latents.shape[2])
-        if track is not None and len(track) != n:
-            raise ValueError(f"track has {len(track)} offsets for {n} latent frames")
-        self._track += [0.0] * n if track is None else [float(v) for v in track]
+        if frame_context is not None and len(frame_context) != n:
+            raise ValueError(f"frame context has {len(frame_context)} values for {n} latent frames")
+        self._frame_context += [0.0] * n if frame_context is None else [float(v) for v in frame_context]
         start = self.num_frames
         self._chunks.append(new_latents)
         self._frames += int(new_latents.shape[2])
@@ -222,13 +224,13 @@ class HistoryState:
         Capped, merged groups count as the fine groups they replaced.
         """
         if self.capped:
-            return self._fine_groups
+            return self._cap.groups
         return sum(int(p.shape[1]) for p in self._done)
 
     def chunk(self, since_frames: int = 0, since_groups: int = 0) -> dict[str, torch.Tensor]:
         """What was added after ``since_frames`` latent frames and ``since_groups`` complete token groups.
 
-        Host tensors: ``latents`` and ``track`` of the new frames, ``tokens_done`` of the new
+        Host tensors: ``latents`` and frame context (``track``) of the new frames, ``tokens_done`` of the new
         complete groups, and ``tokens_tail``, the partial last group as it is now (it is
         replaced whenever the group grows, so only the newest chunk's tail counts).
         ``chunk(0, 0)`` is the whole state; chunks in order rebuild it (:meth:`load_chunks`).
@@ -240,9 +242,9 @@ class HistoryState:
         new = self.num_frames - since_frames
         if new:
             tensors["latents"] = self._last_frames(new).contiguous()
-            tensors["track"] = torch.tensor(self._track[since_frames:], dtype=torch.float32)
+            tensors[CONTEXT_KEY] = torch.tensor(self._frame_context[since_frames:], dtype=torch.float32)
         if self.capped:  # the new groups still at full detail (merged ones are re-encoded on load)
-            fine = [seg for seg in self._segs if seg[1] == 1 and seg[0] >= since_groups]
+            fine = self._cap.full_detail(since_groups)
             done = torch.cat([seg[2] for seg in fine], dim=1) if fine else None
             if fine:  # by index: ``similar`` may have merged groups between them
                 tensors["tokens_done_groups"] = torch.tensor([seg[0] for seg in fine], dtype=torch.int64)
@@ -268,21 +270,30 @@ class HistoryState:
     def load_chunks(self, chunks: list[dict[str, torch.Tensor]]) -> None:
         """Rebuild the state from :meth:`chunk` outputs, oldest first; tokens go back to the device."""
         dtype = self.encoder.dtype if self.encoder is not None else torch.float32
-        self._chunks, self._track, self._done, self._tail = [], [], [], None
-        self._segs, self._fine_groups, self._costs = [], 0, {}
+        self._chunks, self._frame_context, self._done, self._tail = [], [], [], None
+        self._cap = self._new_layout()
         if self.capped:
             return self._load_capped(chunks, dtype)
         for c in chunks:
-            lat = c.get("latents")
-            if lat is not None:
-                self._chunks.append(lat.to("cpu", torch.float32))
-                n = int(lat.shape[2])
-                self._track += c["track"].tolist() if "track" in c else [0.0] * n
+            self._load_frames(c)
             if "tokens_done" in c:
                 self._done.append(c["tokens_done"].to(self.device, dtype))
+        self._loaded(chunks, dtype)
+
+    def _load_frames(self, chunk: dict[str, torch.Tensor]) -> None:
+        """A chunk's raw latents (host) and their frame context (zeros when the chunk holds none)."""
+        lat = chunk.get("latents")
+        if lat is not None:
+            self._chunks.append(lat.to("cpu", torch.float32))
+            n = int(lat.shape[2])
+            self._frame_context += chunk[CONTEXT_KEY].tolist() if CONTEXT_KEY in chunk else [0.0] * n
+
+    def _loaded(self, chunks: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> None:
+        """After every chunk's frames: count and check them, and take the newest chunk's partial group."""
         self._frames = sum(int(c.shape[2]) for c in self._chunks)
-        if len(self._track) != self._frames:
-            raise ValueError(f"history chunks hold {self._frames} latent frames but {len(self._track)} track offsets")
+        if len(self._frame_context) != self._frames:
+            raise ValueError(f"history chunks hold {self._frames} latent frames "
+                             f"but {len(self._frame_context)} frame context values")
         tail = chunks[-1].get("tokens_tail") if chunks else None
         self._tail = None if tail is None else tail.to(self.device, dtype)
 
@@ -305,23 +316,11 @@ class HistoryState:
             return []
         if not self.capped:
             return [(0, self.num_frames, 1)]
-        runs: list[tuple[int, int, int]] = []
-        spans = self._spans()  # the segments, then the partial last group (full detail)
-        for i, (a, n) in enumerate(spans):
-            k = int(self._segs[i][1]) if i < len(self._segs) else 1
-            if runs and k == 1 and runs[-1][2] == 1:
-                runs[-1] = (runs[-1][0], runs[-1][1] + n, 1)
-            else:
-                runs.append((a, n, k))
-        return runs
+        return self._cap.runs(self._partial())
 
     def time_reduction_at(self, frame: int) -> int:
         """How many of the encoder's groups the token frame holding latent ``frame`` covers (1: full detail)."""
-        g = self.encoder.frames_per_group if self.encoder is not None else 1
-        for first, n, *_ in self._segs if self.capped else ():
-            if first * g <= frame < (first + n) * g:
-                return n
-        return 1
+        return self._cap.reduction_at(frame) if self.capped else 1
 
     def _budget(self, tokens_per_group: int) -> int:
         """Complete groups allowed: the cap less one group kept free for the partial last group."""
@@ -330,15 +329,8 @@ class HistoryState:
     def _add_groups(self, fine: list[torch.Tensor]) -> None:
         """Add complete fine groups ``[1, 1, h, w, D]`` one at a time, merging as the cap says; encode new merges."""
         for tok in fine:
-            self._grow(tok, int(tok.shape[2] * tok.shape[3]))
+            self._cap.add(tok, self._budget(int(tok.shape[2] * tok.shape[3])))
         self._encode_merged()
-
-    def _grow(self, tokens: torch.Tensor | None, tokens_per_group: int) -> None:
-        """One more complete group at full detail; merge until the layout fits the budget again."""
-        first, g = self._fine_groups, self.encoder.frames_per_group
-        total = group_sum(self._frames_between(first * g, (first + 1) * g)) if self.merge == "similar" else None
-        add_group(self._segs, self._costs, first, tokens, total, self._budget(tokens_per_group), self.merge)
-        self._fine_groups += 1
 
     def _encode_merged(self) -> None:
         """Encode the coarse groups that merges left without tokens (only those still in the layout)."""
@@ -350,8 +342,7 @@ class HistoryState:
     def _encode_coarse(self, first_group: int, k: int) -> torch.Tensor:
         """One token frame for ``k`` groups: their raw latents averaged over time by ``k``, encoded."""
         g = self.encoder.frames_per_group
-        frames = self._frames_between(first_group * g, (first_group + k) * g)
-        pooled = frames.unflatten(2, (g, k)).mean(3) if k > 1 else frames
+        pooled = pool(self._frames_between(first_group * g, (first_group + k) * g), g, k)
         return self.encoder(pooled.to(self.device, self.encoder.dtype))
 
     def _frames_between(self, a: int, b: int) -> torch.Tensor:
@@ -364,13 +355,13 @@ class HistoryState:
             start += n
         return torch.cat(picked, dim=2)
 
+    def _partial(self) -> int | None:
+        """Latent frames of the partial last group (None: the history ends on a group boundary)."""
+        return None if self._tail is None else self.num_frames - self._cap.groups * self.encoder.frames_per_group
+
     def _spans(self) -> list[tuple[int, int]]:
         """``(first latent frame, frames)`` of every token frame (segments, then the partial group)."""
-        g = self.encoder.frames_per_group
-        spans = [(seg[0] * g, seg[1] * g) for seg in self._segs]
-        if self._tail is not None:
-            spans.append((self._fine_groups * g, self.num_frames - self._fine_groups * g))
-        return spans
+        return self._cap.spans(self._partial())
 
     def _capped_positions(self, h: int, w: int) -> torch.Tensor:
         """Box centres as :meth:`HistoryEncoder.positions` gives them, a coarse group at the centre of its frames."""
@@ -384,20 +375,12 @@ class HistoryState:
             out.append(p)
         return torch.stack(out)
 
-    def _capped_track_means(self) -> torch.Tensor:
-        """The camera offset of every token frame: the mean over the frames it covers."""
-        track = torch.tensor(self._track, dtype=torch.float32)
-        return torch.stack([track[a : a + n].mean() for a, n in self._spans()])
-
     def _load_capped(self, chunks: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> None:
         """Raw latents from every chunk, full-detail tokens where the layout keeps them, merges re-encoded."""
         fine: dict[int, torch.Tensor] = {}  # full-detail tokens by group index
         groups = 0
         for c in chunks:
-            lat = c.get("latents")
-            if lat is not None:
-                self._chunks.append(lat.to("cpu", torch.float32))
-                self._track += c["track"].tolist() if "track" in c else [0.0] * int(lat.shape[2])
+            self._load_frames(c)
             if "tokens_done" in c:
                 done = c["tokens_done"]
                 index = _done_groups(c, groups)
@@ -406,23 +389,19 @@ class HistoryState:
                 for i, group in enumerate(index):
                     fine[group] = done[:, i : i + 1]
                 groups = index[-1] + 1 if index else groups
-        self._frames = sum(int(c.shape[2]) for c in self._chunks)
-        if len(self._track) != self._frames:
-            raise ValueError(f"history chunks hold {self._frames} latent frames but {len(self._track)} track offsets")
-        tail = chunks[-1].get("tokens_tail") if chunks else None
-        self._tail = None if tail is None else tail.to(self.device, dtype)
+        self._loaded(chunks, dtype)
         complete = self._frames // self.encoder.frames_per_group
         some = next(iter(fine.values()), None)
         if some is None and complete:
             raise ValueError("the history chunks hold no token groups")
         for _ in range(complete):  # the same layout as appending, group by group
-            self._grow(None, int(some.shape[2] * some.shape[3]))
-        for seg in self._segs:
-            if seg[1] == 1:
-                if seg[0] not in fine:
-                    raise ValueError(f"the history chunks lack the tokens of group {seg[0]}")
-                seg[2] = fine[seg[0]].to(self.device, dtype)
+            self._cap.add(None, self._budget(int(some.shape[2] * some.shape[3])))
+        for seg in self._cap.full_detail():
+            if seg[0] not in fine:
+                raise ValueError(f"the history chunks lack the tokens of group {seg[0]}")
+            seg[2] = fine[seg[0]].to(self.device, dtype)
         self._encode_merged()
+
 
 def _done_groups(chunk: dict[str, torch.Tensor], after: int) -> list[int]:
     """The group index of each of a capped chunk's ``tokens_done`` (older chunks: a run from ``tokens_done_from``)."""

@@ -11,7 +11,7 @@ or a restart::
     cond.safetensors            start-image conditioning (written once, at the first checkpoint)
     history/chunk-NNNNN.safetensors
                                 chunk 0 is the start state, then one per finished section: the
-                                history's new latents, camera offsets and complete token groups,
+                                history's new latents, frame context and complete token groups,
                                 the partial last token group as it is now (small; only the newest
                                 counts), the torch RNG state, and (metadata) the names of the new
                                 segments and the sections' timings

@@ -1,6 +1,6 @@
 """Extend a finished job from its memory: its saved history, not a re-encoded mp4.
 
-A finished job keeps its job folder's history chunks (raw latents, camera track,
+A finished job keeps its job folder's history chunks (raw latents, frame context,
 history tokens) and start conditioning. An extension is a new job folder that
 starts where the old one ended: it links those chunks and the old segments,
 asks for the old length plus the new seconds and carries a new storyboard

@@ -150,8 +150,8 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     except (ValueError, RuntimeError) as e:
         raise InputError("recall", f"{job.root}: saved history inconsistent ({e})") from None
     pos, seconds = frame_at(pipeline, ck, history.num_frames, at)
-    track = history.track
-    target_w = track[pos : pos + 1].to(pipeline.backbone.device) if bool(track.any()) else None
+    context = history.frame_context
+    target_w = context[pos : pos + 1].to(pipeline.backbone.device) if bool(context.any()) else None
     bb = pipeline.backbone
     x0 = retrieve(pipeline, history, request.prompt, pos, steps or request.steps or pipeline.preset.sampling.steps,
                   seed, target_w)

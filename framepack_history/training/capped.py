@@ -4,7 +4,8 @@
 A generator with a cap reads coarse token groups (many groups' raw latents averaged over time, then
 encoded) at the true time positions of the frames they cover, often minutes back. A DiT trained only on
 short, full-detail histories reads neither well, so Stage II can train on the same layouts: the merges are
-replayed group by group with the cap's own rule (so train and generate agree), then every group of every
+replayed group by group by the generator's own :class:`~framepack_history.history.layout.CappedLayout` (so
+train and generate agree), then every group of every
 sample is encoded in one encoder call (the encoder is group-local in time, so this equals encoding them
 one by one, as the generator does).
 """
@@ -13,31 +14,18 @@ from __future__ import annotations
 
 import torch
 
+from framepack_history.backbones.base import move_by_frame_context
 from framepack_history.history.encoder import HistoryEncoder
-from framepack_history.history.merge import add_group, group_sum
-
-Span = tuple[int, int]  # (first fine group, fine groups covered)
+from framepack_history.history.layout import CappedLayout, Span, pool, span_means
 
 
-@torch.no_grad()
 def cap_layout(latents: torch.Tensor, frames_per_group: int, budget: int, rule: str) -> list[Span]:
-    """The complete groups of history ``latents [C, T, H, W]`` after capping at ``budget`` groups.
+    """``(first fine group, fine groups covered)`` of history ``latents [C, T, H, W]`` capped at ``budget`` groups.
 
     Groups are added one at a time and merged while the layout is over budget, exactly as
     :meth:`HistoryState.append` does, so the result is the layout a job holds after ``T`` frames.
     """
-    g, segs, costs = frames_per_group, [], {}  # costs: the rule's memo, as a HistoryState keeps one
-    for i in range(int(latents.shape[1]) // g):
-        total = group_sum(latents[:, i * g : (i + 1) * g]) if rule == "similar" else None
-        add_group(segs, costs, i, None, total, budget, rule)
-    return [(int(s[0]), int(s[1])) for s in segs]
-
-
-def pooled(latents: torch.Tensor, span: Span, g: int) -> torch.Tensor:
-    """A span's raw latents ``[C, n*g, H, W]`` averaged over time by ``n`` into one group ``[C, g, H, W]``."""
-    first, n = span
-    frames = latents[:, first * g : (first + n) * g]
-    return frames.unflatten(1, (g, n)).mean(2) if n > 1 else frames
+    return [(int(s[0]), int(s[1])) for s in CappedLayout.replay(latents, frames_per_group, budget, rule).segs]
 
 
 def capped_history(encoder: HistoryEncoder, latents: torch.Tensor, track: torch.Tensor | None, budget: int,
@@ -52,17 +40,17 @@ def capped_history(encoder: HistoryEncoder, latents: torch.Tensor, track: torch.
     b, _, t = latents.shape[:3]
     g, pt = encoder.frames_per_group, encoder.config.patch_size[0]
     source = latents if layout_from is None else layout_from
-    layouts = [cap_layout(source[i], g, budget, rule) for i in range(b)]
-    if layouts[0]:  # every sample has as many complete groups (t // g, capped alike)
-        groups = torch.stack([pooled(latents[i], s, g) for i in range(b) for s in layouts[i]])
+    layouts = [CappedLayout.replay(source[i], g, budget, rule) for i in range(b)]
+    if layouts[0].segs:  # every sample has as many complete groups (t // g, capped alike)
+        # pooled from ``latents`` (what is encoded), laid out by ``source``
+        groups = torch.stack([pool(latents[i, :, f * g : (f + n) * g], g, n) for i in range(b) for f, n, *_ in layouts[i].segs])
         grid = encoder(groups).unflatten(0, (b, -1)).squeeze(2)  # [B, S, h, w, D]
     else:  # shorter than one group: the partial group alone, as a job holds it
         grid = encoder(latents[:, :, :0])
-    spans = [[(f * g, n * g) for f, n in lay] for lay in layouts]
     done = t // g * g
     if done < t:  # the partial last group, replicate-padded by the encoder
         grid = torch.cat([grid, encoder(latents[:, :, done:])], dim=1)
-        spans = [s + [(done, t - done)] for s in spans]
+    spans = [lay.spans(t - done if done < t else None) for lay in layouts]
     _, s_len, h, w, d = grid.shape
     base = encoder.positions(1, h, w)[0].to(latents.device)
     pos = base.expand(b, s_len, h, w, 3).clone()
@@ -70,6 +58,5 @@ def capped_history(encoder: HistoryEncoder, latents: torch.Tensor, track: torch.
     sizes = torch.tensor([[max(n, g) for _, n in sp] for sp in spans], dtype=torch.float32, device=latents.device)
     pos[..., 0] = (starts / pt + (sizes / pt - 1) / 2 - t / pt)[:, :, None, None]
     if track is not None:
-        means = torch.stack([torch.stack([track[i, a : a + n].float().mean() for a, n in spans[i]]) for i in range(b)])
-        pos[..., 2] += means[:, :, None, None].to(pos.device)
+        move_by_frame_context(pos, torch.stack([span_means(track[i], spans[i]) for i in range(b)]))
     return grid.reshape(b, s_len * h * w, d), pos.reshape(b, -1, 3)

@@ -174,7 +174,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
             hist = HistoryState(pipe.encoder, bb.device)
             track = track_of({k: v[None] for k, v in item.items() if k == "camera_x"}, bb)
             track = None if track is None else track[0].cpu()
-            tokens = hist.append(lat, track=track)  # encoded once per clip, exactly as at generation time
+            tokens = hist.append(lat, frame_context=track)  # encoded once per clip, exactly as at generation time
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + i)  # same queries for every model
             for band, positions in query_positions(t, cfg.queries_per_band, gen).items():
                 for q, pos in enumerate(positions):

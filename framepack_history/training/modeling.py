@@ -16,7 +16,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from framepack_history.backbones.base import Backbone
+from framepack_history.backbones.base import Backbone, move_by_frame_context
 from framepack_history.backbones.toy import ToyBackbone, ToyVAE
 from framepack_history.config.presets import ModelSpec, Preset, _build, load_preset
 from framepack_history.config.rates import parse_rate
@@ -24,8 +24,8 @@ from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
 from framepack_history.generation.loading import load_backbone
 from framepack_history.history.encoder import HistoryEncoder
+from framepack_history.history.layout import group_means
 from framepack_history.history.merge import cap_groups
-from framepack_history.history.state import group_means
 from framepack_history.training.capped import capped_history
 from framepack_history.training.settings import TrainConfig, dump_toml, find_path
 
@@ -262,7 +262,7 @@ class FlowModule(nn.Module):
         pos[..., 0] -= latents.shape[2] / self.encoder.config.patch_size[0]
         if track is not None:
             pos = pos.expand(b, t, h, w, 3).clone()
-            pos[..., 2] += group_means(track, self.encoder.frames_per_group).to(pos.device)[:, :, None, None]
+            move_by_frame_context(pos, group_means(track, self.encoder.frames_per_group))
             return grid.reshape(b, t * h * w, d), pos.reshape(b, -1, 3)
         return grid.reshape(b, t * h * w, d), pos.reshape(-1, 3)
 

@@ -81,7 +81,7 @@ def _generation(pipeline: Pipeline, ep, mode: str, seed: int, total: int, start:
     hist = HistoryState(pipeline.encoder if mode == "encoder" else None, bb.device)
     # The true camera track of the given frames (canvas-position backbones), relative to the start view.
     track = track_of({"camera_x": torch.as_tensor(ep.camera_x - ep.camera_x[0])[None]}, bb)
-    hist.append(latents, track=None if track is None else track[0, : latents.shape[2]].cpu())
+    hist.append(latents, frame_context=None if track is None else track[0, : latents.shape[2]].cpu())
     gen = Generation(req, parse_storyboard(ep.caption), total, hist, next_section=start)
     gen.image_cond = bb.encode_image(to_pixels(ep.frames[:1])[0, :, 0].to(bb.device))
     return gen

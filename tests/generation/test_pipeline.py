@@ -197,7 +197,7 @@ def test_canvas_positions_follow_the_storyboard_camera(tiny_toy_preset):
     bb.predict = lambda x, s, cond, ctx, g=1.0: seen.append((ctx.target_w, ctx.window_w)) or predict(x, s, cond, ctx, g)
     run(pipe, prompt="0s: camera pans right; 0.5s: camera holds", seconds=1.0, seed=1, window_frames=2)
     # 32 px views pan 4 px per frame = one DiT token (2x VAE, 2x2 patches); 8 fps: frames 1-4 pan, 5-8 hold
-    track = pipe.last_generation.history.track
+    track = pipe.last_generation.history.frame_context
     torch.testing.assert_close(track, torch.tensor([0.0, 1, 2, 3, 4, 4, 4, 4, 4]))
     torch.testing.assert_close(seen[-1][0], torch.tensor([4.0, 4, 4, 4]))  # last section: target frames
     torch.testing.assert_close(seen[-1][1], torch.tensor([3.0, 4]))  # its window: the last 2 frames

@@ -154,10 +154,10 @@ def test_history_camera_track_moves_token_groups_and_survives_save_load(tmp_path
     enc = make_encoder("2x2x2")  # 2 latent frames per token group
     state = HistoryState(enc)
     state.append(torch.randn(1, 4, 1, 16, 16))  # a start frame: offset 0
-    state.append(torch.randn(1, 4, 4, 16, 16), track=torch.tensor([0.5, 1.0, 1.5, 2.0]))
+    state.append(torch.randn(1, 4, 4, 16, 16), frame_context=torch.tensor([0.5, 1.0, 1.5, 2.0]))
     plain = HistoryState(enc)
     plain._chunks, plain._frames, plain._done, plain._tail = state._chunks, state._frames, state._done, state._tail
-    plain._track = [0.0] * 5
+    plain._frame_context = [0.0] * 5
     (_, pos), (_, ref) = state.tokens(), plain.tokens()
     shift = (pos - ref)[:, 2].view(3, -1)  # 3 groups of 4x4 tokens: frames {0,1}, {2,3}, {4}
     torch.testing.assert_close(shift, torch.tensor([0.25, 1.25, 2.0])[:, None].expand(3, 16))
@@ -165,10 +165,10 @@ def test_history_camera_track_moves_token_groups_and_survives_save_load(tmp_path
     state.save(tmp_path / "h.safetensors")
     back = HistoryState(enc)
     back.load(tmp_path / "h.safetensors")
-    torch.testing.assert_close(back.track, state.track)
+    torch.testing.assert_close(back.frame_context, state.frame_context)
     torch.testing.assert_close(back.tokens()[1], pos)
-    with pytest.raises(ValueError, match="track has 2 offsets for 3 latent frames"):
-        state.append(torch.randn(1, 4, 3, 16, 16), track=torch.zeros(2))
+    with pytest.raises(ValueError, match="frame context has 2 values for 3 latent frames"):
+        state.append(torch.randn(1, 4, 3, 16, 16), frame_context=torch.zeros(2))
 
 
 # ------------------------------------------------------------- box branch
