@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import cpu_progress, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,25 +24,37 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(preset: str, outputs: Path, log_path: Path, env: dict[str, str], timeout_s: float = 90,
+def running_app(preset: str, outputs: Path, log_path: Path, env: dict[str, str], stall_s: float | None = None,
                 extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """``python app.py --preset PRESET [EXTRA...]`` until the block ends; yields its URL (the test fails if it never answers)."""
+    """``python app.py --preset PRESET [EXTRA...]`` until the block ends; yields its URL.
+
+    The test fails if the app exits before it answers, or stops using the CPU for ``stall_s`` seconds
+    (``tests.waiting.STALL_S``) without answering.
+    """
     port = free_port()
     log = open(log_path, "w+")  # noqa: SIM115 (outlives this statement)
     proc = subprocess.Popen([sys.executable, "app.py", "--preset", preset, "--port", str(port), "--outputs", str(outputs), *extra],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + timeout_s
+
+    def log_tail() -> str:
+        log.flush()
+        log.seek(0)
+        return log.read()[-3000:]
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return True
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"app did not start:\n{log_tail()}")
+            return False
+
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"app did not start:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
+        # a busy machine starts it slower: wait while it works (imports, model set-up), not for a fixed time
+        until(answers, cpu_progress(proc.pid), lambda: f"app did not start:\n{log_tail()}", stall_s=stall_s,
+              every=0.5, limit_s=600)
         yield url
     finally:
         proc.terminate()
