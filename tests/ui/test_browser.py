@@ -8,8 +8,8 @@ denoising steps so that growth is observable on two CPU cores.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +19,7 @@ pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 from tests.app_process import ROOT, running_app  # noqa: E402
+from tests.waiting import STALL_S, until  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -26,6 +27,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 ARTIFACTS = ROOT / "tests" / "artifacts"
 PLAYER = """() => { const v = document.querySelector('#fph-player video');
   return v ? {duration: isFinite(v.duration) ? v.duration : 0, ready: v.readyState} : {duration: 0, ready: 0}; }"""
+STALL_MS = STALL_S * 1000  # what a wait for one page event allows (it ends when the event comes)
+TERMINAL = ("done", "failed", "cancelled")
 
 pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("ffprobe")), reason="needs chromium and ffmpeg")
 
@@ -64,17 +67,38 @@ def start_job(page: Page, prompt: str, seconds: int, steps: int) -> str:
     code = page.locator("#fph-progress code")
     before = code.all_inner_texts()
     page.get_by_role("button", name="Generate", exact=True).click()
-    deadline = time.time() + 20
-    while time.time() < deadline:
+
+    def new_job() -> str | None:
         now = code.all_inner_texts()
-        if now and now != before:
-            return now[0]
-        time.sleep(0.1)
-    raise AssertionError("no new job appeared after Generate")
+        return now[0] if now and now != before else None
+
+    return until(new_job, what="no new job appeared after Generate", every=0.1)
 
 
 def status(page: Page) -> str:
     return page.locator("#fph-progress .fph-status").inner_text().strip().lower()
+
+
+def progress(page: Page) -> tuple[str, ...]:
+    """How far the job on the page has come: its status, section and step (not the ETA, which moves by itself)."""
+    line = page.locator("#fph-progress").inner_text()
+    return (status(page) if page.locator("#fph-progress .fph-status").count() else "",
+            *re.findall(r"section \d+/\d+|step \d+/\d+", line))
+
+
+def until_finished(page: Page, sample=None) -> str:
+    """Wait while the page's job moves on, until it is done, failed or cancelled; returns that status.
+
+    ``sample()`` (if given) runs at every look, and its value counts as progress too (a growing player).
+    """
+    seen: list = [None]
+
+    def finished() -> str | None:
+        seen[0] = sample() if sample else None
+        st = status(page)
+        return st if st in TERMINAL else None
+
+    return until(finished, lambda: (progress(page), seen[0]), lambda: f"the job did not finish: {progress(page)}", every=0.25)
 
 
 def test_first_screen_shows_the_idle_progress_and_the_plan(page):
@@ -105,14 +129,14 @@ def test_sections_stream_into_one_growing_player(page, server, tmp_path):
     expect(page.locator("#fph-image img").first).to_be_visible()
     job = start_job(page, "0s: camera pans right; 2s: camera holds", seconds=5, steps=200)  # 10 sections, ~1 s each here
     samples = []  # (status, duration, readyState) while the job runs
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        st = status(page)
+
+    def sample() -> float:
         info = page.evaluate(PLAYER)
-        samples.append((st, info["duration"], info["ready"]))
-        if st in ("done", "failed", "cancelled"):
-            break
-        time.sleep(0.25)
+        samples.append((status(page), info["duration"], info["ready"]))
+        return info["duration"]
+
+    until_finished(page, sample)  # as long as it takes, while sections and steps advance
+    sample()
     assert samples[-1][0] == "done", samples[-5:]
     running = [(d, r) for st, d, r in samples if st == "running"]
     playable = [d for d, r in running if d > 0 and r >= 2]
@@ -121,28 +145,31 @@ def test_sections_stream_into_one_growing_player(page, server, tmp_path):
     assert len(durations) >= 2, f"the player did not grow while the job ran: {durations}"
     # once done, the player holds the whole video (the start frame and 10 sections of 0.5 s)
     expect(page.locator("#fph-progress")).to_contain_text("section 10/10")
-    page.wait_for_function("() => { const v = document.querySelector('#fph-player video'); return v && v.duration >= 4.9; }")
+    whole = "() => { const v = document.querySelector('#fph-player video'); return !!(v && v.duration >= 4.9); }"
+    until(lambda: page.evaluate(whole), lambda: page.evaluate(PLAYER), "the player never held the whole video")
     assert (server[1]).glob(f"*/{job}/video.mp4")
     # a screenshot of the finished page at a desktop size: Advanced folded, scrolled to the top
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.get_by_text("Advanced").click()
     page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_timeout(2500)  # the queue table refreshes on a 2 s timer
+    queue = page.locator("#fph-queue")  # the queue table refreshes on a 2 s timer: wait for the finished job in it
+    until(lambda: job in (text := queue.inner_text()) and "done" in text, what="the queue table never listed the job")
     page.screenshot(path=str(ARTIFACTS / "app-full.png"), full_page=True)
     page.screenshot(path=str(ARTIFACTS / "app.png"))
 
 
 def test_reload_reattaches_then_cancel(page, server):
     job = start_job(page, "camera pans left", seconds=20, steps=150)  # 40 sections: long enough to reload
-    expect(page.locator("#fph-progress")).to_contain_text("section 2/", timeout=60_000)
+    until(lambda: "section 2/" in page.locator("#fph-progress").inner_text(), lambda: progress(page),
+          lambda: f"the job never reached its second section: {progress(page)}")
     page.reload()
     # the fresh page finds the running job by itself and replays what is finished
-    expect(page.locator("#fph-progress code")).to_have_text(job, timeout=20_000)
+    expect(page.locator("#fph-progress code")).to_have_text(job, timeout=STALL_MS)
     assert status(page) == "running"
     page.wait_for_function("() => { const v = document.querySelector('#fph-player video'); return v && v.duration > 0; }",
-                           timeout=30_000)
+                           timeout=STALL_MS)
     page.get_by_role("button", name="Cancel", exact=True).click()
-    expect(page.locator("#fph-progress .fph-status")).to_have_text("cancelled", ignore_case=True, timeout=30_000)
+    expect(page.locator("#fph-progress .fph-status")).to_have_text("cancelled", ignore_case=True, timeout=STALL_MS)
     # the server lives on: the API still answers and the finished sections are kept
     with urllib.request.urlopen(server[0], timeout=5) as r:
         assert r.status == 200
@@ -156,13 +183,13 @@ def test_the_plan_follows_the_typed_cap_and_merge_rule(page):
     if not cap.is_visible():
         page.get_by_text("Advanced").click()
     plan = page.locator("#fph-plan")
-    expect(plan).to_contain_text("history tokens", timeout=20_000)
+    expect(plan).to_contain_text("history tokens", timeout=STALL_MS)
     page.wait_for_timeout(1500)  # the page's load events set the preset's defaults: type after them
     cap.fill("144")
     cap.press("Enter")  # the plan re-plans when the cap is submitted (or the field is left)
-    expect(plan).to_contain_text("capped at 144 (similar)", timeout=20_000)
+    expect(plan).to_contain_text("capped at 144 (similar)", timeout=STALL_MS)
     page.locator("#fph-history-merge").get_by_test_id("oldest-radio-label").click()
-    expect(plan).to_contain_text("capped at 144 (oldest)", timeout=20_000)
+    expect(plan).to_contain_text("capped at 144 (oldest)", timeout=STALL_MS)
     cap.fill("0")
     page.locator("#fph-plan").click()  # leaving the field re-plans too
-    expect(plan).not_to_contain_text("capped at", timeout=20_000)
+    expect(plan).not_to_contain_text("capped at", timeout=STALL_MS)
