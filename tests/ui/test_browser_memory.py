@@ -10,7 +10,16 @@ pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.app_process import running_app  # noqa: E402
-from tests.ui.test_browser import ARGS, ARTIFACTS, CHROMIUM, pytestmark, start_job, status  # noqa: E402,F401
+from tests.ui.test_browser import (  # noqa: E402,F401
+    ARGS,
+    ARTIFACTS,
+    CHROMIUM,
+    STALL_MS,
+    pytestmark,
+    start_job,
+    status,
+    until_finished,
+)
 
 
 def test_the_memory_tab_recalls_a_frame(tmp_path):
@@ -21,8 +30,7 @@ def test_the_memory_tab_recalls_a_frame(tmp_path):
         page.set_default_timeout(30_000)
         page.goto(url)
         job = start_job(page, "0s: camera pans right; 2s: camera pans left", seconds=4, steps=2)
-        page.wait_for_function("() => document.querySelector('#fph-progress .fph-status')?.innerText.toLowerCase() === 'done'",
-                               timeout=120_000)
+        until_finished(page)  # as long as it takes, while sections and steps advance
         assert status(page) == "done"
         page.get_by_role("tab", name="Memory").click()
         page.locator("#fph-recall-job input").click()
@@ -32,7 +40,7 @@ def test_the_memory_tab_recalls_a_frame(tmp_path):
         at.press("Enter")
         page.get_by_role("button", name="Recall", exact=True).click()
         psnr = page.locator("#fph-recall-psnr")
-        expect(psnr).to_contain_text("PSNR", timeout=90_000)
+        expect(psnr).to_contain_text("PSNR", timeout=STALL_MS)
         assert "latent frame 6" in psnr.inner_text()
         assert "memory: 0-" in psnr.inner_text() and "full detail" in psnr.inner_text()  # what the embedding keeps
         expect(page.locator("#fph-recalled img")).to_be_visible()

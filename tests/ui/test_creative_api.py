@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.ui.test_app_api import ROOT, TINY, free_port
+from tests.ui.test_app_api import ROOT, TINY, free_port, result
+from tests.waiting import job_progress, until
 
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
@@ -31,6 +31,7 @@ def client(tmp_path_factory):
         try:
             c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
             c.outputs = outputs  # /status names files relative to outputs/
+            c.worker = worker  # in this process: the tests follow its jobs' progress
             yield c
         finally:
             demo.close()
@@ -42,24 +43,27 @@ def generate(client, **kw):
     return client.submit(api_name="/generate", **args)
 
 
-def wait_for(client, job_id: str, ok, what: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        job = client.predict(job_id, api_name="/status")
-        if ok(job):
-            return job
-        assert time.time() < deadline, f"{what}: {job['status']} {job['progress']}"
-        time.sleep(0.2)
+def moving(client):
+    """How far the app's jobs have come (a wait lasts while this changes)."""
+    return lambda: job_progress(client.worker.store.jobs())
+
+
+def wait_for(client, job_id: str, ok, what: str) -> dict:
+    seen = [None]
+
+    def look() -> dict | None:
+        seen[0] = client.predict(job_id, api_name="/status")
+        return seen[0] if ok(seen[0]) else None
+
+    return until(look, moving(client), lambda: f"{what}: {seen[0]['status']} {seen[0]['progress']}")
 
 
 def running_job(client) -> dict:
-    deadline = time.time() + 60
-    while True:
+    def running() -> dict | None:
         jobs = [j for j in client.predict("", api_name="/status")["jobs"] if j["status"] == "running"]
-        if jobs and jobs[0]["progress"]["sections_done"] >= 1:
-            return jobs[0]
-        assert time.time() < deadline, "the job never started"
-        time.sleep(0.2)
+        return jobs[0] if jobs and jobs[0]["progress"]["sections_done"] >= 1 else None
+
+    return until(running, moving(client), "the job never started")
 
 
 def test_steer_mid_job_changes_later_sections_only(client):
@@ -76,7 +80,7 @@ def test_steer_mid_job_changes_later_sections_only(client):
     posted = client.predict(job["id"], NEW, api_name="/steer")
     assert posted["steer_pending"] == NEW
     done_then = posted["progress"]["sections_done"]
-    _, sidecar = pending.result(timeout=180)
+    _, sidecar = result(client, pending)
     data = json.loads(Path(sidecar).read_text())
     (steer,) = data["steers"]
     k = steer["section"]
@@ -104,7 +108,7 @@ def test_cancel_and_resume_keeps_the_steer(client):
     stopped = wait_for(client, job["id"], lambda j: j["status"] == "cancelled", "never cancelled")
     assert stopped["progress"]["sections_done"] < 8, "the job finished before it could be cancelled"
     client.predict(job["id"], api_name="/resume")
-    done = wait_for(client, job["id"], lambda j: j["status"] == "done", "the resumed job never finished", 180)
+    done = wait_for(client, job["id"], lambda j: j["status"] == "done", "the resumed job never finished")
     data = json.loads((client.outputs / done["sidecar"]).read_text())
     assert data["resumed_from_section"] >= k + 1 and [s["section"] for s in data["steers"]] == [k]
     board = ["camera holds"] * 3 + ["camera pans right"] * 5
@@ -116,7 +120,7 @@ def test_extend_a_finished_job_through_the_api(client):
 
     from framepack_history.generation.video import read_video
 
-    video, _ = generate(client, seconds=1, steps=2).result(timeout=120)
+    video, _ = result(client, generate(client, seconds=1, steps=2))
     everything = client.predict("", api_name="/status")
     old = client.predict(everything["current"], api_name="/status")  # the newest job: this one
     assert old["status"] == "done" and old["seconds"] == 1
