@@ -2,6 +2,8 @@
 
 * :mod:`.presets` — a preset (model, video, sampling, history, hardware), loaded from TOML and checked field by field;
 * :mod:`.request` — a request (prompt or storyboard, length, seed, inputs, the settings it overrides);
+* :mod:`.fields` — the request's fields in one table (CLI flag, page label, API parameter, preset key) and
+  ``resolve``: the settings a job runs with, each the request's else the preset's;
 * :mod:`.storyboard` — the ``TIME: text`` storyboard syntax and the prompt in force at a time;
 * :mod:`.loras` — how LoRAs are named (``FILE[:WEIGHT]``, ``{"name", "weight"}``);
 * :mod:`.rates` — encoder rates (``"4x4x2"``);
