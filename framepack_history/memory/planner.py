@@ -193,21 +193,71 @@ def spread_order(n: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------- plan
-def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
-         start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None,
-         size: tuple[int, int] | None = None, adapter_bytes: int = 0) -> Plan:
-    """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``.
+@dataclass
+class _Request:
+    """A request in the numbers every phase reads: its latent grid, sections, history tokens and module bytes."""
 
-    ``size`` is the request's ``(width, height)`` (a start image's resolution bucket); None = the preset's.
-    ``adapter_bytes``: LoRA adapters on the DiT, resident beside its stem whatever streams.
-    """
-    preset = load_preset(preset) if isinstance(preset, str) else preset
-    if size is not None:
-        preset = replace(preset, video=replace(preset.video, width=size[0], height=size[1]))
-    budget = budget or Budget.for_preset(preset)
+    preset: Preset
+    comps: Any  # MetaComponents
+    budget: Budget
+    mode: str  # history mode
+    window: int  # raw latent frames of recent context the DiT reads
+    t: int  # latent frames per section
+    h: int  # latent grid
+    w: int
+    sections: int
+    image: bool  # an image encoder runs (a start image on a backbone that has one)
+    start: int  # latent frames before section 0 (the start image)
+    frames: list[int]  # history latent frames before section s
+    most: int | None  # the cap's whole token groups, in tokens (None: no cap)
+    latent_bytes: int  # one section's latents, float32
+    host_latents: list[int]  # host bytes of the raw history (and the similar rule's sums) after section s - 1
+    tok_bytes: int  # one token's hidden state
+    vae_b: int
+    enc_b: int
+    nonblock: int  # DiT weights outside the blocks, and LoRA adapters: always resident
+    sizes: list[int]  # DiT block bytes, in execution order
+    cond_b: int  # conditioning tensors
+
+    @property
+    def geo(self) -> Any:
+        return self.comps.backbone.geometry
+
+    def hist(self, f: int) -> int:
+        """History tokens after ``f`` latent frames (never more than the cap)."""
+        n = self.comps.encoder.tokens_for(f, self.h, self.w) if self.mode == "encoder" and f else 0
+        return n if self.most is None else min(n, self.most)
+
+    def span(self, s: int) -> int:
+        """Latents decoded after section ``s``: FramePack-F1 decodes the newest two sections together."""
+        if not self.comps.backbone.overlap_decode:
+            return self.t
+        return min(self.start, 1) + self.t if s == 0 else 2 * self.t
+
+    def pixels(self, s: int) -> int:
+        v = self.preset.video
+        frames = self.geo.pixel_frames(self.span(s)) if self.comps.backbone.overlap_decode else v.section_frames
+        return 3 * frames * v.height * v.width
+
+    def decode_activation(self, s: int, tiled: bool) -> int:
+        # The decode's float output stays while to_uint8 makes two more float copies of it.
+        shape = (1, self.geo.latent_channels, self.span(s), self.h, self.w)
+        return max(vae_decode_activation(self.comps, shape, tiled=tiled), 12 * self.pixels(s))
+
+
+@dataclass
+class _Activations:
+    """Activation peaks: denoising per section, and the history encoder's append (traced once)."""
+
+    denoise: dict[int, int]
+    history_encode: int
+
+
+def _request(preset: Preset, seconds: float, history_mode: str | None, rate: str | None, start_image: bool,
+             budget: Budget, adapter_bytes: int) -> _Request:
+    """The request's shape from the preset's configs (components on ``meta``), before any phase is sized."""
     comps = meta_components(preset, rate)
     bb, geo, v, enc = comps.backbone, comps.backbone.geometry, preset.video, comps.encoder
-    on_cpu = budget.device == "cpu"
     dsize = torch.tensor([], dtype=bb.dtype).element_size()
     mode = history_mode or preset.history.mode
     window = preset.history.window_frames if mode != "none" else 0
@@ -219,7 +269,6 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         window = 3
     h, w = v.height // geo.spatial_scale, v.width // geo.spatial_scale
     sections = max(1, math.ceil(seconds * v.fps / v.section_frames - 1e-9))
-    image = start_image and bb.name != "toy"
     start = geo.latent_frames(1) if start_image else 0
     frames = [start + s * t for s in range(sections + 1)]  # history latent frames before section s
 
@@ -233,35 +282,38 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
     def merge_sums(f: int) -> int:
         return sum_bytes * min(f // enc.frames_per_group, most // per_group) if sum_bytes else 0
 
-    def hist(f: int) -> int:
-        n = enc.tokens_for(f, h, w) if mode == "encoder" and f else 0
-        return n if most is None else min(n, most)
+    image = start_image and bb.name != "toy"
+    return _Request(
+        preset, comps, budget, mode, window, t, h, w, sections, image, start, frames, most,
+        latent_bytes=geo.latent_channels * t * h * w * 4,
+        host_latents=[geo.latent_channels * f * h * w * 4 + merge_sums(f) for f in frames],
+        tok_bytes=geo.hidden_size * dsize, vae_b=module_bytes(bb.vae), enc_b=module_bytes(enc),
+        nonblock=comps.nonblock_bytes() + adapter_bytes, sizes=comps.block_bytes(),
+        cond_b=sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values()))
 
-    latent_bytes = geo.latent_channels * t * h * w * 4
-    host_latents = [geo.latent_channels * f * h * w * 4 + merge_sums(f) for f in frames]
-    tok_bytes = geo.hidden_size * dsize
-    vae_b, enc_b, nonblock = module_bytes(bb.vae), module_bytes(enc), comps.nonblock_bytes() + adapter_bytes
-    sizes = comps.block_bytes()
-    cond_b = sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values())
 
-    def cache_state(s: int) -> int:
-        """Bytes step caching holds through section ``s``'s steps (0 when it is off)."""
-        if preset.sampling.cache == "off":
-            return 0
-        per_frame = h * w // (geo.patch_size[1] * geo.patch_size[2])
-        seq = hist(frames[s]) + (min(window, frames[s]) + t) * per_frame + comps.cond_len + comps.image_tokens * image
-        branches = (2 if preset.sampling.cfg != 1 else 1) * (2 if mode == "encoder" and preset.history.guidance != 1 else 1)
-        return CACHE_COPIES * branches * seq * tok_bytes
+def _cache_state(r: _Request, s: int) -> int:
+    """Bytes step caching holds through section ``s``'s steps (0 when it is off)."""
+    preset, geo, comps = r.preset, r.geo, r.comps
+    if preset.sampling.cache == "off":
+        return 0
+    per_frame = r.h * r.w // (geo.patch_size[1] * geo.patch_size[2])
+    seq = r.hist(r.frames[s]) + (min(r.window, r.frames[s]) + r.t) * per_frame + comps.cond_len + comps.image_tokens * r.image
+    branches = (2 if preset.sampling.cfg != 1 else 1) * (2 if r.mode == "encoder" and preset.history.guidance != 1 else 1)
+    return CACHE_COPIES * branches * seq * r.tok_bytes
 
-    # Activations per section: exact traces at the ends, linear in history tokens between.
 
+def _activations(r: _Request) -> _Activations:
+    """Activations per section: exact traces at the ends, linear in history tokens between; then the encoder's."""
+    preset, hist, frames, sections = r.preset, r.hist, r.frames, r.sections
     # guidance's passes run together block by block (history guidance only where there is an embedding)
-    branches = guidance_branches(preset.sampling.cfg, preset.history.guidance if mode == "encoder" else 1.0)
+    branches = guidance_branches(preset.sampling.cfg, preset.history.guidance if r.mode == "encoder" else 1.0)
 
     def act(s: int) -> int:
-        win = min(window, frames[s])
+        win = min(r.window, frames[s])
         steps = branches if hist(frames[s]) else guidance_branches(preset.sampling.cfg, 1.0)
-        return denoise_activation(comps, v, hist(frames[s]), win, image, steps) + SAMPLER_COPIES * latent_bytes + cache_state(s)
+        return (denoise_activation(r.comps, preset.video, hist(frames[s]), win, r.image, steps)
+                + SAMPLER_COPIES * r.latent_bytes + _cache_state(r, s))
 
     ends = sorted({0, min(1, sections - 1), sections - 1})
     acts = {s: act(s) for s in ends}
@@ -270,92 +322,138 @@ def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = Non
         if s not in acts:
             f = (hist(frames[s]) - hist(frames[lo])) / max(1, hist(frames[hi]) - hist(frames[lo]))
             acts[s] = int(acts[lo] + f * (acts[hi] - acts[lo]))
-    def span(s: int) -> int:
-        """Latents decoded after section ``s``: FramePack-F1 decodes the newest two sections together."""
-        if not bb.overlap_decode:
-            return t
-        return min(start, 1) + t if s == 0 else 2 * t
+    comps, enc, geo = r.comps, r.comps.encoder, r.geo
+    enc_act = cached_trace(comps, ("history", r.t, r.h, r.w), lambda: trace_peak(lambda: enc(torch.empty(
+        1, geo.latent_channels, r.t + enc.frames_per_group, r.h, r.w, device="meta", dtype=enc.dtype))))
+    return _Activations(acts, enc_act)
 
-    def pixels(s: int) -> int:
-        return 3 * (geo.pixel_frames(span(s)) if bb.overlap_decode else v.section_frames) * v.height * v.width
 
-    def decode_activation(s: int, tiled: bool) -> int:
-        # The decode's float output stays while to_uint8 makes two more float copies of it.
-        return max(vae_decode_activation(comps, (1, geo.latent_channels, span(s), h, w), tiled=tiled), 12 * pixels(s))
+def _needs(r: _Request, acts: _Activations, s: int, decode_act: int, vae_res: bool) -> tuple[int, int]:
+    """Device bytes besides DiT blocks: (denoise, decode) of section ``s``."""
+    before, after = r.hist(r.frames[s]) * r.tok_bytes, r.hist(r.frames[s + 1]) * r.tok_bytes
+    den = r.nonblock + r.enc_b + before + (r.vae_b if vae_res else 0) + r.cond_b + acts.denoise[s]
+    # append: old + new tokens
+    dec = r.nonblock + r.enc_b + before + after + r.vae_b + max(decode_act, acts.history_encode) + r.latent_bytes
+    return den, dec
 
-    enc_act = cached_trace(comps, ("history", t, h, w), lambda: trace_peak(lambda: enc(torch.empty(
-        1, geo.latent_channels, t + enc.frames_per_group, h, w, device="meta", dtype=enc.dtype))))
 
-    def needs(s: int, decode_act: int, vae_res: bool) -> tuple[int, int]:
-        """Device bytes besides DiT blocks: (denoise, decode) of section ``s``."""
-        before, after = hist(frames[s]) * tok_bytes, hist(frames[s + 1]) * tok_bytes
-        den = nonblock + enc_b + before + (vae_b if vae_res else 0) + cond_b + acts[s]
-        dec = nonblock + enc_b + before + after + vae_b + max(decode_act, enc_act) + latent_bytes  # append: old + new tokens
-        return den, dec
-
+def _strategy(r: _Request, acts: _Activations) -> tuple[Strategy, int]:
+    """The strategy that fits the budget, and the last section's decode activation under it."""
+    last = r.sections - 1
     # Tiling trades decode memory for nothing but seams and time: only when everything else would not fit.
-    untiled = decode_activation(sections - 1, tiled=False)
-    tileable = hasattr(bb.vae, "enable_tiling")
-    den, dec = needs(sections - 1, untiled, True)
-    tiling = tileable and max(den, dec) + sum(sizes) > budget.usable
-    decode_act = decode_activation(sections - 1, tiled=True) if tiling else untiled
+    untiled = r.decode_activation(last, tiled=False)
+    tileable = hasattr(r.comps.backbone.vae, "enable_tiling")
+    den, dec = _needs(r, acts, last, untiled, True)
+    tiling = tileable and max(den, dec) + sum(r.sizes) > r.budget.usable
+    decode_act = r.decode_activation(last, tiled=True) if tiling else untiled
 
-    strategy = _choose(sizes, budget.usable, lambda vr: needs(sections - 1, decode_act, vr))
+    strategy = _choose(r.sizes, r.budget.usable, lambda vr: _needs(r, acts, last, decode_act, vr))
     strategy.vae_tiling = tiling
-    strategy.streamed_bytes = sum(sizes[i] for i in strategy.streamed)
-    weights_dev = nonblock + sum(sizes[i] for i in strategy.resident)
-    stream_host = sum(sizes[i] for i in strategy.streamed)
+    strategy.streamed_bytes = sum(r.sizes[i] for i in strategy.streamed)
+    return strategy, decode_act
 
-    # Text encoders: full precision if they fit, else quantised, else streamed layer by layer.
+
+def _host_overhead(r: _Request) -> int:
+    return HOST_OVERHEAD["cpu" if r.budget.device == "cpu" else "cuda"]
+
+
+def _text_encode(r: _Request, strategy: Strategy, quantization: str | None) -> list[PhasePlan]:
+    """Text encoders: full precision if they fit, else quantised, else streamed layer by layer (sets the strategy's)."""
+    comps, on_cpu, overhead = r.comps, r.budget.device == "cpu", _host_overhead(r)
+    if not comps.text:
+        return []
+    llama, clip = comps.text["text_encoder"], comps.text["text_encoder_2"]
+    tact = cached_trace(comps, ("text",), lambda: text_activation(comps))
+    options = {"resident": module_bytes(llama), "nf4": quantized_bytes(llama, "nf4"),
+               "int8": quantized_bytes(llama, "int8")}
+    layer = max((module_bytes(m) for m in getattr(llama, "layers", [])), default=0)
+    options["streamed"] = module_bytes(llama) - layer * len(getattr(llama, "layers", [])) + 2 * layer
+    kind = quantization or "resident"
+    if kind == "auto":
+        kind = next((k for k in ("resident", "nf4", "streamed")
+                     if options[k] + module_bytes(clip) + tact + _largest_linear(llama) <= r.budget.usable), "streamed")
+    strategy.text_encoder = kind
+    wt = options[kind] + module_bytes(clip)
+    a = tact + (_largest_linear(llama) if kind in ("nf4", "int8") else 0)  # dequantised weight in flight
+    staged = module_bytes(llama) if kind == "streamed" else max(p.numel() * p.element_size() for p in llama.parameters())
+    return [PhasePlan("text_encode", wt + a, overhead + staged + (wt + a if on_cpu else 0), 0,
+                      f"llama {kind}, clip; evicted when the room is needed (embeddings cached on the host)", None, wt, a)]
+
+
+def _image_encode(r: _Request) -> list[PhasePlan]:
+    """The image encoder (SigLIP) on the start image, where the backbone has one."""
+    if not r.image:
+        return []
+    comps, on_cpu = r.comps, r.budget.device == "cpu"
+    wt = module_bytes(comps.image)
+    px = torch.empty(1, 3, comps.image_size, comps.image_size, device="meta", dtype=comps.backbone.dtype)
+    a = cached_trace(comps, ("image",), lambda: trace_peak(lambda: comps.image(pixel_values=px)))
+    return [PhasePlan("image_encode", wt + a, _host_overhead(r) + wt + (a if on_cpu else 0), 0,
+                      "siglip loaded on call, evicted when the room is needed", None, wt, a)]
+
+
+def _vae_encode(r: _Request, start_image: bool, tiling: bool) -> list[PhasePlan]:
+    """The VAE on the start image (tiled as the decode is)."""
+    if not start_image:
+        return []
+    v, on_cpu = r.preset.video, r.budget.device == "cpu"
+    px = torch.empty(1, 3, 1, v.height, v.width, device="meta")
+    a = cached_trace(r.comps, ("vae_encode", v.height, v.width, tiling), lambda: vae_encode_activation(r.comps, px, tiling))
+    return [PhasePlan("vae_encode", r.vae_b + a, _host_overhead(r) + r.vae_b + (a if on_cpu else 0), r.hist(r.frames[0]),
+                      "vae loaded on call", None, r.vae_b, a)]
+
+
+def _sections(r: _Request, strategy: Strategy, acts: _Activations, decode_act: int) -> list[PhasePlan]:
+    """Denoise, then decode (and append to the history), for every section."""
+    geo, comps, on_cpu, tiling = r.geo, r.comps, r.budget.device == "cpu", strategy.vae_tiling
+    weights_dev = r.nonblock + sum(r.sizes[i] for i in strategy.resident)
+    stream_host = sum(r.sizes[i] for i in strategy.streamed)
+    all_w = weights_dev + stream_host + r.vae_b + r.enc_b
     rows: list[PhasePlan] = []
-    overhead = HOST_OVERHEAD["cpu" if on_cpu else "cuda"]
-    if comps.text:
-        llama, clip = comps.text["text_encoder"], comps.text["text_encoder_2"]
-        tact = cached_trace(comps, ("text",), lambda: text_activation(comps))
-        options = {"resident": module_bytes(llama), "nf4": quantized_bytes(llama, "nf4"),
-                   "int8": quantized_bytes(llama, "int8")}
-        layer = max((module_bytes(m) for m in getattr(llama, "layers", [])), default=0)
-        options["streamed"] = module_bytes(llama) - layer * len(getattr(llama, "layers", [])) + 2 * layer
-        kind = text_encoder_quantization or "resident"
-        if kind == "auto":
-            kind = next((k for k in ("resident", "nf4", "streamed")
-                         if options[k] + module_bytes(clip) + tact + _largest_linear(llama) <= budget.usable), "streamed")
-        strategy.text_encoder = kind
-        wt = options[kind] + module_bytes(clip)
-        a = tact + (_largest_linear(llama) if kind in ("nf4", "int8") else 0)  # dequantised weight in flight
-        staged = module_bytes(llama) if kind == "streamed" else max(p.numel() * p.element_size() for p in llama.parameters())
-        rows.append(PhasePlan("text_encode", wt + a, overhead + staged + (wt + a if on_cpu else 0), 0,
-                              f"llama {kind}, clip; evicted when the room is needed (embeddings cached on the host)", None, wt, a))
-    if image:
-        wt = module_bytes(comps.image)
-        px = torch.empty(1, 3, comps.image_size, comps.image_size, device="meta", dtype=bb.dtype)
-        a = cached_trace(comps, ("image",), lambda: trace_peak(lambda: comps.image(pixel_values=px)))
-        rows.append(PhasePlan("image_encode", wt + a, overhead + wt + (a if on_cpu else 0), 0,
-                              "siglip loaded on call, evicted when the room is needed", None, wt, a))
-    if start_image:
-        px = torch.empty(1, 3, 1, v.height, v.width, device="meta")
-        a = cached_trace(comps, ("vae_encode", v.height, v.width, tiling), lambda: vae_encode_activation(comps, px, tiling))
-        rows.append(PhasePlan("vae_encode", vae_b + a, overhead + vae_b + (a if on_cpu else 0), hist(frames[0]),
-                              "vae loaded on call", None, vae_b, a))
-    all_w = weights_dev + stream_host + vae_b + enc_b
-    for s in range(sections):
-        act_s = decode_activation(s, tiling) if span(s) != span(sections - 1) else decode_act
-        den, dec = needs(s, act_s, strategy.vae_resident)
+    for s in range(r.sections):
+        act_s = r.decode_activation(s, tiling) if r.span(s) != r.span(r.sections - 1) else decode_act
+        den, dec = _needs(r, acts, s, act_s, strategy.vae_resident)
         buf = strategy.buffer_bytes
-        n_tok = hist(frames[s]) + min(window, frames[s]) * h * w // (geo.patch_size[1] * geo.patch_size[2])
-        n_tok += t * h * w // (geo.patch_size[1] * geo.patch_size[2]) + comps.cond_len + comps.image_tokens * image
-        host = overhead + host_latents[s + 1] + (all_w if on_cpu else stream_host + (0 if strategy.vae_resident else vae_b))
-        wd = weights_dev + buf + enc_b + (vae_b if strategy.vae_resident else 0)
-        rows.append(PhasePlan("denoise", weights_dev + buf + den - nonblock, host + (acts[s] if on_cpu else 0),
-                              hist(frames[s]), strategy.describe() + ("" if strategy.vae_resident else ", vae on host"),
-                              s, wd, acts[s], n_tok))
-        wd = weights_dev + enc_b + vae_b
-        rows.append(PhasePlan("vae_decode", weights_dev + dec - nonblock, host + 5 * pixels(s) + (act_s if on_cpu else 0),
-                              hist(frames[s + 1]), ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay",
-                              s, wd, max(act_s, enc_act)))
-    b20 = enc.tokens_for(start + geo.latent_frames(20 * v.fps), h, w) - enc.tokens_for(start, h, w) if mode == "encoder" else 0
+        n_tok = r.hist(r.frames[s]) + min(r.window, r.frames[s]) * r.h * r.w // (geo.patch_size[1] * geo.patch_size[2])
+        n_tok += r.t * r.h * r.w // (geo.patch_size[1] * geo.patch_size[2]) + comps.cond_len + comps.image_tokens * r.image
+        host = _host_overhead(r) + r.host_latents[s + 1] + (
+            all_w if on_cpu else stream_host + (0 if strategy.vae_resident else r.vae_b))
+        wd = weights_dev + buf + r.enc_b + (r.vae_b if strategy.vae_resident else 0)
+        rows.append(PhasePlan("denoise", weights_dev + buf + den - r.nonblock, host + (acts.denoise[s] if on_cpu else 0),
+                              r.hist(r.frames[s]), strategy.describe() + ("" if strategy.vae_resident else ", vae on host"),
+                              s, wd, acts.denoise[s], n_tok))
+        wd = weights_dev + r.enc_b + r.vae_b
+        vae = ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay"
+        rows.append(PhasePlan("vae_decode", weights_dev + dec - r.nonblock, host + 5 * r.pixels(s) + (act_s if on_cpu else 0),
+                              r.hist(r.frames[s + 1]), vae, s, wd, max(act_s, acts.history_encode)))
+    return rows
+
+
+def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
+         start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None,
+         size: tuple[int, int] | None = None, adapter_bytes: int = 0) -> Plan:
+    """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``.
+
+    ``size`` is the request's ``(width, height)`` (a start image's resolution bucket); None = the preset's.
+    ``adapter_bytes``: LoRA adapters on the DiT, resident beside its stem whatever streams.
+    The phases in order: text encode, image encode, VAE encode (the start image), then denoise and
+    decode per section; the strategy is chosen first, for the worst (last) section.
+    """
+    preset = load_preset(preset) if isinstance(preset, str) else preset
+    if size is not None:
+        preset = replace(preset, video=replace(preset.video, width=size[0], height=size[1]))
+    budget = budget or Budget.for_preset(preset)
+    r = _request(preset, seconds, history_mode, rate, start_image, budget, adapter_bytes)
+    acts = _activations(r)
+    strategy, decode_act = _strategy(r, acts)
+    rows = [*_text_encode(r, strategy, text_encoder_quantization), *_image_encode(r),
+            *_vae_encode(r, start_image, strategy.vae_tiling), *_sections(r, strategy, acts, decode_act)]
+    v, enc, geo = preset.video, r.comps.encoder, r.geo
+    b20 = (enc.tokens_for(r.start + geo.latent_frames(20 * v.fps), r.h, r.w) - enc.tokens_for(r.start, r.h, r.w)
+           if r.mode == "encoder" else 0)
     return Plan(rows, preset=preset.name, seconds=seconds, budget=budget, strategy=strategy, tokens_per_20s=b20,
-                fps=v.fps, section_seconds=v.section_frames / v.fps, history_cap=most if mode == "encoder" and most else 0)
+                fps=v.fps, section_seconds=v.section_frames / v.fps,
+                history_cap=r.most if r.mode == "encoder" and r.most else 0)
 
 
 def _choose(sizes: list[int], usable: int, needs: Any) -> Strategy:
