@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from framepack_history.backbones.base import Backbone, Conditioning, Context
+from framepack_history.config.fields import Settings, resolve
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
@@ -147,15 +148,13 @@ class Pipeline:
         return nullcontext() if self.memory is None else self.memory.phase(name, section)
 
     # ------------------------------------------------------------- settings
+    def settings(self, request: GenerationRequest) -> Settings:
+        """The settings ``request`` runs with: each its own, else this pipeline's preset's (``config.fields``)."""
+        return resolve(request, self.preset)
+
     def option(self, request: GenerationRequest, name: str):
-        """The request's value, or the preset's when the request leaves it unset."""
-        value = getattr(request, name)
-        if value is not None:
-            return value
-        source = {"history_mode": ("history", "mode"), "window_frames": ("history", "window_frames"),
-                  "history_guidance": ("history", "guidance"), "history_merge": ("history", "merge"),
-                  "max_history_tokens": ("history", "max_tokens")}.get(name, ("sampling", name))
-        return getattr(getattr(self.preset, source[0]), source[1])
+        """One of :meth:`settings`: the request's value, or the preset's when the request leaves it unset."""
+        return getattr(self.settings(request), name)
 
     @property
     def section_latent_frames(self) -> int:

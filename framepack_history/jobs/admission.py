@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from framepack_history.config.fields import resolve
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
@@ -43,9 +44,12 @@ def check_loras(request: GenerationRequest, preset: Preset, field: str = "--lora
 
 
 def check_cap(request: GenerationRequest, preset: Preset, rate: str | None = None) -> None:
-    """A history-token cap too small for the video is refused when the job is submitted, not when it starts."""
-    cap, mode = request.max_history_tokens, request.history_mode or preset.history.mode
-    if not cap or mode != "encoder":
+    """A history-token cap too small for the video is refused when the job is submitted, not when it starts.
+
+    The request's own cap: a preset's is checked when the job starts, naming the preset key.
+    """
+    cap = request.max_history_tokens
+    if not cap or resolve(request, preset).history_mode != "encoder":
         return
     from framepack_history.history.budget import group_tokens  # torch: kept off the page's import path
     from framepack_history.history.merge import require_cap  # torch: kept off the page's import path

@@ -3,7 +3,9 @@
 A job folder holds everything needed to finish a job after a crash, a kill
 or a restart::
 
-    request.json                the request, the preset it named, encoder rate, output paths
+    request.json                the request, the preset it named, encoder rate, output paths, and the
+                                settings they resolve to (``config.fields.resolve``; a record: a
+                                resume resolves them again from the request and preset.json)
     preset.json                 the preset as it was when the job started (resume uses this one)
     checkpoint.json             written last, so it is the commit point: status, next section,
                                 seed, storyboard, owner pid, how many history chunks it covers
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from framepack_history.config.fields import Settings, resolve
 from framepack_history.config.presets import Preset, preset_from_dict
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import RNG_LOCK
@@ -117,6 +120,11 @@ class JobInfo:
     segments_dir: Path
     extra: dict = field(default_factory=dict)
 
+    @property
+    def settings(self) -> Settings:
+        """The settings the job runs with: its request's, else its saved preset's (folders of any age)."""
+        return resolve(self.request, self.preset)
+
 
 class JobDir:
     """One job's folder: create it, checkpoint every section, restore the last checkpoint."""
@@ -144,7 +152,7 @@ class JobDir:
         _write_json(self.root / REQUEST, {
             "format": FORMAT, "request": request.to_dict(), "preset_ref": preset_ref or preset.path or preset.name,
             "encoder_rate": encoder_rate, "out": str(Path(out).resolve()), "segments_dir": str(seg.resolve()),
-            "created": time.time(), **extra,
+            "settings": resolve(request, preset).to_dict(), "created": time.time(), **extra,
         })
         _write_json(self.root / CHECKPOINT, {
             "format": CHECKPOINT_FORMAT, "status": status, "message": "", "seed": request.seed, "next_section": 0,
@@ -165,7 +173,7 @@ class JobDir:
             out, seg = Path(data["out"]), Path(data["segments_dir"])
         except (KeyError, TypeError) as e:
             raise InputError(where, f"{REQUEST} lacks or garbles {e}; the job folder is damaged") from None
-        known = {"format", "request", "preset_ref", "encoder_rate", "out", "segments_dir"}
+        known = {"format", "request", "preset_ref", "encoder_rate", "out", "segments_dir", "settings"}
         return JobInfo(request, preset, str(data.get("preset_ref") or preset.name), data.get("encoder_rate"), out, seg,
                        {k: v for k, v in data.items() if k not in known})
 
@@ -303,11 +311,12 @@ class JobDir:
                           int(ck.get("frames", 0)) - context, context, int(ck.get("history_tokens", 0)))
         request = info.request
         board = request.validate(pipeline.preset)
-        mode = pipeline.option(request, "history_mode")
+        settings = pipeline.settings(request)
+        mode = settings.history_mode
         device = pipeline.backbone.device
         cap = pipeline.history_cap(request, _size(request, pipeline.preset)) if mode == "encoder" else 0
         history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap,
-                               merge=pipeline.option(request, "history_merge"))  # the rule the job started with
+                               merge=settings.history_merge)  # the rule the job started with
         try:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:

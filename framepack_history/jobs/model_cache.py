@@ -11,6 +11,7 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from framepack_history.config.fields import resolve
 from framepack_history.device import RNG_LOCK, free_device_memory
 
 if TYPE_CHECKING:
@@ -40,8 +41,7 @@ class ModelCache:
         )
         from framepack_history.generation.pipeline import Pipeline  # torch: kept off the page's import path
 
-        mode = spec.request.history_mode or preset.history.mode
-        needs = mode == "encoder"
+        needs = resolve(spec.request, preset).history_mode == "encoder"
         rate = (spec.encoder_rate or preset.model.encoder_rate) if needs else None
         model_key = json.dumps([dataclasses.asdict(preset.model), dataclasses.asdict(preset.hardware)], sort_keys=True)
         key = (model_key, rate, needs)

@@ -67,7 +67,7 @@ class Recall:
 def why_not(job: JobDir) -> str | None:
     """Why the job has no embedding to recall from (``None`` when it has one); reads only JSON."""
     info, ck = job.info(), job.checkpoint()
-    mode = info.request.history_mode or info.preset.history.mode
+    mode = info.settings.history_mode
     name = info.preset.name
     if mode != "encoder":
         return (f"job {job.id} ran in history mode '{mode}': it kept no history embedding, so there is nothing to "
@@ -142,9 +142,9 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError("recall", f"{job.root}: history unreadable ({type(e).__name__}: {e})") from None
     request = info.request
+    settings = pipeline.settings(request)
     cap = pipeline.history_cap(request, _size(request, pipeline.preset))
-    history = HistoryState(pipeline.encoder, pipeline.backbone.device, max_tokens=cap,
-                           merge=pipeline.option(request, "history_merge"))
+    history = HistoryState(pipeline.encoder, pipeline.backbone.device, max_tokens=cap, merge=settings.history_merge)
     try:
         history.load_chunks(chunks)
     except (ValueError, RuntimeError) as e:
@@ -153,8 +153,7 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     context = history.frame_context
     target_w = context[pos : pos + 1].to(pipeline.backbone.device) if bool(context.any()) else None
     bb = pipeline.backbone
-    x0 = retrieve(pipeline, history, request.prompt, pos, steps or request.steps or pipeline.preset.sampling.steps,
-                  seed, target_w)
+    x0 = retrieve(pipeline, history, request.prompt, pos, steps or settings.steps, seed, target_w)
     with torch.no_grad():
         got = bb.vae_decode(x0.to(bb.dtype))[:, :, -1:]
         real = bb.vae_decode(history.latents[:, :, pos : pos + 1].to(bb.device, bb.dtype))[:, :, -1:]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from framepack_history import __version__
+from framepack_history.config.fields import resolve
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import free_device_memory
@@ -76,9 +77,11 @@ class SegmentLog:
 
 
 def sidecar(request: GenerationRequest, preset: Preset, log: SegmentLog, extra: dict | None = None) -> dict:
+    """What a video's ``.json`` says: the request, the preset, the settings they resolve to, how it went."""
     return {
         "request": request.to_dict(),
         "preset": preset.to_dict(),
+        "settings": resolve(request, preset).to_dict(),  # each the request's, else the preset's
         "seed": request.seed,
         "versions": versions(),
         "frames": log.frames,
@@ -246,7 +249,7 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
         extra = {**extra, "steers": steering.steers}
     passes = [sec["dit_passes"] for sec in log.sections if "dit_passes" in sec]
     if passes:  # step caching: the setting in force and the DiT passes that ran every block, over all sections
-        extra = {**extra, "cache": request.cache or pipeline.preset.sampling.cache,
+        extra = {**extra, "cache": pipeline.settings(request).cache,
                  "dit_passes": {"calls": sum(p["calls"] for p in passes), "full": sum(p["full"] for p in passes)}}
     extra = {**extra, **({"speed": pipeline.backbone.speed} if getattr(pipeline.backbone, "speed", None) else {})}
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),

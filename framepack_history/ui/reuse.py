@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from framepack_history.config.fields import FIELDS, resolve
 from framepack_history.config.presets import Preset, load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
@@ -72,16 +73,9 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
         raise InputError(FIELD, f"{name}: {e.field.lstrip('-')} {e.message}") from None
     except TypeError as e:
         raise InputError(FIELD, f"{name}: {e}") from None
-    values = {**_defaults(preset), "prompt": request.prompt, "seconds": request.seconds, "seed": request.seed,
-              "preset": chosen, "start_frame": request.start_frame}
-    for key, field in (("steps", "steps"), ("guidance", "guidance"), ("shift", "shift"), ("history", "history_mode"),
-                       ("window", "window_frames"), ("history_guidance", "history_guidance"),
-                       ("max_tokens", "max_history_tokens"), ("merge", "history_merge"), ("cache", "cache")):
-        if getattr(request, field) is not None:
-            values[key] = getattr(request, field)
+    values = {"preset": chosen, **_form(request, preset)}
     rate = data.get("encoder_rate")
-    if isinstance(rate, str) and rate:
-        values["encoder_rate"] = rate
+    values["encoder_rate"] = rate if isinstance(rate, str) and rate else preset.model.encoder_rate
     if request.image or request.continue_video:
         notes.append("it started from " + ("an image" if request.image else "a video") + "; upload it again to use it")
     if data.get("steers"):
@@ -89,8 +83,7 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
     return values, notes
 
 
-def _defaults(preset: Preset) -> dict[str, Any]:
-    s, h = preset.sampling, preset.history
-    return {"steps": s.steps, "guidance": s.guidance, "shift": s.shift, "encoder_rate": preset.model.encoder_rate,
-            "history": h.mode, "window": h.window_frames, "history_guidance": h.guidance,
-            "max_tokens": h.max_tokens, "merge": h.merge, "cache": s.cache}
+def _form(request: GenerationRequest, preset: Preset) -> dict[str, Any]:
+    """The form's request fields (``config.fields``: a row's ``form`` key): settings resolved as a job would."""
+    settings = resolve(request, preset)
+    return {row.form: getattr(settings if row.preset else request, row.name) for row in FIELDS if row.form}
