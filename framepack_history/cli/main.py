@@ -12,7 +12,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from framepack_history.cli.download import add_parser as add_download_parser
 from framepack_history.cli.download import run as cmd_download
@@ -22,7 +22,8 @@ from framepack_history.cli.train import COMMANDS as training_commands
 from framepack_history.cli.train import add_parsers as add_training_parsers
 from framepack_history.config.loras import parse_arg as parse_lora
 from framepack_history.config.paths import WORKDIR
-from framepack_history.config.presets import HISTORY_MERGES, HISTORY_MODES, available_presets, load_preset
+from framepack_history.config.fields import FIELDS, resolve
+from framepack_history.config.presets import available_presets, load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError, OutOfMemoryFailure, UsageError, WeightsNotFoundError
@@ -47,44 +48,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
+def _add_request_flags(g: argparse.ArgumentParser) -> None:
+    """One flag per request field the command line offers, from the field table (``config.fields``)."""
+    for row in FIELDS:
+        if not row.cli:
+            continue
+        kw: dict[str, Any] = {"default": row.default, "help": row.help, "metavar": row.metavar}
+        if row.kind in ("int", "float"):
+            kw["type"] = int if row.kind == "int" else float
+        if row.choices and row.cli_choices:
+            kw["choices"] = row.choices
+        if row.kind == "loras":  # --lora FILE[:WEIGHT], repeated
+            kw["action"] = "append"
+        g.add_argument(row.flag, **{k: v for k, v in kw.items() if v is not None})
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="generate a video headless", description="Generate a video section by section.")
     g.add_argument("--preset", default="toy-cpu", help=f"preset name or .toml path ({', '.join(available_presets())})")
-    g.add_argument("--prompt", default="", help="prompt, or a storyboard such as '0s: camera pans right; 10s: camera pans left'")
-    g.add_argument("--image", help="start image (image-to-video)")
-    g.add_argument("--continue-video", help="a video to continue")
-    g.add_argument("--start-frame", metavar="KIND",
-                   help="text-to-video start frame: hunyuan_framepack noise (default), black, white or green "
-                        "(green screen); the toy: world (its first view)")
-    g.add_argument("--history", choices=HISTORY_MODES, help="history mode (default: the preset's)")
-    g.add_argument("--window-frames", type=int, help="raw latent frames of the sliding-window add-on")
-    g.add_argument("--history-guidance", type=float,
-                   help="history guidance (encoder mode): 1 = off, >1 leans harder on the history embedding")
+    _add_request_flags(g)
+    g.add_argument("--no-loras", action="store_true", help="no LoRAs, not even the preset's")
     g.add_argument("--encoder-rate", help="history encoder rate HxWxT (one of the preset's choices)")
-    g.add_argument("--max-history-tokens", type=int, metavar="N",
-                   help="bounded history: at most N history tokens, merging groups to fit (0 = no cap; default: the preset's)")
-    g.add_argument("--history-merge", choices=HISTORY_MERGES,
-                   help="which history groups the token cap merges: similar (held views merge, a view seen once keeps "
-                        "full detail) or oldest (detail falls with age); default: the preset's")
-    g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=float, help="distilled guidance")
-    g.add_argument("--cfg", type=float, help="real classifier-free guidance (>1 doubles the cost)")
-    g.add_argument("--shift", type=float, help="timestep shift")
-    g.add_argument("--sampler", choices=("euler", "unipc"))
     g.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1 ...)")
     g.add_argument("--out", help="output .mp4 (default outputs/DATE/TIME.mp4); a .json sidecar is written beside it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
-                   help="a LoRA on the DiT (a .safetensors path, or a name in loras/), weight 1 unless given; "
-                        "repeat for several (default: the preset's loras)")
-    g.add_argument("--no-loras", action="store_true", help="no LoRAs, not even the preset's")
     g.add_argument("--job-dir", help="checkpoint every section in this (new or empty) folder; "
                                      "`python -m framepack_history resume DIR` finishes the job after a crash")
-    g.add_argument("--cache", metavar="off|fast|faster",
-                   help="step caching: skip most of the DiT on steps where it barely changes (default: the preset's "
-                        "sampling.cache); fast and faster trade some detail for fewer DiT passes")
     g.add_argument("--attention", help="DiT attention kernel: auto (fastest installed: sage, flash, xformers; "
                                        "else native SDPA) or a name; overrides hardware.attention")
     g.add_argument("--weights-dtype", choices=("float8_e4m3fn", "float8_e5m2", "none"),
@@ -176,17 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request(args: argparse.Namespace) -> GenerationRequest:
-
-    return GenerationRequest(
-        prompt=args.prompt, seconds=args.seconds, seed=args.seed, image=args.image, continue_video=args.continue_video,
-        start_frame=args.start_frame,
-        history_mode=args.history, window_frames=args.window_frames, history_guidance=args.history_guidance,
-        steps=args.steps, guidance=args.guidance,
-        cfg=args.cfg, shift=args.shift, sampler=args.sampler, max_history_tokens=args.max_history_tokens,
-        history_merge=args.history_merge,
-        loras=[] if args.no_loras else None if args.lora is None else [parse_lora(text) for text in args.lora],
-        cache=args.cache,
-    )
+    """The request the flags ask for (``config.fields``: one flag per field); LoRAs as entries."""
+    values = {row.name: getattr(args, row.dest) for row in FIELDS if row.cli}
+    lora = values["loras"]
+    values["loras"] = [] if args.no_loras else None if lora is None else [parse_lora(text) for text in lora]
+    return GenerationRequest(**values)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -272,8 +255,7 @@ def _load_pipeline(preset, request: GenerationRequest, rate: str | None):
         backbone, memory = load_for_device(preset)
     except WeightsNotFoundError as e:
         raise InputError("--preset", str(e)) from None
-    mode = request.history_mode or preset.history.mode
-    encoder = build_encoder(preset.model, backbone, rate) if mode == "encoder" else None
+    encoder = build_encoder(preset.model, backbone, rate) if resolve(request, preset).history_mode == "encoder" else None
     return Pipeline(backbone, encoder, preset, memory=memory)
 
 
@@ -289,7 +271,7 @@ def _run_job(job, preset, request: GenerationRequest, rate: str | None, out: Pat
 
     pipeline = _load_pipeline(preset, request, rate)
     bar = None
-    steps = request.steps or preset.sampling.steps
+    steps = pipeline.settings(request).steps
 
     def on_event(ev) -> None:
         nonlocal bar
