@@ -5,20 +5,25 @@ A mixin of :class:`ui.handlers.Handlers`: the same submit path, ownership checks
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import gradio as gr
 
+from framepack_history.config.fields import FIELDS
 from framepack_history.errors import InputError
 from framepack_history.jobs.store import Job
 from framepack_history.jobs.studio import client_view
 from framepack_history.ui.values import _current, _num
 
+#: request fields by their API parameter name
+API_FIELDS = {row.api: row for row in FIELDS if row.api is not None}
+
 
 class ApiHandlers:
-    """API events; needs the page handlers' ``submit``, ``user``, ``own``, ``visible_jobs`` and ``interrupted``."""
+    """API events; needs the page handlers' ``submit_named``, ``user``, ``own``, ``visible_jobs`` and ``interrupted``."""
 
-    def api_generate(self, prompt: str, start_image: str | None = None, continue_video: Any = None, seconds: float = 5.0,
+    def api_generate(self, prompt: str = "", start_image: str | None = None, continue_video: Any = None, seconds: float = 5.0,
                      seed: int = 0, preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                      shift: float | None = None, encoder_rate: str | None = None, history_mode: str | None = None,
                      window_frames: int | None = None, history_guidance: float | None = None,
@@ -29,17 +34,16 @@ class ApiHandlers:
                      request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
-        ``start_frame``: text-to-video start (hunyuan_framepack: noise, black, white, green; the toy: world);
-        empty = the backbone's default; ignored with a start image or video. ``max_history_tokens``: bounded
-        history, at most that many history tokens (0 = no cap; empty = the preset's).
+        Parameters are named as in ``config.fields`` (a client may pass them in any order by name); every
+        setting left empty is the preset's. ``start_frame``: text-to-video start (hunyuan_framepack: noise,
+        black, white, green; the toy: world); empty = the backbone's default; ignored with a start image or
+        video. ``max_history_tokens``: bounded history, at most that many history tokens (0 = no cap).
         ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
-        none = the preset's LoRAs. ``cache``: step caching, off, fast or faster (empty = the preset's).
-        ``history_merge``: what the cap merges, similar or oldest (empty = the preset's).
+        none = the preset's LoRAs. ``cache``: step caching, off, fast or faster. ``history_merge``: what the
+        cap merges, similar or oldest.
         """
-        job = self.submit(prompt, start_image, continue_video, seconds, seed, preset, steps, guidance, shift,
-                          encoder_rate, history_mode, window_frames, history_guidance, start_frame, max_history_tokens,
-                          lora_1, lora_weight_1, lora_2, lora_weight_2, lora_3, lora_weight_3, cache, history_merge,
-                          owner=self.user(request))
+        values = {name: value for name, value in locals().items() if name not in ("self", "request")}
+        job = self.submit_named(values, owner=self.user(request))
         while not job.terminal:
             job = self.store.wait(job.id, job.version, 5.0)
         if job.status != "done":
@@ -105,3 +109,48 @@ class ApiHandlers:
         """One worker: its device and the job it runs (if it is one of ``jobs``, those this user sees)."""
         running = [j for j in jobs if j.status == "running" and j.worker == lane.index]
         return {"worker": lane.index, "device": lane.device, "job": running[0].id if running else None}
+
+
+#: the API's own inputs for job-level parameters (the request's come from ``config.fields``)
+_JOB_INPUTS: dict[str, tuple[type[gr.components.Component], dict[str, Any]]] = {
+    "preset": (gr.Textbox, {"label": "Preset"}),
+    "encoder_rate": (gr.Textbox, {"label": "Encoder rate (HxWxT)"}),
+}
+
+
+def generate_inputs() -> list[gr.components.Component]:
+    """Hidden inputs of ``/generate``, one per parameter of :meth:`ApiHandlers.api_generate`, in its order.
+
+    The endpoint has inputs of its own, so its parameters never follow the page's widgets or their order.
+    Each holds its parameter's default (a client may leave out any parameter with one). Call it inside
+    the page's ``gr.Blocks``.
+    """
+    out = []
+    for name, param in inspect.signature(ApiHandlers.api_generate).parameters.items():
+        if name in ("self", "request"):
+            continue
+        kind, kw = _input(name)
+        default = None if param.default is inspect.Parameter.empty else param.default
+        out.append(kind(value=default, visible=False, **kw))
+    return out
+
+
+def _input(name: str) -> tuple[type[gr.components.Component], dict[str, Any]]:
+    """The kind of input of one ``/generate`` parameter: a request field's from its row, else a job or LoRA slot's."""
+    if name in _JOB_INPUTS:
+        return _JOB_INPUTS[name]
+    if name.startswith("lora_weight_"):
+        return gr.Number, {"label": f"LoRA {name.rsplit('_', 1)[1]} weight"}
+    if name.startswith("lora_"):
+        return gr.Textbox, {"label": f"LoRA {name.rsplit('_', 1)[1]}"}
+    row = API_FIELDS[name]
+    label = row.label or row.name
+    if row.kind == "image":
+        return gr.Image, {"label": label, "type": "filepath"}
+    if row.kind == "video":
+        return gr.Video, {"label": label}
+    if row.kind in ("int", "float"):
+        return gr.Number, {"label": label, "precision": 0 if row.kind == "int" else None}
+    if row.choices:
+        return gr.Radio, {"label": label, "choices": list(row.choices)}
+    return gr.Textbox, {"label": label}

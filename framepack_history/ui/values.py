@@ -1,10 +1,14 @@
-"""Page and API values: numbers, file inputs and LoRA slots as the handlers read them."""
+"""Page and API values: numbers, file inputs and LoRA slots as the handlers read them, and the request they make."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
+from framepack_history.config.fields import FIELDS, RequestField
+from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.jobs.store import Job
 
@@ -55,3 +59,29 @@ def _loras(*picks: tuple[Any, Any]) -> list[dict] | None:
     for entry in chosen:
         entry["weight"] = 1.0 if entry["weight"] is None else entry["weight"]
     return chosen or None
+
+
+def request_of(values: Mapping[str, Any]) -> GenerationRequest:
+    """Page or API values, by the API's parameter names (``config.fields``) -> a request.
+
+    Numbers are read here (an error names the field's flag); everything else is checked by the request.
+    The text-to-video start frame is dropped when a start image or video is given (the page always sends one).
+    """
+    fields = {row.name: _read(row, values.get(row.api)) for row in FIELDS if row.api is not None}
+    slots = itertools.takewhile(lambda i: f"lora_{i}" in values, itertools.count(1))  # lora_1, lora_2, ...
+    fields["loras"] = _loras(*((values[f"lora_{i}"], values.get(f"lora_weight_{i}", 1.0)) for i in slots))
+    if fields["image"] or fields["continue_video"]:
+        fields["start_frame"] = None
+    return GenerationRequest(**fields)
+
+
+def _read(row: RequestField, value: Any) -> Any:
+    """One page/API value as the request holds it; empty is the request's default (None: the preset's)."""
+    if row.kind in ("image", "video"):
+        return _path(value)
+    if row.kind in ("int", "float"):
+        number = _num(value, row.flag, integer=row.kind == "int")
+        return row.default if number is None else number
+    if row.kind == "text":
+        return str(value or row.default)
+    return str(value) if value else None  # a name: checked against its choices by the request
