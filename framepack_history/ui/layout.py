@@ -3,13 +3,14 @@
 Three kinds of events:
 * page events (Generate, Cancel, preset changes), private to the page;
 * followers: a generator per page that streams one job's segments into the
-  player and its progress into the rest (``Handlers.follow``), started by
+  player and its progress into the rest (:class:`~.follow.Follower`), started by
   Generate, by "Show" in the queue and on page load (re-attach);
 * the HTTP API: ``/generate``, ``/cancel``, ``/status``, ``/resume`` and ``/recall``.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import gradio as gr
@@ -26,9 +27,10 @@ from framepack_history.config.presets import (
 from framepack_history.errors import InputError
 from framepack_history.jobs.studio import Studio
 from framepack_history.jobs.worker import Worker
-from framepack_history.ui.api import generate_inputs
-from framepack_history.ui.handlers import LORA_SLOTS, START_FRAME_LABELS, Handlers, cap_info, lora_choices, random_seed
+from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.memory_tab import MemoryTab
+from framepack_history.ui.plan import LORA_SLOTS, START_FRAME_LABELS, cap_info, lora_choices
+from framepack_history.ui.progress import progress_html
 from framepack_history.ui.weights import WeightsPanel
 
 CACHE_NOTE = ("Step cache skips most of the model on steps where it barely changes: fewer passes, "
@@ -85,6 +87,11 @@ def lora_pickers() -> list[tuple[gr.Dropdown, gr.Slider]]:
             weight = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="weight", scale=2, elem_id=f"fph-lora-weight-{i}")
         picks.append((name, weight))
     return picks
+
+
+def random_seed() -> int:
+    """Random seed button: a new seed."""
+    return random.randrange(0, 2**31 - 1)
 
 
 def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | None = None) -> gr.Blocks:
@@ -167,7 +174,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                     preview = gr.Image(label="Denoising", interactive=False, elem_id="fph-preview", height=180,
                                        scale=1, min_width=160, buttons=[])
                     with gr.Column(scale=2):
-                        progress = gr.HTML(h.progress_html(None), elem_id="fph-progress")
+                        progress = gr.HTML(progress_html(None), elem_id="fph-progress")
                         plan = gr.Markdown(h.preview_plan(default_preset, preset.model.encoder_rate, 5), elem_id="fph-plan")
                 files = gr.File(label="Video and sidecar", file_count="multiple", interactive=False, visible=False)
         with gr.Tabs():
@@ -226,14 +233,14 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         started = generate.click(h.generate_click, inputs, [job_id], trigger_mode="multiple",
                                  concurrency_limit=None, preprocess=False, **private)
         announced = started.success(h.started, [job_id], [files, progress], concurrency_limit=None, **private)
-        announced.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        announced.success(h.follower.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel.click(h.cancel_click, [job_id], [progress], concurrency_limit=None, **private)
         dice.click(random_seed, None, seed, queue=False, **private)
         steer.click(h.steer_click, [job_id, steer_text], [progress], concurrency_limit=None, **private)
 
         # -- re-attach on load: the running job, else the newest
-        loaded = demo.load(h.attach, None, job_id, **private)
-        loaded.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        loaded = demo.load(h.follower.attach, None, job_id, **private)
+        loaded.then(h.follower.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         demo.load(h.refresh, [seen, picked_video], [seen, queue, picked, gallery], **private)
         demo.load(h.preset_defaults, [preset_dd], defaults, **private)
         demo.load(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
@@ -241,13 +248,13 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         # -- resume an interrupted job, follow it here, and refresh the list
         resumed = resume.click(h.resume_click, [interrupted], [job_id, progress], concurrency_limit=None, **private)
         resumed.success(h.interrupted_choices, None, [interrupted, interrupted_box], **private)
-        resumed.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        resumed.success(h.follower.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- queue tab
         timer.tick(h.refresh, [seen, picked_video], [seen, queue, picked, gallery], concurrency_limit=None, show_progress="hidden",
                    **private)
         shown = show.click(lambda j: (j or ""), [picked], [job_id], **private)
-        shown.then(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        shown.then(h.follower.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
         cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **private)
 
         # -- memory tab: recall a past frame of a job from its history embedding
@@ -266,7 +273,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
                   settings_file.upload(h.reuse_settings, [picked_video, settings_file], form, **private)]
         extended = extend.click(h.extend_click, [picked_video, extend_prompt, extend_seconds], [job_id, progress],
                                 concurrency_limit=None, **private)
-        extended.success(h.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
+        extended.success(h.follower.follow, [job_id], follow_outputs, concurrency_limit=None, show_progress="hidden", **private)
 
         # -- the preset decides the advanced defaults and the plan
         # (on the user's choice only: Reuse settings sets the preset together with its own advanced values)
@@ -293,9 +300,8 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         # -- HTTP API (gradio_client): generate / cancel / status
         api_button = gr.Button(visible=False)
-        # /generate has inputs of its own (named by the field table), not the page's widgets in their order
-        api_button.click(h.api_generate, generate_inputs(), [api_video, api_sidecar], api_name="generate",
-                         concurrency_limit=None, preprocess=False)
+        api_button.click(h.api_generate, inputs, [api_video, api_sidecar], api_name="generate", concurrency_limit=None,
+                         preprocess=False)
         gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
         gr.api(h.api_resume, api_name="resume", concurrency_limit=None)

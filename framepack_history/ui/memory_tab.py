@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 
 from framepack_history.errors import InputError
-from framepack_history.ui.handlers import Handlers, job_choices
+from framepack_history.ui.handlers import Handlers
+from framepack_history.ui.queue_actions import job_choices
 from framepack_history.ui.values import _num
 
 

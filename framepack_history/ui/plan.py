@@ -1,0 +1,101 @@
+"""What the page says about a job before and while it runs: its memory plan, the preset's defaults for the
+form, the choices of the LoRA and start-frame pickers, and the history-token cap's help."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from framepack_history.config.presets import START_FRAMES, Preset, load_preset
+from framepack_history.errors import InputError
+from framepack_history.jobs.admission import least_cap
+from framepack_history.jobs.store import Job
+from framepack_history.jobs.worker import plan_lines
+from framepack_history.lora.files import available
+from framepack_history.ui.context import PageContext
+from framepack_history.ui.values import _num
+
+LORA_SLOTS = 3  # LoRA pickers on the page (and lora_N arguments of the API)
+START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen",
+                      "world": "the world's first view"}
+
+
+class PlanInfo(PageContext):
+    """Page events that describe, never act: the memory plan, and the form following the preset."""
+
+    def plan_md(self, job: Job) -> str:
+        """A queued or running job's plan, with the history tokens it holds so far."""
+        r = job.spec.request
+        size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
+        loras = tuple(e["path"] if e.get("path") else e["name"] for e in r.loras or ())
+        return self.studio.say(self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens,
+                                             r.history_mode, size, r.max_history_tokens, r.history_merge, loras))
+
+    def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None,
+                     max_tokens: Any = None, merge: str | None = None, *loras: Any) -> str:
+        """The plan shown before a job starts (preset, rate, length, history mode, cap or LoRAs changed)."""
+        try:
+            secs = _num(seconds, "seconds") or 5.0
+            cap = _num(max_tokens, "history-token cap", integer=True)
+        except InputError as e:
+            return f"{e.field}: {e.message}"
+        names = tuple(str(n) for n in loras if n)
+        return self.studio.say(self._plan_md(preset or self.default_preset, encoder_rate or None, secs, None, history or None,
+                                             None, cap, merge or None, names))
+
+    @staticmethod
+    def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None,
+                 size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
+                 loras: tuple[str, ...] = ()) -> str:
+        try:
+            lines = plan_lines(preset, rate, seconds, tokens, mode, size, max_tokens, merge, loras)
+        except (InputError, OSError, ValueError) as e:
+            return f"memory plan unavailable: {e}"
+        return "\n".join(f"- {line}" for line in lines)
+
+    def lora_refresh(self) -> tuple:
+        """The LoRA pickers list what is in ``loras/`` now (files added while the page was open)."""
+        choices = lora_choices()
+        return tuple(gr.update(choices=choices) for _ in range(LORA_SLOTS))
+
+    def preset_defaults(self, preset: str) -> tuple:
+        """Advanced settings follow the preset: its sampling defaults and encoder rates."""
+        try:
+            p = load_preset(preset or self.default_preset)
+        except InputError as e:
+            raise self._error(e) from None
+        rates = [p.model.encoder_rate] if p.model.encoder else p.model.encoder_rates
+        return (
+            gr.update(value=p.sampling.steps), gr.update(value=p.sampling.guidance), gr.update(value=p.sampling.shift),
+            gr.update(choices=rates, value=p.model.encoder_rate, visible=len(rates) > 1),
+            gr.update(value=p.history.mode), gr.update(value=p.history.window_frames),
+            gr.update(value=p.history.guidance),
+            gr.update(maximum=p.video.max_seconds),
+            start_frame_update(p.model.backbone),
+            gr.update(value=p.history.max_tokens, info=cap_info(p)),
+            gr.update(value=p.sampling.cache),
+            gr.update(value=p.history.merge),
+        )
+
+
+def lora_choices() -> list[str]:
+    """LoRA files in the LoRA folder (``loras/``), for the page's pickers."""
+
+    return available()
+
+
+def start_frame_update(backbone: str) -> Any:
+    """The start-frame picker for a backbone: its choices, its default, shown when there is a choice."""
+    kinds = START_FRAMES.get(backbone, ())
+    return gr.update(choices=[(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
+                     visible=len(kinds) > 1)
+
+
+def cap_info(preset: Preset) -> str:
+    """The history-token cap's help: what it does and the least a job of this preset may use."""
+    try:
+        least = f"at least {least_cap(preset)}, " if preset.history.mode == "encoder" or preset.model.encoder else ""
+    except Exception:  # noqa: BLE001 - advice only: a preset whose configs cannot be read still gets the help
+        least = ""
+    return f"bounded history: older history coarser, recent in full detail ({least}0 = no cap)"
