@@ -166,31 +166,51 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         clean = (latents_clean, latents_history_2x, latents_history_4x)
         clean_idx = (indices_latents_clean, indices_latents_history_2x, indices_latents_history_4x)
         if any(x is not None for x in clean):
-            if self.clean_x_embedder is None:
-                raise ValueError("this transformer has no clean-latent embedder (has_clean_x_embedder=False)")
-            if (p, p_t) != (2, 1):  # its Conv3d kernels and rotary pooling are hard-coded for 1x2x2 patches
-                raise ValueError("FramePack clean-latent context needs patch_size=2 and patch_size_t=1")
-            if any(x is not None and i is None for x, i in zip(clean, clean_idx)):
-                raise ValueError("every clean-latent input needs its frame indices")
-            clean = self.clean_x_embedder(*clean)
-            clean_rotary = [
-                None if x is None else self.rope(frame_indices=i, height=height, width=width, device=device)
-                for x, i in zip(clean, clean_idx)
-            ]
-            hidden_states, rotary = self._pack_history_states(
-                hidden_states, *clean, rotary, *clean_rotary, post_h, post_w
-            )
+            hidden_states, rotary = self._prepend_clean(hidden_states, rotary, clean, clean_idx, height, width)
 
         # History tokens skip x_embedder (already hidden-space) and go in front of everything.
         if history_tokens is not None:
-            if history_positions is None or history_positions.shape != (history_tokens.shape[1], 3):
-                raise ValueError("history_positions must be [N, 3] for history_tokens [B, N, D]")
-            cos, sin = self.history_rotary_emb(history_positions.to(device))
-            tokens = history_tokens.to(hidden_states.dtype).expand(batch_size, -1, -1)
-            hidden_states = torch.cat([tokens, hidden_states], dim=1)
-            rotary = (torch.cat([cos, rotary[0]], dim=0), torch.cat([sin, rotary[1]], dim=0))
+            hidden_states, rotary = self._prepend_history(hidden_states, rotary, history_tokens, history_positions)
 
         temb, _ = self.time_text_embed(timestep, pooled_projections, guidance)
+        text, attention_mask = self._text(encoder_hidden_states, timestep, encoder_attention_mask, image_embeds,
+                                          batch_size, hidden_states.shape[1], device)
+        return dict(hidden=hidden_states, text=text, temb=temb, mask=attention_mask, rotary=rotary,
+                    shape=(batch_size, post_t, post_h, post_w))
+
+    def _prepend_clean(self, hidden_states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], clean: tuple,
+                       clean_idx: tuple, height: int, width: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """FramePack's clean latents (1x, 2x, 4x; any may be None) embedded and packed in front, with their rotary tables."""
+        p, p_t = self.config.patch_size, self.config.patch_size_t
+        device = hidden_states.device
+        if self.clean_x_embedder is None:
+            raise ValueError("this transformer has no clean-latent embedder (has_clean_x_embedder=False)")
+        if (p, p_t) != (2, 1):  # its Conv3d kernels and rotary pooling are hard-coded for 1x2x2 patches
+            raise ValueError("FramePack clean-latent context needs patch_size=2 and patch_size_t=1")
+        if any(x is not None and i is None for x, i in zip(clean, clean_idx)):
+            raise ValueError("every clean-latent input needs its frame indices")
+        clean = self.clean_x_embedder(*clean)
+        clean_rotary = [
+            None if x is None else self.rope(frame_indices=i, height=height, width=width, device=device)
+            for x, i in zip(clean, clean_idx)
+        ]
+        return self._pack_history_states(hidden_states, *clean, rotary, *clean_rotary, height // p, width // p)
+
+    def _prepend_history(self, hidden_states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                         history_tokens: torch.Tensor, history_positions: torch.Tensor | None,
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """History tokens ``[B, N, D]`` (already hidden-space) in front of everything, at their own positions."""
+        if history_positions is None or history_positions.shape != (history_tokens.shape[1], 3):
+            raise ValueError("history_positions must be [N, 3] for history_tokens [B, N, D]")
+        cos, sin = self.history_rotary_emb(history_positions.to(hidden_states.device))
+        tokens = history_tokens.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+        hidden_states = torch.cat([tokens, hidden_states], dim=1)
+        return hidden_states, (torch.cat([cos, rotary[0]], dim=0), torch.cat([sin, rotary[1]], dim=0))
+
+    def _text(self, encoder_hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_attention_mask: torch.Tensor,
+              image_embeds: torch.Tensor | None, batch_size: int, latent_len: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text (and image) tokens the blocks read, and the attention mask over ``latent_len`` tokens and them."""
         encoder_hidden_states = self.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
         if image_embeds is not None and self.image_projection is not None:
             image_tokens = self.image_projection(image_embeds)
@@ -200,17 +220,12 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
             encoder_attention_mask = torch.cat([ones, encoder_attention_mask], dim=1)
 
         # Same masking as the parent: crop text padding for B=1, boolean key mask otherwise.
-        latent_len = hidden_states.shape[1]
         effective_cond_len = encoder_attention_mask.sum(dim=1, dtype=torch.int)
         if batch_size == 1:
-            encoder_hidden_states = encoder_hidden_states[:, : effective_cond_len[0]]
-            attention_mask = None
-        else:
-            total = latent_len + encoder_hidden_states.shape[1]
-            keys = torch.arange(total, device=device)[None, :]
-            attention_mask = (keys < (latent_len + effective_cond_len)[:, None])[:, None, None, :]
-        return dict(hidden=hidden_states, text=encoder_hidden_states, temb=temb, mask=attention_mask, rotary=rotary,
-                    shape=(batch_size, post_t, post_h, post_w))
+            return encoder_hidden_states[:, : effective_cond_len[0]], None
+        total = latent_len + encoder_hidden_states.shape[1]
+        keys = torch.arange(total, device=device)[None, :]
+        return encoder_hidden_states, (keys < (latent_len + effective_cond_len)[:, None])[:, None, None, :]
 
     def _head(self, br: _Branch) -> torch.Tensor:
         """The output head on the noisy section's tokens (context tokens were prepended: it is the tail)."""

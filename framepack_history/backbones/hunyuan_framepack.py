@@ -78,6 +78,32 @@ def _default_template() -> dict[str, Any]:
 # --- backbone ------------------------------------------------------------------------------------
 
 
+def _component_specs(transformer: str, base: str, image_encoder: str) -> dict[str, tuple]:
+    """Where each component loads from, by name: ``(source, subfolder, marker file, loader, dtype keyword)``.
+
+    The dtype keyword is diffusers' ``torch_dtype`` or transformers' ``dtype``; None = no weights (tokenizers, processors).
+    """
+    from transformers import (  # transformers: only for the real model (the toy needs none)
+        AutoImageProcessor,
+        AutoTokenizer,
+        CLIPTextModel,
+        LlamaModel,
+        SiglipVisionModel,
+    )
+
+    cfg, tok, proc = "config.json", "tokenizer_config.json", "preprocessor_config.json"
+    return {
+        "transformer": (transformer, "", cfg, HistoryFramepackTransformer3DModel, "torch_dtype"),
+        "text_encoder": (base, "text_encoder", cfg, LlamaModel, "dtype"),
+        "tokenizer": (base, "tokenizer", tok, AutoTokenizer, None),
+        "text_encoder_2": (base, "text_encoder_2", cfg, CLIPTextModel, "dtype"),
+        "tokenizer_2": (base, "tokenizer_2", tok, AutoTokenizer, None),
+        "vae": (base, "vae", cfg, AutoencoderKLHunyuanVideo, "torch_dtype"),
+        "image_encoder": (image_encoder, "image_encoder", cfg, SiglipVisionModel, "dtype"),
+        "feature_extractor": (image_encoder, "feature_extractor", proc, AutoImageProcessor, None),
+    }
+
+
 def _row(x: torch.Tensor, i: int, b: int) -> torch.Tensor:
     """Sample ``i`` of a tensor that is either batched (``b`` rows) or shared (1 row)."""
     x = torch.as_tensor(x)
@@ -379,27 +405,8 @@ class HunyuanFramepackBackbone(Backbone):
         are read later, per block, by :class:`~framepack_history.memory.MemoryManager`),
         the text and image encoders become ``loaders`` run on first use, the VAE stays on the host.
         """
-        from transformers import (  # transformers: only for the real model (the toy needs none)
-            AutoImageProcessor,
-            AutoTokenizer,
-            CLIPTextModel,
-            LlamaModel,
-            SiglipVisionModel,
-        )
-
         offline = is_offline(local_files_only)
-        cfg, tok, proc = "config.json", "tokenizer_config.json", "preprocessor_config.json"
-        # name: (source, subfolder, marker file, loader, dtype keyword: diffusers vs transformers, None = no weights)
-        specs = {
-            "transformer": (transformer, "", cfg, HistoryFramepackTransformer3DModel, "torch_dtype"),
-            "text_encoder": (base, "text_encoder", cfg, LlamaModel, "dtype"),
-            "tokenizer": (base, "tokenizer", tok, AutoTokenizer, None),
-            "text_encoder_2": (base, "text_encoder_2", cfg, CLIPTextModel, "dtype"),
-            "tokenizer_2": (base, "tokenizer_2", tok, AutoTokenizer, None),
-            "vae": (base, "vae", cfg, AutoencoderKLHunyuanVideo, "torch_dtype"),
-            "image_encoder": (image_encoder, "image_encoder", cfg, SiglipVisionModel, "dtype"),
-            "feature_extractor": (image_encoder, "feature_extractor", proc, AutoImageProcessor, None),
-        }
+        specs = _component_specs(transformer, base, image_encoder)
         where = {k: locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
         parts: dict[str, Any] = {}
         lazy: dict[str, Any] = {}

@@ -295,14 +295,7 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         dev = hidden_states.device
         noisy, (t, h, w) = self._embed_latents(hidden_states)
         seqs = [noisy + self.type_embed[0]]
-        pos = [self._grid_positions(t, h, w, 0.0, dev)]
-        if target_t is not None:  # per-frame time positions (Stage I queries frames in the past)
-            tt = target_t.to(dev, torch.float32) / self.config.patch_size[0]  # [T] or per sample [B, T]
-            grid = pos[0].view(t, h * w, 3).expand(*tt.shape[:-1], t, h * w, 3).clone()
-            grid[..., 0] = tt[..., None]
-            pos[0] = grid.flatten(-3, -2)
-        if target_w is not None:
-            pos[0] = self._shift_w(pos[0], target_w, t, h * w)
+        pos = [self._target_positions(t, h, w, target_t, target_w, dev)]
         if window_latents is not None and window_latents.shape[2] > 0:
             win, (tw, hw, ww) = self._embed_latents(window_latents.to(hidden_states.dtype))
             seqs.insert(0, win + self.type_embed[1])
@@ -328,7 +321,24 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
                 x = torch.utils.checkpoint.checkpoint(block, x, cvec, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cvec, cos, sin)
-        x = x[:, -noisy.shape[1] :]  # context tokens never reach the output
+        return self._head(x[:, -noisy.shape[1] :], cvec, (b, c, t, h, w))  # context tokens never reach the output
+
+    def _target_positions(self, t: int, h: int, w: int, target_t: torch.Tensor | None, target_w: torch.Tensor | None,
+                          dev: torch.device) -> torch.Tensor:
+        """Rotary positions of the noisy tokens: the ``t x h x w`` grid, at ``target_t``'s times and moved by ``target_w``."""
+        pos = self._grid_positions(t, h, w, 0.0, dev)
+        if target_t is not None:  # per-frame time positions (Stage I queries frames in the past)
+            tt = target_t.to(dev, torch.float32) / self.config.patch_size[0]  # [T] or per sample [B, T]
+            grid = pos.view(t, h * w, 3).expand(*tt.shape[:-1], t, h * w, 3).clone()
+            grid[..., 0] = tt[..., None]
+            pos = grid.flatten(-3, -2)
+        if target_w is not None:
+            pos = self._shift_w(pos, target_w, t, h * w)
+        return pos
+
+    def _head(self, x: torch.Tensor, cvec: torch.Tensor, shape: tuple[int, int, int, int, int]) -> torch.Tensor:
+        """The noisy section's tokens ``[B, t*h*w, D]`` -> the prediction ``[B, C, T, H, W]`` (modulated norm, unpatchify)."""
+        b, c, t, h, w = shape
         shift, scale = self.mod_out(F.silu(cvec)).unsqueeze(1).chunk(2, dim=-1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
         pt, ph, pw = self.config.patch_size

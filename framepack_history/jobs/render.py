@@ -121,6 +121,9 @@ def render(
     of memory frees what the failed attempt held, asks for a more conservative
     plan and retries once from the last checkpoint; a second time raises
     :class:`~.checkpoint.OutOfMemoryFailure` naming the budget and the peak.
+
+    Long by its callbacks and this description only: the body is the retry loop, one
+    attempt being :func:`_restore` then :func:`_render`, a failed one :func:`_before_retry`.
     """
     out = Path(out)
     folder = Path(segments_dir)
@@ -132,17 +135,7 @@ def render(
 
     change, oom, first_peak = "", "", ""
     for attempt in (0, 1):
-        gen, resumed = job.restore(pipeline)
-        if gen is not None:  # an extension's first section: the old video already sent the held tail
-            gen.tail_sent = gen.next_section == job.info().extra.get("extended_at", -1)
-        seg_log = _log(pipeline, folder)
-        seg_log.segments, seg_log.sections = list(resumed.segments), list(resumed.sections)
-        seg_log.context_frames = resumed.context_frames
-        seg_log.frames = resumed.frames + resumed.context_frames
-        if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
-            on_event(resumed)  # listeners replace what they had with what is on disk
-        extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
-        extra["encoder_rate"] = job.info().encoder_rate  # with the request and preset: what Reuse settings loads
+        gen, seg_log, extra = _restore(pipeline, job, folder, on_event, attempt)
         if attempt:  # what the retry changed, and what the failed attempt measured
             extra["out_of_memory_retry"], extra["out_of_memory_peak"] = change, first_peak
         job.set_status("running")
@@ -168,17 +161,43 @@ def render(
         # attempt's tensors; drop the generation too, then give the memory back (nothing new is allocated).
         gen = seg_log = None
         pipeline.last_generation = None
-        free_device_memory()
-        peak = measured_peak(pipeline)
-        if attempt:
-            msg = (f"out of memory again after retrying with a more conservative plan ({change}): "
-                   f"{budget_text(pipeline)}, {peak}. Last error: {oom}")
-            job.set_status("failed", msg)
-            raise OutOfMemoryFailure(msg)
-        change, first_peak = more_conservative(pipeline), peak
-        logger.warning("out of memory (%s; %s); retrying from the last checkpoint: %s", oom, peak, change)
-        reset_peak(pipeline)
+        change, first_peak = _before_retry(pipeline, job, attempt, oom, change)
     raise AssertionError("unreachable")
+
+
+def _restore(pipeline: Pipeline, job: JobDir, folder: Path, on_event: Callable[[Event], None] | None,
+             attempt: int) -> tuple[Generation | None, SegmentLog, dict]:
+    """The job's last checkpoint: the generation to continue (None: start), its segments, the sidecar's resume facts."""
+    gen, resumed = job.restore(pipeline)
+    if gen is not None:  # an extension's first section: the old video already sent the held tail
+        gen.tail_sent = gen.next_section == job.info().extra.get("extended_at", -1)
+    seg_log = _log(pipeline, folder)
+    seg_log.segments, seg_log.sections = list(resumed.segments), list(resumed.sections)
+    seg_log.context_frames = resumed.context_frames
+    seg_log.frames = resumed.frames + resumed.context_frames
+    if on_event is not None and (attempt or resumed.segments or resumed.sections_done):
+        on_event(resumed)  # listeners replace what they had with what is on disk
+    extra = {"resumed_from_section": resumed.sections_done} if gen is not None and resumed.sections_done else {}
+    extra["encoder_rate"] = job.info().encoder_rate  # with the request and preset: what Reuse settings loads
+    return gen, seg_log, extra
+
+
+def _before_retry(pipeline: Pipeline, job: JobDir, attempt: int, oom: str, change: str) -> tuple[str, str]:
+    """After running out of memory: give the memory back, then fail (the retry did too) or plan more conservatively.
+
+    Returns what the new plan changed and the peak the failed attempt measured.
+    """
+    free_device_memory()
+    peak = measured_peak(pipeline)
+    if attempt:
+        msg = (f"out of memory again after retrying with a more conservative plan ({change}): "
+               f"{budget_text(pipeline)}, {peak}. Last error: {oom}")
+        job.set_status("failed", msg)
+        raise OutOfMemoryFailure(msg)
+    change, first_peak = more_conservative(pipeline), peak
+    logger.warning("out of memory (%s; %s); retrying from the last checkpoint: %s", oom, peak, change)
+    reset_peak(pipeline)
+    return change, first_peak
 
 
 def _flush_held(pipeline: Pipeline, log: SegmentLog, on_segment: Callable[[Path], None] | None) -> None:

@@ -225,29 +225,8 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     native = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    optimizer = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    module, optimizer = accelerator.prepare(task.module, optimizer)
-    if hasattr(task, "after_prepare"):
-        task.after_prepare(accelerator.unwrap_model(module))
-    state = TrainState()
-    ema = EMA(accelerator.unwrap_model(module), cfg.ema_decay) if cfg.ema_decay > 0 else None
-    if ema is not None and native:
-        raise InputError("--ema_decay", "EMA is supported with DDP/single-device runs only")
-    # The scheduler is a registered object, not prepared: accelerate would step it once per process.
-    accelerator.register_for_checkpointing(state, scheduler)
-    if not native:
-        _register_weight_hooks(accelerator, ema)
-
-    resume = None
-    if cfg.resume == "auto":
-        found = checkpoints(out)
-        resume = found[-1] if found else None
-    elif cfg.resume:
-        resume = find_path(cfg.resume)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.print(f"resumed from {resume} at step {state.step}")
+    module, optimizer, scheduler, state, ema = _prepare(cfg, accelerator, task, native)
+    _resume(cfg, accelerator, out, state)
     log = LossLog(out / "loss.jsonl", state.step, accelerator.is_main_process)
     if accelerator.is_main_process:
         (out / "config.json").write_text(json.dumps(_asdict(cfg), indent=2))
@@ -261,27 +240,7 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
     t0 = time.perf_counter()
     window: list[float] = []  # step losses since the last log row
     while state.step < cfg.max_steps:
-        module.train()
-        losses: list[float] = []
-        stats: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            items = next(stream)
-            gen = step_generator(cfg.seed, state.step, micro, rank)
-            batch = task.make_batch(items, gen)
-            with accelerator.accumulate(module):
-                result = module(batch)
-                loss = result["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {state.step + 1}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            for k, v in result.items():
-                if k != "loss":
-                    stats[k] = stats.get(k, 0.0) + float(v) / cfg.grad_accum
+        losses, stats = _step(cfg, accelerator, task, module, optimizer, params, stream, state.step, rank)
         scheduler.step()
         state.step += 1
         if ema is not None:
@@ -300,7 +259,71 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
             if accelerator.is_main_process:
                 plot_losses(out / "loss.jsonl", out / "loss.png", f"{cfg.stage} loss")
     bar.close()
+    _export(cfg, accelerator, task, module, out, native, ema)
+    return out
 
+
+def _prepare(cfg: TrainConfig, accelerator, task: Task, native: bool) -> tuple[nn.Module, Any, Any, TrainState, EMA | None]:
+    """The prepared module and optimizer, the LR schedule, the step counter and EMA, registered for checkpoints."""
+    optimizer = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    module, optimizer = accelerator.prepare(task.module, optimizer)
+    if hasattr(task, "after_prepare"):
+        task.after_prepare(accelerator.unwrap_model(module))
+    state = TrainState()
+    ema = EMA(accelerator.unwrap_model(module), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and native:
+        raise InputError("--ema_decay", "EMA is supported with DDP/single-device runs only")
+    # The scheduler is a registered object, not prepared: accelerate would step it once per process.
+    accelerator.register_for_checkpointing(state, scheduler)
+    if not native:
+        _register_weight_hooks(accelerator, ema)
+    return module, optimizer, scheduler, state, ema
+
+
+def _resume(cfg: TrainConfig, accelerator, out: Path, state: TrainState) -> None:
+    """Load the checkpoint ``cfg.resume`` names (``auto``: the newest in ``out``, if any) into the registered state."""
+    resume = None
+    if cfg.resume == "auto":
+        found = checkpoints(out)
+        resume = found[-1] if found else None
+    elif cfg.resume:
+        resume = find_path(cfg.resume)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {state.step}")
+
+
+def _step(cfg: TrainConfig, accelerator, task: Task, module: nn.Module, optimizer: Any, params: list, stream: Any,
+          step: int, rank: int) -> tuple[list[float], dict[str, float]]:
+    """One optimiser step over ``cfg.grad_accum`` micro-batches: their losses and the mean of the other outputs."""
+    module.train()
+    losses: list[float] = []
+    stats: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        items = next(stream)
+        gen = step_generator(cfg.seed, step, micro, rank)
+        batch = task.make_batch(items, gen)
+        with accelerator.accumulate(module):
+            result = module(batch)
+            loss = result["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        for k, v in result.items():
+            if k != "loss":
+                stats[k] = stats.get(k, 0.0) + float(v) / cfg.grad_accum
+    return losses, stats
+
+
+def _export(cfg: TrainConfig, accelerator, task: Task, module: nn.Module, out: Path, native: bool,
+            ema: EMA | None) -> None:
+    """Write the trained weights (the EMA's where kept) and the final loss plot, once every rank is done."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(module)
     if native:
@@ -310,7 +333,7 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
             task.export_state(out, state)
     else:
         if cfg.checksum_weights:
-            write_checksum(out / "checksums" / f"rank{rank}.txt", unwrapped)
+            write_checksum(out / "checksums" / f"rank{accelerator.process_index}.txt", unwrapped)
         if ema is not None:
             ema.copy_to(unwrapped)
         if accelerator.is_main_process:
@@ -318,7 +341,6 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
     if accelerator.is_main_process:
         plot_losses(out / "loss.jsonl", out / "loss.png", f"{cfg.stage} loss")
     accelerator.wait_for_everyone()
-    return out
 
 
 def write_checksum(path: Path, module: nn.Module) -> str:
