@@ -10,14 +10,14 @@ the same jobs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from framepack_history.config.fields import page_label
 from framepack_history.config.presets import load_preset
-from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.hub import files as hub
 from framepack_history.jobs.store import Job, JobSpec
@@ -28,13 +28,7 @@ from framepack_history.ui.follow import Follower
 from framepack_history.ui.gallery_actions import GalleryActions
 from framepack_history.ui.plan import LORA_SLOTS, PlanInfo, cap_info  # noqa: F401 (LORA_SLOTS, cap_info: imported from here)
 from framepack_history.ui.queue_actions import QueueActions
-from framepack_history.ui.values import _loras, _num, _path
-
-#: request fields (named as on the command line) as the page labels them, for the page's error messages
-PAGE_LABELS = {"--prompt": "Prompt or storyboard", "--seconds": "Length (seconds)", "--seed": "Seed", "--shift": "Shift",
-               "--history": "History", "--history-guidance": "History guidance", "--max-history-tokens": "History-token cap",
-               "--history-merge": "Cap merges", "--image": "Start image", "--steps": "Steps", "--guidance": "Guidance",
-               "--window-frames": "Sliding-window frames", "--cache": "Step cache", "--start-frame": "Start frame"}
+from framepack_history.ui.values import request_of
 
 
 class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
@@ -50,53 +44,49 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
         self.follower = Follower(self)
 
     # ------------------------------------------------------------- submitting
-    def spec(self, prompt: Any, image: Any, video: Any, seconds: Any, seed: Any, preset: Any, steps: Any, guidance: Any,
-             shift: Any, encoder_rate: Any, history: Any, window: Any, history_guidance: Any = None,
+    def spec(self, prompt: Any, start_image: Any = None, continue_video: Any = None, seconds: Any = None,
+             seed: Any = None, preset: Any = None, steps: Any = None, guidance: Any = None, shift: Any = None,
+             encoder_rate: Any = None, history_mode: Any = None, window_frames: Any = None, history_guidance: Any = None,
              start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
              lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0,
              cache: Any = None, history_merge: Any = None) -> JobSpec:
-        """Page/API values (in the order of the page's inputs) -> a job spec.
+        """The page's values, in the order of its Generate inputs -> a job spec (read by name: :meth:`spec_of`)."""
+        return self.spec_of({name: value for name, value in locals().items() if name != "self"})
 
-        Numbers are checked here; the request, the preset and the files in ``Worker.submit``. The
-        text-to-video start frame is dropped when a start image or video is given (the page always sends one).
+    def spec_of(self, values: Mapping[str, Any]) -> JobSpec:
+        """Page or API values by the API's parameter names -> a job spec (the request: ``values.request_of``).
+
+        Numbers are checked here; the request, the preset and the files in ``Worker.submit``.
         """
-        seconds_v = _num(seconds, "seconds")
-        seed_v = _num(seed, "seed", integer=True)
-        request = GenerationRequest(
-            prompt=str(prompt or ""),
-            seconds=5.0 if seconds_v is None else seconds_v,
-            seed=0 if seed_v is None else seed_v,
-            image=_path(image),
-            continue_video=_path(video),
-            history_mode=history or None,
-            window_frames=_num(window, "sliding-window frames", integer=True),
-            history_guidance=_num(history_guidance, "history guidance"),
-            steps=_num(steps, "steps", integer=True),
-            guidance=_num(guidance, "guidance"),
-            shift=_num(shift, "shift"),
-            start_frame=None if (_path(image) or _path(video)) else (str(start_frame) if start_frame else None),
-            max_history_tokens=_num(max_history_tokens, "history-token cap", integer=True),
-            loras=_loras((lora_1, lora_weight_1), (lora_2, lora_weight_2), (lora_3, lora_weight_3)),
-            cache=str(cache) if cache else None,  # checked with the request (names the field)
-            history_merge=str(history_merge) if history_merge else None,  # checked with the request too
-        )
-        preset = preset or self.default_preset
+        request = request_of(values)
+        preset = values.get("preset") or self.default_preset
         if preset not in self.presets:
             raise InputError("preset", f"unknown preset {preset!r} (choices: {', '.join(self.presets)})")
-        return JobSpec(request, preset, encoder_rate or None)
+        return JobSpec(request, preset, values.get("encoder_rate") or None)
 
     def submit(self, *values: Any, owner: str | None = None, page: bool = False) -> Job:
-        """Queue a job from the page's (or the API's) values; ``page``: errors name the page's fields."""
+        """Queue a job from the page's values (in its inputs' order); ``page``: errors name the page's fields."""
+        return self._queue(lambda: self.spec(*values), owner, page)
+
+    def submit_named(self, values: Mapping[str, Any], owner: str | None = None) -> Job:
+        """Queue a job from the API's values by parameter name; errors name the request's fields."""
+        return self._queue(lambda: self.spec_of(values), owner, page=False)
+
+    def _queue(self, make_spec: Callable[[], JobSpec], owner: str | None, page: bool) -> Job:
+        """Read the values (``make_spec``) and queue the job: ``Worker.submit`` admits it (``admit_request``).
+
+        ``page``: errors name the page's fields (``config.fields``), else the request's (``history-merge: ...``).
+        """
         try:
-            spec = self.spec(*values)
+            spec = make_spec()
             spec.owner = owner
             model = load_preset(spec.preset).model
             if gone := hub.missing(model):  # a job never starts a silent multi-GB download
                 raise InputError("weights", hub.missing_message(model, gone, spec.preset))
             return self.worker.submit(spec)
         except InputError as e:
-            if page and e.field in PAGE_LABELS:
-                e = InputError(PAGE_LABELS[e.field], e.message)
+            if page:
+                e = InputError(page_label(e.field), e.message)
             raise self._error(e, "Can't start this job") from None
 
     def generate_click(self, *values: Any, request: gr.Request | None = None) -> str:

@@ -27,6 +27,7 @@ from framepack_history.config.presets import (
 from framepack_history.errors import InputError
 from framepack_history.jobs.studio import Studio
 from framepack_history.jobs.worker import Worker
+from framepack_history.ui.api import generate_inputs
 from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.memory_tab import MemoryTab
 from framepack_history.ui.plan import LORA_SLOTS, START_FRAME_LABELS, cap_info, lora_choices
@@ -300,8 +301,9 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
 
         # -- HTTP API (gradio_client): generate / cancel / status
         api_button = gr.Button(visible=False)
-        api_button.click(h.api_generate, inputs, [api_video, api_sidecar], api_name="generate", concurrency_limit=None,
-                         preprocess=False)
+        # /generate has inputs of its own (named by the field table), not the page's widgets in their order
+        api_button.click(h.api_generate, generate_inputs(), [api_video, api_sidecar], api_name="generate",
+                         concurrency_limit=None, preprocess=False)
         gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
         gr.api(h.api_status, api_name="status", concurrency_limit=None)
         gr.api(h.api_resume, api_name="resume", concurrency_limit=None)
