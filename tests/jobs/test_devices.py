@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from framepack_history.jobs.store import JobSpec
 from framepack_history.jobs.worker import Worker
 from tests.conftest import TINY_TOY
 from tests.jobs.test_checkpoint import decoded
+from tests.waiting import job_progress, until
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
@@ -25,12 +25,9 @@ def spec(seed: int, steps: int = 40, seconds: float = 2.0) -> JobSpec:
                                      steps=steps), str(TINY_TOY))
 
 
-def wait_for(what, timeout: float = 120.0, every: float = 0.02):
-    deadline = time.time() + timeout
-    while not (value := what()):
-        assert time.time() < deadline, "timed out"
-        time.sleep(every)
-    return value
+def wait_for(what, worker: Worker, every: float = 0.02):
+    """Poll ``what()`` until it holds: as long as the worker's jobs move on (a step, a section)."""
+    return until(what, lambda: job_progress(worker.store.jobs()), "timed out", every=every)
 
 
 def test_two_workers_run_two_jobs_at_once_in_queue_order(tmp_path):
@@ -40,7 +37,8 @@ def test_two_workers_run_two_jobs_at_once_in_queue_order(tmp_path):
     h = Handlers(worker, str(TINY_TOY), [str(TINY_TOY)], temp_dir=tmp_path / "tmp")
     try:
         first, second, third, fourth = (worker.submit(spec(s)) for s in (1, 2, 2, 3))  # second and third: the same request
-        wait_for(lambda: first.status == second.status == "running" and first.progress.step > 0 and second.progress.step > 0)
+        wait_for(lambda: first.status == second.status == "running" and first.progress.step > 0 and second.progress.step > 0,
+                 worker)
         # two at once, one per worker; the rest wait in order
         assert {first.worker, second.worker} == {1, 2} and first.device == second.device == "cpu"
         assert third.status == fourth.status == "queued" and worker.queued() == [third.id, fourth.id]
@@ -52,7 +50,7 @@ def test_two_workers_run_two_jobs_at_once_in_queue_order(tmp_path):
         assert worker.cancel(fourth.id).status == "cancelled"
         worker.cancel(first.id)
         for job in (first, second, third):
-            wait_for(lambda job=job: job.terminal)
+            wait_for(lambda job=job: job.terminal, worker)
         assert (first.status, second.status, third.status) == ("cancelled", "done", "done")
         assert third.worker == first.worker != second.worker and max(first.started, second.started) <= third.started
         # each worker has its own models, and they are the same weights: the same request gives the same frames
@@ -72,19 +70,19 @@ def test_stopped_jobs_resume_on_two_workers(tmp_path):
     reference = Worker(outputs, max_queue=8, preview_every_s=0.0, jobs_dir=jobs_dir).start()
     try:
         want = reference.submit(spec(5, steps=20))
-        wait_for(lambda: want.terminal)
+        wait_for(lambda: want.terminal, reference)
     finally:
         reference.stop(timeout=30)
     first = Worker(outputs, max_queue=8, preview_every_s=0.0, jobs_dir=jobs_dir, devices=["cpu", "cpu"]).start()
     jobs = [first.submit(spec(5, steps=20)), first.submit(spec(6, steps=20)), first.submit(spec(7, steps=20))]
-    wait_for(lambda: all(j.progress.sections_done >= 1 for j in jobs[:2]))
+    wait_for(lambda: all(j.progress.sections_done >= 1 for j in jobs[:2]), first)
     first.stop(timeout=30)  # two stopped mid-job, one never started: all three resumable
     again = Worker(outputs, max_queue=8, preview_every_s=0.0, jobs_dir=jobs_dir, devices=["cpu", "cpu"]).start()
     try:
         assert [r["id"] for r in again.interrupted()] == [j.id for j in jobs]
         resumed = [again.resume(j.id) for j in jobs]
         for job in resumed:
-            wait_for(lambda job=job: job.terminal)
+            wait_for(lambda job=job: job.terminal, again)
         assert [j.status for j in resumed] == ["done"] * 3 and {j.worker for j in resumed} == {1, 2}
         assert (decoded(resumed[0].video) == decoded(want.video)).all()  # frame-identical to an uninterrupted run
     finally:
