@@ -1,0 +1,42 @@
+"""The Queue tab: this user's jobs, and a picker to show or cancel one; the listing that keeps it current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from framepack_history.ui.handlers import Handlers
+from framepack_history.ui.tabs import PRIVATE
+from framepack_history.ui.tabs.gallery import GalleryTab
+from framepack_history.ui.tabs.stage import Stage
+
+
+@dataclass(frozen=True)
+class QueueTab:
+    """The jobs table and the job picker (both follow :meth:`QueueActions.refresh`)."""
+
+    table: gr.Dataframe
+    picked: gr.Dropdown
+
+
+def build_queue_tab(h: Handlers, stage: Stage) -> QueueTab:
+    """The Queue tab; Show points the stage at the picked job, Cancel job cancels it (the stage keeps its own)."""
+    with gr.Tab("Queue"):
+        table = gr.Dataframe(headers=["job", "status", "sections", "seconds", "prompt", "message", "device"],
+                             interactive=False, wrap=True, elem_id="fph-queue")
+        with gr.Row():
+            picked = gr.Dropdown([], label="Job", allow_custom_value=False, scale=3)
+            show = gr.Button("Show", scale=1)
+            cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
+    shown = show.click(lambda j: (j or ""), [picked], [stage.job_id], **PRIVATE)
+    stage.follow(shown.then)
+    cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **PRIVATE)
+    return QueueTab(table, picked)
+
+
+def keep_listed(demo: gr.Blocks, h: Handlers, timer: gr.Timer, seen: gr.State, queue: QueueTab, gallery: GalleryTab) -> None:
+    """The jobs table, the job picker and the gallery follow the store: on load, then at every tick that changed them."""
+    outputs = [seen, queue.table, queue.picked, gallery.gallery]
+    demo.load(h.refresh, [seen, gallery.picked_video], outputs, **PRIVATE)
+    timer.tick(h.refresh, [seen, gallery.picked_video], outputs, concurrency_limit=None, show_progress="hidden", **PRIVATE)
