@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from framepack_history.errors import InputError
 from framepack_history.generation.video import count_frames
 from framepack_history.jobs.store import JobSpec, JobStore
 from framepack_history.jobs.worker import Worker, past_results, plan_lines
+from tests import waiting
 
 TINY = str(Path(__file__).parents[1] / "presets" / "tiny-toy.toml")
 FRAMES_PER_SECTION = 4  # tiny-toy: 4 frames of 8 fps per section
@@ -31,14 +31,18 @@ def spec(seconds: float = 0.5, steps: int | None = None, **kw) -> JobSpec:
     return JobSpec(GenerationRequest(prompt=kw.pop("prompt", "camera pans left"), seconds=seconds, steps=steps, **kw), preset)
 
 
-def wait(worker: Worker, job_id: str, until=lambda j: j.terminal, timeout: float = 60.0):
-    """Block on the store until ``until(job)`` holds."""
-    deadline = time.time() + timeout
-    job = worker.store.get(job_id)
-    while not until(job):
-        assert time.time() < deadline, f"timed out; job is {job.status}: {job.message}"
-        job = worker.store.wait(job_id, job.version, 0.5)
-    return job
+def wait(worker: Worker, job_id: str, until=lambda j: j.terminal):
+    """Block on the store until ``until(job)`` holds: as long as the worker's jobs move on (a step, a section)."""
+    job = [worker.store.get(job_id)]
+
+    def holds():
+        if until(job[0]):
+            return job[0]
+        job[0] = worker.store.wait(job_id, job[0].version, 0.5)
+        return None
+
+    return waiting.until(holds, lambda: waiting.job_progress(worker.store.jobs()),
+                         lambda: f"timed out; job is {job[0].status}: {job[0].message}", every=0)
 
 
 def test_fifo_order_outputs_and_model_cache(worker):
@@ -184,7 +188,7 @@ def test_queue_is_fifo_bounded_and_cancels_what_waits():
     taker = threading.Thread(target=lambda: got.append(q.take()))
     taker.start()  # blocks: nothing waits
     q.close()
-    taker.join(5)
+    taker.join(waiting.STALL_S)  # ends at once: close() wakes it
     assert got == [None] and q.closed
     q.reopen()
     q.put("d")

@@ -375,7 +375,7 @@ def test_worker_switches_loras_between_jobs_without_reloading(files, tmp_path):
                 [{"name": str(files["one_path"]), "weight": 1.0}]]
         jobs = [w.submit(JobSpec(GenerationRequest(prompt="a red circle", seconds=1.0, seed=3, loras=s), str(TINY_HUNYUAN)))
                 for s in sets]
-        done = [wait(w, j.id, timeout=300) for j in jobs]
+        done = [wait(w, j.id) for j in jobs]
         assert [j.status for j in done] == ["done"] * 5, [j.message for j in done]
         assert w.loads == 1
         v = [decoded(j.video) for j in done]
@@ -401,7 +401,7 @@ def test_a_lora_file_changed_after_submit_fails_its_job_alone(files, tmp_path):
     save_diffusers(files["two"], changed)  # another LoRA under the same name: its hash no longer matches
     w.start()
     try:
-        failed, ok = wait(w, job.id, timeout=300), wait(w, after.id, timeout=300)
+        failed, ok = wait(w, job.id), wait(w, after.id)
         assert failed.status == "failed" and "changing.safetensors" in failed.message and "changed" in failed.message
         assert ok.status == "done"
     finally:
