@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
@@ -95,9 +96,10 @@ def run(cmd: Sequence[str], stall_s: float | None = None, limit_s: float = 900, 
             kw.update(stdout=out_f, stderr=err_f)
         start = time.monotonic()
         proc = subprocess.Popen(cmd, **kw)
-        cpu = cpu_progress(proc.pid)
+        ended = _ended(proc.pid)
         try:
-            until(lambda: _exited(proc.pid), cpu, f"{' '.join(map(str, cmd))} did not end", stall_s=stall_s, limit_s=limit_s)
+            until(lambda: ended.wait(0.5), cpu_progress(proc.pid), f"{' '.join(map(str, cmd))} did not end", stall_s=stall_s,
+                  every=0, limit_s=limit_s)
         except AssertionError as e:
             kill_tree(proc)
             proc.wait()
@@ -123,9 +125,18 @@ def run(cmd: Sequence[str], stall_s: float | None = None, limit_s: float = 900, 
     return done
 
 
-def _exited(pid: int) -> bool:
-    """The process ended (its status is left for ``Popen.wait`` to collect)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+def _ended(pid: int) -> threading.Event:
+    """Set as soon as child ``pid`` ends; its exit status is left for ``Popen.wait`` to collect."""
+    ended = threading.Event()
+
+    def watch() -> None:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        finally:
+            ended.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return ended
 
 
 def _blocked(pid: int, wall: float) -> float | None:

@@ -10,9 +10,10 @@ module, kept off the page's import path, with its reason on the line (a comment)
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
+
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "framepack_history"
@@ -142,7 +143,7 @@ def test_project_imports_sit_at_module_level():
     deferring = sorted({m for m in MODULES for _, inside, ts in _imports(m) if inside and ts})
     code = ("import sys\n" + "".join(f"import {m}\n" for m in deferring)
             + "print(sorted(k for k in ('torch', 'diffusers') if k in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    out = waiting.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", (f"a module that defers project imports loads torch anyway: import them at the "
                                         f"top instead ({', '.join(deferring)})")
 

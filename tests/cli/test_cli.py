@@ -10,11 +10,13 @@ import pytest
 
 from framepack_history.cli.main import main
 from framepack_history.generation.video import count_frames
+from tests import waiting
 from tests.conftest import TINY_HUNYUAN, TINY_TOY
 
 
-def cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "framepack_history", *args], capture_output=True, text=True, timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m framepack_history ARGS``, as long as it keeps working."""
+    return waiting.run([sys.executable, "-m", "framepack_history", *args], capture_output=True, text=True)
 
 
 def test_help_lists_subcommands():
@@ -98,13 +100,13 @@ def test_corrupt_image_exits_2(tmp_path):
     """A real process: exit status 2 and one line naming the argument."""
     bad = tmp_path / "x.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(bad), "--seconds", "1", timeout=60)
+    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(bad), "--seconds", "1")
     assert r.returncode == 2 and "--image" in r.stderr and "not a readable image" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_inspect_json():
-    r = cli("inspect", "--preset", "rtx4070-12gb", "--json", timeout=60)
+    r = cli("inspect", "--preset", "rtx4070-12gb", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     row = info["history"]["rates"]["4x4x2"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from framepack_history.cli.main import build_parser, main
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,5 +46,5 @@ def test_help_exits_0_with_usage(argv, capsys):
 
 def test_help_in_a_real_process():
     for cmd in (["-m", "framepack_history", "train", "stage1", "--help"], ["app.py", "--help"]):
-        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        r = waiting.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, check=False)
         assert r.returncode == 0 and r.stdout.startswith("usage:"), (cmd, r.stdout[:300], r.stderr[-500:])

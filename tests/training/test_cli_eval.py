@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from framepack_history.cli.main import main
+from tests import waiting
 
 from .conftest import CONFIGS
 
@@ -23,10 +23,10 @@ def _env() -> dict[str, str]:
 
 def test_cli_train_stage1(tmp_path):
     out = tmp_path / "s1"
-    proc = subprocess.run(
+    proc = waiting.run(
         [sys.executable, "-m", "framepack_history", "train", "stage1", "--config", str(CONFIGS / "tiny_stage1.toml"),
          "--max_steps", "2", "--out", str(out)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(ln) for ln in (out / "loss.jsonl").read_text().splitlines()]
