@@ -15,9 +15,7 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from PIL import Image
 
 from framepack_history.cli.main import main
 from framepack_history.generation.video import count_frames, write_segment
+from tests import waiting
 from tests.conftest import TINY_TOY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +95,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
     ff = imageio_ffmpeg.get_ffmpeg_exe()
     def run(*a) -> None:
-        subprocess.run([ff, "-y", "-loglevel", "error", *map(str, a)], check=True, timeout=60)
+        waiting.run([ff, "-y", "-loglevel", "error", *map(str, a)], check=True)
 
     frames = np.zeros((8, 32, 32, 3), np.uint8)
     for i in range(8):
@@ -281,7 +280,7 @@ def test_cli(case, media, bad_presets, tmp_path, capsys):
                          ids=lambda c: c.id)
 def test_cli_real_process(case, media, bad_presets, tmp_path):
     argv = _cli_argv(case, media, bad_presets, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "framepack_history", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    r = waiting.run([sys.executable, "-m", "framepack_history", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert re.search(case.needle, r.stderr)
 
@@ -293,14 +292,18 @@ def test_missing_hub_weights_fail_fast_without_network(tmp_path):
                       .replace('weights = "lllyasviel/FramePack_F1_I2V_HY_20250503"', 'weights = "nobody/no-such-weights"'))
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT))  # port 9: nobody answers
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "framepack_history", "generate", "--preset", str(preset), "--device", "cpu",
-                        "--prompt", "a", "--seconds", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    r = waiting.run([sys.executable, "-m", "framepack_history", "generate", "--preset", str(preset), "--device", "cpu",
+                     "--prompt", "a", "--seconds", "1"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"python -m framepack_history download --preset {preset}" in r.stderr and "Retrying" not in r.stderr
     assert "nobody/no-such-weights" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert time.perf_counter() - t0 < 60
+    # Fast: it never sat waiting (retry back-offs, connect timeouts). What a busy machine adds, the wait for a
+    # CPU, does not count; the process's own work (imports, the preset) does not either.
+    if r.blocked_s is None:  # the system does not say: the whole run, as generously as a busy machine needs
+        assert r.wall_s < 60
+    else:
+        assert r.blocked_s < 10, f"waited {r.blocked_s:.1f} s on sleeps, network or disk"
 
 
 # -------------------------------------------------------------------- API
