@@ -170,7 +170,7 @@ def _coerce(where: str, value: Any, typ: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise InputError(where, f"must be a table (got {data!r})")
     hints = get_type_hints(cls)
@@ -182,7 +182,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         typ = hints[name]
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _build(typ, value, key) if dataclasses.is_dataclass(typ) else _coerce(key, value, typ)
+        kwargs[name] = build_dataclass(typ, value, key) if dataclasses.is_dataclass(typ) else _coerce(key, value, typ)
     return cls(**kwargs)
 
 
@@ -258,7 +258,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise InputError("--preset", f"{p.name} could not be read: {e.strerror or e}") from None
     data.setdefault("name", p.stem)
     try:
-        preset = _build(Preset, data, "")
+        preset = build_dataclass(Preset, data, "")
         _check(preset)
     except InputError as e:
         raise InputError("--preset", f"{p.name}: {e.field} {e.message}") from None
@@ -269,7 +269,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
 def preset_from_dict(data: dict[str, Any], where: str = "preset") -> Preset:
     """A preset saved with :meth:`Preset.to_dict` (job folders keep the one a job started with)."""
     try:
-        preset = _build(Preset, dict(data), "")
+        preset = build_dataclass(Preset, dict(data), "")
         _check(preset)
     except InputError as e:
         raise InputError(where, f"{e.field} {e.message}") from None

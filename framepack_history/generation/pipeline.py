@@ -446,7 +446,7 @@ class Pipeline:
 
         ``on_step(section_index, info)`` runs after every denoising step (see
         :mod:`.sampling`): draw previews there with :meth:`preview`, or raise
-        :class:`~.sampling.Cancelled` to stop. ``before_section(gen)`` runs before each
+        :class:`~framepack_history.errors.Cancelled` to stop. ``before_section(gen)`` runs before each
         section starts (steering: it may replace ``gen.storyboard``). The finished
         generation is left in ``self.last_generation``.
         """

@@ -30,7 +30,7 @@ MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MIN_SIDE = 8
 
 
-def _fit(img: Image.Image, width: int, height: int) -> Image.Image:
+def fit_frame(img: Image.Image, width: int, height: int) -> Image.Image:
     """Scale to cover ``width x height`` and centre-crop (no distortion)."""
     return ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
 
@@ -71,7 +71,7 @@ def read_image(path: str | Path, width: int | None, height: int | None, field: s
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         why = "truncated" if "truncated" in str(e) else "corrupt"
         raise InputError(field, f"{p.name} is not a readable image: the file is {why} ({type(e).__name__})") from None
-    return np.asarray(img if width is None or height is None else _fit(img, width, height), dtype=np.uint8)
+    return np.asarray(img if width is None or height is None else fit_frame(img, width, height), dtype=np.uint8)
 
 
 def _grey_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -164,7 +164,7 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
     if not frames:
         raise InputError(field, f"{Path(path).name} has no decodable video frames")
     frames = frames[-max_frames:]
-    return np.stack([np.asarray(_fit(Image.fromarray(f), width, height)) for f in frames])
+    return np.stack([np.asarray(fit_frame(Image.fromarray(f), width, height)) for f in frames])
 
 
 def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int = 18) -> Path:

@@ -16,7 +16,7 @@ from framepack_history.config.presets import Preset
 from framepack_history.config.rates import parse_rate
 from framepack_history.history.merge import MIN_CAP_GROUPS
 
-F1_CONFIG = Path(__file__).parent / "backbones" / "configs" / "framepack_f1_transformer.json"
+F1_CONFIG = Path(__file__).resolve().parents[1] / "backbones" / "configs" / "framepack_f1_transformer.json"
 
 
 def geometry_from_configs(preset: Preset) -> LatentGeometry:

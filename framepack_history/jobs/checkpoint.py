@@ -264,7 +264,7 @@ class JobDir:
 
     def _cleanup(self, ck: dict) -> None:
         """Delete tensor files ``ck`` does not name (orphaned by a crash, format 1, temp files; all when done without an embedding)."""
-        files, cond = _tensor_files(ck, str(self.root))
+        files, cond = tensor_files(ck, str(self.root))
         keep = {*files, cond}
         folder = self.root / CHUNKS
         stale = [*folder.glob("*")] if folder.is_dir() else []
@@ -287,7 +287,7 @@ class JobDir:
         ``pipeline`` must be built from this job's preset and encoder rate.
         """
         ck, info = self.checkpoint(), self.info()
-        files, cond_file = _tensor_files(ck, str(self.root))
+        files, cond_file = tensor_files(ck, str(self.root))
         if not files:  # not one section started yet: the job starts from scratch
             return None, Resumed(0, 0, [], [], 0, 0, 0)
         import torch  # torch: kept off the page's import path
@@ -297,11 +297,11 @@ class JobDir:
         from framepack_history.history.state import HistoryState  # torch: kept off the page's import path
 
         try:
-            chunks = [_read_tensors(self.root / f) for f in files]
-            cond_tensors, _ = _read_tensors(self.root / cond_file)
+            chunks = [read_tensors(self.root / f) for f in files]
+            cond_tensors, _ = read_tensors(self.root / cond_file)
         except (OSError, ValueError, RuntimeError) as e:
             raise InputError(str(self.root), f"checkpoint tensors unreadable ({type(e).__name__}: {e})") from None
-        names, records = _records(ck, [meta for _, meta in chunks])
+        names, records = section_records(ck, [meta for _, meta in chunks])
         segments = [info.segments_dir / name for name in names]
         missing = [s for s in segments if not s.is_file()]
         if missing:
@@ -358,7 +358,7 @@ def _progress_of(ck: dict) -> dict[str, int]:
     return {**zero, **{k: int(v) for k, v in (ck.get("progress") or {}).items() if k in zero}, "chunks": int(ck["chunks"])}
 
 
-def _read_tensors(path: Path) -> tuple[dict, dict[str, str]]:
+def read_tensors(path: Path) -> tuple[dict, dict[str, str]]:
     """Tensors and metadata of a safetensors file."""
     from safetensors import safe_open  # safetensors: only when tensors are read or written
 
@@ -366,7 +366,7 @@ def _read_tensors(path: Path) -> tuple[dict, dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
-def _records(ck: dict, metas: list[dict[str, str]]) -> tuple[list[str], list[dict]]:
+def section_records(ck: dict, metas: list[dict[str, str]]) -> tuple[list[str], list[dict]]:
     """Segment names and section records: joined from the chunks (format 2) or listed in the json (format 1)."""
     if ck.get("format") != CHECKPOINT_FORMAT:
         return list(ck.get("segments", [])), list(ck.get("sections", []))
@@ -383,7 +383,7 @@ def _drop_format_1(ck: dict) -> None:
         ck.pop(key, None)
 
 
-def _tensor_files(ck: dict, where: str) -> tuple[list[str], str | None]:
+def tensor_files(ck: dict, where: str) -> tuple[list[str], str | None]:
     """``(history files oldest first, conditioning file)`` that ``checkpoint.json`` names."""
     fmt = ck.get("format")
     if fmt == CHECKPOINT_FORMAT:

@@ -32,7 +32,7 @@ from pathlib import Path
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json, fsync_dir
-from framepack_history.jobs.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, JobDir, _records, _tensor_files, chunk_file
+from framepack_history.jobs.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, JobDir, section_records, tensor_files, chunk_file
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -83,8 +83,8 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
     request.validate(info.preset)
     if dst.root.exists() and any(dst.root.iterdir()):
         raise InputError("--job-dir", f"{dst.root} is not empty; give a new folder")
-    files, cond = _tensor_files(ck, str(src.root))
-    names, _ = _records(ck, [_chunk_meta(src.root / f) for f in files])
+    files, cond = tensor_files(ck, str(src.root))
+    names, _ = section_records(ck, [_chunk_meta(src.root / f) for f in files])
     missing = [n for n in names if not (info.segments_dir / n).is_file()]
     if missing:
         raise InputError("job", f"{src.id}: segment {missing[0]} is missing, so its video cannot start the new one")

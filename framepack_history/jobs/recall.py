@@ -1,6 +1,6 @@
 """The memory inspector: a past frame recalled from a job's history embedding, beside the real one.
 
-The recall is Stage I's frame query (``training/evaluate.retrieve``): the DiT
+The recall is Stage I's frame query (``generation/frame_query.retrieve``): the DiT
 denoises one latent frame at its own time position in the past from the
 history embedding and the prompt alone (no window, no start image), and the
 VAE decodes it. The real frame is the same latent frame as the job saved it
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from framepack_history.errors import InputError
-from framepack_history.jobs.checkpoint import JobDir, _read_tensors, _tensor_files
+from framepack_history.jobs.checkpoint import JobDir, read_tensors, tensor_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,7 +75,7 @@ def why_not(job: JobDir) -> str | None:
     if not info.preset.model.encoder:
         return (f"preset {name} ({info.preset.model.backbone}) has no trained history encoder (model.encoder is empty): "
                 f"its embedding comes from untrained weights and holds nothing to recall")
-    files, _ = _tensor_files(ck, str(job.root))
+    files, _ = tensor_files(ck, str(job.root))
     if not files:
         if ck.get("status") == "done":
             return f"job {job.id} finished before finished jobs kept their history: its embedding is gone"
@@ -136,9 +136,9 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     from framepack_history.history.state import HistoryState  # torch: kept off the page's import path
 
     ck, info = job.checkpoint(), job.info()
-    files, _ = _tensor_files(ck, str(job.root))
+    files, _ = tensor_files(ck, str(job.root))
     try:
-        chunks = [_read_tensors(job.root / f)[0] for f in files]
+        chunks = [read_tensors(job.root / f)[0] for f in files]
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError("recall", f"{job.root}: history unreadable ({type(e).__name__}: {e})") from None
     request = info.request

@@ -1,6 +1,6 @@
 """Running one job on the worker thread: pipeline, render, progress, throttled previews, final status.
 
-The runner turns pipeline events into :class:`~.job_store.Job` updates (what
+The runner turns pipeline events into :class:`~.store.Job` updates (what
 pages show) and the job's outcome into its status, in the store and in its
 job folder. Which job runs when is the queue's business; which models are
 loaded is the model cache's.

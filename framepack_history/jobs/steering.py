@@ -1,8 +1,8 @@
 """Steering: storyboard edits to a running job, which the sections not yet started follow.
 
-The page (or the API) only posts an edit on the job (:meth:`~.jobs.Worker.steer`, after
+The page (or the API) only posts an edit on the job (:meth:`~.worker.Worker.steer`, after
 validating it as a new job's storyboard); the worker takes it before its next section
-starts, so the device and the :class:`~.pipeline.Generation` stay the worker's alone.
+starts, so the device and the :class:`~framepack_history.generation.pipeline.Generation` stay the worker's alone.
 Every edit is recorded in the job folder (``steers.json``: the new storyboard and the
 section it took effect at) before that section starts, so a resume after a kill, or a
 cancel and a resume, goes on with the storyboard in force. The sidecar lists the edits.

@@ -1,13 +1,13 @@
 """Jobs, the server-side job store and the worker threads that own the devices.
 
-* Jobs and their store live in :mod:`.job_store` (re-exported here).
+* Jobs and their store live in :mod:`.store`.
 * The :class:`Worker`'s threads are the only ones that touch models: one
   :class:`Lane` per device (one by default). It is a thin facade over three
-  parts with one job each: :class:`~.job_queue.JobQueue` (FIFO order, a
+  parts with one job each: :class:`~.queue.JobQueue` (FIFO order, a
   maximum size, cancelling what has not started; shared by the lanes),
   :class:`~.model_cache.ModelCache` (models loaded lazily when a job first
-  needs them, kept LRU; one per lane) and :class:`~.job_runner.JobRunner`
-  (runs one job: progress, previews, status). Cancelling raises :class:`~.sampling.Cancelled`
+  needs them, kept LRU; one per lane) and :class:`~.runner.JobRunner`
+  (runs one job: progress, previews, status). Cancelling raises :class:`~framepack_history.errors.Cancelled`
   from the step callback; a bad job fails alone and the worker goes on.
 * Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
   request, preset and a checkpoint after every section, so a job whose

@@ -30,7 +30,7 @@ from framepack_history.backbones.toyworld import ToyWorldDataset, WorldSpec
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_save_tensors
-from framepack_history.generation.video import _fit
+from framepack_history.generation.video import fit_frame
 from framepack_history.training.settings import find_path
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -66,7 +66,7 @@ class VideoFolderDataset(Dataset):
         w, h = next(gen)["size"]
         frames: list[np.ndarray] = []
         for raw in gen:
-            frames.append(np.asarray(_fit(Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3)), self.width, self.height)))
+            frames.append(np.asarray(fit_frame(Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3)), self.width, self.height)))
             if len(frames) == self.frames:
                 break
         gen.close()

@@ -154,7 +154,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
     """Retrieval PSNR/SSIM by history position for every model; writes JSON + PNG to ``cfg.out``."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"metric": "retrieval", "models": {}, "config": _cfg_dict(cfg)}
+    results: dict[str, Any] = {"metric": "retrieval", "models": {}, "config": cfg_dict(cfg)}
     for label, path in parse_models(cfg.models):
         pipe = load_run(path, cfg.device)
         if pipe.encoder is None:
@@ -239,6 +239,6 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _cfg_dict(cfg: Any) -> dict[str, Any]:
+def cfg_dict(cfg: Any) -> dict[str, Any]:
 
     return dataclasses.asdict(cfg)

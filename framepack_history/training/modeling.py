@@ -18,7 +18,7 @@ from torch import nn
 
 from framepack_history.backbones.base import Backbone, move_by_frame_context
 from framepack_history.backbones.toy import ToyBackbone, ToyVAE
-from framepack_history.config.presets import ModelSpec, Preset, _build, load_preset
+from framepack_history.config.presets import ModelSpec, Preset, build_dataclass, load_preset
 from framepack_history.config.rates import parse_rate
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
@@ -110,7 +110,7 @@ def training_preset(cfg: TrainConfig) -> Preset:
         for key in ("weights", "encoder"):  # paths in a training config are relative to where it runs
             if merged.get(key) and cfg.model.get(key):
                 merged[key] = str(find_path(merged[key]).resolve())
-        preset.model = _build(ModelSpec, merged, "model")
+        preset.model = build_dataclass(ModelSpec, merged, "model")
     return preset
 
 

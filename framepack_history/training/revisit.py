@@ -36,7 +36,7 @@ from framepack_history.generation.frame_query import psnr, ssim, uint8_to_unit
 from framepack_history.generation.pipeline import Generation, Pipeline, to_pixels
 from framepack_history.history.state import HistoryState
 from framepack_history.training.data import SPEC_KEYS
-from framepack_history.training.evaluate import EvalConfig, _cfg_dict, load_run, parse_models, summary
+from framepack_history.training.evaluate import EvalConfig, cfg_dict, load_run, parse_models, summary
 from framepack_history.training.stages import track_of
 
 
@@ -163,7 +163,7 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
     """Revisit consistency for every model, kind and gap; writes JSON + PNG to ``cfg.out``."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"metric": "revisit", "models": {}, "config": _cfg_dict(cfg)}
+    results: dict[str, Any] = {"metric": "revisit", "models": {}, "config": cfg_dict(cfg)}
     for label, path in parse_models(cfg.models):
         pipe = load_run(path, cfg.device)
         if cfg.steps:

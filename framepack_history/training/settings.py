@@ -15,7 +15,7 @@ from typing import Any
 import tomllib
 
 from framepack_history.config.paths import PACKAGE, ROOT, WORKDIR
-from framepack_history.config.presets import HISTORY_MERGES, _build
+from framepack_history.config.presets import HISTORY_MERGES, build_dataclass
 from framepack_history.device import DTYPE_NAMES
 from framepack_history.errors import InputError
 
@@ -177,7 +177,7 @@ def load_config(cls: type, path: str | Path | None, overrides: dict[str, Any] | 
             raise InputError("--config", f"{p.name} is not valid TOML: {e}") from None
     apply_overrides(data, overrides or {})
     try:
-        return _build(cls, data, "")
+        return build_dataclass(cls, data, "")
     except InputError as e:
         raise InputError("--config", f"{e.field} {e.message}") from None
 

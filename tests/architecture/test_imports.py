@@ -159,6 +159,17 @@ def test_imports_inside_functions_say_why():
     assert not bad, "deferred imports without a reason:\n" + "\n".join(bad)
 
 
+def test_no_private_name_crosses_a_wing():
+    """A wing uses another wing's public names only (a ``_name`` is free to change inside its wing)."""
+    bad = []
+    for m in MODULES:
+        for node, _, targets in _imports(m):
+            if isinstance(node, ast.ImportFrom) and targets and wing(targets[0]) != wing(m):
+                bad += [f"{MODULES[m].relative_to(ROOT)}:{node.lineno} takes {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checker_sees_a_circle_and_an_upward_import(tmp_path, monkeypatch):
     """The checks above can fail: a made-up upward import and a made-up circle are caught."""
     fake = {**MODULES, "framepack_history.config.fake": tmp_path / "fake.py",

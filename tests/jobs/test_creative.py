@@ -321,7 +321,7 @@ def test_extend_on_framepack_f1_sends_the_overlap_tail_once(tmp_path, start_imag
 
     def request(seconds):
         r = GenerationRequest(prompt="a cat", seconds=seconds, seed=2, image=str(start_image))
-        from framepack_history.jobs.worker import check_inputs
+        from framepack_history.jobs.admission import check_inputs
 
         check_inputs(r, preset)
         return r

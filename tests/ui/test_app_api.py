@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import sys
+from concurrent import futures
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def generate(client, **kw):
 
 def result(client, pending, what: str = "the job did not finish"):
     """``pending.result()`` once the request ends: as long as it takes while the worker's jobs move on."""
-    until(pending.done, lambda: job_progress(client.worker.store.jobs()), what)
+    until(lambda: futures.wait([pending], timeout=0.5).done, lambda: job_progress(client.worker.store.jobs()), what, every=0)
     return pending.result()
 
 

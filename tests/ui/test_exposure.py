@@ -53,7 +53,7 @@ def test_weights_load_from_safetensors_only():
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in m.group(1), f"{path}: {m.group(0)}"
         assert not re.search(r"^\s*(import|from) (pickle|dill|joblib)\b", text, re.MULTILINE), path
-    for rel in ("encoder.py", "backbones/toy.py", "backbones/hunyuan_framepack.py"):
+    for rel in ("history/encoder.py", "backbones/toy.py", "backbones/hunyuan_framepack.py"):
         assert "use_safetensors" in (ROOT / "framepack_history" / rel).read_text(), rel
 
 
