@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +49,12 @@ def until(check: Callable[[], T], progress: Callable[[], Hashable] | None = None
             why = f"nothing moved for {stall_s:g} s" if stalled else f"still going after {limit_s:g} s"
             raise AssertionError(f"{what() if callable(what) else what or 'timed out'} ({why}; last progress: {seen!r})")
         time.sleep(every)
+
+
+def finished(pending: futures.Future, progress: Callable[[], Hashable], what: str = "the request did not finish") -> Any:
+    """``pending.result()`` (a ``gradio_client`` job is a future) once it ends, as long as ``progress()`` moves."""
+    until(lambda: futures.wait([pending], timeout=0.5).done, progress, what, every=0)
+    return pending.result()
 
 
 def job_progress(jobs: Iterable[Any]) -> tuple:

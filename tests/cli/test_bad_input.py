@@ -330,7 +330,9 @@ def api(tmp_path_factory, bad_presets):
         args = app.prepare(["--preset", "tiny-toy", "--port", str(_free_port()), "--outputs", str(outputs)])
         demo, worker, url, _ = app.start(args)
         try:
-            yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            c.worker = worker  # in this process: the tests follow its jobs' progress
+            yield c
         finally:
             demo.close()
             worker.stop(timeout=10)
@@ -344,12 +346,16 @@ def test_api(case, api, media):
     kw = {"prompt": "camera pans left", "seconds": 0.5, "seed": 0, "preset": "tiny-toy", "steps": 1}
     kw.update({k: handle_file(str(media[v[1:]])) if isinstance(v, str) and v.startswith("@") else v for k, v in case.api.items()})
     job = api.submit(api_name="/generate", **kw)
+
+    def moving() -> tuple:  # the wait lasts as long as the app's jobs move on
+        return waiting.job_progress(api.worker.store.jobs())
+
     if case.needle is None:
-        video, _ = job.result(timeout=120)
+        video, _ = waiting.finished(job, moving)
         assert count_frames(video) >= 4
         return
     with pytest.raises(AppError) as err:
-        job.result(timeout=120)
+        waiting.finished(job, moving)
     assert re.search(case.needle, str(err.value)), str(err.value)
 
 
