@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from framepack_history.config.fields import FIELDS
 from framepack_history.config.presets import load_preset
 from tests.conftest import TINY_TOY
+from tests.ui.test_app_api import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 TINY = str(TINY_TOY)
@@ -19,12 +19,6 @@ TINY = str(TINY_TOY)
 OLD_PARAMETERS = ["prompt", "start_image", "continue_video", "seconds", "seed", "preset", "steps", "guidance", "shift",
                   "encoder_rate", "history_mode", "window_frames", "history_guidance", "start_frame", "max_history_tokens",
                   "lora_1", "lora_weight_1", "lora_2", "lora_weight_2", "lora_3", "lora_weight_3", "cache", "history_merge"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def served(tmp_path_factory):
         gr.Button(visible=False).click(h.api_generate, generate_inputs(), files, api_name="generate",
                                        concurrency_limit=None, preprocess=False)
     demo.queue()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                             allowed_paths=[str(root / "outputs")], quiet=True)
     try:
         yield {"demo": demo, "client": Client(url, verbose=False, download_files=str(root / "downloads"))}

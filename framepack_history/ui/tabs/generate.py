@@ -227,6 +227,11 @@ def wire_job_buttons(demo: gr.Blocks, h: Handlers, form: Form, b: JobButtons, st
     stage.follow(resumed.success)
 
 
+#: plans run one at a time in the order asked: leaving the cap field and picking a merge rule ask twice
+#: at once, and the plan asked last (with both values) must be the one shown, not whichever ends last
+PLAN_ORDER = {"concurrency_id": "plan", "concurrency_limit": 1}
+
+
 def wire_preset(demo: gr.Blocks, h: Handlers, form: Form, plan: gr.Markdown) -> None:
     """The preset decides the advanced defaults; the plan follows every value it depends on."""
     # on the user's choice only: Reuse settings sets the preset together with its own advanced values
@@ -237,14 +242,15 @@ def wire_preset(demo: gr.Blocks, h: Handlers, form: Form, plan: gr.Markdown) -> 
     events = [a.rate.change, a.history.change, form.seconds.release, a.history_cap.blur, a.history_cap.submit,
               a.history_merge.change] + [name.change for name in form.lora_names]
     for event in events:
-        event(h.preview_plan, form.plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **PRIVATE)
+        event(h.preview_plan, form.plan_inputs, [plan], show_progress="hidden", trigger_mode="always_last", **PLAN_ORDER,
+              **PRIVATE)
     replan_after(h, form, plan, picked)
 
 
 def replan_after(h: Handlers, form: Form, plan: gr.Markdown, *done: Dependency) -> None:
     """A new preset (or reused settings) plans once its own values are in the form, never with the old ones."""
     for event in done:
-        event.success(h.preview_plan, form.plan_inputs, [plan], show_progress="hidden", **PRIVATE)
+        event.success(h.preview_plan, form.plan_inputs, [plan], show_progress="hidden", **PLAN_ORDER, **PRIVATE)
 
 
 def max_seconds(presets: list[str]) -> float:
