@@ -1,4 +1,4 @@
-"""The real app in a subprocess, for browser tests: started on a free port, waited for, stopped."""
+"""The real app, started on a free port: in a subprocess for browser tests, or in this process with an API client."""
 
 from __future__ import annotations
 
@@ -63,3 +63,28 @@ def running_app(preset: str, outputs: Path, log_path: Path, env: dict[str, str],
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def app_client(tmp_path_factory: pytest.TempPathFactory, *argv: str) -> Iterator:
+    """The app started in this process with ``argv`` (a free port, outputs in a temp folder) and a gradio client.
+
+    The client carries the app's ``worker`` (tests follow its jobs' progress) and ``outputs`` (``/status``
+    names files relative to it).
+    """
+    from gradio_client import Client
+
+    from framepack_history import app
+
+    outputs = tmp_path_factory.mktemp("api-outputs") / "outputs"
+    with pytest.MonkeyPatch.context() as mp:  # start() points gradio at a temp folder of its own
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        args = app.prepare([*argv, "--port", str(free_port()), "--outputs", str(outputs)])
+        demo, worker, url, _ = app.start(args)
+        try:
+            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+            c.worker, c.outputs = worker, outputs
+            yield c
+        finally:
+            demo.close()
+            worker.stop(timeout=10)

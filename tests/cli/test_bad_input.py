@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import struct
 import sys
 import zlib
@@ -28,6 +27,7 @@ from PIL import Image
 from framepack_history.cli.main import main
 from framepack_history.generation.video import count_frames, write_segment
 from tests import waiting
+from tests.app_process import app_client
 from tests.conftest import TINY_TOY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -307,35 +307,19 @@ def test_missing_hub_weights_fail_fast_without_network(tmp_path):
 
 
 # -------------------------------------------------------------------- API
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, bad_presets):
     """The app on a free port; its presets folder holds the tiny toy preset and one with missing weights."""
-    from gradio_client import Client
 
-    import app
     from framepack_history.config import presets as config
 
     presets = tmp_path_factory.mktemp("app-presets")
     shutil.copyfile(TINY_TOY, presets / "tiny-toy.toml")
     shutil.copyfile(bad_presets["no-weights.toml"], presets / "no-weights.toml")
-    outputs = tmp_path_factory.mktemp("api-outputs") / "outputs"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(config, "PRESET_DIR", presets)
-        args = app.prepare(["--preset", "tiny-toy", "--port", str(_free_port()), "--outputs", str(outputs)])
-        demo, worker, url, _ = app.start(args)
-        try:
-            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-            c.worker = worker  # in this process: the tests follow its jobs' progress
+        with app_client(tmp_path_factory, "--preset", "tiny-toy") as c:
             yield c
-        finally:
-            demo.close()
-            worker.stop(timeout=10)
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from framepack_history.jobs.studio import Studio, client_view, scrub
 from framepack_history.jobs.worker import Worker
+from tests.app_process import free_port
 from tests.conftest import TINY_TOY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,12 +146,6 @@ def test_no_auth_behaves_as_one_local_user(tmp_path):
 
 
 # ------------------------------------------------------------------ the real app
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def studio_app(tmp_path_factory):
     """The app with three accounts (root the admin), and a finished job of alice's."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import waiting
+from tests.app_process import app_client
 from tests.waiting import job_progress, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,31 +21,11 @@ sys.path.insert(0, str(ROOT))  # app.py lives at the top level
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     """The app launched in this process on a free port, and a client for it."""
-    from gradio_client import Client
-
-    import app
-
-    outputs = tmp_path_factory.mktemp("outputs")
-    with pytest.MonkeyPatch.context() as mp:  # start() points gradio at a temp folder of its own
-        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        args = app.prepare(["--preset", TINY, "--port", str(free_port()), "--outputs", str(outputs), "--max-file-size", "1mb"])
-        demo, worker, url, _ = app.start(args)
-        try:
-            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-            c.worker = worker  # in this process: the tests follow its jobs' progress
-            yield c
-        finally:
-            demo.close()
-            worker.stop(timeout=10)
+    with app_client(tmp_path_factory, "--preset", TINY, "--max-file-size", "1mb") as c:
+        yield c
 
 
 def generate(client, **kw):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.ui.test_app_api import ROOT, TINY, free_port, result
+from tests.app_process import app_client
+from tests.ui.test_app_api import ROOT, TINY, result
 from tests.waiting import job_progress, until
 
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
@@ -19,23 +20,8 @@ OLD, NEW = "camera pans left", "0s: camera holds; 1s~1s: camera pans right"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from gradio_client import Client
-
-    import app
-
-    outputs = tmp_path_factory.mktemp("outputs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        args = app.prepare(["--preset", TINY, "--port", str(free_port()), "--outputs", str(outputs)])
-        demo, worker, url, _ = app.start(args)
-        try:
-            c = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-            c.outputs = outputs  # /status names files relative to outputs/
-            c.worker = worker  # in this process: the tests follow its jobs' progress
-            yield c
-        finally:
-            demo.close()
-            worker.stop(timeout=10)
+    with app_client(tmp_path_factory, "--preset", TINY) as c:
+        yield c
 
 
 def generate(client, **kw):

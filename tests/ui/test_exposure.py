@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import re
-import socket
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.app_process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "tests" / "presets" / "tiny-toy.toml")
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 USER, PASSWORD = "artist", "s3cret-pass"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -10,8 +10,8 @@ import pytest
 
 from framepack_history.config.fields import FIELDS
 from framepack_history.config.presets import load_preset
+from tests.app_process import free_port
 from tests.conftest import TINY_TOY
-from tests.ui.test_app_api import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 TINY = str(TINY_TOY)
