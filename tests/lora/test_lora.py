@@ -26,6 +26,7 @@ from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import Pipeline, SectionDone
 from framepack_history.jobs.admission import check_loras
 from framepack_history.lora.adapters import STATE, adapter_bytes, apply
+from tests.app_process import app_client
 from tests.conftest import TINY_HUNYUAN, TINY_TOY
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -434,28 +435,14 @@ def test_api_generate_with_a_lora_and_a_bad_one(files, bad, tmp_path_factory):
     """gradio_client against the real app: lora_1/lora_weight_1 reach the sidecar; a bad file is an error naming it."""
     import json
 
-    from gradio_client import Client
-
-    import app
-    from tests.ui.test_app_api import free_port
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        args = app.prepare(["--preset", str(TINY_HUNYUAN), "--port", str(free_port()),
-                            "--outputs", str(tmp_path_factory.mktemp("outputs"))])
-        demo, worker, url, _ = app.start(args)
-        try:
-            client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-            with pytest.raises(Exception, match="pickled.pt"):
-                client.predict(prompt="a red circle", seconds=0.5, lora_1=str(bad["pickled"]), api_name="/generate")
-            _, sidecar = client.predict(prompt="a red circle", seconds=0.5, seed=3, lora_1=str(files["one_path"]),
-                                        lora_weight_1=0.6, api_name="/generate")
-            side = json.loads(Path(sidecar).read_text())
-            assert [(s["name"], s["weight"]) for s in side["loras"]] == [(str(files["one_path"]), 0.6)]
-            assert len(side["loras"][0]["sha256"]) == 64
-        finally:
-            demo.close()
-            worker.stop(timeout=10)
+    with app_client(tmp_path_factory, "--preset", str(TINY_HUNYUAN)) as client:
+        with pytest.raises(Exception, match="pickled.pt"):
+            client.predict(prompt="a red circle", seconds=0.5, lora_1=str(bad["pickled"]), api_name="/generate")
+        _, sidecar = client.predict(prompt="a red circle", seconds=0.5, seed=3, lora_1=str(files["one_path"]),
+                                    lora_weight_1=0.6, api_name="/generate")
+        side = json.loads(Path(sidecar).read_text())
+        assert [(s["name"], s["weight"]) for s in side["loras"]] == [(str(files["one_path"]), 0.6)]
+        assert len(side["loras"][0]["sha256"]) == 64
 
 
 def test_preset_loras_are_validated_on_load(tmp_path):
