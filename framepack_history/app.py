@@ -175,7 +175,6 @@ def prepare(argv: list[str] | None = None) -> argparse.Namespace:
 
 def blocked_paths(jobs_dir: Path) -> list[str]:
     """What the page must never serve: job state, weights (local folders and the hub cache), the package."""
-
     paths = {jobs_dir, PACKAGE, ROOT / ".git"}
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
     paths.add(Path(hub))

@@ -369,7 +369,6 @@ def fit_latent_rgb(vae: ToyVAE, frames: torch.Tensor) -> LatentRGB:
 
 def toy_world_frames(n_worlds: int = 8, view: int = 16) -> torch.Tensor:
     """A few toy-world views (several worlds, camera places, sprite moments) as ``[N, 3, H, W]`` in ``[-1, 1]``."""
-
     spec, views = WorldSpec(view=view), []
     for seed in range(n_worlds):
         world = World(seed, spec)
@@ -450,7 +449,6 @@ class ToyBackbone(Backbone):
 
     def default_start(self, kind: str, seed: int, prompt: str, seconds: float, width: int, height: int) -> StartFrame | None:
         """Text-to-video starts in the toy world drawn from the seed, where its storyboard would start (``kind`` "world")."""
-
         if kind != "world":
             raise ValueError(f"the toy backbone starts from its world's first view ('world'), not {kind!r}")
         if width != height:

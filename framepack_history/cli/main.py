@@ -99,6 +99,8 @@ def _add_recall(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--real-out", help="also write the real frame here (PNG)")
     r.add_argument("--steps", type=int, help="denoising steps (default: the job's)")
     r.add_argument("--seed", type=int, default=0, help="noise seed of the recall")
+
+
 def _add_extend(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("extend", help="continue a finished job from its saved history with a new storyboard",
                        description="Continue a finished job from its job folder's saved history (raw latents and "

@@ -35,9 +35,6 @@ MAX_HISTORY_TOKENS = 10_000_000  # a history-token cap beyond this bounds nothin
 CACHE_SETTINGS = ("off", "fast", "faster")
 
 
-
-
-
 def check_cache(value: object, field_name: str = "--cache") -> str:
     """``value`` if it is one of :data:`CACHE_SETTINGS`, else an :class:`InputError` naming ``field_name``."""
     if not isinstance(value, str) or value not in CACHE_SETTINGS:

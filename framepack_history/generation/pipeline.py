@@ -431,7 +431,6 @@ class Pipeline:
 
     def set_loras(self, request: GenerationRequest) -> None:
         """Put the request's LoRAs (else the preset's) on the DiT, replacing the last job's; record them resolved."""
-
         request.loras = apply(self.backbone, requested(request.loras, self.preset.loras), self.memory)
 
     # ---------------------------------------------------------------- loop

@@ -26,6 +26,7 @@ def _ffmpeg():
 
     return imageio_ffmpeg
 
+
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs before decoding
 MIN_SIDE = 8
 

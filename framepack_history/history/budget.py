@@ -57,7 +57,6 @@ def group_tokens(preset: Preset, rate: str | None = None, size: tuple[int, int] 
 
 def least_cap(preset: Preset, rate: str | None = None, size: tuple[int, int] | None = None) -> int:
     """The smallest ``history.max_tokens`` a job may use: ``MIN_CAP_GROUPS + 1`` token groups at ``size``."""
-
     return (MIN_CAP_GROUPS + 1) * group_tokens(preset, rate, size)
 
 

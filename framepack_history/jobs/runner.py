@@ -79,7 +79,6 @@ class JobRunner:
 
     def _load(self, job: Job, jd: JobDir) -> tuple[Preset, Pipeline] | None:
         """The job's preset (as it was when queued) and its pipeline; ``None`` if the job failed here."""
-
         try:
             preset = on_device(jd.info().preset if jd.exists() else load_preset(job.spec.preset), self.device)
             self.store.update(job, device=preset.hardware.device)

@@ -50,6 +50,7 @@ __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progre
 
 log = logging.getLogger(__name__)
 
+
 class Lane:
     """One worker thread and what it owns: a device, its model cache (models, memory manager) and a runner."""
 
@@ -402,7 +403,6 @@ def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, histo
 
 def _preset_loras(preset: Preset) -> tuple[str, ...]:
     """The preset's own LoRA files: what a job takes when the request picks none."""
-
     return tuple(parse_arg(text, "loras")["name"] for text in preset.loras)
 
 

@@ -173,7 +173,6 @@ class MemoryManager:
 
     def adapters_changed(self) -> None:
         """The DiT's LoRA adapters changed: count their bytes; in strict mode, check them like every weight."""
-
         dit = self.backbone.transformer
         self.adapter_bytes = adapter_bytes(dit)
         if self.strict:

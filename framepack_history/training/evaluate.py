@@ -121,7 +121,6 @@ def parse_models(entries: list[str]) -> list[tuple[str, Path]]:
 
 def load_run(path: Path, device: str = "cpu") -> Pipeline:
     """A pipeline from a training run folder (its ``preset.toml``) or a preset file."""
-
     preset = load_preset(path / "preset.toml" if path.is_dir() else path)
     preset.hardware.device = device
     backbone = load_backbone(preset.model, device, "float32")

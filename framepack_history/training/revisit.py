@@ -51,7 +51,6 @@ def storyboard(kind: str, gap: float, spec) -> str:
 
 def make_episode(pipeline: Pipeline, cfg: EvalConfig, kind: str, gap: float, index: int):
     """The true episode (long enough to contain the return section) and that section's index."""
-
     v = pipeline.preset.video
     spec = WorldSpec(view=v.width, fps=v.fps, **{k: tuple(x) if isinstance(x, list) else x
                                                   for k, x in cfg.data.options.items() if k in SPEC_KEYS})

@@ -95,5 +95,4 @@ class Stage1Task(StageTask):
 
 def main(cfg: TrainConfig) -> Path:
     """Train Stage I from a validated config; returns the output folder."""
-
     return run_stage(cfg, FrameQueryModule, Stage1Task)

@@ -149,5 +149,4 @@ class Stage2Task(StageTask):
 
 def main(cfg: TrainConfig) -> Path:
     """Train Stage II from a validated config; returns the output folder."""
-
     return run_stage(cfg, NextSectionModule, Stage2Task)

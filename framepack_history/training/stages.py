@@ -116,7 +116,6 @@ def track_of(items: dict[str, Any], backbone: Backbone) -> torch.Tensor | None:
 
 def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accelerator):
     """Latent items from a cache, or pixel items encoded on the fly (``data.cache = ""``)."""
-
     v = preset.video
     if cfg.data.kind == "cache":
         return LatentCacheDataset(find_path(cfg.data.root))
@@ -142,7 +141,6 @@ def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accel
 
 def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
     """Shared set-up of Stage I and II: models, data, then the common loop."""
-
     accelerator = make_accelerator(cfg)
     preset = training_preset(cfg)
     backbone = build_backbone(cfg, preset.model, accelerator.device)

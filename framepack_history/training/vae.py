@@ -81,7 +81,6 @@ class VAETask:
 
 def main(cfg: TrainConfig) -> Path:
     """Train the toy VAE from a validated config; returns the output folder."""
-
     preset = load_preset(find_path(cfg.preset))
     if preset.model.backbone != "toy":
         raise InputError("preset", "train vae is for the toy backbone; real backbones bring a pretrained VAE")

@@ -51,7 +51,6 @@ class GalleryActions(PageContext):
 
     def reuse_settings(self, video: str | None, upload: Any = None) -> tuple:
         """Reuse settings: the picked video's sidecar (or an uploaded video.json) into the form."""
-
         source = _path(upload) or (str(Path(video).with_suffix(".json")) if video else None)
         if not source:
             raise gr.Error("Pick a video in the Gallery, or upload a video.json.", title="No settings to load")

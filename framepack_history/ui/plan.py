@@ -81,7 +81,6 @@ class PlanInfo(PageContext):
 
 def lora_choices() -> list[str]:
     """LoRA files in the LoRA folder (``loras/``), for the page's pickers."""
-
     return available()
 
 

@@ -94,6 +94,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
         m[name].write_bytes(data)
 
     ff = imageio_ffmpeg.get_ffmpeg_exe()
+
     def run(*a) -> None:
         waiting.run([ff, "-y", "-loglevel", "error", *map(str, a)], check=True)
 
