@@ -18,6 +18,8 @@ from framepack_history.cli.download import add_parser as add_download_parser
 from framepack_history.cli.download import run as cmd_download
 from framepack_history.cli.plan import add_parser as add_plan_parser
 from framepack_history.cli.plan import run as cmd_plan
+from framepack_history.cli.prepare import add_parser as add_prepare_parser
+from framepack_history.cli.prepare import run as cmd_prepare
 from framepack_history.cli.train import COMMANDS as training_commands
 from framepack_history.cli.train import add_parsers as add_training_parsers
 from framepack_history.config.loras import parse_arg as parse_lora
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", default="toy-cpu")
     i.add_argument("--json", action="store_true")
 
+    add_prepare_parser(sub)  # prepare-data: videos to latent clips and embeddings for training
     add_training_parsers(sub)  # train vae|stage1|stage2, eval retrieval|revisit
 
     add_plan_parser(sub)  # plan: predicted memory per phase
@@ -358,6 +361,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "extend": cmd_extend,
                 "inspect": cmd_inspect, "plan": cmd_plan,
-                "download": cmd_download, **training_commands}[args.command](args)
+                "download": cmd_download, "prepare-data": cmd_prepare, **training_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)

@@ -8,7 +8,9 @@ Item formats
 A pixel dataset is either encoded on the fly (the trainer calls the
 backbone's VAE on each batch) or once into a **latent cache**: safetensors
 shards of ``shard_size`` clips, written atomically, so an interrupted
-caching run resumes by skipping the shards already on disk.
+caching run resumes by skipping the shards already on disk. A folder made by
+``prepare-data`` (:class:`PreparedDataset`) holds the latents together with
+the text and start-image embeddings, so a step needs no encoder at all.
 
 Captions may be timestamped storyboards (``"0s: camera pans right; 5s:
 camera pans left"``); the stages pick the entry in force where they need it.
@@ -16,6 +18,7 @@ camera pans left"``); the stages pick the entry in force where they need it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from framepack_history.backbones.base import Conditioning
 from framepack_history.backbones.toyworld import ToyWorldDataset, WorldSpec
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
@@ -107,7 +111,7 @@ def pixel_dataset(cfg_data, width: int, height: int, fps: int, split: str | None
     if cfg_data.kind == "folder":
 
         return VideoFolderDataset(find_path(cfg_data.root), cfg_data.frames, width, height, fps)
-    raise InputError("data.kind", f"must be toyworld, folder or cache (got {cfg_data.kind!r})")
+    raise InputError("data.kind", f"must be toyworld, folder, cache or prepared (got {cfg_data.kind!r})")
 
 
 # ----------------------------------------------------------- latent cache
@@ -191,6 +195,137 @@ class LatentCacheDataset(Dataset):
             if f"camera_x.{key}" in f.keys():
                 item["camera_x"] = f.get_tensor(f"camera_x.{key}")
         return item
+
+
+# -------------------------------------------------------- prepared folders
+def first_latent_key(latents: torch.Tensor, dtype: torch.dtype) -> str:
+    """A clip's identity for its start-image conditioning: the digest of its first latent frame ``[C, h, w]``.
+
+    The stages hand :meth:`StageTask.conditions` the clip's latents; the first
+    one, cast back to the dtype it was stored in, is bit-for-bit the stored one.
+    """
+    first = latents[:, 0].detach().to("cpu", dtype).contiguous()
+    return hashlib.sha1(first.view(torch.uint8).numpy().tobytes() + str(tuple(first.shape)).encode()).hexdigest()
+
+
+class PreparedConditions:
+    """The text and start-image embeddings of a prepared folder, looked up instead of computed.
+
+    Text by prompt (every storyboard entry and the empty prompt were
+    embedded by ``prepare-data``); the start image by the clip's first latent.
+    """
+
+    def __init__(self, texts: dict[str, dict[str, torch.Tensor]], images: dict[str, dict[str, torch.Tensor]],
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        self.texts, self.images, self.dtype, self.device = texts, images, dtype, device
+
+    def text(self, prompt: str) -> Conditioning:
+        if prompt not in self.texts:
+            raise InputError("data.root", f"prompt {prompt[:60]!r} was not prepared: run prepare-data again on this folder")
+        return Conditioning({k: v.to(self.device) for k, v in self.texts[prompt].items()})
+
+    def conditions(self, prompts: list[str], latents: torch.Tensor, image: bool) -> list[Conditioning]:
+        """Per sample: the prompt's embedding plus, when ``image`` and the clip has one, its start image's."""
+        out = []
+        for i, p in enumerate(prompts):
+            cond = self.text(p).tensors
+            extra = self.images.get(first_latent_key(latents[i], self.dtype)) if image else None
+            if extra is not None:
+                # the anchor latent is the clip's own first latent, as generation's start image gives it
+                cond = {**{k: v.to(self.device) for k, v in extra.items()},
+                        "start_latents": latents[i : i + 1, :, :1].to(self.device, torch.float32), **cond}
+            elif image and self.images:
+                raise InputError("data.root", "a clip's first latent matches no prepared start image")
+            out.append(Conditioning(cond))
+        return out
+
+
+class PreparedDataset(Dataset):
+    """Latent items ``{"latents", "caption"}`` of a ``prepare-data`` folder (``[data] kind = "prepared"``).
+
+    ``files`` / ``exclude_files`` select source videos (a held-out split on
+    one folder), ``bucket`` (``"WxH"``) one frame size. Clips of one size but
+    different lengths are cut to the shortest, so batches stack.
+    """
+
+    def __init__(self, root: str | Path, files: list[str] | None = None, exclude_files: list[str] | None = None,
+                 bucket: str = "") -> None:
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
+
+        self.root = Path(root)
+        manifest = self.root / "manifest.json"
+        if not manifest.is_file():
+            raise InputError("data.root", f"{root} is not a prepare-data folder (no manifest.json): "
+                                          "run `python -m framepack_history prepare-data VIDEOS_DIR --preset P --out DIR`")
+        info = json.loads(manifest.read_text())
+        ok = {rel: e for rel, e in info["files"].items() if e.get("status") == "ok"}
+        for key, names in (("data.files", files or []), ("data.exclude_files", exclude_files or [])):
+            unknown = [n for n in names if n not in info["files"]]
+            if unknown:
+                raise InputError(key, f"{unknown[0]!r} is not a prepared file of {root} (have: {', '.join(sorted(ok))})")
+        chosen = [rel for rel in sorted(ok) if (not files or rel in files) and rel not in (exclude_files or [])]
+        self.settings = info.get("settings", {})
+        self.index: list[tuple[Path, str, str, str]] = []  # shard, clip key, caption, source
+        self.images: dict[str, dict[str, torch.Tensor]] = {}
+        shapes: dict[tuple[int, ...], int] = {}
+        self.dtype = torch.float32
+        for rel in chosen:
+            shard = self.root / "clips" / ok[rel]["shard"]
+            with safe_open(str(shard), "pt") as f:
+                meta = f.metadata()
+                if bucket and f"{meta['width']}x{meta['height']}" != bucket:
+                    continue
+                keys = set(f.keys())
+                for j, caption in enumerate(json.loads(meta["captions"])):
+                    lat = f.get_slice(f"latents.{j}")
+                    shape = tuple(lat.get_shape())
+                    shapes[shape[:1] + shape[2:]] = min(shapes.get(shape[:1] + shape[2:], shape[1]), shape[1])
+                    cond = {k.split(".", 2)[2]: f.get_tensor(k) for k in keys if k.startswith(f"cond.{j}.")}
+                    if cond:
+                        full = f.get_tensor(f"latents.{j}")
+                        self.dtype = full.dtype
+                        self.images[first_latent_key(full, full.dtype)] = cond
+                    self.index.append((shard, str(j), caption, rel))
+        if not self.index:
+            raise InputError("data.root", f"no prepared clips in {root} for this selection"
+                                          + (f" (bucket {bucket})" if bucket else ""))
+        if len(shapes) > 1:
+            sizes = sorted({f"{m['width']}x{m['height']}" for m in self._sizes(chosen, ok)})
+            raise InputError("data.bucket", f"{root} holds clips of {len(shapes)} frame sizes ({', '.join(sizes)}); "
+                                            "set data.bucket to one of them (or prepare them into separate folders)")
+        self.frames = min(shapes.values())  # latent frames every item has
+
+    def _sizes(self, chosen: list[str], ok: dict[str, Any]) -> list[dict[str, int]]:
+        return [dict(zip(("width", "height"), ok[rel].get("size", [0, 0]))) for rel in chosen]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
+
+        shard, key, caption, source = self.index[i]
+        with safe_open(str(shard), "pt") as f:
+            lat = f.get_tensor(f"latents.{key}")
+        return {"latents": lat[:, : self.frames].float(), "caption": caption, "source": source}
+
+    def text_table(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Prompt -> its prepared text conditioning tensors."""
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
+
+        path = self.root / "texts.safetensors"
+        if not path.is_file():
+            raise InputError("data.root", f"{self.root} has no text embeddings: run prepare-data again to finish it")
+        with safe_open(str(path), "pt") as f:
+            prompts = json.loads(f.metadata()["prompts"])
+            table: dict[str, dict[str, torch.Tensor]] = {q: {} for q in prompts}
+            for k in f.keys():
+                i, name = k.split(".", 1)
+                table[prompts[int(i)]][name] = f.get_tensor(k)
+        return table
+
+    def conditions(self, device: torch.device | str) -> PreparedConditions:
+        return PreparedConditions(self.text_table(), self.images, self.dtype, device)
 
 
 # ------------------------------------------------------------ batch order

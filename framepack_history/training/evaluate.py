@@ -12,7 +12,13 @@
     "large_patchifier"``), LR branch only, HR branch only, no Stage I.
 
 ``eval revisit`` (see :mod:`.revisit`)
-    Pan-away-and-back and leave-and-return storyboards of the toy world.
+    Pan-away-and-back and leave-and-return storyboards of the toy world;
+    on prepared footage, the last section of each clip from its true history.
+
+Both read real footage from a ``prepare-data`` folder (``data.kind =
+"prepared"``, held-out videos by ``data.files``). There a clip's truth is its
+VAE reconstruction (the folder keeps latents, not pixels), so retrieval's
+``vae`` row is the ceiling of decoding one latent alone against the whole clip.
 
 Models are run folders written by training (``<run>/preset.toml``) or
 preset files.
@@ -34,7 +40,7 @@ from framepack_history.generation.frame_query import psnr, retrieve, ssim, to_un
 from framepack_history.generation.loading import load_backbone
 from framepack_history.generation.pipeline import Pipeline
 from framepack_history.history.state import HistoryState
-from framepack_history.training.data import pixel_dataset
+from framepack_history.training.data import PreparedDataset, pixel_dataset
 from framepack_history.training.modeling import load_encoder
 from framepack_history.training.settings import DataConfig, find_path
 from framepack_history.training.stages import track_of
@@ -133,9 +139,26 @@ def load_run(path: Path, device: str = "cpu") -> Pipeline:
 
 
 def eval_dataset(cfg: EvalConfig, pipeline: Pipeline):
-
+    """Pixel clips (toy world, video folder) or the latent clips of a ``prepare-data`` folder."""
     v = pipeline.preset.video
+    if cfg.data.kind == "prepared":
+        data = PreparedDataset(find_path(cfg.data.root), cfg.data.files, cfg.data.exclude_files, cfg.data.bucket)
+        made = {k: data.settings.get(k) for k in ("backbone", "fps")}
+        if made != {"backbone": pipeline.backbone.name, "fps": v.fps}:
+            raise InputError("data.root", f"{cfg.data.root} was prepared for {made}, not for this model "
+                                          f"({pipeline.backbone.name} at {v.fps} fps)")
+        return data
     return pixel_dataset(cfg.data, v.width, v.height, v.fps)
+
+
+@torch.no_grad()
+def clip_of(item: dict[str, Any], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(latents [1, C, T, h, w], pixels [3, F, H, W] in [-1, 1])`` of an item; prepared clips decode their latents."""
+    if "latents" in item:
+        lat = item["latents"][None].to(backbone.device, torch.float32)
+        return lat, backbone.vae_decode(lat)[0].float().cpu()
+    video = item["video"]
+    return backbone.vae_encode(video[None].to(backbone.device)).float(), video
 
 
 # --------------------------------------------------------------- retrieval
@@ -166,9 +189,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
         tokens = 0
         for i in range(len(data)):
             item = data[i]
-            video = item["video"]
-            with torch.no_grad():
-                lat = bb.vae_encode(video[None].to(bb.device)).float()
+            lat, video = clip_of(item, bb)
             t = lat.shape[2]
             hist = HistoryState(pipe.encoder, bb.device)
             track = track_of({k: v[None] for k, v in item.items() if k == "camera_x"}, bb)
@@ -193,12 +214,13 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
         row: dict[str, Any] = {k: {m: summary(v_, clips[k]) for m, v_ in s.items()} for k, s in scores.items()}
         row["all"] = {m: summary([x for b in BANDS for x in scores[b][m]], [c for b in BANDS for c in clips[b]])
                       for m in ("psnr", "ssim")}
-        seconds = data[0]["video"].shape[1] / v.fps
+        seconds = video.shape[1] / v.fps
         row["history_tokens"] = tokens
         row["history_tokens_per_second"] = tokens / seconds
         row["encoder"] = {"class": type(pipe.encoder).__name__, **{k: _jsonable(val) for k, val in pipe.encoder.config.items()
                                                                     if not k.startswith("_")}}
         row["path"] = str(path)
+        row["truth"] = "vae_reconstruction" if cfg.data.kind == "prepared" else "pixels"
         results["models"][label] = row
     (out / "retrieval.json").write_text(json.dumps(results, indent=2))
     plot_retrieval(results, out / "retrieval.png")

@@ -16,6 +16,13 @@ The scored section is the one that contains the return frame.
     frame of the return section is compared with the model's *own* frame of
     the first visit to the same camera position (at least half the gap
     earlier). The true video's own score (its sprites move) is the ceiling.
+
+On real footage (``data.kind = "prepared"``: held-out clips of a
+``prepare-data`` folder) there is no camera track to return to: the kind is
+``real_footage`` and the scored section is each clip's last, predicted
+teacher-forced from the clip's true history before it, in both modes. The
+encoder - window margin is then what the history tokens add over the DiT's own
+recent context, against the clip's VAE reconstruction.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from framepack_history.generation.frame_query import psnr, ssim, uint8_to_unit
 from framepack_history.generation.pipeline import Generation, Pipeline, to_pixels
 from framepack_history.history.state import HistoryState
 from framepack_history.training.data import SPEC_KEYS
-from framepack_history.training.evaluate import EvalConfig, cfg_dict, load_run, parse_models, summary
+from framepack_history.training.evaluate import EvalConfig, cfg_dict, clip_of, eval_dataset, load_run, parse_models, summary
 from framepack_history.training.stages import track_of
 
 
@@ -158,6 +165,54 @@ def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, ga
     return out
 
 
+@torch.no_grad()
+def score_clip(pipeline: Pipeline, cfg: EvalConfig, item: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A prepared clip's last section from its true history before it, per history mode (teacher-forced)."""
+    bb, v = pipeline.backbone, pipeline.preset.video
+    lat, video = clip_of(item, bb)
+    n = bb.geometry.latent_frames(v.section_frames)
+    t = lat.shape[2]
+    k = (t - 1) // n  # sections after the start latent
+    if k < 2:
+        raise InputError("data.root", f"prepared clips of {t} latent frames hold {k} section(s); revisit needs 2 or more")
+    history = lat[:, :, : 1 + (k - 1) * n].cpu()
+    first = bb.geometry.pixel_frames(history.shape[2])
+    truth = uint8_to_unit(_to_uint8(video[:, first:]))
+    caption = item["caption"]
+    out: dict[str, Any] = {"history_seconds": first / v.fps}
+    modes = [m for m in cfg.modes if m != "encoder" or pipeline.encoder is not None]
+    for mode in modes:
+        req = GenerationRequest(prompt=caption, seconds=bb.geometry.pixel_frames(t) / v.fps, seed=seed, history_mode=mode)
+        hist = HistoryState(pipeline.encoder if mode == "encoder" else None, bb.device)
+        hist.append(history)
+        gen = Generation(req, parse_storyboard(caption), k, hist, next_section=k - 1)
+        gen.image_cond = bb.encode_image(video[:, 0].to(bb.device), history[:, :, :1].to(bb.device))
+        got = uint8_to_unit(pipeline.generate_section(gen).frames)
+        m = min(len(got), len(truth))  # the same frames, whatever the decode holds back
+        out[mode] = {"teacher_forced_psnr": float(psnr(got[-m:], truth[-m:]).mean()),
+                     "teacher_forced_ssim": float(ssim(got[-m:], truth[-m:]).mean())}
+    return out
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``[3, F, H, W]`` in [-1, 1] -> ``uint8 [F, H, W, 3]``."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+
+
+def revisit_footage(pipe: Pipeline, cfg: EvalConfig) -> dict[str, Any]:
+    """``{"real_footage": {"<history>s": cell}}``: every held-out prepared clip, in the toy's table cells."""
+    data = eval_dataset(cfg, pipe)
+    eps = [score_clip(pipe, cfg, data[i], cfg.seed * 1000 + i) for i in range(len(data))]
+    agg: dict[str, Any] = {"episodes": len(eps)}
+    for mode in cfg.modes:
+        rows = [e[mode] for e in eps if mode in e]
+        if rows:
+            agg[mode] = {m: summary([r[m] for r in rows]) for m in rows[0]}
+    if "encoder" in cfg.modes and "window" in cfg.modes:
+        agg["margin"] = paired_margins(eps)
+    return {"real_footage": {f"{eps[0]['history_seconds']:g}s": agg}}
+
+
 def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
     """Revisit consistency for every model, kind and gap; writes JSON + PNG to ``cfg.out``."""
     out = Path(cfg.out)
@@ -169,8 +224,8 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
             pipe.preset.sampling.steps = cfg.steps
         if cfg.history_guidance >= 0:
             pipe.preset.history.guidance = cfg.history_guidance
-        per: dict[str, Any] = {}
-        for kind in cfg.kinds:
+        per: dict[str, Any] = revisit_footage(pipe, cfg) if cfg.data.kind == "prepared" else {}
+        for kind in cfg.kinds if cfg.data.kind != "prepared" else ():
             for gap in cfg.returns_after:
                 made = [_ep(pipe, cfg, kind, gap, i) for i in range(cfg.data.num_videos)]
                 eps = [score_episode(pipe, cfg, *m, gap, other=made[(i + 1) % len(made)][0] if len(made) > 1 else None)

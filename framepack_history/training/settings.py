@@ -22,8 +22,8 @@ from framepack_history.errors import InputError
 
 @dataclass
 class DataConfig:
-    kind: str = "toyworld"  # toyworld | folder | cache
-    root: str = ""  # folder: the videos; cache: a latent-cache folder
+    kind: str = "toyworld"  # toyworld | folder | cache | prepared
+    root: str = ""  # folder: the videos; cache: a latent-cache folder; prepared: a `prepare-data` folder
     cache: str = ""  # latent cache to build/reuse ("" = encode on the fly)
     frames: int = 48  # pixel frames per training clip
     num_videos: int = 256  # toyworld: clips (worlds) in the split
@@ -31,6 +31,11 @@ class DataConfig:
     shard_size: int = 64  # clips per latent-cache shard
     cache_dtype: str = "float16"
     options: dict[str, Any] = field(default_factory=dict)  # toy world: views_wide, p_return, first, ...
+    # prepared: which source videos (paths under the prepared VIDEOS_DIR, e.g. "a.mp4"); [] = all. A held-out
+    # split trains with exclude_files = [...] and evaluates with files = [...], on the same folder.
+    files: list[str] = field(default_factory=list)
+    exclude_files: list[str] = field(default_factory=list)
+    bucket: str = ""  # prepared: only clips of this size ("832x480"); needed when buckets mix and batch_size > 1
 
 
 @dataclass
@@ -201,7 +206,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                "lr_schedule": (cfg.lr_schedule, ("constant", "cosine")),
                "loss_weighting": (cfg.loss_weighting, ("auto", "velocity", "x0")),
                "encoder.kind": (cfg.encoder.kind, ("history", "large_patchifier")),
-               "data.kind": (cfg.data.kind, ("toyworld", "folder", "cache") if cfg.stage != "vae" else ("toyworld", "folder")),
+               "data.kind": (cfg.data.kind, ("toyworld", "folder", "cache", "prepared") if cfg.stage != "vae"
+                             else ("toyworld", "folder")),
                "data.cache_dtype": (cfg.data.cache_dtype, DTYPE_NAMES)}
     for key, (val, ok) in choices.items():
         _need(val in ok, key, f"must be one of {', '.join(ok)} (got {val!r})")

@@ -17,7 +17,14 @@ from framepack_history.backbones.base import Backbone, Conditioning
 from framepack_history.config.presets import Preset
 from framepack_history.errors import InputError
 from framepack_history.training.common import make_accelerator, run
-from framepack_history.training.data import LatentCacheDataset, build_latent_cache, pixel_dataset, step_batches
+from framepack_history.training.data import (
+    LatentCacheDataset,
+    PreparedConditions,
+    PreparedDataset,
+    build_latent_cache,
+    pixel_dataset,
+    step_batches,
+)
 from framepack_history.training.modeling import (
     FlowModule,
     build_backbone,
@@ -40,6 +47,7 @@ class StageTask:
         self.text = TextCache(module.backbone)
         self.preset: Preset | None = None  # set by run_stage
         self._uses_image: bool | None = None
+        self.prepared: PreparedConditions | None = None  # prepared data: embeddings read, never computed
 
     def conditions(self, prompts: list[str], latents: torch.Tensor) -> list[Conditioning]:
         """Per sample: the prompt's embedding plus, for image-to-video backbones, the clip's first frame.
@@ -47,6 +55,8 @@ class StageTask:
         Generation conditions every section on the start image (FramePack-F1:
         SigLIP embedding and clean anchor latents), so training does as well.
         """
+        if self.prepared is not None:
+            return self.prepared.conditions(prompts, latents, self.cfg.image_condition)
         bb = self.module.backbone
         texts = [self.text([p]) for p in prompts]
         if self._uses_image is None:  # the toy has no image encoder: never decode for it
@@ -119,6 +129,13 @@ def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accel
     v = preset.video
     if cfg.data.kind == "cache":
         return LatentCacheDataset(find_path(cfg.data.root))
+    if cfg.data.kind == "prepared":
+        data = PreparedDataset(find_path(cfg.data.root), cfg.data.files, cfg.data.exclude_files, cfg.data.bucket)
+        made = {k: data.settings.get(k) for k in ("backbone", "fps")}
+        if made != {"backbone": backbone.name, "fps": v.fps}:
+            raise InputError("data.root", f"{cfg.data.root} was prepared for {made}, not for this preset "
+                                          f"({backbone.name} at {v.fps} fps)")
+        return data
     pixels = pixel_dataset(cfg.data, v.width, v.height, v.fps)
     if not cfg.data.cache:
         return pixels
@@ -139,6 +156,19 @@ def training_dataset(cfg: TrainConfig, preset: Preset, backbone: Backbone, accel
     return LatentCacheDataset(folder)
 
 
+def drop_encoders(backbone: Backbone) -> None:
+    """Prepared data brings its embeddings: free the text and image encoders (and a real backbone's VAE).
+
+    The toy keeps its small VAE, which its export saves beside the DiT.
+    """
+    names = ["text_encoder", "text_encoder_2", "image_encoder"] + ([] if backbone.name == "toy" else ["vae"])
+    for name in names:
+        if getattr(backbone, name, None) is not None:
+            setattr(backbone, name, None)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
     """Shared set-up of Stage I and II: models, data, then the common loop."""
     accelerator = make_accelerator(cfg)
@@ -154,6 +184,9 @@ def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
     task = task_cls(cfg, module, preset.video.fps)
     task.preset = preset
     dataset = training_dataset(cfg, preset, backbone, accelerator)
+    if isinstance(dataset, PreparedDataset):
+        task.prepared = dataset.conditions(backbone.device)
+        drop_encoders(backbone)
     batches = step_batches(dataset, cfg.batch_size, cfg.seed, cfg.grad_accum, cfg.max_steps, cfg.num_workers,
                            accelerator.num_processes)
     return run(cfg, accelerator, task, batches)
