@@ -8,6 +8,10 @@ switching LoRAs never reloads the model and never drifts (a fuse/unfuse cycle in
 bf16 would). Adapters stay on the compute device next to the DiT's resident part,
 also inside streamed blocks: the block streamer moves base weights only
 (:func:`is_adapter`), and the memory planner counts the adapters' bytes.
+
+Adapters are stored in the DiT's compute dtype, whatever its blocks are stored
+in: under float8 storage (``backbones/precision.py``) they are neither created in
+float8 nor cast by its layerwise-casting hooks (which skip ``lora_`` modules).
 """
 
 from __future__ import annotations
@@ -66,21 +70,27 @@ def apply(backbone: Any, entries: list[dict[str, Any]], memory: Any = None) -> l
             dit.delete_adapters(gone)
         for name, sd in converted.items():
             dit.load_lora_adapter(sd, adapter_name=name, prefix=None)
+            _write(dit, name, sd, backbone.device, backbone.dtype)
             have[name] = new[name]["sha256"]
         setattr(dit, STATE, {n: have[n] for n in want})
-        _place(dit, backbone.device, backbone.dtype)
         dit.set_adapters(list(want), list(want.values()))
     if memory is not None and hasattr(memory, "adapters_changed"):
         memory.adapters_changed()
     return entries
 
 
-def _place(dit: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Adapter weights on the compute device in the DiT's dtype.
+def _write(dit: nn.Module, name: str, sd: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
+    """Adapter ``name``'s weights: ``sd``'s values in the compute ``dtype`` on the compute device.
 
-    peft puts a new adapter where its base layer's weight is, which for a streamed block is
-    its pinned host copy; the adapters are meant to stay resident, so they move here.
+    peft creates each adapter in its base layer's weight dtype and copies the values into it,
+    so under float8 storage they would be rounded to float8 (most of a small ``lora_B`` flushed
+    to zero) before any later cast could help; they are written again here from the converted
+    file, which never passed through the base layer's dtype. peft also puts a new adapter where
+    its base weight is, which for a streamed block is its pinned host copy; the adapters are
+    meant to stay resident, so they are written on the compute device.
     """
-    for name, p in dit.named_parameters():
-        if is_adapter(name) and (p.device != torch.device(device) or p.dtype != dtype):
-            p.data = p.data.to(device, dtype)
+    for key, value in sd.items():
+        module, part = key.removesuffix(".weight").rsplit(".", 1)  # "<module>.lora_A.weight"
+        layer = getattr(dit.get_submodule(module), part)[name]
+        # a copy: a converted tensor may be a view into a larger one (a fused qkv split by diffusers)
+        layer.weight.data = value.to(device=device, dtype=dtype, copy=True)
