@@ -8,8 +8,12 @@ in :mod:`.streaming` carries the strategy out.
 
 What a device peak counts: bytes the framework allocates (weights on the
 device + streamed blocks in flight + history tokens + activations), i.e.
-what ``torch.cuda.max_memory_allocated`` reports. The CUDA context and
-allocator slack are outside it: the budget keeps ``RESERVE_FRACTION`` for them.
+what ``torch.cuda.max_memory_allocated`` reports. What no trace sees (the
+CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation) is the
+``CUDA_ALLOWANCE``: a CUDA budget's usable bytes are the budget less it, so
+every row stays comparable with ``max_memory_allocated`` and every choice
+(blocks resident, text encoder form, tiling, the manager's evictions) is made
+against what is left. A CPU budget keeps ``RESERVE_FRACTION`` instead.
 Host peaks count process memory the run holds (pinned weights, host copies,
 decoded frames) plus a fixed interpreter/library overhead; memory-mapped
 safetensors pages are file cache the kernel can drop, so they are not counted.
@@ -38,7 +42,51 @@ from framepack_history.sampling import guidance_branches
 
 GiB, MiB = 1 << 30, 1 << 20
 HOST_OVERHEAD = {"cuda": 2 * GiB, "cpu": 3 * GiB // 4}  # interpreter + torch/CUDA libraries + allocator pools
-RESERVE_FRACTION = 0.04  # of the device budget: allocator fragmentation, cuBLAS workspaces
+RESERVE_FRACTION = 0.04  # of a CPU "device" budget: the host allocator's slack (a CUDA budget has CUDA_ALLOWANCE)
+
+
+@dataclass(frozen=True)
+class CudaAllowance:
+    """Device bytes a CUDA run uses that no trace on ``meta`` sees; the same for every preset.
+
+    Each term with where its figure comes from (none measured on a GPU by this project yet:
+    ``benchmarks/gpu_e2e.py`` prints what it sees of each beside these).
+    """
+
+    #: The CUDA context (driver state and the kernels loaded so far). With lazy module loading (PyTorch sets
+    #: CUDA_MODULE_LOADING=LAZY since 1.13; CUDA's default on Linux since 12.2) a context measured 287 MB
+    #: against 667 MB eager (https://github.com/pytorch/pytorch/pull/86509), "around 400MB"
+    #: (https://github.com/pytorch/pytorch/issues/109888), 426 MiB bare on an RTX 6000 Ada with torch 2.10
+    #: (https://github.com/unslothai/unsloth-zoo/pull/1053). Kernels first used mid-run (cuBLAS, cuDNN's
+    #: conv3d engines, the attention kernel) load into it later: 512 MiB.
+    context: int = 512 * MiB
+    #: Library workspaces taken from the caching allocator outside any traced op: cuBLAS keeps one per
+    #: (handle, stream), by default ":4096:2:16:8" (8.125 MiB), 32 MiB on Hopper
+    #: (https://github.com/pytorch/pytorch/pull/89027), and cuBLASLt 1-32 MiB more
+    #: (https://github.com/pytorch/pytorch/pull/120925); only the compute stream runs matmuls (the
+    #: streamer's side stream only copies). The rest is for cuDNN's conv3d workspace in the VAE, which PyTorch
+    #: also takes from the caching allocator and gives up for a leaner algorithm when the allocation fails.
+    workspaces: int = 128 * MiB
+    #: Reserved but unallocated bytes at the peak. Streaming frees and reallocates block-sized buffers every
+    #: step; with fixed segments that left 1.7 GiB reserved and free in a VAE decode that ran out of memory,
+    #: which is why the package sets expandable segments (``framepack_history/__init__.py``). With them the
+    #: slack is the last partly used segment pages per stream: the former 4 % reserve's size, less workspaces.
+    fragmentation: int = 384 * MiB
+
+    @property
+    def total(self) -> int:
+        return self.context + self.workspaces + self.fragmentation
+
+    def describe(self, with_context: bool = True) -> str:
+        """One line naming the allowance and its terms."""
+        parts = ([f"context {self.context / MiB:.0f} MiB"] if with_context else []) + [
+            f"cuBLAS/cuDNN workspaces {self.workspaces / MiB:.0f} MiB",
+            f"allocator fragmentation {self.fragmentation / MiB:.0f} MiB"]
+        total = self.total - (0 if with_context else self.context)
+        return f"CUDA allowance {total / GiB:.2f} GiB ({', '.join(parts)})"
+
+
+CUDA_ALLOWANCE = CudaAllowance()
 #: step caching (First Block Cache) keeps, per guidance branch, the first block's output and residual and the
 #: skipped blocks' residual, whole-sequence hidden states each, and makes the next residual beside the last
 CACHE_COPIES = 4
@@ -56,12 +104,31 @@ class Budget:
     source: str = "preset"
 
     @property
+    def allowance(self) -> int:
+        """Bytes of ``device_bytes`` kept for what no trace sees: ``CUDA_ALLOWANCE`` on CUDA (less the
+        context where the budget was measured as free memory, which the context had already taken)."""
+        if self.device != "cuda":
+            return 0
+        return CUDA_ALLOWANCE.total - (CUDA_ALLOWANCE.context if self.source == "measured" else 0)
+
+    @property
     def usable(self) -> int:
-        return int(self.device_bytes * (1 - RESERVE_FRACTION))
+        """What the plan's device rows may reach: the budget less the CUDA allowance (a CPU: less 4 %)."""
+        if self.device != "cuda":
+            return int(self.device_bytes * (1 - RESERVE_FRACTION))
+        return max(0, self.device_bytes - self.allowance)
+
+    def describe_allowance(self) -> str:
+        """One line: what the budget keeps back for what the plan does not trace."""
+        if self.device != "cuda":
+            return f"{RESERVE_FRACTION:.0%} of the {self.device} budget kept back (no CUDA allowance)"
+        measured = self.source == "measured"
+        after = " (free memory measured after the context)" if measured else ""
+        return f"{CUDA_ALLOWANCE.describe(with_context=not measured)} kept back from the {self.device_bytes / GiB:.2f} GiB budget{after}"
 
     @classmethod
     def for_preset(cls, preset: Preset, device: str | None = None) -> Budget:
-        """The preset's ``hardware`` budgets, or measured free memory minus a reserve where they are 0."""
+        """The preset's ``hardware`` budgets, or measured free memory where they are 0 (less the allowance)."""
         import psutil  # psutil: only when the host budget is measured
 
         dev = (device or preset.hardware.device).split(":")[0]
@@ -71,7 +138,7 @@ class Budget:
             return cls(int(hw.device_budget_gib * GiB), host, dev, src)
         if dev == "cuda" and torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info()
-            return cls(int(free - 512 * MiB), host, dev, "measured")
+            return cls(int(free), host, dev, "measured")
         return cls(host, host, dev, "measured" if not hw.host_budget_gib else "preset")
 
 
@@ -137,8 +204,10 @@ class Plan(list):
 
     def summary(self) -> str:
         b = self.budget
+        of = (f"{b.usable / GiB:.2f} GiB usable ({b.device_bytes / GiB:.2f} GiB less the {b.allowance / GiB:.2f} GiB "
+              f"CUDA allowance)" if b.allowance else f"{b.device_bytes / GiB:.2f} GiB")
         return (f"plan {self.preset}, {self.seconds:g} s: device peak {self.device_peak / GiB:.2f} of "
-                f"{b.device_bytes / GiB:.2f} GiB, host peak {self.host_peak / GiB:.2f} of {b.host_bytes / GiB:.2f} GiB "
+                f"{of}, host peak {self.host_peak / GiB:.2f} of {b.host_bytes / GiB:.2f} GiB "
                 f"({'fits' if self.fits else 'DOES NOT FIT'}); {self.strategy.describe()}; "
                 f"{self.tokens_per_20s} history tokens per 20 s"
                 + (f", never more than {self.history_cap} (the cap)" if self.history_cap else ""))
@@ -504,7 +573,8 @@ def format_table(p: Plan, full: bool = False) -> str:
         lines.append(f"{r.phase:<13}{sec:>5}{t_end:>7}{r.history_tokens:>10}{r.tokens or '':>8}"
                      f"{r.weights_bytes / GiB:>9.2f}G{r.activation_bytes / GiB:>8.2f}G"
                      f"{r.device_peak_bytes / GiB:>8.2f}G{r.host_peak_bytes / GiB:>8.2f}G  {r.strategy}")
-    lines.append(f"budget: device {p.budget.device_bytes / GiB:.2f} GiB ({p.budget.source}, {RESERVE_FRACTION:.0%} reserved), "
+    lines.append(f"budget: device {p.budget.device_bytes / GiB:.2f} GiB ({p.budget.source}), "
                  f"host {p.budget.host_bytes / GiB:.2f} GiB; text encoder: {p.strategy.text_encoder}; "
                  f"vae {'tiled' if p.strategy.vae_tiling else 'untiled'}")
+    lines.append(f"assumes: {p.budget.describe_allowance()}")
     return "\n".join(lines)

@@ -249,7 +249,9 @@ def test_cuda_streaming_matches_resident_and_respects_the_plan():
     bb = load_backbone(preset.model, "cuda")
     pipe = Pipeline(bb, build_encoder(preset.model, bb), preset)
     resident_frames = _frames(pipe)
-    budget = Budget(_tight_budget(pipe).device_bytes, GiB, "cuda", "test")
+    tight = _tight_budget(pipe)  # the same usable bytes on CUDA: the budget carries the CUDA allowance on top
+    budget = Budget(tight.usable + Budget(0, 0, "cuda").allowance, GiB, "cuda", "test")
+    assert budget.usable == tight.usable
     manager = MemoryManager(bb, plan(preset, REQUEST["seconds"], budget=budget, start_image=False), verify=True)
     pipe.memory = manager
     torch.cuda.reset_peak_memory_stats()
