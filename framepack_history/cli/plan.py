@@ -10,6 +10,7 @@ from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.jobs.admission import check_loras
+from framepack_history.training.settings import TrainConfig, check_train_config, load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true", help="every section in the table, not one per 20 s")
     p.add_argument("--json", action="store_true", help="a JSON list of phases instead of a table")
     p.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]", help="count these LoRAs' adapters (repeatable)")
+    p.add_argument("--train", metavar="CONFIG", help="plan a training config instead (Stage I or II): memory per GPU, "
+                                                     "FLOPs per step, which cards it fits")
+    p.add_argument("--gpus", type=int, default=1, help="with --train: GPUs (more than one: FSDP over them)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.train:
+        return run_train(args.train, args.gpus)
     from framepack_history.memory.planner import (  # torch: kept off the page's import path
         format_table,
         plan,
@@ -52,4 +58,19 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(p.to_json(), indent=1))
     else:
         print(format_table(p, full=args.full))
+    return 0
+
+
+def run_train(path: str, gpus: int) -> int:
+    """``plan --train CONFIG``: the training plan's rows, totals, FLOPs and card table."""
+    from framepack_history.training.plan import (  # torch: kept off the page's import path
+        format_plan,
+        plan_training,
+    )
+
+    try:
+        cfg = check_train_config(load_config(TrainConfig, path))
+    except InputError as e:
+        raise InputError("--train", f"{e.field}: {e.message}" if e.field != "--config" else e.message) from None
+    print(format_plan(plan_training(cfg, gpus, config_name=path)))
     return 0
