@@ -72,6 +72,15 @@ class VideoSpec:
     buckets: bool | None = None
     max_seconds: float = 600.0
 
+    def sections(self, seconds: float) -> int:
+        """How many sections make ``seconds``: FramePack's count, the nearest whole number, at least one.
+
+        FramePack's demo computes ``int(max(round(seconds * 30 / (latent_window_size * 4)), 1))``
+        (Python's ``round``: halves go to the even number), so 5 s at 30 fps, 36 frames per section,
+        are 4 sections (4.8 s), not 5 (6 s).
+        """
+        return int(max(round(seconds * self.fps / self.section_frames), 1))
+
 
 @dataclass
 class SamplingSpec:

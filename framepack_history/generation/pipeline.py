@@ -161,7 +161,8 @@ class Pipeline:
         return self.backbone.geometry.latent_frames(self.preset.video.section_frames)
 
     def sections_for(self, seconds: float) -> int:
-        return max(1, math.ceil(seconds * self.preset.video.fps / self.preset.video.section_frames - 1e-9))
+        """Sections of a ``seconds`` long request: FramePack's count (``VideoSpec.sections``, the nearest)."""
+        return self.preset.video.sections(seconds)
 
     def text(self, prompt: str) -> Conditioning:
         """Prompt embeddings, computed once per distinct prompt and kept on the host between uses."""

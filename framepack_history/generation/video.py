@@ -7,6 +7,7 @@ was encoded is ever encoded again.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import tempfile
@@ -32,8 +33,18 @@ MIN_SIDE = 8
 
 
 def fit_frame(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover ``width x height`` and centre-crop (no distortion)."""
-    return ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
+    """Scale to cover ``width x height`` and centre-crop (no distortion), as FramePack does.
+
+    FramePack's ``resize_and_center_crop`` (diffusers_helper/utils.py): the scale that covers
+    the target, each side rounded, a LANCZOS resize, then a crop box centred at half-pixel
+    coordinates (Pillow rounds them). Same calls in the same order, so the same pixels.
+    """
+    if img.size == (width, height):
+        return img
+    scale = max(width / img.width, height / img.height)
+    resized = img.resize((int(round(img.width * scale)), int(round(img.height * scale))), Image.Resampling.LANCZOS)
+    rw, rh = resized.size
+    return resized.crop(((rw - width) / 2, (rh - height) / 2, (rw + width) / 2, (rh + height) / 2))
 
 
 def read_image(path: str | Path, width: int | None, height: int | None, field: str = "--image") -> np.ndarray:
@@ -144,6 +155,10 @@ def video_size(path: str | Path, field: str = "--continue-video") -> tuple[int, 
     return int(size[0]), int(size[1])
 
 
+#: how much of an uploaded video is read: its last seconds become the history a continuation starts from
+MAX_CONTINUE_SECONDS = 30.0
+
+
 def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: int, field: str = "--continue-video") -> np.ndarray:
     """Frames of an uploaded video as ``uint8 [F, H, W, 3]``, resampled to ``fps``.
 
@@ -166,6 +181,18 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
         raise InputError(field, f"{Path(path).name} has no decodable video frames")
     frames = frames[-max_frames:]
     return np.stack([np.asarray(fit_frame(Image.fromarray(f), width, height)) for f in frames])
+
+
+def video_frames(path: str | Path, fps: int, max_frames: int, field: str = "--continue-video") -> int:
+    """About how many frames :func:`read_video` gives, from the container's duration (no decoding).
+
+    For planning before the frames are read, and again on a resume (the same file, the same answer);
+    ``max_frames`` when the container states no duration.
+    """
+    duration = probe_video(path, field).get("duration") or 0
+    if not duration or duration != duration or duration == float("inf"):
+        return max_frames
+    return max(1, min(max_frames, math.ceil(duration * fps - 1e-6)))
 
 
 def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int = 18) -> Path:

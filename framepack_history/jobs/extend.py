@@ -88,7 +88,7 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
     missing = [n for n in names if not (info.segments_dir / n).is_file()]
     if missing:
         raise InputError("job", f"{src.id}: segment {missing[0]} is missing, so its video cannot start the new one")
-    total = max(1, math.ceil(request.seconds * v.fps / v.section_frames - 1e-9))
+    total = max(done + 1, v.sections(request.seconds))  # the pipeline's count; an extension adds at least one
     try:
         dst.create(request, info.preset, out=out, segments_dir=segments_dir, preset_ref=info.preset_ref,
                    encoder_rate=info.encoder_rate, extended_from=str(src.root), extended_at=done, **extra)

@@ -21,7 +21,6 @@ safetensors pages are file cache the kernel can drop, so they are not counted.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -337,7 +336,7 @@ def _request(preset: Preset, seconds: float, history_mode: str | None, rate: str
         # FramePack-F1's own context is 2.5 frames of tokens (1x: 2, 2x: 1/4, 4x: 1/4): traced as a 3-frame window
         window = 3
     h, w = v.height // geo.spatial_scale, v.width // geo.spatial_scale
-    sections = max(1, math.ceil(seconds * v.fps / v.section_frames - 1e-9))
+    sections = v.sections(seconds)  # the pipeline's count (Pipeline.sections_for)
     start = geo.latent_frames(1) if start_image else 0
     frames = [start + s * t for s in range(sections + 1)]  # history latent frames before section s
 

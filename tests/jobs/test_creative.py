@@ -328,7 +328,8 @@ def test_extend_on_framepack_f1_sends_the_overlap_tail_once(tmp_path, start_imag
 
     pipeline = _load_pipeline(preset, request(1), None)
     assert pipeline.backbone.overlap_decode
-    straight = frames(list(pipeline.run(request(2))))
+    # 4 sections of 0.625 s: the old job's 2 (1 s, nearest 1.6) and 2 more (1.25 s + 1 s, nearest 3.6)
+    straight = frames(list(pipeline.run(request(2.5))))
     old, new = JobDir(tmp_path / "old"), JobDir(tmp_path / "new")
     old.create(request(1), preset, out=tmp_path / "old.mp4")
     seen_old, seen_new = [], []
