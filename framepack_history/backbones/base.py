@@ -177,6 +177,9 @@ class Backbone(ABC):
     #: Decode each section together with the one before and cross-fade the overlap (FramePack-F1);
     #: False = every section is decoded alone.
     overlap_decode: bool = False
+    #: Draw every section's noise from one generator seeded once per video, in section order
+    #: (FramePack's demo); False = each section from its own ``(seed, section index)`` generator.
+    noise_per_video: bool = False
 
     def schedule_mu(self, noisy_shape: tuple[int, ...]) -> float | None:
         """The model's own timestep-shift exponent for a section of this latent shape (shift ``e^mu``).

@@ -61,6 +61,10 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
     FramePack-F1 weights, LoRA (``PeftAdapterMixin``) and diffusers caches keep working.
     """
 
+    #: the output projection in float32 whatever the DiT's dtype (FramePack's demo sets its
+    #: ``high_quality_fp32_output_for_inference``); off, the head runs as diffusers' does
+    fp32_output: bool = False
+
     def set_backend(self, backend: str) -> None:
         """Run the blocks' attention through diffusers' ``backend`` (this model only; see ``attention.py``).
 
@@ -232,7 +236,11 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         batch_size, post_t, post_h, post_w = br.shape
         p, p_t = self.config.patch_size, self.config.patch_size_t
         hidden_states = br.hidden[:, -post_t * post_h * post_w :]
-        hidden_states = self.proj_out(self.norm_out(hidden_states, br.temb))
+        hidden_states = self.norm_out(hidden_states, br.temb)
+        if self.fp32_output:
+            hidden_states = self._proj_out_fp32(hidden_states)
+        else:
+            hidden_states = self.proj_out(hidden_states)
         hidden_states = hidden_states.reshape(batch_size, post_t, post_h, post_w, -1, p_t, p, p)
         hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return hidden_states
@@ -242,5 +250,21 @@ class _Branch:
     """One prediction's state between blocks."""
 
     def __init__(self, state: dict[str, Any]) -> None:
+    def _proj_out_fp32(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The output projection in float32, as FramePack's ``high_quality_fp32_output_for_inference``.
+
+        FramePack casts the normalised tokens to float32 and runs ``proj_out`` with its
+        weights cast to float32. Here the weights are cast for this call only: the module
+        keeps its stored dtype, so the memory manager's ledger and weight loading see what
+        they placed. A cast from bfloat16 to float32 is exact, so the result is FramePack's
+        bit for bit. A ``proj_out`` that is no plain ``Linear`` (a LoRA adapter wraps it)
+        runs as it is, in its own dtype.
+        """
+        proj = self.proj_out
+        if not isinstance(proj, torch.nn.Linear):
+            return proj(hidden_states)
+        bias = None if proj.bias is None else proj.bias.float()
+        return torch.nn.functional.linear(hidden_states.float(), proj.weight.float(), bias)
+
         self.hidden, self.text, self.temb = state["hidden"], state["text"], state["temb"]
         self.mask, self.rotary, self.shape = state["mask"], state["rotary"], state["shape"]

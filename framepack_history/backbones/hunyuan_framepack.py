@@ -134,6 +134,10 @@ class HunyuanFramepackBackbone(Backbone):
     F1_HISTORY = (16, 2, 1)
     context_frames = sum(F1_HISTORY)
     overlap_decode = True  # F1 decodes the newest two sections together and cross-fades the overlap
+    noise_per_video = True  # FramePack's demo: one CPU generator for the whole video, drawn section by section
+    #: ``framepack``: FramePack's demo's arithmetic (timestep rounded to the DiT dtype, output projection
+    #: in float32); ``diffusers``: ``HunyuanVideoFramepackPipeline``'s (float32 timestep, head in the DiT dtype)
+    NUMERICS = ("framepack", "diffusers")
 
     def __init__(
         self,
@@ -150,17 +154,22 @@ class HunyuanFramepackBackbone(Backbone):
         dtype: torch.dtype = torch.bfloat16,
         rope_time_offset: float = 20.0,
         offload: bool = False,
+        component_dtype: torch.dtype | None = None,
+        numerics: str = "framepack",
     ) -> None:
         self.device, self.dtype = torch.device(device), dtype
+        #: the dtype of the VAE and the text and image encoders (FramePack: float16 beside a bfloat16 DiT)
+        self.component_dtype = component_dtype or dtype
         self.rope_time_offset = rope_time_offset  # DiT frame index of section t=0 (see module docstring)
         # offload: weights stay where they are (host, or meta for the DiT); a memory manager places them per phase.
         put = (lambda m, d, t: m) if offload else place
         self._transformer = put(transformer, self.device, dtype).eval()
+        self.numerics = numerics
         self.vae, self.text_encoder, self.text_encoder_2 = vae, text_encoder, text_encoder_2
         self.image_encoder = image_encoder
         for module in (vae, text_encoder, text_encoder_2, image_encoder):
             if module is not None:  # frozen helpers; the DiT's trainability is left to the caller
-                put(module, self.device, dtype).eval().requires_grad_(False)
+                put(module, self.device, self.component_dtype).eval().requires_grad_(False)
         #: offload mode: builders of components left unloaded, and the DiT's weight folder (read lazily)
         self.loaders: dict[str, Any] = {}
         self.weight_folders: dict[str, str] = {}
@@ -180,6 +189,18 @@ class HunyuanFramepackBackbone(Backbone):
     @property
     def transformer(self) -> HistoryFramepackTransformer3DModel:
         return self._transformer
+
+    @property
+    def numerics(self) -> str:
+        """Whose arithmetic the DiT call follows: ``"framepack"`` (the default) or ``"diffusers"`` (``NUMERICS``)."""
+        return self._numerics
+
+    @numerics.setter
+    def numerics(self, value: str) -> None:
+        if value not in self.NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(self.NUMERICS)} (got {value!r})")
+        self._numerics = value
+        self._transformer.fp32_output = value == "framepack"
 
     def patch_embedding(self) -> nn.Module:
         return self._transformer.x_embedder.proj
@@ -223,7 +244,7 @@ class HunyuanFramepackBackbone(Backbone):
             return Conditioning(out)
         pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
         inputs = self.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
-        values = inputs["pixel_values"].to(self.device, self.dtype)
+        values = inputs["pixel_values"].to(self.device, self.component_dtype)
         out["image_embeds"] = self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)
         return Conditioning(out)
 
@@ -369,9 +390,12 @@ class HunyuanFramepackBackbone(Backbone):
             kwargs["history_tokens"] = batched(context.history_tokens)
             positions = context.history_positions.to(dev, torch.float32)
             kwargs["history_positions"] = positions + torch.tensor([shift, 0.0, 0.0], device=dev)
+        timestep = sigma * 1000.0
+        if self._numerics == "framepack":  # FramePack's fm_wrapper: ``(sigma * 1000).to(dtype)``, the DiT's dtype
+            timestep = timestep.to(dt)
         return dict(
             hidden_states=noisy.to(dev, dt),
-            timestep=sigma * 1000.0,
+            timestep=timestep,
             encoder_hidden_states=batched(c["prompt_embeds"]),
             encoder_attention_mask=batched(c["prompt_attention_mask"], None),
             pooled_projections=batched(c["pooled_prompt_embeds"]),
@@ -394,6 +418,7 @@ class HunyuanFramepackBackbone(Backbone):
         cache_dir: str | None = None,
         text_encoder_quantization: str | None = None,
         offload: bool = False,
+        component_dtype: torch.dtype | None = None,
     ) -> "HunyuanFramepackBackbone":
         """Load from hub ids or local folders laid out like the hub repos (safetensors only).
 
@@ -404,18 +429,20 @@ class HunyuanFramepackBackbone(Backbone):
         ``offload=True`` loads nothing big: the DiT is built on ``meta`` (its safetensors
         are read later, per block, by :class:`~framepack_history.memory.MemoryManager`),
         the text and image encoders become ``loaders`` run on first use, the VAE stays on the host.
+        ``component_dtype`` (default ``dtype``) is the VAE's and the text and image encoders' dtype.
         """
         offline = is_offline(local_files_only)
         specs = _component_specs(transformer, base, image_encoder)
         where = {k: locate(src, sub, marker, k, offline, cache_dir) for k, (src, sub, marker, *_) in specs.items()}
         parts: dict[str, Any] = {}
         lazy: dict[str, Any] = {}
+        parts_dtype = component_dtype or dtype
         for k, (src, sub, _, loader, dtype_key) in specs.items():
             kw: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
             if dtype_key is not None:
-                kw.update({dtype_key: dtype, "use_safetensors": True})
+                kw.update({dtype_key: dtype if k == "transformer" else parts_dtype, "use_safetensors": True})
             if k == "text_encoder" and text_encoder_quantization is not None:
-                kw["quantization_config"] = text_encoder_quantization_config(text_encoder_quantization, dtype)
+                kw["quantization_config"] = text_encoder_quantization_config(text_encoder_quantization, parts_dtype)
                 kw["device_map"] = {"": str(torch.device(device))}
             if offload and k in ("text_encoder", "text_encoder_2", "image_encoder"):
                 kw["device_map"] = {"": str(torch.device(device))}  # straight from the files to the device
@@ -427,7 +454,7 @@ class HunyuanFramepackBackbone(Backbone):
                 lazy["transformer_folder"] = folder
             else:
                 parts[k] = load(k, loader, where[k], src, sub, **kw)
-        bb = cls(**parts, device=device, dtype=dtype, offload=offload)
+        bb = cls(**parts, device=device, dtype=dtype, offload=offload, component_dtype=parts_dtype)
         if offload:
             bb.weight_folders["transformer"] = lazy.pop("transformer_folder")
             bb.loaders.update(lazy)
@@ -435,7 +462,8 @@ class HunyuanFramepackBackbone(Backbone):
 
     @classmethod
     def tiny(
-        cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, **overrides: Any
+        cls, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        component_dtype: torch.dtype | None = None, **overrides: Any
     ) -> "HunyuanFramepackBackbone":
         """Every component from tiny configs with random weights (tests, CI); ``overrides`` update the DiT config."""
         from transformers import (
@@ -487,7 +515,7 @@ class HunyuanFramepackBackbone(Backbone):
         template["crop_start"] = len(tokenizer(template["template"].split("{}")[0]).input_ids)
         return cls(
             transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, image_encoder, feature_extractor,
-            prompt_template=template, device=device, dtype=dtype,
+            prompt_template=template, device=device, dtype=dtype, component_dtype=component_dtype,
         )
 
 

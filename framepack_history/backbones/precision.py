@@ -1,4 +1,5 @@
-"""How the DiT's weights are stored: the compute dtype, or float8 with compute in the compute dtype.
+"""How the DiT's weights are stored (the compute dtype, or float8 with compute in the compute dtype),
+and the dtype of the models beside it (``component_dtype``).
 
 float8 storage (diffusers' layerwise casting: each ``Linear``/``Conv`` keeps its
 weight in float8 and casts it to the compute dtype for its own forward only)
@@ -18,9 +19,25 @@ from torch import nn
 from framepack_history.backbones.base import transformer_blocks
 from framepack_history.device import WEIGHT_STORAGE
 
-__all__ = ["FLOAT8", "WEIGHT_STORAGE", "storage_dtype", "store_weights"]
+__all__ = ["FLOAT8", "WEIGHT_STORAGE", "component_dtype", "storage_dtype", "store_weights"]
 
 FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+#: device types whose float16 kernels are the fast, complete ones (convolutions and attention included)
+FLOAT16_DEVICES = ("cuda", "mps")
+
+
+def component_dtype(device: torch.device | str, dit_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the VAE and the text and image encoders beside a DiT computing in ``dit_dtype``.
+
+    FramePack's demo runs LLaMA, CLIP, SigLIP and the VAE in float16 and only the DiT
+    in bfloat16; on CUDA (and MPS) so do we, whenever the DiT computes in 16 bits.
+    On the CPU they keep the DiT's dtype: float16 matrix and convolution kernels there
+    are slow or missing, where bfloat16 ones are not. A float32 DiT (the tests'
+    reference runs) keeps everything in float32.
+    """
+    if torch.device(device).type in FLOAT16_DEVICES and dit_dtype in (torch.bfloat16, torch.float16):
+        return torch.float16
+    return dit_dtype
 
 
 def storage_dtype(name: str) -> torch.dtype | None:

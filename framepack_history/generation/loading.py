@@ -12,6 +12,7 @@ import torch
 
 from framepack_history.backbones.base import Backbone, place
 from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
+from framepack_history.backbones.precision import component_dtype
 from framepack_history.backbones.speed import apply_speed
 from framepack_history.backbones.toy import ToyBackbone
 from framepack_history.config.paths import resolve_path
@@ -58,9 +59,10 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
             raise WeightsNotFoundError(f"toy weights not found in {folder}: train them (README) or point model.weights to a folder")
         return ToyBackbone.from_pretrained(folder, device=device, dtype=torch_dtype)
     if spec.backbone == "hunyuan_framepack":
-
+        parts = component_dtype(device, torch_dtype)  # FramePack's float16 VAE and encoders where the device has them
         if not spec.weights:
-            return HunyuanFramepackBackbone.tiny(seed=spec.seed, device=device, dtype=torch_dtype, **spec.config)
+            return HunyuanFramepackBackbone.tiny(seed=spec.seed, device=device, dtype=torch_dtype, component_dtype=parts,
+                                                 **spec.config)
         # Loading never downloads (a job must not start a silent multi-GB download): what is missing
         # fails at once, naming the `download` command that fetches it.
         gone = hub.missing(spec)
@@ -72,6 +74,7 @@ def load_backbone(spec: ModelSpec, device: str | torch.device = "cpu", dtype: st
             image_encoder=resolve_path(spec.components.get("image_encoder", "lllyasviel/flux_redux_bfl")),
             device=device,
             dtype=torch_dtype,
+            component_dtype=parts,
             local_files_only=True,
             **hub_kwargs,
         )

@@ -3,8 +3,10 @@
 The pipeline never touches files or the UI. It yields events; whoever runs it
 (the CLI, the worker) writes segments, shows previews and checks for
 cancellation. A :class:`Generation` can be snapshotted after any section and
-resumed from that snapshot with identical results, because every section's
-noise is drawn from its own generator seeded by ``(seed, section index)``.
+resumed from that snapshot with identical results: a backbone that draws its
+noise per video (FramePack-F1: one CPU generator seeded once, as FramePack's
+demo) keeps that generator in the snapshot; the others draw every section's
+noise from its own generator seeded by ``(seed, section index)``.
 """
 
 from __future__ import annotations
@@ -97,10 +99,27 @@ def to_pixels(frames: np.ndarray) -> torch.Tensor:
     return x.permute(3, 0, 1, 2).unsqueeze(0)
 
 
-def section_noise(shape: tuple[int, ...], seed: int, index: int) -> torch.Tensor:
-    """Noise for one section, independent of every other section (resume-safe)."""
+def section_noise(shape: tuple[int, ...], seed: int, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise for one section: float32 ``randn`` from ``generator`` (the video's, advanced by this draw),
+    else from a generator of its own, independent of every other section (resume-safe as it is)."""
+    if generator is not None:  # FramePack's sample_hunyuan: torch.randn(shape, generator=g, device=g.device)
+        return torch.randn(shape, generator=generator, device=generator.device)
     g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
     return torch.randn(shape, generator=g)
+
+
+def video_noise_generator(gen: Generation, backbone: Backbone) -> torch.Generator | None:
+    """The generation's one noise generator where ``backbone`` draws noise per video (FramePack's seed), else None.
+
+    Seeded with the request's seed before the first section, as FramePack's demo does
+    (``torch.Generator("cpu").manual_seed(seed)``); nothing else draws from it, so section
+    ``k`` gets the ``k``-th draw. A resumed generation brings it back from its checkpoint;
+    one checkpointed without it (a job begun before videos drew their noise this way) goes
+    on with per-section noise, the noise it began with.
+    """
+    if gen.noise_generator is None and gen.next_section == 0 and backbone.noise_per_video:
+        gen.noise_generator = torch.Generator("cpu").manual_seed(int(gen.request.seed))
+    return gen.noise_generator
 
 
 class MemoryHooks(Protocol):
@@ -128,6 +147,9 @@ class Generation:
     held: torch.Tensor | None = None
     #: an extension's first section: the video it extends already ends with the held tail (see .extend)
     tail_sent: bool = False
+    #: backbones that draw noise per video: the video's generator, advanced by each section's draw
+    #: (checkpointed with every section: its state is the noise of the sections still to come)
+    noise_generator: torch.Generator | None = None
 
 
 class Pipeline:
@@ -357,7 +379,7 @@ class Pipeline:
         cache = StepCache(bb.transformer, threshold_for(bb.name, self.option(req, "cache")), steps)
         model = self._branches_model(cache, cond, neg, ctx, guidance)
 
-        noise = section_noise(self.latent_shape(gen), req.seed, idx).to(bb.device)
+        noise = section_noise(self.latent_shape(gen), req.seed, idx, video_noise_generator(gen, bb)).to(bb.device)
         shift, mu = self.schedule(self.option(req, "shift"), gen)
         t0 = time.perf_counter()
         with self._phase("denoise", idx), cache:

@@ -15,8 +15,9 @@ or a restart::
                                 chunk 0 is the start state, then one per finished section: the
                                 history's new latents, frame context and complete token groups,
                                 the partial last token group as it is now (small; only the newest
-                                counts), the torch RNG state, and (metadata) the names of the new
-                                segments and the sections' timings
+                                counts), the torch RNG state, the video's noise generator state
+                                (backbones that draw noise per video; only the newest counts), and
+                                (metadata) the names of the new segments and the sections' timings
     segments/                   one mp4 per finished section (the CLI; the app keeps them in outputs/)
 
 A checkpoint writes only what is new, so its cost does not grow with the
@@ -25,8 +26,10 @@ the chunk is written to a temp name, fsynced and renamed (and its folder
 fsynced); then ``checkpoint.json`` is replaced the same way, counting the chunks
 it covers; only then do files that no checkpoint names go. A section that was
 being written when the process died is simply generated again. Every
-section's noise comes from ``(seed, section index)``, so a resumed job is
-frame-identical to one that was never interrupted.
+section's noise comes from ``(seed, section index)`` or, for a backbone that
+draws noise per video (FramePack-F1, as FramePack's demo), from the video's one
+generator, whose state the chunk keeps (``rng.noise``); either way a resumed
+job is frame-identical to one that was never interrupted.
 
 Folders of checkpoint format 1 (one ``history-NNNNN`` + ``tensors-NNNNN`` pair
 rewritten whole each time) still resume; their next checkpoint converts them.
@@ -58,6 +61,7 @@ FORMAT = 1  # request.json
 CHECKPOINT_FORMAT = 2  # checkpoint.json: 1 = whole history rewritten per checkpoint, 2 = chunks
 REQUEST, PRESET, CHECKPOINT = "request.json", "preset.json", "checkpoint.json"
 COND, CHUNKS = "cond.safetensors", "history"
+NOISE_STATE = "rng.noise"  # a chunk's tensor: the state of the video's noise generator after its section
 #: statuses of a job that has not finished and whose process may have died
 UNFINISHED = ("queued", "running", "interrupted")
 GiB = 1024**3
@@ -237,7 +241,9 @@ class JobDir:
             history_tokens=h.num_tokens, chunks=k + 1, cond=cond,
             progress={"history_frames": h.num_frames, "history_groups": h.num_groups, "segments": len(segments),
                       "sections": len(sections)},
-            rng={"noise": "section_noise(seed, section index)", "torch_cpu_state": f"{chunk_file(k)}:rng.cpu"},
+            rng={"noise": "section_noise(seed, section index)" if gen.noise_generator is None else
+                 f"one generator per video, seeded with the seed; its state: {chunk_file(k)}:{NOISE_STATE}",
+                 "torch_cpu_state": f"{chunk_file(k)}:rng.cpu"},
             updated=time.time(), owner=_owner(),
         )
         _drop_format_1(ck)
@@ -252,6 +258,8 @@ class JobDir:
 
         tensors = gen.history.chunk(*since)
         tensors["rng.cpu"] = torch.get_rng_state()
+        if gen.noise_generator is not None:  # the noise of the sections still to come (uint8 state)
+            tensors[NOISE_STATE] = gen.noise_generator.get_state()
         folder = self.root / CHUNKS
         if not folder.is_dir():
             folder.mkdir()
@@ -329,6 +337,10 @@ class JobDir:
             with RNG_LOCK:  # another worker may be seeding a model load
                 torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
+        noise = chunks[-1][0].get(NOISE_STATE)  # absent: per-section noise, or a job begun before the video's generator
+        if noise is not None:
+            gen.noise_generator = torch.Generator("cpu")
+            gen.noise_generator.set_state(noise)
         return gen, resumed
 
 

@@ -5,9 +5,13 @@ loaded through the real loading code (``loading.load_backbone`` from a preset).
 The reference, ``HunyuanVideoFramepackPipeline``, runs on the same weights
 (the stock diffusers transformer read from the same folder) with the same
 start latent (``image_latents=``: we take the VAE posterior's mode, the
-reference would sample it) and the same per-section noise (its
-``prepare_latents`` answers with our noise, on that one pipeline object).
-Both use Euler: diffusers has no flow-matching UniPC of FramePack's kind.
+reference would sample it) and the same seed: the reference draws every
+section's noise from one CPU generator (``generator=``), as FramePack's demo
+does, and so do we by default. Both use Euler: diffusers has no flow-matching
+UniPC of FramePack's kind. In float32 FramePack's numerics (timestep rounded
+to the DiT dtype, float32 output projection) are diffusers' exactly; the
+backbone still selects diffusers' (``numerics="diffusers"``) so the comparison
+states what it compares (``test_framepack_numerics_are_the_default``).
 """
 
 from __future__ import annotations
@@ -70,7 +74,10 @@ dtype = "float32"
 
 @pytest.fixture(scope="module")
 def backbone(folders) -> HunyuanFramepackBackbone:
-    return load_backbone(folders["preset"].model, "cpu", "float32")
+    bb = load_backbone(folders["preset"].model, "cpu", "float32")
+    assert bb.numerics == "framepack"  # the default (see tests/backbones/test_framepack_numerics.py)
+    bb.numerics = "diffusers"  # the reference's arithmetic, selected explicitly
+    return bb
 
 
 def _recorder(calls: list[dict]):
@@ -101,8 +108,6 @@ def runs(folders, backbone) -> dict:
         tokenizer_2=backbone.tokenizer_2, image_encoder=backbone.image_encoder, feature_extractor=backbone.feature_extractor,
     )
     ref.set_progress_bar_config(disable=True)
-    noises = iter([section_noise(pipe.latent_shape(), request.seed, i) for i in range(SECTIONS)])
-    ref.prepare_latents = lambda *args, **kwargs: next(noises)  # this object only: our per-section noise
     start = gen.image_cond.tensors["start_latents"]
     # It takes ``image_latents`` only instead of an image (whose SigLIP embedding it needs): the mode is given here.
     ref.prepare_image_latents = lambda image, dtype, device, generator, latents=None: start.to(device, dtype)
@@ -113,7 +118,7 @@ def runs(folders, backbone) -> dict:
         video = ref(
             image=Image.fromarray(frames), prompt=PROMPT, height=SIZE, width=SIZE, num_frames=SECTIONS * 33,
             latent_window_size=9, num_inference_steps=STEPS, guidance_scale=10.0, true_cfg_scale=1.0,
-            prompt_template=backbone.prompt_template,
+            prompt_template=backbone.prompt_template, generator=torch.Generator("cpu").manual_seed(request.seed),
             output_type="pt", sampling_type="vanilla",
         ).frames[0]  # [F, 3, H, W] in [0, 1]
     finally:
