@@ -215,7 +215,7 @@ class PreparedConditions:
     embedded by ``prepare-data``); the start image by the clip's first latent.
     """
 
-    def __init__(self, texts: dict[str, dict[str, torch.Tensor]], images: dict[str, dict[str, torch.Tensor]],
+    def __init__(self, texts: dict[str, dict[str, torch.Tensor]], images: PreparedDataset,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         self.texts, self.images, self.dtype, self.device = texts, images, dtype, device
 
@@ -229,12 +229,12 @@ class PreparedConditions:
         out = []
         for i, p in enumerate(prompts):
             cond = self.text(p).tensors
-            extra = self.images.get(first_latent_key(latents[i], self.dtype)) if image else None
+            extra = self.images.image(first_latent_key(latents[i], self.dtype)) if image else None
             if extra is not None:
                 # the anchor latent is the clip's own first latent, as generation's start image gives it
                 cond = {**{k: v.to(self.device) for k, v in extra.items()},
                         "start_latents": latents[i : i + 1, :, :1].to(self.device, torch.float32), **cond}
-            elif image and self.images:
+            elif image and self.images.starts:
                 raise InputError("data.root", "a clip's first latent matches no prepared start image")
             out.append(Conditioning(cond))
         return out
@@ -266,9 +266,10 @@ class PreparedDataset(Dataset):
         chosen = [rel for rel in sorted(ok) if (not files or rel in files) and rel not in (exclude_files or [])]
         self.settings = info.get("settings", {})
         self.index: list[tuple[Path, str, str, str]] = []  # shard, clip key, caption, source
-        self.images: dict[str, dict[str, torch.Tensor]] = {}
+        #: first-latent key -> (shard, clip key) of the clips with a start image; read when a step asks
+        self.starts: dict[str, tuple[Path, str]] = {}
         shapes: dict[tuple[int, ...], int] = {}
-        self.dtype = torch.float32
+        self.dtype = torch_dtype(self.settings.get("latent_dtype", "float32"))
         for rel in chosen:
             shard = self.root / "clips" / ok[rel]["shard"]
             with safe_open(str(shard), "pt") as f:
@@ -276,15 +277,14 @@ class PreparedDataset(Dataset):
                 if bucket and f"{meta['width']}x{meta['height']}" != bucket:
                     continue
                 keys = set(f.keys())
+                firsts = json.loads(meta.get("first_latents", "[]"))  # written by prepare-data; else read the slice
                 for j, caption in enumerate(json.loads(meta["captions"])):
                     lat = f.get_slice(f"latents.{j}")
                     shape = tuple(lat.get_shape())
                     shapes[shape[:1] + shape[2:]] = min(shapes.get(shape[:1] + shape[2:], shape[1]), shape[1])
-                    cond = {k.split(".", 2)[2]: f.get_tensor(k) for k in keys if k.startswith(f"cond.{j}.")}
-                    if cond:
-                        full = f.get_tensor(f"latents.{j}")
-                        self.dtype = full.dtype
-                        self.images[first_latent_key(full, full.dtype)] = cond
+                    if any(k.startswith(f"cond.{j}.") for k in keys):
+                        first = firsts[j] if firsts else first_latent_key(lat[:, :1], self.dtype)
+                        self.starts[first] = (shard, str(j))
                     self.index.append((shard, str(j), caption, rel))
         if not self.index:
             raise InputError("data.root", f"no prepared clips in {root} for this selection"
@@ -324,8 +324,18 @@ class PreparedDataset(Dataset):
                 table[prompts[int(i)]][name] = f.get_tensor(k)
         return table
 
+    def image(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The start-image conditioning of the clip whose first latent has this key, or None."""
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
+
+        if key not in self.starts:
+            return None
+        shard, j = self.starts[key]
+        with safe_open(str(shard), "pt") as f:
+            return {k.split(".", 2)[2]: f.get_tensor(k) for k in f.keys() if k.startswith(f"cond.{j}.")}
+
     def conditions(self, device: torch.device | str) -> PreparedConditions:
-        return PreparedConditions(self.text_table(), self.images, self.dtype, device)
+        return PreparedConditions(self.text_table(), self, self.dtype, device)
 
 
 # ------------------------------------------------------------ batch order

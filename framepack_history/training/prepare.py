@@ -48,6 +48,7 @@ from framepack_history.fsio import atomic_save_tensors, atomic_write_json
 from framepack_history.generation.buckets import choose_size
 from framepack_history.generation.loading import load_backbone
 from framepack_history.generation.video import fit_frame, probe_video
+from framepack_history.training.data import first_latent_key
 
 #: what counts as a video in the folder
 PREPARE_EXTS = (".mp4", ".webm", ".mov", ".mkv")
@@ -294,7 +295,7 @@ def prepare_folder(videos: str | Path, preset: str | Path, out: str | Path, clip
         what = (f"{entry['clips']} clips, {entry['seconds']:.1f} s" if entry["status"] == "ok"
                 else f"SKIPPED ({entry['error']})")
         log(f"[{n}/{len(files)}] {rel}: {what}; ETA {_hms(left)} (elapsed {_hms(time.monotonic() - began)})")
-    release(bb, ("image_encoder",))
+    release(bb, ("image_encoder", "vae"))  # what the text encoders may need is theirs alone
     result.prompts = prepare_texts(bb, manifest, out, log)
     for entry in manifest["files"].values():
         if entry.get("status") == "ok":
@@ -327,6 +328,7 @@ def prepare_file(bb: Backbone, preset: Preset, path: Path, rel: str, out: Path, 
     tensors: dict[str, torch.Tensor] = {}
     captions: list[str] = []
     starts: list[float] = []
+    firsts: list[str] = []  # each clip's first-latent key: training finds its start image by it
     store = torch_dtype(latent_dtype)
     try:
         for start, clip in clips_of(frames, size, length, section, first):
@@ -334,6 +336,7 @@ def prepare_file(bb: Backbone, preset: Preset, path: Path, rel: str, out: Path, 
             pixels = to_pixels(clip, bb.vae.dtype if getattr(bb, "vae", None) is not None else torch.float32)
             lat = bb.vae_encode(pixels)[0]
             tensors[f"latents.{j}"] = lat.to("cpu", store).contiguous()
+            firsts.append(first_latent_key(tensors[f"latents.{j}"], store))
             if image:
                 cond = bb.encode_image(pixels[0, :, 0].to(bb.device))
                 for k, v in cond.tensors.items():
@@ -349,7 +352,7 @@ def prepare_file(bb: Backbone, preset: Preset, path: Path, rel: str, out: Path, 
     seconds = sum(bb.geometry.pixel_frames(tensors[f"latents.{j}"].shape[1]) for j in range(len(captions))) / fps
     shard = shard_name(rel)
     atomic_save_tensors(out / "clips" / shard, tensors, metadata={
-        "captions": json.dumps(captions), "starts": json.dumps(starts), "source": rel,
+        "captions": json.dumps(captions), "starts": json.dumps(starts), "first_latents": json.dumps(firsts), "source": rel,
         "width": str(size[0]), "height": str(size[1]), "fps": str(fps)})
     return {"status": "ok", "shard": shard, "clips": len(captions), "seconds": seconds,
             "size": list(size), "prompts": sorted({q for c in captions for q in clip_prompts(c)})}

@@ -108,7 +108,7 @@ def test_prepare_data_writes_clips_text_and_start_images_and_names_a_bad_file(pr
     texts = data.text_table()
     assert {"", "a square moves", "a square moves right", "the square keeps moving"} <= set(texts)
     assert {"prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"} <= set(texts[""])
-    assert len(data.images) == 4 and all("image_embeds" in c for c in data.images.values())
+    assert len(data.starts) == 4 and all("image_embeds" in data.image(key) for key in data.starts)
 
 
 def test_prepare_data_resumes_without_encoding_again(prepared, capsys):
@@ -176,8 +176,8 @@ def test_the_exported_preset_generates_with_history_tokens_read_by_the_dit(train
     videos = {}
     for mode in ("encoder", "window"):
         out = tmp_path / f"{mode}.mp4"
-        rc = main(["generate", "--preset", str(preset), "--prompt", "a square moves", "--seconds", "1.5", "--seed", "3",
-                   "--history", mode, "--quiet", "--out", str(out)])
+        rc = main(["generate", "--preset", str(preset), "--prompt", "a square moves", "--seconds", "1", "--seed", "3",
+                   "--steps", "1", "--history", mode, "--quiet", "--out", str(out)])
         assert rc == 0
         side = json.loads(out.with_suffix(".json").read_text())
         videos[mode] = (read_video(out, 64, 64, 8, 1000), side)

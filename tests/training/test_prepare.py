@@ -64,8 +64,9 @@ def test_a_prepared_folder_selects_files_and_cuts_clips_to_one_length(tmp_path):
         PreparedDataset(tmp_path, files=["nope.mp4"])
     # the start image is found by the clip's first latent, whatever the batch holds
     item = held_out[0]
-    assert torch.equal(held_out.images[first_latent_key(item["latents"], held_out.dtype)]["image_embeds"],
+    assert torch.equal(held_out.image(first_latent_key(item["latents"], held_out.dtype))["image_embeds"],
                        torch.full((1, 3), 2.0))
+    assert held_out.image("no such clip") is None
 
 
 def test_a_folder_that_was_not_prepared_is_refused_with_the_command(tmp_path):
