@@ -245,11 +245,6 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         hidden_states = hidden_states.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return hidden_states
 
-
-class _Branch:
-    """One prediction's state between blocks."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
     def _proj_out_fp32(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The output projection in float32, as FramePack's ``high_quality_fp32_output_for_inference``.
 
@@ -266,5 +261,10 @@ class _Branch:
         bias = None if proj.bias is None else proj.bias.float()
         return torch.nn.functional.linear(hidden_states.float(), proj.weight.float(), bias)
 
+
+class _Branch:
+    """One prediction's state between blocks."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
         self.hidden, self.text, self.temb = state["hidden"], state["text"], state["temb"]
         self.mask, self.rotary, self.shape = state["mask"], state["rotary"], state["shape"]
