@@ -31,7 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
     t.set_defaults(help_parser=t)
     e = sub.add_parser("eval", help="retrieval PSNR/SSIM or revisit consistency of trained runs",
-                       description="Evaluate: python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]")
+                       description="Evaluate: python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]. "
+                                   "Real footage: --data.kind prepared --data.root DIR (a prepare-data folder) and the "
+                                   "held-out videos as --data.files '[\"a.mp4\", ...]' (or --data.exclude_files).")
     e.add_argument("metric", choices=("retrieval", "revisit"))
     e.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
     e.set_defaults(help_parser=e)

@@ -6,7 +6,10 @@
 * :mod:`.stage2_autoregressive` is Stage II, next-section finetuning with
   the embedding of the whole preceding history as context;
 * :mod:`.evaluate` scores retrieval (PSNR/SSIM by history position) and
-  revisit consistency (pan away and back, leave and return).
+  revisit consistency (pan away and back, leave and return);
+* :mod:`.prepare` is ``prepare-data``: a folder of captioned videos encoded
+  once into latent clips with their text and start-image embeddings, which
+  the stages read as ``[data] kind = "prepared"`` with no encoder loaded.
 
 Every stage runs under ``accelerate launch`` (CPU, one or many GPUs) and is
 started with ``python -m framepack_history train STAGE --config FILE``.
