@@ -1,6 +1,7 @@
 """Making a video: the section loop and what it needs, with no jobs, files or pages.
 
 * :mod:`.pipeline` — :class:`~.pipeline.Pipeline`, the section loop (conditioning -> history -> denoise -> decode) as typed events;
+* :mod:`.context` — the DiT's context for a section (F1's own, or the sliding window, plus history tokens), shared with training;
 * :mod:`.loading` — a backbone and its history encoder built from a preset, with the memory manager attached;
 * :mod:`.step_cache` — skipping most of the DiT on steps whose input barely changed;
 * :mod:`.overlap` — FramePack-F1's overlapped decode, streamed append-only;

@@ -27,6 +27,7 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
+from framepack_history.generation.context import section_context, window_size
 from framepack_history.generation.overlap import OverlapDecoder
 from framepack_history.generation.step_cache import StepCache, threshold_for
 from framepack_history.generation.video import read_image, read_video
@@ -299,7 +300,7 @@ class Pipeline:
 
     # ------------------------------------------------------------- one section
     def context(self, gen: Generation) -> Context:
-        """What the DiT sees of the past, by history mode.
+        """What the DiT sees of the past, by history mode (:func:`~.context.section_context`, shared with training).
 
         ``window`` is the backbone's own context when it has one (FramePack-F1's
         multi-scale clean latents from the last 19 latents), else a sliding
@@ -307,35 +308,15 @@ class Pipeline:
         tokens of the whole past to it; ``none`` keeps only the start anchor.
         """
         mode = self.option(gen.request, "history_mode")
-        bb = self.backbone
-        ctx = Context()
-        if mode == "encoder":
-            toks = gen.history.tokens()
-            if toks is not None:
-                ctx.history_tokens, ctx.history_positions = toks
-        if mode in ("encoder", "window") and bb.context_frames > 0:
-            recent = gen.history.window(bb.context_frames)
-            if recent is None:  # nothing yet: the backbone's context is all zeros, as F1 starts
-                _, c, _, h, w = self.latent_shape(gen)
-                recent = torch.zeros(1, c, 0, h, w)
-            ctx.recent_latents = recent.to(bb.device, bb.dtype)
-        elif mode in ("encoder", "window"):
-            self._window_context(gen, ctx, mode)
-        ctx.target_w = self.frame_context(gen)
-        return ctx
-
-    def _window_context(self, gen: Generation, ctx: Context, mode: str) -> None:
-        """The generic sliding window of raw latents (backbones without a context of their own)."""
         window = int(self.option(gen.request, "window_frames"))
-        if mode == "window" and window == 0:
-            window = self.section_latent_frames  # the baseline: one section of raw latents
-        win = gen.history.window(window) if window > 0 else None
-        if win is not None:
-            ctx.window_latents = win.to(self.backbone.device, self.backbone.dtype)
-            ctx.window_t0 = -float(win.shape[2])
-            past = gen.history.frame_context[-win.shape[2]:]
-            if bool(past.any()):
-                ctx.window_w = past
+        n = window_size(self.backbone, mode, window, self.section_latent_frames)
+        past = gen.history.window(n) if n else None  # only the latents the context reads leave the host
+        if n and past is None:  # nothing yet: an empty past (F1's context is then all zeros, as F1 starts)
+            _, c, _, h, w = self.latent_shape(gen)
+            past = torch.zeros(1, c, 0, h, w)
+        return section_context(self.backbone, mode, past, history=gen.history.tokens() if mode == "encoder" else None,
+                               window_frames=window, section_latents=self.section_latent_frames,
+                               past_w=gen.history.frame_context, target_w=self.frame_context(gen))
 
     def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
         """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from framepack_history.backbones.base import Context
 from framepack_history.config.storyboard import caption_at
+from framepack_history.generation.context import query_context
 from framepack_history.training.common import logit_normal
 from framepack_history.training.modeling import FlowModule
 from framepack_history.training.settings import TrainConfig
@@ -57,10 +57,9 @@ class FrameQueryModule(FlowModule):
         x0 = torch.stack([x[i, :, omega[i]] for i in range(b)])
         noise, sigma = batch["noise"], batch["sigma"]
         sv = sigma.view(b, 1, 1, 1, 1)
-        ctx = Context(history_tokens=tokens, history_positions=pos,
-                      target_t=(omega - t).float().to(x.device),  # relative to the end of the history
-                      target_w=None if track is None else torch.gather(track, 1, omega))
-        pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx)
+        ctx = query_context((tokens, pos), (omega - t).float().to(x.device),  # relative to the end of the history
+                            None if track is None else torch.gather(track, 1, omega))
+        pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx, batch.get("guidance", 1.0))
         loss = self.flow_loss(pred, x0, noise, sigma).mean()
         return {"loss": loss, "omega_frames": torch.tensor(float(omega.shape[1]))}
 
@@ -90,6 +89,7 @@ class Stage1Task(StageTask):
         return {
             "latents": x, "track": track_of(items, bb), "keep": keep.to(dev), "mask_sigma": mask_sigma.to(dev), "mask_noise": mask_noise.to(dev),
             "omega": omegas.to(dev), "noise": noise, "sigma": sigma.to(dev), "cond": self.batched(self.conditions(prompts, x)),
+            "guidance": self.guidance,  # the DiT's distilled guidance, as recall runs it
         }
 
 

@@ -53,7 +53,9 @@ class StageTask:
         """Per sample: the prompt's embedding plus, for image-to-video backbones, the clip's first frame.
 
         Generation conditions every section on the start image (FramePack-F1:
-        SigLIP embedding and clean anchor latents), so training does as well.
+        SigLIP embedding and clean anchor latents), so training does as well:
+        the anchor is the clip's first latent itself (the start image's latent
+        of a generation that made this clip), SigLIP sees its decoded frame.
         """
         if self.prepared is not None:
             return self.prepared.conditions(prompts, latents, self.cfg.image_condition)
@@ -66,8 +68,13 @@ class StageTask:
             return texts
         with torch.no_grad():
             first = bb.vae_decode(latents[:, :, :1]).float()  # [B, 3, 1, H, W] (or more for causal VAEs)
-            images = [bb.encode_image(first[i, :, 0]) for i in range(len(prompts))]
+            images = [bb.encode_image(first[i, :, 0], latents[i : i + 1, :, :1]) for i in range(len(prompts))]
         return [Conditioning({**img.tensors, **txt.tensors}) for img, txt in zip(images, texts)]
+
+    @property
+    def guidance(self) -> float:
+        """The DiT's distilled guidance as generation runs it (the preset's ``sampling.guidance``; F1: 10)."""
+        return 1.0 if self.preset is None else float(self.preset.sampling.guidance)
 
     @staticmethod
     def batched(conds: list[Conditioning]) -> Conditioning:

@@ -188,12 +188,15 @@ def test_image_to_video_backbones_get_the_first_frame_as_condition(tmp_path):
     from .conftest import CONFIGS
 
     cfg = load_config(TrainConfig, CONFIGS / "tiny_stage2.toml",
-                      {"out": str(tmp_path), "preset": "tests/presets/tiny-hunyuan.toml", "lora_rank": 4})
+                      {"out": str(tmp_path), "preset": "tests/presets/tiny-hunyuan.toml", "lora_rank": 4,
+                       "stage2": {"window_frames": 0}})  # F1 reads its own context, no add-on window
     preset = training_preset(cfg)
     bb = build_backbone(cfg, preset.model, "cpu")
     task = Stage2Task(cfg, NextSectionModule(bb, build_encoder(cfg, preset.model, bb), cfg), preset.video.fps)
     task.preset = preset
-    b = task.make_batch({"latents": torch.randn(2, 16, 6, 8, 8), "caption": ["a", "b"]}, step_generator(0, 0))
+    latents = torch.randn(2, 16, 6, 8, 8)
+    b = task.make_batch({"latents": latents, "caption": ["a", "b"]}, step_generator(0, 0))
     cond = b["cond"].tensors
     assert {"prompt_embeds", "image_embeds", "start_latents"} <= set(cond)
     assert cond["image_embeds"].shape[0] == 2 and cond["start_latents"].shape[-2:] == (8, 8)
+    assert torch.equal(cond["start_latents"], latents[:, :, :1])  # the clip's first latent, as generation's start
