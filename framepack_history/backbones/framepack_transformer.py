@@ -89,6 +89,11 @@ class HistoryFramepackTransformer3DModel(HunyuanVideoFramepackTransformer3DModel
         ]
         return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
 
+    def noisy_tokens(self, latent_shape: tuple[int, ...]) -> int:
+        """Tokens of a noisy section ``[B, C, T, H, W]``: the last ones of the blocks' image sequence."""
+        p, p_t = self.config.patch_size, self.config.patch_size_t
+        return (latent_shape[2] // p_t) * (latent_shape[3] // p) * (latent_shape[4] // p)
+
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,

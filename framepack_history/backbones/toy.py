@@ -266,6 +266,11 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         text = self.text_embed(text_ids) + self.text_pos[: text_ids.shape[1]]
         return text * text_mask[..., None].to(text.dtype)
 
+    def noisy_tokens(self, latent_shape: tuple[int, ...]) -> int:
+        """Tokens of a noisy section ``[B, C, T, H, W]``: the last ones of the blocks' sequence."""
+        pt, ph, pw = self.config.patch_size
+        return (latent_shape[2] // pt) * (latent_shape[3] // ph) * (latent_shape[4] // pw)
+
     def _embed_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         y = self.x_embedder(x)  # [B, D, t, h, w]
         return y.flatten(2).transpose(1, 2), tuple(y.shape[2:])

@@ -7,7 +7,20 @@ step's) the other blocks are skipped and their cached residual is added
 instead. It needs no per-model calibration (MagCache does: magnitude ratios
 measured on the real weights, which this project cannot run), and its hooks sit
 on the blocks, so the memory manager's block streaming and strict checks run
-around them unchanged.
+around them.
+
+The change is measured over the **noisy section's tokens only**. diffusers
+measures it over the block's whole sequence, and ours also carries clean
+context and history tokens (up to 23,920 of them beside 14,040 noisy ones at
+480x832) that barely move between steps: the same threshold would skip more
+steps the longer the history grew. Here the head block's decision is our own
+(:class:`_NoisyHeadHook`, diffusers' head hook with the residual cut to the
+last :meth:`noisy_tokens` tokens, where both DiTs put the noisy section); what
+is cached and added back is diffusers' as ever.
+
+A skipped step moves no streamed block: while the cache skips the rest of a
+call, the DiT's ``skip_blocks`` flag is set and the block streamer
+(``memory.streaming``) neither copies nor drops the blocks it would have run.
 
 One :class:`StepCache` lives for one section: the hooks go on when it opens and
 come off when it closes, so nothing leaks into the next section or request, and
@@ -27,10 +40,16 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import torch
-from diffusers.hooks import HookRegistry
+from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook
+from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK, FBCHeadBlockHook
 from torch import nn
 
 from framepack_history.config.presets import CACHE_SETTINGS  # noqa: F401  (the settings; re-exported)
+from framepack_history.memory.streaming import SKIP_BLOCKS
+
+CALL_HOOK = "framepack_history.step_cache_call"
 
 #: First Block Cache thresholds per backbone (the README's Speed table says how they were chosen).
 #: toy: measured with ``benchmarks/step_cache.py`` on 8 held-out worlds (its 8 Euler steps move the first
@@ -56,11 +75,6 @@ def _register_blocks(transformer: nn.Module) -> None:
     diffusers' transformers (HunyuanVideo's blocks) are registered already; the
     toy DiT's block returns the hidden states alone.
     """
-    from diffusers.hooks._helpers import (  # diffusers: only on the path that uses it (slow to import)
-        TransformerBlockMetadata,
-        TransformerBlockRegistry,
-    )
-
     for module in transformer.modules():
         cls = type(module)
         if getattr(cls, "_step_cache_block", False):
@@ -70,28 +84,81 @@ def _register_blocks(transformer: nn.Module) -> None:
                 TransformerBlockRegistry.register(cls, TransformerBlockMetadata(return_hidden_states_index=0))
 
 
-def _head_state(transformer: nn.Module):
-    """The First Block Cache state manager (shared by all its block hooks)."""
-    from diffusers.hooks.first_block_cache import (
-        _FBC_LEADER_BLOCK_HOOK,  # diffusers: only on the path that uses it (slow to import)
-    )
+def _num_blocks(transformer: nn.Module) -> int:
+    """Blocks in the ``ModuleList`` children diffusers' cache hooks look for (``blocks``, ``transformer_blocks``, ...)."""
+    return sum(len(m) for name, m in transformer.named_children()
+               if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(m, nn.ModuleList))
 
+
+class _CallStart(ModelHook):
+    """On the DiT: at each call, how many noisy tokens it has, and that no block is skipped yet.
+
+    ``skip_blocks`` is cleared before the first block's streaming hook runs (the
+    first block always computes) and again after the call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noisy: int | None = None  # None: the whole sequence (a DiT that does not say)
+
+    def pre_forward(self, module: nn.Module, *args: object, **kwargs: object) -> tuple[tuple, dict]:
+        latents = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        count = getattr(module, "noisy_tokens", None)
+        self.noisy = None if count is None else int(count(tuple(latents.shape)))
+        setattr(module, SKIP_BLOCKS, False)
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: object) -> object:
+        setattr(module, SKIP_BLOCKS, False)
+        return output
+
+
+class _NoisyHeadHook(FBCHeadBlockHook):
+    """diffusers' First Block Cache head hook, deciding from the noisy section's tokens alone.
+
+    The residual's last ``call.noisy`` tokens are the noisy section's in both
+    DiTs (context and history tokens are prepended); the relative mean absolute
+    change is diffusers' formula on them. After deciding, it tells the block
+    streamer through the DiT's ``skip_blocks`` whether the remaining blocks run.
+    """
+
+    def __init__(self, state_manager: object, threshold: float, call: _CallStart, transformer: nn.Module) -> None:
+        super().__init__(state_manager, threshold)
+        self.call, self.transformer = call, transformer
+        self.change: float | None = None  # the last call's measured change (None: nothing to compare with)
+
+    def new_forward(self, module: nn.Module, *args: object, **kwargs: object) -> object:
+        out = super().new_forward(module, *args, **kwargs)
+        setattr(self.transformer, SKIP_BLOCKS, not self.state_manager.get_state().should_compute)
+        return out
+
+    @torch.compiler.disable
+    def _should_compute_remaining_blocks(self, hidden_states_residual: torch.Tensor) -> bool:
+        prev = self.state_manager.get_state().head_block_residual
+        self.change = None
+        if prev is None or prev.shape != hidden_states_residual.shape:
+            return True
+        now, n = hidden_states_residual, self.call.noisy
+        if n is not None and 0 < n <= now.shape[1]:
+            now, prev = now[:, -n:], prev[:, -n:]
+        self.change = ((now - prev).abs().mean() / prev.abs().mean()).item()
+        return self.change > self.threshold
+
+
+def _replace_head_hook(transformer: nn.Module, call: _CallStart) -> _NoisyHeadHook:
+    """Swap diffusers' head hook (just registered, so the outermost on its block) for :class:`_NoisyHeadHook`."""
     for module in transformer.modules():
         reg = getattr(module, "_diffusers_hook", None)
         hook = None if reg is None else reg.get_hook(_FBC_LEADER_BLOCK_HOOK)
-        if hook is not None:
-            return hook.state_manager
+        if hook is None:
+            continue
+        if reg._hook_order[-1] != _FBC_LEADER_BLOCK_HOOK:  # diffusers rewires only the last hook cleanly
+            raise RuntimeError("First Block Cache's head hook is not the last hook on its block")
+        reg.remove_hook(_FBC_LEADER_BLOCK_HOOK, recurse=False)
+        head = _NoisyHeadHook(hook.state_manager, hook.threshold, call, transformer)
+        reg.register_hook(head, _FBC_LEADER_BLOCK_HOOK)
+        return head
     raise RuntimeError("First Block Cache is not enabled on this transformer")
-
-
-def _num_blocks(transformer: nn.Module) -> int:
-    """Blocks in the ``ModuleList`` children diffusers' cache hooks look for (``blocks``, ``transformer_blocks``, ...)."""
-    from diffusers.hooks._common import (
-        _ALL_TRANSFORMER_BLOCK_IDENTIFIERS,  # diffusers: only on the path that uses it (slow to import)
-    )
-
-    return sum(len(m) for name, m in transformer.named_children()
-               if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(m, nn.ModuleList))
 
 
 @dataclass
@@ -117,7 +184,10 @@ class StepCache:
     """First Block Cache on ``transformer`` for one section of ``steps`` steps (``threshold`` None = off).
 
     Use as a context manager; call every prediction through :meth:`call` with
-    its branch name. ``passes`` counts the calls and those that ran every block.
+    its branch name. ``passes`` counts the calls and those that ran every block;
+    ``changes`` holds, per branch, each call's measured change of the noisy
+    tokens' first-block residual (None where nothing was compared: the first
+    and last steps), the number the threshold is held against.
     """
 
     def __init__(self, transformer: nn.Module, threshold: float | None, steps: int) -> None:
@@ -125,19 +195,24 @@ class StepCache:
             threshold = None  # First Block Cache needs a first block and others to skip
         self.transformer, self.threshold, self.steps = transformer, threshold, steps
         self.passes = PassCount()
+        self.changes: dict[str, list[float | None]] = {}
         self._seen: dict[str, int] = {}  # branch -> calls so far
+        self._head: _NoisyHeadHook | None = None
 
     def __enter__(self) -> Self:
         if self.threshold is not None:
-            from diffusers.hooks import FirstBlockCacheConfig  # diffusers: only on the path that uses it (slow to import)
-
             _register_blocks(self.transformer)
             self.transformer.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+            call = _CallStart()
+            HookRegistry.check_if_exists_or_initialize(self.transformer).register_hook(call, CALL_HOOK)
+            self._head = _replace_head_hook(self.transformer, call)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.threshold is not None and self.transformer.is_cache_enabled:
             self.transformer.disable_cache()  # the hooks and every branch's state go with it
+            HookRegistry.check_if_exists_or_initialize(self.transformer).remove_hook(CALL_HOOK, recurse=False)
+            setattr(self.transformer, SKIP_BLOCKS, False)
 
     def call(self, branch: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run one prediction of ``branch`` under its own cache state, and count it."""
@@ -153,5 +228,6 @@ class StepCache:
             HookRegistry.check_if_exists_or_initialize(self.transformer).reset_stateful_hooks()
         with self.transformer.cache_context(branch):
             out = fn()
-            self.passes.add(branch, bool(_head_state(self.transformer).get_state().should_compute))
+            self.passes.add(branch, bool(self._head.state_manager.get_state().should_compute))
+            self.changes.setdefault(branch, []).append(self._head.change)
         return out

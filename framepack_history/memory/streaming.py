@@ -12,6 +12,12 @@ cannot keep a chosen subset of blocks resident and, with ``record_stream``,
 lets the CPU run ahead of the GPU and allocate more blocks than budgeted; both
 are the reason for this file.
 
+A step cache may skip every block after the first (``generation.step_cache``):
+it then sets the DiT's ``skip_blocks`` flag (:data:`SKIP_BLOCKS`) for the rest
+of that call, and the streamer neither copies nor drops the blocks that do not
+run. Its hooks are torch forward hooks, which fire before the cache's own hook
+can skip a block, so the flag is how they learn it.
+
 On a machine without CUDA the compute device is the CPU itself. The same code
 then runs against a *simulated* device: "onloading" clones the host copy, and
 the :class:`Residency` ledger tells device copies from host copies by storage,
@@ -32,6 +38,10 @@ from torch import nn
 from framepack_history.backbones.base import transformer_blocks
 from framepack_history.lora.adapters import is_adapter
 from framepack_history.memory.measure import quant_state_tensors
+
+#: The DiT's attribute that is True while the rest of its current call's blocks are skipped (a step cache
+#: decided so after the first block): those blocks are neither copied to the device nor dropped.
+SKIP_BLOCKS = "skip_blocks"
 
 
 class Residency:
@@ -267,8 +277,13 @@ class BlockStreamer:
             self.copied_bytes += group.nbytes()
         group.onload(self.stream)
 
+    def _skipped(self) -> bool:
+        return bool(getattr(self.transformer, SKIP_BLOCKS, False))
+
     def _pre(self, pos: int):
         def hook(module: nn.Module, args: tuple) -> None:
+            if self._skipped():  # the block returns its input: nothing to copy, nothing to prefetch
+                return
             group = self.groups[self.order[pos]]
             self._onload(group)  # no-op when the previous block prefetched it
             group.wait()
@@ -283,6 +298,10 @@ class BlockStreamer:
 
     def _post(self, pos: int):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if self._skipped():
+                # Skipped, or the first block, whose hook fires after the cache decided to skip the rest: it
+                # stays on the device for the next call, like a block prefetched before the skip (two at most).
+                return
             group = self.groups[self.order[pos]]
             if self.stream is not None:
                 done = torch.cuda.Event()
