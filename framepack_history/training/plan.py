@@ -45,12 +45,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import flop_registry
 
 from framepack_history.backbones.base import Conditioning, Context
-from framepack_history.backbones.precision import store_weights
 from framepack_history.config.presets import Preset
 from framepack_history.errors import InputError
 from framepack_history.memory.components import MetaComponents, cached_trace, meta_components
 from framepack_history.memory.measure import LiveBytes, module_bytes
-from framepack_history.memory.planner import GiB, HOST_OVERHEAD, RESERVE_FRACTION, quantized_bytes
+from framepack_history.memory.planner import HOST_OVERHEAD, RESERVE_FRACTION, GiB
 from framepack_history.training.modeling import LORA_TARGETS, rebind_transformer, training_preset
 from framepack_history.training.settings import TrainConfig
 
@@ -235,7 +234,7 @@ def _trace(fn: Any, scalar: int) -> _Trace:
     return _Trace(c.peak, c.flops)
 
 
-def _shallow_dit(comps: MetaComponents, doubles: int, singles: int, cfg: TrainConfig, storage: str) -> nn.Module:
+def _shallow_dit(comps: MetaComponents, doubles: int, singles: int, cfg: TrainConfig) -> nn.Module:
     """A meta copy of the DiT with ``doubles`` + ``singles`` blocks, LoRA injected as the trainer does."""
     from peft import LoraConfig, inject_adapter_in_model  # peft: only when LoRA layers are built
 
@@ -245,7 +244,6 @@ def _shallow_dit(comps: MetaComponents, doubles: int, singles: int, cfg: TrainCo
     with torch.device("meta"):
         dit = nn.Module.to(type(t).from_config(conf), comps.dtype)  # plain cast: no float32-module warning on meta
         dit.requires_grad_(False)
-        store_weights(dit, storage, comps.dtype)
         if cfg.lora_rank > 0:
             targets = cfg.lora_targets or LORA_TARGETS[comps.backbone.name]
             inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=targets), dit)
@@ -314,7 +312,7 @@ def _sequence(cfg: TrainConfig, comps: MetaComponents, preset: Preset) -> tuple[
     q = min(cfg.stage1.omega_max, t_clip)
     query = Sequence(q * per_frame, per_frame if start else 0, enc.tokens_for(t_clip, h, w), text, img)
     if cfg.stage == "stage1":
-        return query, dict(h=h, w=w, noisy=q, history=query.history, recent=0, start=start, image=image), t_clip
+        return query, {"h": h, "w": w, "noisy": q, "history": query.history, "recent": 0, "start": start, "image": image}, t_clip
     if t_clip < section + 1:
         raise InputError("data.frames", f"clips of {cfg.data.frames} frames hold no history before a {section}-latent section")
     # Stage II: the last section of the clip after the longest history, with F1's clean context
@@ -323,9 +321,9 @@ def _sequence(cfg: TrainConfig, comps: MetaComponents, preset: Preset) -> tuple[
     context = sum(_grid_tokens(n, h, w, k) for n, k in F1_CONTEXT) if recent else cfg.stage2.window_frames * per_frame
     context += per_frame if start else 0
     nxt = Sequence(section * per_frame, context, enc.tokens_for(hist, h, w), text, img)
-    shape = dict(h=h, w=w, noisy=section, history=nxt.history, recent=recent, start=start, image=image)
+    shape = {"h": h, "w": w, "noisy": section, "history": nxt.history, "recent": recent, "start": start, "image": image}
     if cfg.stage2.p_frame_query > 0 and query.total > nxt.total:
-        return query, dict(h=h, w=w, noisy=q, history=query.history, recent=0, start=start, image=image), t_clip
+        return query, {"h": h, "w": w, "noisy": q, "history": query.history, "recent": 0, "start": start, "image": image}, t_clip
     return nxt, shape, t_clip
 
 
@@ -338,16 +336,16 @@ def _lora_params(comps: MetaComponents, cfg: TrainConfig) -> int:
                for n, m in comps.backbone.transformer.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n))
 
 
-def _dit_activations(comps: MetaComponents, cfg: TrainConfig, storage: str, shape: dict[str, Any]) -> tuple[int, int]:
+def _dit_activations(comps: MetaComponents, cfg: TrainConfig, shape: dict[str, Any]) -> tuple[int, int]:
     """Activation peak and FLOPs of one sample through the full DiT, extrapolated from three shallow traces."""
     t = comps.backbone.transformer
     nd, ns = t.config.num_layers, t.config.num_single_layers
-    key = ("train", cfg.lora_rank, cfg.lora_targets, cfg.gradient_checkpointing, storage, tuple(sorted(shape.items())))
+    key = ("train", cfg.lora_rank, cfg.lora_targets, cfg.gradient_checkpointing, tuple(sorted(shape.items())))
 
     def run() -> tuple[int, int]:
         traces = {}
         for d, s in ((1, 1), (2, 1), (1, 2)):
-            dit = _shallow_dit(comps, d, s, cfg, storage)
+            dit = _shallow_dit(comps, d, s, cfg)
             traces[d, s] = _trace(lambda dit=dit: _dit_step(comps, dit, shape), comps.cond_len)
         base = traces[1, 1]
         dd = [traces[2, 1].peak - base.peak, traces[2, 1].flops - base.flops]
@@ -450,7 +448,7 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
 
     # float8 storage is traced as the compute dtype (the meta trace of diffusers' casting hooks keeps every
     # cast copy alive, which a GPU run frees per layer), plus the running block's weights cast up
-    dit_act, dit_flops = _dit_activations(comps, cfg, "", shape)
+    dit_act, dit_flops = _dit_activations(comps, cfg, shape)
     if weights_storage:
         dit_act += largest * comps.dtype.itemsize  # float8 is one byte a weight
     h, w = shape["h"], shape["w"]
@@ -499,8 +497,8 @@ def format_plan(p: TrainPlan) -> str:
     par = f"{p.gpus} GPU" + ("s, FSDP" if p.fsdp else "s, DDP" if p.gpus > 1 else "")
     s = p.seq
     lines = [f"training plan {p.config}: {p.stage} on {par}; batch {p.batch} x grad_accum {p.grad_accum} per GPU",
-             f"sequence: {s.total} tokens = {s.noisy} noisy + {s.context} context + {s.history} history + "
-             f"{s.text} text + {s.image} image", head, "-" * len(head)]
+             (f"sequence: {s.total} tokens = {s.noisy} noisy + {s.context} context + {s.history} history + "
+              f"{s.text} text + {s.image} image"), head, "-" * len(head)]
     for r in p.rows:
         lines.append(f"{r.name:<28}{r.device / GiB:>9.2f}G{r.host / GiB:>9.2f}G  {r.note}")
     lines.append(f"{'host overhead':<28}{0:>9.2f}G{p.host_overhead / GiB:>9.2f}G  interpreter, torch and CUDA libraries")
