@@ -17,7 +17,9 @@ checkpointing), and the same for FLOPs (counted on the same meta run with ``torc
 formulas; attention FLOPs, which the fused stand-in does not perform, are added analytically).
 
 What the trainer holds per GPU (``training/stages.py``): the whole backbone on the device (DiT, both text
-encoders, the image encoder, the VAE: they encode captions and the clip's first frame each step), the LoRA and
+encoders, the image encoder, the VAE: they encode captions and the clip's first frame each step; with
+``data.kind = "prepared"`` they are loaded and dropped before the first step, so they count only in the load
+peak, when the whole backbone sits on every GPU before anything is sharded or dropped), the LoRA and
 the encoder in fp32 with their gradients and AdamW states, and the step's activations. FSDP (``--gpus N`` with
 ``fsdp``) shards what accelerate wraps (the DiT and the encoder: the ``FlowModule``) N ways and all-gathers one
 block at a time (two in flight with prefetch); the other frozen components stay whole on every GPU.
@@ -120,6 +122,7 @@ class TrainPlan:
     host_overhead: int
     max_steps: int = 0
     notes: list[str] = field(default_factory=list)
+    load_peak: int = 0  # device bytes while the backbone loads (every frozen part at once, before any sharding)
 
     @property
     def device_total(self) -> int:
@@ -147,7 +150,7 @@ class TrainPlan:
     def verdict(self, card: Card) -> str:
         """``fits`` (the trainer as it is), ``needs streaming`` (only with frozen blocks streamed), ``does not fit``."""
         usable = usable_bytes(card.gib)
-        if self.device_total <= usable:
+        if max(self.device_total, self.load_peak) <= usable:
             return "fits"
         if self.gpus == 1 and self.passes > 1 and self.streamed_total <= usable:
             return "needs streaming"
@@ -442,9 +445,16 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
 
     frozen = {"text encoder (LLaMA)": comps.text.get("text_encoder"), "text encoder 2 (CLIP)": comps.text.get("text_encoder_2"),
               "image encoder (SigLIP)": comps.image if cfg.image_condition else None, "VAE": comps.backbone.vae}
+    prepared = cfg.data.kind == "prepared"  # captions and start images read as embeddings: the encoders leave
+    loaded = 0
     for name, m in frozen.items():
         if m is not None:
-            rows.append(Row(name, module_bytes(m), note=f"{cfg.weights_dtype}, frozen, loaded with the backbone"))
+            loaded += module_bytes(m)
+            rows.append(Row(name, 0 if prepared else module_bytes(m), note=(
+                f"loaded with the backbone ({module_bytes(m) / GiB:.2f}G), dropped before the first step (prepared data)"
+                if prepared else f"{cfg.weights_dtype}, frozen, loaded with the backbone")))
+    # The backbone loads whole on every GPU before accelerate shards or anything is dropped
+    load_peak = loaded + block_sum + stem
 
     # float8 storage is traced as the compute dtype (the meta trace of diffusers' casting hooks keeps every
     # cast copy alive, which a GPU run frees per layer), plus the running block's weights cast up
@@ -472,12 +482,13 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
     flops = dit_flops + att + enc_flops
     width = getattr(getattr(comps.text.get("text_encoder"), "config", None), "hidden_size", 0)
     each = f" (up to {comps.cond_len * width * comps.dtype.itemsize / 2**20:.1f} MiB each)" if width else ""
-    notes.append(f"not counted: caption embeddings the trainer caches on the device, one per distinct caption{each}")
+    if not prepared:
+        notes.append(f"not counted: caption embeddings the trainer caches on the device, one per distinct caption{each}")
     if cfg.stage == "stage1" and b > 1:
         notes.append("Stage I predicts each sample's Omega in its own call: activations add up over the batch")
     return TrainPlan(config_name or cfg.out, cfg.stage, gpus, fsdp and gpus > 1, rows, seq, b, cfg.grad_accum,
                      float(flops), block_sum, 2 if cfg.gradient_checkpointing else 1,
-                     HOST_OVERHEAD["cuda"], cfg.max_steps, notes)
+                     HOST_OVERHEAD["cuda"], cfg.max_steps, notes, load_peak)
 
 
 def geo_section(comps: MetaComponents, preset: Preset) -> int:
@@ -504,6 +515,8 @@ def format_plan(p: TrainPlan) -> str:
     lines.append(f"{'host overhead':<28}{0:>9.2f}G{p.host_overhead / GiB:>9.2f}G  interpreter, torch and CUDA libraries")
     lines.append("-" * len(head))
     lines.append(f"{'total per GPU':<28}{p.device_total / GiB:>9.2f}G{p.host_total / GiB:>9.2f}G")
+    lines.append(f"{'  while loading':<28}{p.load_peak / GiB:>9.2f}G{'':>10}  every frozen part on the device at once, "
+                 "before sharding or dropping")
     if p.gpus == 1 and p.passes > 1:
         lines.append(f"{'  frozen blocks streamed':<28}{p.streamed_total / GiB:>9.2f}G"
                      f"{(p.host_total + streaming_host_bytes(p)) / GiB:>9.2f}G  "

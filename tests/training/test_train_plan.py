@@ -65,6 +65,13 @@ def test_longer_clips_mean_more_history_tokens_and_activations(base):
     assert long.flops_per_sample > base.flops_per_sample
 
 
+def test_prepared_data_leaves_the_encoders_in_the_load_peak_alone(base):
+    prep = plan_training(tiny(**{"data.kind": "prepared"}))
+    assert row(base, "text encoder (LLaMA)") > 0 and row(prep, "text encoder (LLaMA)") == 0
+    assert prep.device_total < base.device_total
+    assert prep.load_peak == base.load_peak > row(base, "DiT frozen blocks") + row(base, "text encoder (LLaMA)")
+
+
 def test_stage1_queries_fewer_frames_than_a_section():
     p = plan_training(tiny("stage1", **{"stage1.omega_max": 2}))
     q = plan_training(tiny("stage1", **{"stage1.omega_max": 4}))
