@@ -10,6 +10,8 @@
 * :mod:`.prepare` is ``prepare-data``: a folder of captioned videos encoded
   once into latent clips with their text and start-image embeddings, which
   the stages read as ``[data] kind = "prepared"`` with no encoder loaded.
+* :mod:`.plan` predicts what a Stage I or II config needs per GPU (device and
+  host bytes, FLOPs per step) and which cards it fits (``plan --train``).
 
 Every stage runs under ``accelerate launch`` (CPU, one or many GPUs) and is
 started with ``python -m framepack_history train STAGE --config FILE``.
