@@ -129,22 +129,30 @@ def clip_prompts(caption: str) -> list[str]:
     return [text for _, text in storyboard_entries(caption)]
 
 
-def frame_stream(path: Path, fps: int) -> tuple[tuple[int, int], Iterator[np.ndarray]]:
-    """``((width, height), frames)``: the decoded frames resampled to ``fps``, one ``uint8 [H, W, 3]`` at a time."""
-    import imageio_ffmpeg  # imageio_ffmpeg: only to find ffmpeg when media is read
+class FrameStream:
+    """The decoded frames of a video resampled to ``fps``, one ``uint8 [H, W, 3]`` at a time.
 
-    gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
-    meta = next(gen)
-    w, h = meta["size"]
+    A stream that breaks part-way ends there (the frames before the break are
+    kept, as continuing a video does); ``broken`` then says why.
+    """
 
-    def frames() -> Iterator[np.ndarray]:
+    def __init__(self, path: Path, fps: int) -> None:
+        import imageio_ffmpeg  # imageio_ffmpeg: only to find ffmpeg when media is read
+
+        self.gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"fps={fps}"])
+        meta = next(self.gen)
+        self.size: tuple[int, int] = (int(meta["size"][0]), int(meta["size"][1]))
+        self.broken = ""
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        w, h = self.size
         try:
-            for raw in gen:
+            for raw in self.gen:
                 yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+        except (OSError, RuntimeError, ValueError) as e:
+            self.broken = (str(e).splitlines() or [type(e).__name__])[0][:120]
         finally:
-            gen.close()
-
-    return (int(w), int(h)), frames()
+            self.gen.close()
 
 
 def clips_of(frames: Iterator[np.ndarray], size: tuple[int, int], length: int, section: int,
@@ -292,8 +300,8 @@ def prepare_folder(videos: str | Path, preset: str | Path, out: str | Path, clip
         result.prepared += entry["status"] == "ok"
         finished = n - result.resumed
         left = done_s / max(1, finished) * (todo - finished)
-        what = (f"{entry['clips']} clips, {entry['seconds']:.1f} s" if entry["status"] == "ok"
-                else f"SKIPPED ({entry['error']})")
+        what = (f"{entry['clips']} clips, {entry['seconds']:.1f} s" + (f"; {entry['broken']}" if "broken" in entry else "")
+                if entry["status"] == "ok" else f"SKIPPED ({entry['error']})")
         log(f"[{n}/{len(files)}] {rel}: {what}; ETA {_hms(left)} (elapsed {_hms(time.monotonic() - began)})")
     release(bb, ("image_encoder", "vae"))  # what the text encoders may need is theirs alone
     result.prompts = prepare_texts(bb, manifest, out, log)
@@ -320,33 +328,31 @@ def prepare_file(bb: Backbone, preset: Preset, path: Path, rel: str, out: Path, 
     probe_video(path, rel)  # tells a truncated file, an audio-only file, an unknown codec apart
     fps = preset.video.fps
     try:
-        source, frames = frame_stream(path, fps)
+        frames = FrameStream(path, fps)
     except (OSError, RuntimeError, StopIteration, ValueError):
         raise InputError(rel, "could not be decoded") from None
-    size = choose_size(preset, source, rel)  # the preset's bucket for this aspect ratio
+    size = choose_size(preset, frames.size, rel)  # the preset's bucket for this aspect ratio
     entries = storyboard_entries(read_caption(path))
     tensors: dict[str, torch.Tensor] = {}
     captions: list[str] = []
     starts: list[float] = []
     firsts: list[str] = []  # each clip's first-latent key: training finds its start image by it
     store = torch_dtype(latent_dtype)
-    try:
-        for start, clip in clips_of(frames, size, length, section, first):
-            j = str(len(captions))
-            pixels = to_pixels(clip, bb.vae.dtype if getattr(bb, "vae", None) is not None else torch.float32)
-            lat = bb.vae_encode(pixels)[0]
-            tensors[f"latents.{j}"] = lat.to("cpu", store).contiguous()
-            firsts.append(first_latent_key(tensors[f"latents.{j}"], store))
-            if image:
-                cond = bb.encode_image(pixels[0, :, 0].to(bb.device))
-                for k, v in cond.tensors.items():
-                    if k != "start_latents":  # the clip's own first latent is the anchor; training takes it from there
-                        tensors[f"cond.{j}.{k}"] = v.detach().to("cpu").contiguous()
-            captions.append(clip_caption(entries, start / fps, (start + len(clip)) / fps))
-            starts.append(start / fps)
-    except (OSError, RuntimeError) as e:
-        if not captions:
-            raise InputError(rel, f"could not be decoded ({str(e).splitlines()[0][:120]})") from None
+    for start, clip in clips_of(iter(frames), size, length, section, first):
+        j = str(len(captions))
+        pixels = to_pixels(clip, bb.vae.dtype if getattr(bb, "vae", None) is not None else torch.float32)
+        lat = bb.vae_encode(pixels)
+        tensors[f"latents.{j}"] = lat[0].to("cpu", store).contiguous()
+        firsts.append(first_latent_key(tensors[f"latents.{j}"], store))
+        if image:  # the start latent is given: only SigLIP runs
+            cond = bb.encode_image(pixels[0, :, 0].to(bb.device), lat[:, :, :1])
+            for k, v in cond.tensors.items():
+                if k != "start_latents":  # the clip's own first latent is the anchor; training takes it from there
+                    tensors[f"cond.{j}.{k}"] = v.detach().to("cpu").contiguous()
+        captions.append(clip_caption(entries, start / fps, (start + len(clip)) / fps))
+        starts.append(start / fps)
+    if not captions and frames.broken:
+        raise InputError(rel, f"could not be decoded ({frames.broken})")
     if not captions:
         raise InputError(rel, f"is shorter than one section ({first + section} frames at {fps} fps)")
     seconds = sum(bb.geometry.pixel_frames(tensors[f"latents.{j}"].shape[1]) for j in range(len(captions))) / fps
@@ -354,8 +360,11 @@ def prepare_file(bb: Backbone, preset: Preset, path: Path, rel: str, out: Path, 
     atomic_save_tensors(out / "clips" / shard, tensors, metadata={
         "captions": json.dumps(captions), "starts": json.dumps(starts), "first_latents": json.dumps(firsts), "source": rel,
         "width": str(size[0]), "height": str(size[1]), "fps": str(fps)})
-    return {"status": "ok", "shard": shard, "clips": len(captions), "seconds": seconds,
-            "size": list(size), "prompts": sorted({q for c in captions for q in clip_prompts(c)})}
+    entry = {"status": "ok", "shard": shard, "clips": len(captions), "seconds": seconds,
+             "size": list(size), "prompts": sorted({q for c in captions for q in clip_prompts(c)})}
+    if frames.broken:  # the clips before the break are kept; say so
+        entry["broken"] = f"the stream broke after {starts[-1] + length / fps:.1f} s ({frames.broken})"
+    return entry
 
 
 @torch.no_grad()
