@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -244,8 +245,10 @@ class PreparedDataset(Dataset):
     """Latent items ``{"latents", "caption"}`` of a ``prepare-data`` folder (``[data] kind = "prepared"``).
 
     ``files`` / ``exclude_files`` select source videos (a held-out split on
-    one folder), ``bucket`` (``"WxH"``) one frame size. Clips of one size but
-    different lengths are cut to the shortest, so batches stack.
+    one folder), ``bucket`` (``"WxH"``) one frame size. Items are the
+    selection's longest clips (the prepared clip length), so batches stack; the
+    shorter clip of a video shorter than one clip is left out, and counted in
+    ``short`` (prepare such videos with a smaller ``--clip-seconds``).
     """
 
     def __init__(self, root: str | Path, files: list[str] | None = None, exclude_files: list[str] | None = None,
@@ -269,6 +272,7 @@ class PreparedDataset(Dataset):
         #: first-latent key -> (shard, clip key) of the clips with a start image; read when a step asks
         self.starts: dict[str, tuple[Path, str]] = {}
         shapes: dict[tuple[int, ...], int] = {}
+        lengths: list[int] = []
         self.dtype = torch_dtype(self.settings.get("latent_dtype", "float32"))
         for rel in chosen:
             shard = self.root / "clips" / ok[rel]["shard"]
@@ -281,7 +285,8 @@ class PreparedDataset(Dataset):
                 for j, caption in enumerate(json.loads(meta["captions"])):
                     lat = f.get_slice(f"latents.{j}")
                     shape = tuple(lat.get_shape())
-                    shapes[shape[:1] + shape[2:]] = min(shapes.get(shape[:1] + shape[2:], shape[1]), shape[1])
+                    shapes[shape[:1] + shape[2:]] = max(shapes.get(shape[:1] + shape[2:], shape[1]), shape[1])
+                    lengths.append(shape[1])
                     if any(k.startswith(f"cond.{j}.") for k in keys):
                         first = firsts[j] if firsts else first_latent_key(lat[:, :1], self.dtype)
                         self.starts[first] = (shard, str(j))
@@ -293,7 +298,13 @@ class PreparedDataset(Dataset):
             sizes = sorted({f"{m['width']}x{m['height']}" for m in self._sizes(chosen, ok)})
             raise InputError("data.bucket", f"{root} holds clips of {len(shapes)} frame sizes ({', '.join(sizes)}); "
                                             "set data.bucket to one of them (or prepare them into separate folders)")
-        self.frames = min(shapes.values())  # latent frames every item has
+        self.frames = max(lengths)  # latent frames every item has
+        keep = [i for i, t in enumerate(lengths) if t == self.frames]
+        self.short = len(lengths) - len(keep)
+        self.index = [self.index[i] for i in keep]
+        if self.short:
+            print(f"data: {self.short} clips shorter than {self.frames} latent frames left out (videos shorter than one "
+                  f"clip; prepare them with a smaller --clip-seconds into another folder)", file=sys.stderr)
 
     def _sizes(self, chosen: list[str], ok: dict[str, Any]) -> list[dict[str, int]]:
         return [dict(zip(("width", "height"), ok[rel].get("size", [0, 0]))) for rel in chosen]
@@ -307,7 +318,7 @@ class PreparedDataset(Dataset):
         shard, key, caption, source = self.index[i]
         with safe_open(str(shard), "pt") as f:
             lat = f.get_tensor(f"latents.{key}")
-        return {"latents": lat[:, : self.frames].float(), "caption": caption, "source": source}
+        return {"latents": lat.float(), "caption": caption, "source": source}
 
     def text_table(self) -> dict[str, dict[str, torch.Tensor]]:
         """Prompt -> its prepared text conditioning tensors."""

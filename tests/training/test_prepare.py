@@ -51,15 +51,16 @@ def _fake_prepared(root, files: dict[str, list[int]]) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_a_prepared_folder_selects_files_and_cuts_clips_to_one_length(tmp_path):
-    _fake_prepared(tmp_path, {"a.mp4": [5, 7], "b.mp4": [6], "c.mp4": [7]})
+def test_a_prepared_folder_selects_files_and_keeps_whole_clips(tmp_path):
+    _fake_prepared(tmp_path, {"a.mp4": [7, 7], "b.mp4": [5], "c.mp4": [7]})
     everything = PreparedDataset(tmp_path)
-    assert len(everything) == 4 and everything.frames == 5
-    assert {tuple(everything[i]["latents"].shape) for i in range(4)} == {(4, 5, 2, 2)}
+    assert len(everything) == 3 and everything.frames == 7 and everything.short == 1  # b's short clip is left out
+    assert {tuple(everything[i]["latents"].shape) for i in range(3)} == {(4, 7, 2, 2)}
     held_out = PreparedDataset(tmp_path, files=["c.mp4"])
     assert [held_out[i]["source"] for i in range(len(held_out))] == ["c.mp4"]
     train = PreparedDataset(tmp_path, exclude_files=["c.mp4"])
-    assert sorted(train[i]["source"] for i in range(len(train))) == ["a.mp4", "a.mp4", "b.mp4"]
+    assert sorted(train[i]["source"] for i in range(len(train))) == ["a.mp4", "a.mp4"]
+    assert len(PreparedDataset(tmp_path, files=["b.mp4"])) == 1  # alone, a short video's clip is the longest
     with pytest.raises(InputError, match="not a prepared file"):
         PreparedDataset(tmp_path, files=["nope.mp4"])
     # the start image is found by the clip's first latent, whatever the batch holds
