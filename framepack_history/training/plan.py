@@ -531,8 +531,9 @@ def format_plan(p: TrainPlan) -> str:
                  f"({p.max_steps} steps on {p.gpus}; at {MFU:.0%} of the bf16 dense peak, streamed copies at the link rate)")
     for card in CARDS:
         v = p.verdict(card)
-        t = p.step_seconds(card, streamed=v == "needs streaming") if v != "does not fit" else float("nan")
-        hours = p.gpu_hours(card) if v != "does not fit" else float("nan")
-        lines.append(f"{card.name:<22}{usable_bytes(card.gib) / GiB:>7.1f}G  {v:<16}{t:>8.1f}{hours:>9.0f}")
+        runs = v != "does not fit"
+        t = f"{p.step_seconds(card, streamed=v == 'needs streaming'):.1f}" if runs else "-"
+        hours = f"{p.gpu_hours(card):.0f}" if runs else "-"
+        lines.append(f"{card.name:<22}{usable_bytes(card.gib) / GiB:>7.1f}G  {v:<16}{t:>8}{hours:>9}")
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
