@@ -197,6 +197,8 @@ def main() -> int:
     for n in names:
         rows.append(run_variant(n, args, device, dtype, built))
         r = rows[-1]
+        if args.json:  # after every variant: a run stopped by a time limit keeps what it measured
+            args.json.write_text(json.dumps({"card": card, "cap_gib": args.cap_gib, "rows": rows}, indent=1))
         print(f"{n}: {r['s_per_step']:.3f} s/step, {r['copied_gib_per_step'] * GiB / (1 << 20):.2f} MiB copied/step; "
               f"{r['strategy']}", flush=True)
     print(f"\n{card}, cap {args.cap_gib:g} GiB, one section at {'64x64 (tiny)' if args.tiny else '480x832'}, "
