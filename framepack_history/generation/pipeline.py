@@ -27,18 +27,17 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
+from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
 from framepack_history.generation.context import section_context, window_size
 from framepack_history.generation.overlap import OverlapDecoder
 from framepack_history.generation.step_cache import StepCache, threshold_for
-from framepack_history.generation.video import read_image, read_video
+from framepack_history.generation.video import MAX_CONTINUE_SECONDS, read_image, read_video
 from framepack_history.history.encoder import HistoryEncoder
 from framepack_history.history.merge import require_cap
 from framepack_history.history.state import HistoryState
 from framepack_history.lora.adapters import apply
 from framepack_history.lora.files import requested
 from framepack_history.sampling import Branch, guided_together, sample
-
-MAX_CONTINUE_SECONDS = 30.0  # how much of an uploaded video becomes history
 
 
 # ------------------------------------------------------------------- events
@@ -226,7 +225,7 @@ class Pipeline:
         self.prepare_memory(request, board, mode, cap, (w, h))
         frames, latents, shown = None, None, True
         if request.continue_video:
-            frames = read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps))
+            frames = cut(self.backbone, read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps)))
         elif request.image:
             frames = read_image(request.image, w, h)[None]
         elif request.start_frame is not None:  # text-to-video: the backbone's start frame (config.START_FRAMES)
@@ -238,9 +237,10 @@ class Pipeline:
         # The image condition is the frame the video goes on from: the start image, or the last frame.
         with torch.no_grad(), self._phase("image_encode"):
             gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device), latents)
-        if latents is None:
+        if latents is None:  # the start frame, or the video continued chunk by chunk (what the mode reads of it)
+            keep = latents_read(self.backbone, mode, int(self.option(request, "window_frames")), self.section_latent_frames)
             with torch.no_grad(), self._phase("vae_encode"):
-                latents = self.backbone.vae_encode(to_pixels(frames))
+                latents = encode_clip(self.backbone, frames, keep)
         history.append(latents)
         return gen, frames if shown else None
 
@@ -248,7 +248,8 @@ class Pipeline:
                        size: tuple[int, int]) -> None:
         """Plan device memory for this request and load its prompts' text (a start, and a resume alike).
 
-        The plan reads the request's length, history mode and cap, resolution, guidance and cache:
+        The plan reads the request's length, history mode and cap, resolution, guidance and cache, and
+        the length of a video it continues (from the file's duration, so a resume finds the same):
         a job resumed after a restart needs the same plan its start made, not the manager's first one.
         """
         if hasattr(self.memory, "prepare"):  # a plan for this request (mode, length, tokens, resolution) first
@@ -260,9 +261,11 @@ class Pipeline:
             opt = lambda name: self.option(request, name)  # noqa: E731
             preset = replace(self.preset,
                              history=replace(self.preset.history, max_tokens=cap, merge=opt("history_merge"),
-                                             guidance=float(opt("history_guidance"))),
+                                             guidance=float(opt("history_guidance")),
+                                             window_frames=int(opt("window_frames"))),
                              sampling=replace(self.preset.sampling, cache=opt("cache"), cfg=float(opt("cfg"))))
-            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=size)
+            self.memory.prepare(preset, request.seconds, history_mode=mode, rate=rate, start_image=starts, size=size,
+                                continue_frames=planned_frames(request, self.preset.video.fps))
         if self.memory is not None:  # every prompt now, so the text encoders are loaded once per request
             for prompt in dict.fromkeys(p for _, p in board):
                 self.text(prompt)

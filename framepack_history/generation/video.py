@@ -7,6 +7,7 @@ was encoded is ever encoded again.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import tempfile
@@ -154,6 +155,10 @@ def video_size(path: str | Path, field: str = "--continue-video") -> tuple[int, 
     return int(size[0]), int(size[1])
 
 
+#: how much of an uploaded video is read: its last seconds become the history a continuation starts from
+MAX_CONTINUE_SECONDS = 30.0
+
+
 def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: int, field: str = "--continue-video") -> np.ndarray:
     """Frames of an uploaded video as ``uint8 [F, H, W, 3]``, resampled to ``fps``.
 
@@ -176,6 +181,18 @@ def read_video(path: str | Path, width: int, height: int, fps: int, max_frames: 
         raise InputError(field, f"{Path(path).name} has no decodable video frames")
     frames = frames[-max_frames:]
     return np.stack([np.asarray(fit_frame(Image.fromarray(f), width, height)) for f in frames])
+
+
+def video_frames(path: str | Path, fps: int, max_frames: int, field: str = "--continue-video") -> int:
+    """About how many frames :func:`read_video` gives, from the container's duration (no decoding).
+
+    For planning before the frames are read, and again on a resume (the same file, the same answer);
+    ``max_frames`` when the container states no duration.
+    """
+    duration = probe_video(path, field).get("duration") or 0
+    if not duration or duration != duration or duration == float("inf"):
+        return max_frames
+    return max(1, min(max_frames, math.ceil(duration * fps - 1e-6)))
 
 
 def write_segment(frames: np.ndarray, path: str | Path, fps: int, quality: int = 18) -> Path:

@@ -246,11 +246,21 @@ def _trace_decode(comps: MetaComponents, latent_shape: tuple[int, ...], tiled: b
     return lb.peak
 
 
-def vae_encode_activation(comps: MetaComponents, pixels: torch.Tensor, tiled: bool) -> int:
+def vae_encode_activation(comps: MetaComponents, shape: tuple[int, ...], tiled: bool, host_pixels: bool = False) -> int:
+    """Traced peak of one ``vae_encode`` call on pixels ``[B, 3, F, H, W]`` of ``shape``, the pixels included.
+
+    On a GPU the call's pixels on the device are its copy of the host's chunk, in the VAE's dtype;
+    with ``host_pixels`` (the CPU is the device) the float32 chunk the host made counts as well.
+    """
     vae = comps.backbone.vae
     if hasattr(vae, "enable_tiling"):
         vae.enable_tiling() if tiled else vae.disable_tiling()
-    return trace_peak(lambda: comps.backbone.vae_encode(pixels))
+    dtype = torch.float32 if host_pixels else next(vae.parameters()).dtype
+
+    def run() -> None:
+        comps.backbone.vae_encode(torch.empty(shape, device="meta", dtype=dtype))
+
+    return trace_peak(run)
 
 
 def text_activation(comps: MetaComponents) -> int:

@@ -324,14 +324,15 @@ class MemoryManager:
 
     # ------------------------------------------------------------- planning
     def prepare(self, preset: Any, seconds: float, *, history_mode: str, rate: str | None, start_image: bool,
-                size: tuple[int, int] | None = None) -> str:
+                size: tuple[int, int] | None = None, continue_frames: int = 0) -> str:
         """Plan this request; switch to a more conservative strategy if it needs more than the current one.
 
+        ``continue_frames``: the pixel frames of the video it continues (0 = none), encoded chunk by chunk.
         Returns what changed ("" when the current strategy already covers it).
         """
         p = plan(preset, seconds, history_mode=history_mode, rate=rate, start_image=start_image, size=size,
                  text_encoder_quantization=self.plan.strategy.text_encoder, budget=self.plan.budget,
-                 adapter_bytes=self.adapter_bytes)
+                 adapter_bytes=self.adapter_bytes, continue_frames=continue_frames)
         cur, new = self.plan.strategy, p.strategy
         resident = lambda st: sum(self.streamer.groups[i].nbytes() for i in st.resident)  # noqa: E731
         change = []

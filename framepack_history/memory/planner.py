@@ -36,6 +36,7 @@ from framepack_history.memory.components import (
     vae_decode_activation,
     vae_encode_activation,
 )
+from framepack_history.memory.encode_chunks import chunks, first_frame, largest_call, vae_tiles
 from framepack_history.memory.measure import module_bytes, trace_peak
 from framepack_history.sampling import guidance_branches
 
@@ -275,7 +276,7 @@ class _Request:
     w: int
     sections: int
     image: bool  # an image encoder runs (a start image on a backbone that has one)
-    start: int  # latent frames before section 0 (the start image)
+    start: int  # latent frames before section 0 (the start image, or what is kept of a video continued)
     frames: list[int]  # history latent frames before section s
     most: int | None  # the cap's whole token groups, in tokens (None: no cap)
     latent_bytes: int  # one section's latents, float32
@@ -286,6 +287,8 @@ class _Request:
     nonblock: int  # DiT weights outside the blocks, and LoRA adapters: always resident
     sizes: list[int]  # DiT block bytes, in execution order
     cond_b: int  # conditioning tensors
+    encode_frames: int = 0  # pixel frames of the largest vae_encode call (0 = none: text-to-video)
+    clip_bytes: int = 0  # the video continued, uint8 on the host while it is encoded
 
     @property
     def geo(self) -> Any:
@@ -321,8 +324,27 @@ class _Activations:
     history_encode: int
 
 
+def _start_latents(preset: Preset, bb: Any, mode: str, t: int, continue_frames: int, start_image: bool) -> tuple[int, int]:
+    """``(latent frames the history starts with, pixel frames of the largest vae_encode call)``.
+
+    A start image (or text-to-video's start frame) is one frame; a video continued is encoded in
+    chunks (:mod:`.encode_chunks`), only the latents its history mode reads: all in ``encoder`` mode,
+    the backbone's context (F1: 19) or the window in ``window`` mode, the last one in ``none``
+    (as ``generation.continuation.latents_read``).
+    """
+    geo = bb.geometry
+    if not continue_frames:
+        return (geo.latent_frames(1), 1) if start_image else (0, 0)
+    keep = None
+    if mode != "encoder":
+        keep = max(1, (bb.context_frames or preset.history.window_frames or t) if mode == "window" else 0)
+    frames = continue_frames - first_frame(continue_frames, geo.temporal_scale, geo.causal_first_frame)
+    calls = chunks(frames, geo.temporal_scale, geo.causal_first_frame, vae_tiles(getattr(bb, "vae", None)), keep)
+    return sum(c.latents for c in calls), largest_call(calls)
+
+
 def _request(preset: Preset, seconds: float, history_mode: str | None, rate: str | None, start_image: bool,
-             budget: Budget, adapter_bytes: int) -> _Request:
+             budget: Budget, adapter_bytes: int, continue_frames: int = 0) -> _Request:
     """The request's shape from the preset's configs (components on ``meta``), before any phase is sized."""
     comps = meta_components(preset, rate)
     bb, geo, v, enc = comps.backbone, comps.backbone.geometry, preset.video, comps.encoder
@@ -337,7 +359,7 @@ def _request(preset: Preset, seconds: float, history_mode: str | None, rate: str
         window = 3
     h, w = v.height // geo.spatial_scale, v.width // geo.spatial_scale
     sections = v.sections(seconds)  # the pipeline's count (Pipeline.sections_for)
-    start = geo.latent_frames(1) if start_image else 0
+    start, encode_frames = _start_latents(preset, bb, mode, t, continue_frames, start_image)
     frames = [start + s * t for s in range(sections + 1)]  # history latent frames before section s
 
     # bounded history: never more than the cap's whole token groups (see history.HistoryState)
@@ -357,7 +379,8 @@ def _request(preset: Preset, seconds: float, history_mode: str | None, rate: str
         host_latents=[geo.latent_channels * f * h * w * 4 + merge_sums(f) for f in frames],
         tok_bytes=geo.hidden_size * dsize, vae_b=module_bytes(bb.vae), enc_b=module_bytes(enc),
         nonblock=comps.nonblock_bytes() + adapter_bytes, sizes=comps.block_bytes(),
-        cond_b=sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values()))
+        cond_b=sum(x.numel() * x.element_size() for x in comps.conditioning(image).tensors.values()),
+        encode_frames=encode_frames, clip_bytes=3 * continue_frames * v.height * v.width)
 
 
 def _cache_state(r: _Request, s: int) -> int:
@@ -412,7 +435,9 @@ def _strategy(r: _Request, acts: _Activations) -> tuple[Strategy, int]:
     untiled = r.decode_activation(last, tiled=False)
     tileable = hasattr(r.comps.backbone.vae, "enable_tiling")
     den, dec = _needs(r, acts, last, untiled, True)
-    tiling = tileable and max(den, dec) + sum(r.sizes) > r.budget.usable
+    # a long encode call (a video continued) may need tiling where nothing else does
+    tiling = tileable and (max(den, dec) + sum(r.sizes) > r.budget.usable
+                           or r.vae_b + _encode_activation(r, tiled=False) > r.budget.usable)
     decode_act = r.decode_activation(last, tiled=True) if tiling else untiled
 
     strategy = _choose(r.sizes, r.budget.usable, lambda vr: _needs(r, acts, last, decode_act, vr))
@@ -460,15 +485,32 @@ def _image_encode(r: _Request) -> list[PhasePlan]:
                       "siglip loaded on call, evicted when the room is needed", None, wt, a)]
 
 
-def _vae_encode(r: _Request, start_image: bool, tiling: bool) -> list[PhasePlan]:
-    """The VAE on the start image (tiled as the decode is)."""
-    if not start_image:
+def _encode_activation(r: _Request, tiled: bool) -> int:
+    """Traced peak of the request's largest ``vae_encode`` call (its pixels included; 0 when there is none)."""
+    if not r.encode_frames:
+        return 0
+    v, on_cpu = r.preset.video, r.budget.device == "cpu"
+    shape = (1, 3, r.encode_frames, v.height, v.width)
+    return cached_trace(r.comps, ("vae_encode", shape, tiled, on_cpu),
+                        lambda: vae_encode_activation(r.comps, shape, tiled, host_pixels=on_cpu))
+
+
+def _vae_encode(r: _Request, tiling: bool) -> list[PhasePlan]:
+    """The VAE on the start image, or on a video continued chunk by chunk (tiled as the decode is).
+
+    The row is the largest call: one chunk's pixels and activations beside the VAE. The host holds
+    the clip (uint8), the chunk in float32 and the latents kept so far.
+    """
+    if not r.encode_frames:
         return []
     v, on_cpu = r.preset.video, r.budget.device == "cpu"
-    px = torch.empty(1, 3, 1, v.height, v.width, device="meta")
-    a = cached_trace(r.comps, ("vae_encode", v.height, v.width, tiling), lambda: vae_encode_activation(r.comps, px, tiling))
-    return [PhasePlan("vae_encode", r.vae_b + a, _host_overhead(r) + r.vae_b + (a if on_cpu else 0), r.hist(r.frames[0]),
-                      "vae loaded on call", None, r.vae_b, a)]
+    kept = r.geo.latent_channels * r.start * r.h * r.w * 4  # float32 latents kept, on the host
+    # a CPU is the device too: the latents kept so far and their join sit beside the last call
+    a = _encode_activation(r, tiling) + (2 * kept if on_cpu else 0)
+    chunk_f32 = 4 * 3 * r.encode_frames * v.height * v.width
+    host = _host_overhead(r) + r.vae_b + r.clip_bytes + (a if on_cpu else chunk_f32 + 2 * kept)
+    what = f"vae loaded on call, {r.encode_frames} frames a call" if r.clip_bytes else "vae loaded on call"
+    return [PhasePlan("vae_encode", r.vae_b + a, host, r.hist(r.frames[0]), what, None, r.vae_b, a)]
 
 
 def _sections(r: _Request, strategy: Strategy, acts: _Activations, decode_act: int) -> list[PhasePlan]:
@@ -499,23 +541,26 @@ def _sections(r: _Request, strategy: Strategy, acts: _Activations, decode_act: i
 
 def plan(preset: Preset | str, seconds: float, *, history_mode: str | None = None, rate: str | None = None,
          start_image: bool = True, text_encoder_quantization: str | None = "auto", budget: Budget | None = None,
-         size: tuple[int, int] | None = None, adapter_bytes: int = 0) -> Plan:
+         size: tuple[int, int] | None = None, adapter_bytes: int = 0, continue_frames: int = 0) -> Plan:
     """Predicted peaks of every phase of a ``seconds``-long request, and the strategy that fits ``budget``.
 
     ``size`` is the request's ``(width, height)`` (a start image's resolution bucket); None = the preset's.
     ``adapter_bytes``: LoRA adapters on the DiT, resident beside its stem whatever streams.
-    The phases in order: text encode, image encode, VAE encode (the start image), then denoise and
+    ``continue_frames``: the pixel frames of a video continued (0 = none; ``start_image`` then says
+    whether one start frame is encoded): its history and its largest VAE call are planned.
+    The phases in order: text encode, image encode, VAE encode (the start frame or chunk), then denoise and
     decode per section; the strategy is chosen first, for the worst (last) section.
     """
     preset = load_preset(preset) if isinstance(preset, str) else preset
     if size is not None:
         preset = replace(preset, video=replace(preset.video, width=size[0], height=size[1]))
     budget = budget or Budget.for_preset(preset)
-    r = _request(preset, seconds, history_mode, rate, start_image, budget, adapter_bytes)
+    r = _request(preset, seconds, history_mode, rate, start_image or continue_frames > 0, budget, adapter_bytes,
+                 continue_frames)
     acts = _activations(r)
     strategy, decode_act = _strategy(r, acts)
     rows = [*_text_encode(r, strategy, text_encoder_quantization), *_image_encode(r),
-            *_vae_encode(r, start_image, strategy.vae_tiling), *_sections(r, strategy, acts, decode_act)]
+            *_vae_encode(r, strategy.vae_tiling), *_sections(r, strategy, acts, decode_act)]
     v, enc, geo = preset.video, r.comps.encoder, r.geo
     b20 = (enc.tokens_for(r.start + geo.latent_frames(20 * v.fps), r.h, r.w) - enc.tokens_for(r.start, r.h, r.w)
            if r.mode == "encoder" else 0)
