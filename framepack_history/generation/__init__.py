@@ -6,6 +6,7 @@
 * :mod:`.step_cache` — skipping most of the DiT on steps whose input barely changed;
 * :mod:`.overlap` — FramePack-F1's overlapped decode, streamed append-only;
 * :mod:`.buckets` — the size a start image or a continued video is generated at;
+* :mod:`.continuation` — a video to continue, encoded chunk by chunk and only as much as the history mode reads;
 * :mod:`.video` — reading user media, writing segments, assembling the mp4;
 * :mod:`.frame_query` — a past frame recalled from the embedding, and its scores (PSNR, SSIM).
 

@@ -10,6 +10,7 @@
   the room is needed, and a residency ledger that measures what sat on the
   device (strict mode: a module run off the device raises);
 * :mod:`.measure` — live tensor bytes without a GPU (also on ``meta``);
+* :mod:`.encode_chunks` — how a video to continue is split into VAE calls (the encode and the plan share it);
 * :mod:`.components` — a preset's models on the ``meta`` device (shapes and sizes, no weights);
 * :mod:`.oom` — recognising out-of-memory and asking for a more conservative plan.
 """
