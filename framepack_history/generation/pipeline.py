@@ -27,8 +27,8 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
-from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
 from framepack_history.generation.context import section_context, window_size
+from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
 from framepack_history.generation.overlap import OverlapDecoder
 from framepack_history.generation.step_cache import StepCache, threshold_for
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, read_image, read_video

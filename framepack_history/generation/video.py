@@ -190,7 +190,7 @@ def video_frames(path: str | Path, fps: int, max_frames: int, field: str = "--co
     ``max_frames`` when the container states no duration.
     """
     duration = probe_video(path, field).get("duration") or 0
-    if not duration or duration != duration or duration == float("inf"):
+    if not duration or not math.isfinite(duration):
         return max_frames
     return max(1, min(max_frames, math.ceil(duration * fps - 1e-6)))
 

@@ -7,6 +7,9 @@ call's latents bit for bit (``torch.equal``), on the tiny model at any clip leng
 
 from __future__ import annotations
 
+import json
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -55,7 +58,7 @@ def test_chunks_tile_the_clip_and_keep_its_last_latents():
             assert sum(c.latents for c in calls) == (total if keep is None else min(keep, total)), (frames, keep)
             assert all(c.start % 12 == 0 and c.frames <= 53 and 0 <= c.keep_from < c.keep_to for c in calls)
             assert all(c.keep_to <= latent_count(c.frames, 4, True) for c in calls)
-            assert all(b.start > a.start for a, b in zip(calls, calls[1:]))  # each frame in at most two calls
+            assert all(b.start > a.start for a, b in pairwise(calls))  # each frame in at most two calls
             assert calls[-1].stop == frames
 
 
@@ -211,6 +214,16 @@ def test_the_vae_encode_row_is_a_trace_of_the_chunk():
     assert den[0].history_tokens == video.history_tokens
     # text-to-video without a start frame encodes nothing
     assert not any(r.phase == "vae_encode" for r in plan(preset, 1.0, budget=budget, start_image=False))
+
+
+def test_plan_cli_plans_a_continuation(capsys):
+    from framepack_history.cli.main import main
+
+    assert main(["plan", "--preset", str(TINY_HUNYUAN), "--seconds", "1", "--continue-seconds", "60", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["phase"] == "vae_encode")
+    assert "53 frames a call" in row["strategy"]  # 30 s of it read (240 frames at 8 fps), in chunks
+    assert main(["plan", "--preset", str(TINY_HUNYUAN), "--continue-seconds", "-1"]) == 2
 
 
 def test_the_row_follows_the_resolution_bucket():
