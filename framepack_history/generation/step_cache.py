@@ -51,11 +51,15 @@ from framepack_history.memory.streaming import SKIP_BLOCKS
 
 CALL_HOOK = "framepack_history.step_cache_call"
 
-#: First Block Cache thresholds per backbone (the README's Speed table says how they were chosen).
-#: toy: measured with ``benchmarks/step_cache.py`` on 8 held-out worlds (its 8 Euler steps move the first
-#: block's residual by 0.2-0.37 per step, so nothing below 0.2 ever skips): 0.5 halves the full passes,
-#: 0.7 keeps 3 of 8. hunyuan_framepack: ParaAttention's default for HunyuanVideo, FramePack's base model
-#: (0.06: 1.62x faster, "nearly zero quality loss"), and 0.1 for more; not measured on FramePack-F1 here.
+#: First Block Cache thresholds per backbone (the README's Speed table says how they were chosen). Each is a
+#: bound on the relative mean absolute change of the first block's residual over the noisy section's tokens
+#: since the last computed step. toy: measured with ``benchmarks/step_cache.py`` on 8 held-out worlds (its
+#: 8 Euler steps move that residual by 0.18-0.43 per step, so nothing below about 0.2 skips): 0.5 halves the
+#: full passes, 0.7 keeps 3 of 8 (the same passes as when the whole sequence was measured; the skipped steps
+#: differ a little). hunyuan_framepack: ParaAttention's default for HunyuanVideo, FramePack's base model
+#: (0.06: 1.62x faster, "nearly zero quality loss"), and 0.1 for more. HunyuanVideo's image tokens are all
+#: noisy, so its 0.06 bounds the same quantity as ours now does, but over 50 steps of plain HunyuanVideo, not
+#: 25 UniPC steps of FramePack-F1 (larger steps move it more: likely fewer skips). Not measured on F1 here.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "toy": {"fast": 0.5, "faster": 0.7},
     "hunyuan_framepack": {"fast": 0.06, "faster": 0.10},
