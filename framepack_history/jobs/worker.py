@@ -36,6 +36,7 @@ from framepack_history.config.loras import parse_arg
 from framepack_history.config.presets import Preset, load_preset
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
+from framepack_history.generation.video import MAX_CONTINUE_SECONDS, video_frames
 from framepack_history.jobs.admission import admit_request, keep_inputs
 from framepack_history.jobs.checkpoint import REQUEST, JobDir, interrupted_jobs
 from framepack_history.jobs.extend import extend_job
@@ -386,19 +387,30 @@ def _caption(sidecar: Path, video: Path) -> str:
 
 def plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_tokens: int | None = None,
                history_mode: str | None = None, size: tuple[int, int] | None = None, max_tokens: int | None = None,
-               merge: str | None = None, loras: tuple[str, ...] = ()) -> list[str]:
+               merge: str | None = None, loras: tuple[str, ...] = (), continue_video: str | None = None) -> list[str]:
     """What the device will hold: history tokens now, for the whole request (at ``size``, its bucket), and the memory plan.
 
     ``max_tokens``/``merge``: the request's history cap and its rule (None = the preset's); ``loras``: the
-    LoRA files (names in ``loras/`` or paths) whose adapters stay resident beside the DiT.
+    LoRA files (names in ``loras/`` or paths) whose adapters stay resident beside the DiT; ``continue_video``:
+    the video a request continues (its encode is planned chunk by chunk, for the frames it holds).
     """
     now = [f"history tokens now: **{history_tokens}**"] if history_tokens is not None else []
     # the LoRA files are read each time (a file replaced under its name changes the plan); the rest is cached
     preset = load_preset(preset_name)
     names = tuple(loras) or _preset_loras(preset)
     adapters = lora_bytes(names, preset.hardware.dtype)
+    frames = continued_frames(continue_video, preset.video.fps) if continue_video else 0
     return now + list(_plan_lines(preset_name, encoder_rate, float(seconds), history_mode, size, max_tokens, merge,
-                                  len(names), adapters))
+                                  len(names), adapters, frames))
+
+
+def continued_frames(path: str, fps: int) -> int:
+    """Frames a continued video gives its history, from the file's duration (the most a start reads if unreadable)."""
+    most = int(MAX_CONTINUE_SECONDS * fps)
+    try:
+        return video_frames(path, fps, most)
+    except InputError:  # gone or unreadable: the job's own start says so; plan the most it could read
+        return most
 
 
 def _preset_loras(preset: Preset) -> tuple[str, ...]:
@@ -417,7 +429,7 @@ def lora_bytes(names: tuple[str, ...], dtype: str) -> int:
 @functools.lru_cache(maxsize=64)
 def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, history_mode: str | None,
                 size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
-                loras: int = 0, adapters: int = 0) -> tuple[str, ...]:
+                loras: int = 0, adapters: int = 0, continue_frames: int = 0) -> tuple[str, ...]:
     """Cached: the memory planner traces models on the meta device (seconds for the large presets)."""
     from framepack_history.history.budget import history_budget  # torch: kept off the page's import path
 
@@ -443,7 +455,8 @@ def _plan_lines(preset_name: str, encoder_rate: str | None, seconds: float, hist
     try:
         from framepack_history.memory.planner import plan  # torch: kept off the page's import path
 
-        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size, adapter_bytes=adapters).summary())
+        lines.append(plan(preset, seconds, history_mode=mode, rate=rate, size=size, adapter_bytes=adapters,
+                          continue_frames=continue_frames).summary())
     except Exception:  # the plan is advice: its absence or failure must not break the page
         log.warning("no memory plan for %s", preset.name, exc_info=True)
         budget_gib = f"{hw.device_budget_gib:g} GiB" if hw.device_budget_gib else "whatever is free"

@@ -30,7 +30,8 @@ class PlanInfo(PageContext):
         size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
         loras = tuple(e["path"] if e.get("path") else e["name"] for e in r.loras or ())
         return self.studio.say(self._plan_md(job.spec.preset, job.spec.encoder_rate, r.seconds, job.progress.history_tokens,
-                                             r.history_mode, size, r.max_history_tokens, r.history_merge, loras))
+                                             r.history_mode, size, r.max_history_tokens, r.history_merge, loras,
+                                             r.continue_video))
 
     def preview_plan(self, preset: str, encoder_rate: str | None, seconds: Any, history: str | None = None,
                      max_tokens: Any = None, merge: str | None = None, *loras: Any) -> str:
@@ -47,9 +48,9 @@ class PlanInfo(PageContext):
     @staticmethod
     def _plan_md(preset: str, rate: str | None, seconds: float, tokens: int | None, mode: str | None,
                  size: tuple[int, int] | None = None, max_tokens: int | None = None, merge: str | None = None,
-                 loras: tuple[str, ...] = ()) -> str:
+                 loras: tuple[str, ...] = (), continue_video: str | None = None) -> str:
         try:
-            lines = plan_lines(preset, rate, seconds, tokens, mode, size, max_tokens, merge, loras)
+            lines = plan_lines(preset, rate, seconds, tokens, mode, size, max_tokens, merge, loras, continue_video)
         except (InputError, OSError, ValueError) as e:
             return f"memory plan unavailable: {e}"
         return "\n".join(f"- {line}" for line in lines)

@@ -211,3 +211,25 @@ def test_model_cache_keeps_the_least_recently_used_out(tmp_path):
     pb = cache.pipeline_for(b, spec())
     assert pb.backbone is not pa.backbone and cache.loads == 2
     assert cache.pipeline_for(a, sa) is not pa and cache.loads == 3  # a was evicted to make room for b
+
+
+def test_plan_lines_plan_a_continued_videos_encode(tmp_path, monkeypatch):
+    """A job continuing a video plans its clip's frames (its encode is planned chunk by chunk), not one frame."""
+    import numpy as np
+
+    from framepack_history.generation.video import write_segment
+    from framepack_history.memory import planner
+
+    asked: list[int] = []
+    real = planner.plan
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("continue_frames", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "plan", spy)
+    clip = write_segment(np.zeros((24, 32, 32, 3), np.uint8), tmp_path / "clip.mp4", fps=4)  # 6 s at toy-cpu's 4 fps
+    plan_lines("toy-cpu", None, 4.5, history_mode="encoder")
+    plan_lines("toy-cpu", None, 4.5, history_mode="encoder", continue_video=str(clip))
+    plan_lines("toy-cpu", None, 4.5, history_mode="encoder", continue_video=str(tmp_path / "gone.mp4"))
+    assert asked == [0, 24, 120]  # an unreadable file plans the most a start reads (30 s at 4 fps)
