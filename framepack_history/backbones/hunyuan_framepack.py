@@ -136,7 +136,8 @@ class HunyuanFramepackBackbone(Backbone):
     overlap_decode = True  # F1 decodes the newest two sections together and cross-fades the overlap
     noise_per_video = True  # FramePack's demo: one CPU generator for the whole video, drawn section by section
     #: ``framepack``: FramePack's demo's arithmetic (timestep rounded to the DiT dtype, output projection
-    #: in float32); ``diffusers``: ``HunyuanVideoFramepackPipeline``'s (float32 timestep, head in the DiT dtype)
+    #: in float32, SigLIP fed the 8-bit frame); ``diffusers``: ``HunyuanVideoFramepackPipeline``'s (float32
+    #: timestep, head in the DiT dtype, SigLIP fed the float frame)
     NUMERICS = ("framepack", "diffusers")
 
     def __init__(
@@ -242,8 +243,14 @@ class HunyuanFramepackBackbone(Backbone):
         out = {"start_latents": start_latents.to(self.device, torch.float32)}
         if self.image_encoder is None or self.feature_extractor is None:
             return Conditioning(out)
-        pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
-        inputs = self.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
+        if self._numerics == "framepack":
+            # The 8-bit frame itself, as FramePack's hf_clip_vision_encode hands it to the processor (which
+            # resizes uint8 pixels, then rescales). Every image here came from uint8 (to_pixels), exactly.
+            frame = ((image.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            inputs = self.feature_extractor(images=frame.permute(1, 2, 0).numpy(), return_tensors="pt")
+        else:  # diffusers' pipeline: the [0, 1] float frame, resized as floats
+            pixels = ((image.detach().float().cpu()[None] + 1) / 2).clamp(0, 1)
+            inputs = self.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
         values = inputs["pixel_values"].to(self.device, self.component_dtype)
         out["image_embeds"] = self.image_encoder(pixel_values=values).last_hidden_state.to(self.dtype)
         return Conditioning(out)

@@ -8,10 +8,11 @@ start latent (``image_latents=``: we take the VAE posterior's mode, the
 reference would sample it) and the same seed: the reference draws every
 section's noise from one CPU generator (``generator=``), as FramePack's demo
 does, and so do we by default. Both use Euler: diffusers has no flow-matching
-UniPC of FramePack's kind. In float32 FramePack's numerics (timestep rounded
-to the DiT dtype, float32 output projection) are diffusers' exactly; the
-backbone still selects diffusers' (``numerics="diffusers"``) so the comparison
-states what it compares (``test_framepack_numerics_are_the_default``).
+UniPC of FramePack's kind. The backbone selects diffusers' arithmetic
+(``numerics="diffusers"``): SigLIP fed the float frame, as the pipeline does
+(FramePack feeds it the 8-bit frame); in float32 the DiT call is the same
+either way (tests/backbones/test_framepack_numerics.py, where FramePack's
+numerics are checked as the default).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def test_output_projection_runs_in_float32_with_bf16_weights(bf16) -> None:
 
 
 def test_in_float32_both_numerics_are_the_same() -> None:
-    """So the float32 parity with diffusers (test_f1_parity.py) holds for the default numerics too."""
+    """The DiT call: the float32 parity with diffusers (test_f1_parity.py) holds for the default numerics' DiT too."""
     bb = HunyuanFramepackBackbone.tiny(seed=2)
     noisy, cond, ctx = _inputs(bb)
     calls, ours = _calls(bb, noisy, cond, ctx)
@@ -159,3 +159,24 @@ def test_float16_components_beside_a_bf16_dit(tmp_path) -> None:
     image = bb.encode_image(torch.zeros(3, 32, 32)).tensors
     assert text["prompt_embeds"].dtype == text["pooled_prompt_embeds"].dtype == torch.bfloat16
     assert image["image_embeds"].dtype == torch.bfloat16 and image["start_latents"].dtype == torch.float32
+
+
+def test_siglip_sees_the_8_bit_frame_as_framepack(bf16) -> None:
+    """FramePack's hf_clip_vision_encode: the uint8 frame through the processor's own resize and rescale
+    (``test_f1_parity.py`` checks diffusers' float path, ``numerics="diffusers"``, against its pipeline)."""
+    import numpy as np
+
+    from framepack_history.generation.pipeline import to_pixels
+
+    frame = (np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)
+    ours = bf16.encode_image(to_pixels(frame[None])[0, :, 0]).tensors["image_embeds"]
+    pre = bf16.feature_extractor.preprocess(images=frame, return_tensors="pt").to(dtype=bf16.image_encoder.dtype)
+    with torch.no_grad():
+        ref = bf16.image_encoder(**pre).last_hidden_state.to(bf16.dtype)
+    assert torch.equal(ours, ref)
+    try:  # diffusers' pipeline hands the processor the float frame instead: resized as floats, a different embedding
+        bf16.numerics = "diffusers"
+        theirs = bf16.encode_image(to_pixels(frame[None])[0, :, 0]).tensors["image_embeds"]
+    finally:
+        bf16.numerics = "framepack"
+    assert not torch.equal(theirs, ours)
