@@ -262,9 +262,9 @@ def test_plan_per_request_budgets_history_tokens(hub):
     manager = _tight(hub).memory
     manager.prepare(preset, SECONDS, history_mode="window", rate=None, start_image=True)
     assert all(r.history_tokens == 0 for r in manager.plan)
-    manager.prepare(preset, 1.5, history_mode="encoder", rate="2x2x2", start_image=False)
+    manager.prepare(preset, 1.875, history_mode="encoder", rate="2x2x2", start_image=False)  # 3 sections of 0.625 s
     den = [r for r in manager.plan if r.phase == "denoise"]
-    assert manager.plan.seconds == 1.5 and len(den) == 3 and den[-1].history_tokens > 0
+    assert manager.plan.seconds == 1.875 and len(den) == 3 and den[-1].history_tokens > 0
     assert not any(r.phase == "image_encode" for r in manager.plan)  # text-to-video: no image encoder budgeted
 
 
