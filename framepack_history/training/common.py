@@ -267,7 +267,9 @@ def _prepare(cfg: TrainConfig, accelerator, task: Task, native: bool) -> tuple[n
     """The prepared module and optimizer, the LR schedule, the step counter and EMA, registered for checkpoints."""
     optimizer = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    module, optimizer = accelerator.prepare(task.module, optimizer)
+    # Streamed frozen blocks live on the host: accelerate must not move the whole module to the device.
+    placement = {"device_placement": [False, None]} if cfg.stream_blocks else {}
+    module, optimizer = accelerator.prepare(task.module, optimizer, **placement)
     if hasattr(task, "after_prepare"):
         task.after_prepare(accelerator.unwrap_model(module))
     state = TrainState()
@@ -310,6 +312,8 @@ def _step(cfg: TrainConfig, accelerator, task: Task, module: nn.Module, optimize
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
             accelerator.backward(loss)
+            if hasattr(task, "after_backward"):
+                task.after_backward()
             if accelerator.sync_gradients and cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()

@@ -16,7 +16,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from framepack_history.backbones.base import Backbone, move_by_frame_context
+from framepack_history.backbones.base import Backbone, move_by_frame_context, place
 from framepack_history.backbones.toy import ToyBackbone, ToyVAE
 from framepack_history.config.presets import ModelSpec, Preset, build_dataclass, load_preset
 from framepack_history.config.rates import parse_rate
@@ -26,8 +26,10 @@ from framepack_history.generation.loading import load_backbone
 from framepack_history.history.encoder import HistoryEncoder
 from framepack_history.history.layout import group_means
 from framepack_history.history.merge import cap_groups
+from framepack_history.memory.streaming import block_placement, load_safetensors
 from framepack_history.training.capped import capped_history
 from framepack_history.training.settings import TrainConfig, dump_toml, find_path
+from framepack_history.training.streaming import TrainingStreamer, stream_blocks
 
 # The DiT's attention and MLP linear layers (not embedders, norms or modulation).
 LORA_TARGETS = {
@@ -151,7 +153,30 @@ def _build_backbone(cfg: TrainConfig, spec: ModelSpec, device: torch.device | st
                                      dtype=torch_dtype(cfg.weights_dtype))
         bb.vae = vae.to(bb.device).eval()
         return bb
+    if cfg.stream_blocks and spec.backbone != "toy" and spec.weights:
+        return _load_streamed(spec, device, cfg.weights_dtype, prepared=cfg.data.kind == "prepared")
     return load_backbone(spec, device, cfg.weights_dtype)
+
+
+def _load_streamed(spec: ModelSpec, device: torch.device | str, dtype: str, prepared: bool) -> Backbone:
+    """Real weights for a streamed run, never the whole backbone on the device, not even while loading.
+
+    The backbone's offload mode builds the DiT on ``meta``, keeps the text and image encoders as loaders
+    and the VAE on the host; the DiT's files then fill its stem on the device and its blocks in (pinned)
+    host memory, as generation's memory manager loads them. With prepared data the encoders and the VAE
+    never reach the device (they are dropped before the first step); otherwise they are loaded onto it now.
+    """
+    bb = load_backbone(spec, device, dtype, offload=True)
+    dit = bb.transformer
+    load_safetensors(dit, bb.weight_folders["transformer"], block_placement(dit, ()), bb.device, torch_dtype(dtype))
+    if prepared:
+        bb.loaders.clear()
+    else:
+        for name, build in list(bb.loaders.items()):
+            setattr(bb, name, build())  # straight from the files to the device
+        bb.loaders.clear()
+        bb.vae = place(bb.vae, bb.device, bb.component_dtype).eval()
+    return bb
 
 
 def build_encoder(cfg: TrainConfig, spec: ModelSpec, backbone: Backbone) -> HistoryEncoder:
@@ -204,12 +229,23 @@ def prepare_transformer(cfg: TrainConfig, backbone: Backbone) -> nn.Module:
         t._lora_config = lcfg  # kept for export
         for n, p in t.named_parameters():
             if "lora_" in n:
-                p.data = p.data.float()  # adapters train in fp32 even on bf16 base weights
+                # adapters train in fp32 even on bf16 base weights, on the device even beside streamed (host) ones
+                p.data = p.data.to(backbone.device, torch.float32)
     if cfg.gradient_checkpointing:
         if not getattr(t, "_supports_gradient_checkpointing", False):
             raise InputError("gradient_checkpointing", f"{type(t).__name__} does not support it")
         t.enable_gradient_checkpointing()
     return t
+
+
+def stream_frozen_blocks(cfg: TrainConfig, backbone: Backbone) -> TrainingStreamer | None:
+    """``stream_blocks``: the prepared DiT's frozen blocks streamed through the device (after :func:`prepare_transformer`)."""
+    if not cfg.stream_blocks:
+        return None
+    if backbone.name != "hunyuan_framepack":
+        raise InputError("stream_blocks", f"is for the hunyuan_framepack backbone (got {backbone.name!r}, "
+                                          "which stays on the device)")
+    return stream_blocks(backbone.transformer, backbone.device)
 
 
 def merge_lora(module: nn.Module) -> nn.Module:

@@ -107,6 +107,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     weights_dtype: str = "float32"  # frozen base weights (bfloat16 saves memory under LoRA)
     gradient_checkpointing: bool = False
+    # Frozen DiT blocks stay in (pinned) host memory and are copied to the device for their forward and again
+    # for their recompute in backward (training/streaming.py): two blocks on the card instead of all of them.
+    stream_blocks: bool = False
     lora_rank: int = 128  # 0 = full finetuning (the toy DiT has no pretraining)
     lora_alpha: float = 0.0  # 0 = rank
     lora_targets: str = ""  # regex over module names; "" = the backbone's attention/MLP linears
@@ -226,6 +229,11 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     _need(cfg.encoder.context_groups >= 0, "encoder.context_groups", f"must be >= 0 (got {cfg.encoder.context_groups})")
     _need(not (cfg.encoder.context_groups and cfg.stage2.p_capped), "encoder.context_groups",
           "capped histories (stage2.p_capped) need an encoder without context groups")
+    if cfg.stream_blocks:
+        _need(cfg.stage in ("stage1", "stage2"), "stream_blocks", f"streams the DiT of stage1 and stage2 (got {cfg.stage!r})")
+        _need(cfg.gradient_checkpointing, "stream_blocks",
+              "needs gradient_checkpointing = true: without it autograd keeps every block's weights for the backward")
+        _need(cfg.lora_rank > 0, "stream_blocks", "streams frozen blocks: it needs LoRA (lora_rank > 0), not full finetuning")
     _need(cfg.lr > 0, "lr", f"must be > 0 (got {cfg.lr})")
     _need(bool(cfg.stage2.capped_tokens) and all(isinstance(c, int) and c > 0 for c in cfg.stage2.capped_tokens),
           "stage2.capped_tokens", f"must be a list of positive token caps (got {cfg.stage2.capped_tokens!r})")

@@ -34,6 +34,7 @@ from framepack_history.training.modeling import (
     param_groups,
     prepare_transformer,
     rebind_transformer,
+    stream_frozen_blocks,
     training_preset,
 )
 from framepack_history.training.settings import TrainConfig, find_path
@@ -48,6 +49,7 @@ class StageTask:
         self.preset: Preset | None = None  # set by run_stage
         self._uses_image: bool | None = None
         self.prepared: PreparedConditions | None = None  # prepared data: embeddings read, never computed
+        self.streamer = None  # stream_blocks: the TrainingStreamer moving the frozen DiT blocks
 
     def conditions(self, prompts: list[str], latents: torch.Tensor) -> list[Conditioning]:
         """Per sample: the prompt's embedding plus, for image-to-video backbones, the clip's first frame.
@@ -86,7 +88,14 @@ class StageTask:
     def after_prepare(self, module: FlowModule) -> None:
         rebind_transformer(module.backbone, module.transformer)
 
+    def after_backward(self) -> None:
+        """Streamed blocks: the first block, kept through its backward, leaves the device."""
+        if self.streamer is not None:
+            self.streamer.release()
+
     def export(self, out: Path, module: FlowModule) -> None:
+        if self.streamer is not None:  # the LoRA merges into the frozen weights where they are: on the host
+            self.streamer.finish()
         export_run(out, module, self.preset, self.cfg)
 
     def export_state(self, out: Path, state: dict[str, torch.Tensor]) -> None:
@@ -179,17 +188,24 @@ def drop_encoders(backbone: Backbone) -> None:
 def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
     """Shared set-up of Stage I and II: models, data, then the common loop."""
     accelerator = make_accelerator(cfg)
+    if cfg.stream_blocks and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise InputError("stream_blocks", "FSDP and DeepSpeed shard the frozen blocks themselves: stream them on "
+                                          "one GPU or under DDP (each process streams its own)")
     preset = training_preset(cfg)
     backbone = build_backbone(cfg, preset.model, accelerator.device)
     encoder = build_encoder(cfg, preset.model, backbone)
     prepare_transformer(cfg, backbone)
+    streamer = stream_frozen_blocks(cfg, backbone)
     encoder.train().requires_grad_(not (cfg.stage == "stage2" and cfg.stage2.freeze_encoder))
     if cfg.lora_rank == 0:
         # Full finetuning: the LR branch shares the DiT's patchifier, which trains with the DiT.
         backbone.patch_embedding().requires_grad_(True)
     module = module_cls(backbone, encoder, cfg)
+    if streamer is not None:  # DDP must neither broadcast host-held frozen weights nor check their device
+        module._ddp_params_and_buffers_to_ignore = streamer.frozen_names("transformer.")
     task = task_cls(cfg, module, preset.video.fps)
     task.preset = preset
+    task.streamer = streamer
     dataset = training_dataset(cfg, preset, backbone, accelerator)
     if isinstance(dataset, PreparedDataset):
         task.prepared = dataset.conditions(backbone.device)
