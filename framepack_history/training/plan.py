@@ -24,11 +24,14 @@ the encoder in fp32 with their gradients and AdamW states, and the step's activa
 ``fsdp``) shards what accelerate wraps (the DiT and the encoder: the ``FlowModule``) N ways and all-gathers one
 block at a time (two in flight with prefetch); the other frozen components stay whole on every GPU.
 
-Two levers the trainer does not have yet are planned as well, so the card table can say what they would buy:
-*streaming* the frozen DiT blocks from pinned host memory (two blocks in flight, as generation's
-``BlockStreamer``; needs gradient checkpointing, since each block's weights come back for its recompute) and
-*float8* storage of the frozen blocks (``weights_storage``). A card that fits only with them is reported as
-``needs streaming``; ``fits`` means the trainer as it is runs there.
+With ``stream_blocks = true`` (``training/streaming.py``) the frozen DiT blocks live in pinned host memory
+and two are on the device at a time (the running block and the prefetched one; in the backward the
+recomputed block and the one before it), copied in twice per micro-batch (forward and recompute). They load
+straight to the host, and with prepared data the text and image encoders and the VAE are never loaded at
+all: the load peak is the DiT's stem. The plan reads the option from the config; for a config without it,
+the card table still says where it would help (``needs streaming``), and ``fits`` means the trainer as
+configured runs there. *float8* storage of the frozen blocks (``weights_storage``) is planned as a lever the
+trainer does not have.
 """
 
 from __future__ import annotations
@@ -51,13 +54,12 @@ from framepack_history.config.presets import Preset
 from framepack_history.errors import InputError
 from framepack_history.memory.components import MetaComponents, cached_trace, meta_components
 from framepack_history.memory.measure import LiveBytes, module_bytes
-from framepack_history.memory.planner import HOST_OVERHEAD, RESERVE_FRACTION, GiB
+from framepack_history.memory.planner import CUDA_ALLOWANCE, HOST_OVERHEAD, GiB
 from framepack_history.training.modeling import LORA_TARGETS, rebind_transformer, training_preset
 from framepack_history.training.settings import TrainConfig
 
 #: fp32 master weights + fp32 gradients + AdamW's two fp32 moments, per trainable parameter
 TRAINABLE_BYTES = 4 + 4 + 8
-CUDA_CONTEXT = GiB  # the CUDA context and cuBLAS/NCCL workspaces, outside what the allocator reports
 LOADER_PREFETCH = 2  # torch DataLoader's default prefetch_factor: batches each worker holds ready
 #: F1's clean context through its 1x / 2x / 4x embedders: (latent frames, patch kernel (t, h, w))
 F1_CONTEXT = ((1, (1, 2, 2)), (2, (2, 4, 4)), (16, (4, 8, 8)))
@@ -123,6 +125,7 @@ class TrainPlan:
     max_steps: int = 0
     notes: list[str] = field(default_factory=list)
     load_peak: int = 0  # device bytes while the backbone loads (every frozen part at once, before any sharding)
+    streaming: bool = False  # the config streams the frozen blocks (stream_blocks): the rows already say so
 
     @property
     def device_total(self) -> int:
@@ -152,13 +155,13 @@ class TrainPlan:
         usable = usable_bytes(card.gib)
         if max(self.device_total, self.load_peak) <= usable:
             return "fits"
-        if self.gpus == 1 and self.passes > 1 and self.streamed_total <= usable:
+        if not self.streaming and self.gpus == 1 and self.passes > 1 and self.streamed_total <= usable:
             return "needs streaming"
         return "does not fit"
 
     def gpu_hours(self, card: Card, steps: int | None = None) -> float:
         """GPU-hours of ``steps`` optimiser steps (default: the config's ``max_steps``) on ``gpus`` such cards."""
-        streamed = self.verdict(card) == "needs streaming"
+        streamed = self.streaming or self.verdict(card) == "needs streaming"
         return self.step_seconds(card, streamed) * (self.max_steps if steps is None else steps) * self.gpus / 3600
 
     def step_seconds(self, card: Card, streamed: bool = False, mfu: float = MFU) -> float:
@@ -168,8 +171,9 @@ class TrainPlan:
 
 
 def usable_bytes(card_gib: float) -> int:
-    """What the allocator may hand out on a card: less the CUDA context and the planner's reserve."""
-    return int((card_gib * GiB - CUDA_CONTEXT) * (1 - RESERVE_FRACTION))
+    """What the allocator may hand out on a card: less the inference planner's ``CUDA_ALLOWANCE`` (the CUDA
+    context, library workspaces and allocator fragmentation, none of which a trace sees)."""
+    return int(card_gib * GiB) - CUDA_ALLOWANCE.total
 
 
 # ------------------------------------------------------------------ tracing
@@ -398,7 +402,10 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
         raise InputError("stage", f"the training plan covers stage1 and stage2 (got {cfg.stage!r})")
     if gpus < 1:
         raise InputError("--gpus", f"must be >= 1 (got {gpus})")
-    fsdp = gpus > 1 if fsdp is None else fsdp
+    stream = cfg.stream_blocks
+    if stream and fsdp:
+        raise InputError("stream_blocks", "FSDP shards the frozen blocks itself: streaming is planned for one GPU or DDP")
+    fsdp = gpus > 1 and not stream if fsdp is None else fsdp
     preset = training_preset(cfg)
     if preset.model.backbone != "hunyuan_framepack":
         raise InputError("preset", f"the training plan is for the hunyuan_framepack backbone (got {preset.model.backbone!r})")
@@ -419,7 +426,12 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
     rows: list[Row] = []
 
     frozen_note = f"{len(blocks)} blocks in {weights_storage or cfg.weights_dtype}"
-    if fsdp and gpus > 1:
+    if stream:
+        rows.append(Row("DiT streamed blocks", min(block_sum, 2 * largest), host=block_sum, note=(
+            f"{frozen_note} pinned on the host; on the device the running block and the prefetched one "
+            "(in backward: the recomputed block and the one before it)")))
+        rows.append(Row("DiT stem", stem, note="embedders, refiner, output head: always resident"))
+    elif fsdp and gpus > 1:
         rows.append(Row("DiT frozen blocks (shard)", block_sum // shard, note=f"{frozen_note}, 1/{gpus} each"))
         rows.append(Row("DiT all-gathered blocks", 2 * largest, note="the running block and the prefetched one"))
         rows.append(Row("DiT stem (shard)", stem // shard, note="embedders, refiner, output head"))
@@ -448,13 +460,18 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
     prepared = cfg.data.kind == "prepared"  # captions and start images read as embeddings: the encoders leave
     loaded = 0
     for name, m in frozen.items():
-        if m is not None:
-            loaded += module_bytes(m)
-            rows.append(Row(name, 0 if prepared else module_bytes(m), note=(
-                f"loaded with the backbone ({module_bytes(m) / GiB:.2f}G), dropped before the first step (prepared data)"
-                if prepared else f"{cfg.weights_dtype}, frozen, loaded with the backbone")))
-    # The backbone loads whole on every GPU before accelerate shards or anything is dropped
-    load_peak = loaded + block_sum + stem
+        if m is None:
+            continue
+        if stream and prepared:  # streamed loading builds them lazily, and prepared data never asks
+            rows.append(Row(name, 0, note=f"never loaded ({module_bytes(m) / GiB:.2f}G): prepared data, streamed loading"))
+            continue
+        loaded += module_bytes(m)
+        rows.append(Row(name, 0 if prepared else module_bytes(m), note=(
+            f"loaded with the backbone ({module_bytes(m) / GiB:.2f}G), dropped before the first step (prepared data)"
+            if prepared else f"{cfg.weights_dtype}, frozen, loaded with the backbone")))
+    # The backbone loads whole on every GPU before accelerate shards or anything is dropped; streamed, its
+    # blocks load straight into host memory
+    load_peak = loaded + stem + (0 if stream else block_sum)
 
     # float8 storage is traced as the compute dtype (the meta trace of diffusers' casting hooks keeps every
     # cast copy alive, which a GPU run frees per layer), plus the running block's weights cast up
@@ -466,7 +483,8 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
     enc_kept, enc_peak, enc_flops = _encoder_activations(comps, t_hist, h, w, enc_trains)
     act = b * max(enc_kept + dit_act, enc_peak)
     ck = "with" if cfg.gradient_checkpointing else "without"
-    rows.append(Row("activations", act, note=f"batch {b}, {seq.total} tokens, {ck} gradient checkpointing (traced)"))
+    rows.append(Row("activations", act, note=f"batch {b}, {seq.total} tokens, {ck} gradient checkpointing "
+                                             "(traced, the recompute's peak included)"))
     c = comps.backbone.geometry.latent_channels
     clip_b = c * t_clip * h * w * 4
     rows.append(Row("batch tensors", b * clip_b * 3, note="clip latents, noise, masked copy (fp32)"))
@@ -488,7 +506,7 @@ def plan_training(cfg: TrainConfig, gpus: int = 1, fsdp: bool | None = None, *, 
         notes.append("Stage I predicts each sample's Omega in its own call: activations add up over the batch")
     return TrainPlan(config_name or cfg.out, cfg.stage, gpus, fsdp and gpus > 1, rows, seq, b, cfg.grad_accum,
                      float(flops), block_sum, 2 if cfg.gradient_checkpointing else 1,
-                     HOST_OVERHEAD["cuda"], cfg.max_steps, notes, load_peak)
+                     HOST_OVERHEAD["cuda"], cfg.max_steps, notes, load_peak, stream)
 
 
 def geo_section(comps: MetaComponents, preset: Preset) -> int:
@@ -515,12 +533,17 @@ def format_plan(p: TrainPlan) -> str:
     lines.append(f"{'host overhead':<28}{0:>9.2f}G{p.host_overhead / GiB:>9.2f}G  interpreter, torch and CUDA libraries")
     lines.append("-" * len(head))
     lines.append(f"{'total per GPU':<28}{p.device_total / GiB:>9.2f}G{p.host_total / GiB:>9.2f}G")
-    lines.append(f"{'  while loading':<28}{p.load_peak / GiB:>9.2f}G{'':>10}  every frozen part on the device at once, "
-                 "before sharding or dropping")
-    if p.gpus == 1 and p.passes > 1:
+    loading = ("the stem and every frozen part not left on the host (the blocks load straight there)" if p.streaming
+               else "every frozen part on the device at once, before sharding or dropping")
+    lines.append(f"{'  while loading':<28}{p.load_peak / GiB:>9.2f}G{'':>10}  {loading}")
+    if p.streaming:
+        lines.append(f"{'  streamed copies':<28}{'':>10}{'':>10}  stream_blocks: "
+                     f"{p.streamed_bytes_per_step / GiB:.0f} GiB copied to the device per step")
+    elif p.gpus == 1 and p.passes > 1:
         lines.append(f"{'  frozen blocks streamed':<28}{p.streamed_total / GiB:>9.2f}G"
                      f"{(p.host_total + streaming_host_bytes(p)) / GiB:>9.2f}G  "
-                     f"blocks pinned on the host, {p.streamed_bytes_per_step / GiB:.0f} GiB copied per step (not in the trainer yet)")
+                     f"blocks pinned on the host, {p.streamed_bytes_per_step / GiB:.0f} GiB copied per step "
+                     "(stream_blocks = true)")
     recompute = p.passes > 1
     lines.append(f"FLOPs: {p.flops_per_sample / 1e15:.2f} PFLOP per sample, {p.flops_per_step / 1e15:.2f} PFLOP per step per GPU "
                  f"(traced matmuls and convolutions: 2N per token forward, 2N backward through frozen weights, 4N more "
@@ -532,7 +555,7 @@ def format_plan(p: TrainPlan) -> str:
     for card in CARDS:
         v = p.verdict(card)
         runs = v != "does not fit"
-        t = f"{p.step_seconds(card, streamed=v == 'needs streaming'):.1f}" if runs else "-"
+        t = f"{p.step_seconds(card, streamed=p.streaming or v == 'needs streaming'):.1f}" if runs else "-"
         hours = f"{p.gpu_hours(card):.0f}" if runs else "-"
         lines.append(f"{card.name:<22}{usable_bytes(card.gib) / GiB:>7.1f}G  {v:<16}{t:>8}{hours:>9}")
     lines += [f"note: {n}" for n in p.notes]

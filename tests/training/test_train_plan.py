@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from framepack_history.cli.main import main
+from framepack_history.errors import InputError
 from framepack_history.training.plan import CARDS, plan_training
 from framepack_history.training.settings import TrainConfig, check_train_config, load_config
 from tests.conftest import TINY_HUNYUAN
@@ -96,18 +97,46 @@ def test_a_bad_config_path_is_exit_2_with_a_clear_message(capsys):
     assert "--train" in err and "no such file" in err and "config.toml" in err
 
 
-SHIPPED = [("hunyuan_stage1_1x80gb.toml", 1, 80), ("hunyuan_stage2_1x80gb.toml", 1, 80),
-           ("hunyuan_stage1_8x80gb.toml", 8, 80), ("hunyuan_stage2_8x80gb.toml", 8, 80)]
+def test_a_streamed_config_is_planned_streamed():
+    deeper = {"model": {"config": {"num_layers": 2, "num_single_layers": 3}}}  # five blocks: two on the device
+    base = plan_training(tiny(**deeper))
+    streamed = plan_training(tiny(stream_blocks=True, **deeper))
+    assert streamed.streaming and not base.streaming
+    blocks = next(r for r in streamed.rows if r.name == "DiT streamed blocks")
+    resident = next(r for r in base.rows if r.name == "DiT frozen blocks")
+    assert blocks.host == resident.device == streamed.block_bytes  # every block pinned on the host
+    assert 0 < blocks.device < resident.device and blocks.streamable == 0  # two blocks on the device
+    assert streamed.device_total == base.streamed_total  # what the lever promised
+    assert streamed.load_peak == row(base, "DiT stem") + row(base, "text encoder (LLaMA)") + sum(
+        row(base, n) for n in ("text encoder 2", "image encoder", "VAE"))  # the blocks load to the host
+    prep = plan_training(tiny(stream_blocks=True, **deeper, **{"data.kind": "prepared"}))
+    assert prep.load_peak == row(base, "DiT stem")  # prepared data: no encoder is ever loaded
+    assert row(prep, "activations") == row(base, "activations")
+    assert plan_training(tiny(stream_blocks=True, **deeper), gpus=2).fsdp is False  # several GPUs: DDP, each streams its own
+    with pytest.raises(InputError, match="stream_blocks"):
+        plan_training(tiny(stream_blocks=True, **deeper), gpus=2, fsdp=True)
 
 
-@pytest.mark.parametrize(("name", "gpus", "gib"), SHIPPED)
-def test_each_shipped_config_fits_the_card_it_is_written_for(name, gpus, gib):
+# (config, GPUs, card GiB, F1 sections after the start frame)
+SHIPPED = [("hunyuan_stage1_1x80gb.toml", 1, 80, 16), ("hunyuan_stage2_1x80gb.toml", 1, 80, 16),
+           ("hunyuan_stage1_8x80gb.toml", 8, 80, 16), ("hunyuan_stage2_8x80gb.toml", 8, 80, 16),
+           ("hunyuan_stage1_1x24gb.toml", 1, 24, 16), ("hunyuan_stage2_1x24gb.toml", 1, 24, 9)]
+
+
+@pytest.mark.parametrize(("name", "gpus", "gib", "sections"), SHIPPED)
+def test_each_shipped_config_fits_the_card_it_is_written_for(name, gpus, gib, sections):
     cfg = check_train_config(load_config(TrainConfig, CONFIGS / name))
     p = plan_training(cfg, gpus)
     card = next(c for c in CARDS if c.gib == gib)
     assert p.verdict(card) == "fits", f"{name}: {p.device_total / 2**30:.1f} GiB per GPU"
-    assert cfg.data.frames == 1 + 16 * 36  # whole F1 sections of 36 frames after the start frame
+    assert cfg.data.frames == 1 + sections * 36  # whole F1 sections of 36 frames after the start frame
     assert p.fsdp == (gpus > 1)
-    if gpus == 1:  # streaming would keep two blocks of 60 on the card, and copy every block twice a micro-batch
+    assert p.streaming == cfg.stream_blocks == (gib == 24)
+    if p.streaming:  # two blocks of 60 on the card; every block copied twice a micro-batch; nothing big loads
+        assert cfg.data.kind == "prepared" and p.load_peak < 2**30
+        assert p.streamed_bytes_per_step == p.block_bytes * 2 * cfg.grad_accum
+        smaller = next(c for c in CARDS if c.gib > gib)
+        assert p.verdict(smaller) == "fits"
+    elif gpus == 1:  # streaming would keep two blocks of 60 on the card, and copy every block twice a micro-batch
         assert p.streamed_total < p.device_total - 20 * 2**30
         assert p.streamed_bytes_per_step == p.block_bytes * 2 * cfg.grad_accum
