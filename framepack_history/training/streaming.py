@@ -34,6 +34,9 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from framepack_history.backbones.base import transformer_blocks
+from framepack_history.errors import InputError
+from framepack_history.lora.adapters import is_adapter
 from framepack_history.memory.streaming import BlockStreamer, Residency
 
 
@@ -120,6 +123,11 @@ class TrainingStreamer(BlockStreamer):
 
 def stream_blocks(transformer: nn.Module, device: torch.device | str) -> TrainingStreamer:
     """Stream ``transformer``'s blocks through ``device`` and checkpoint them with the streamer's function."""
+    inside = {id(t) for b in transformer_blocks(transformer) for t in b.parameters()}
+    trained = [n for n, t in transformer.named_parameters() if id(t) in inside and t.requires_grad and not is_adapter(n)]
+    if trained:  # a streamed weight's gradient would land on a host copy that the next onload overwrites
+        raise InputError("stream_blocks", f"streams frozen weights only, but {trained[0]!r} (and {len(trained) - 1} "
+                                          "more) inside the DiT's blocks train; train LoRA adapters there")
     streamer = TrainingStreamer(transformer, Residency(device))
     transformer.enable_gradient_checkpointing(streamer.checkpoint)
     return streamer

@@ -225,3 +225,14 @@ def test_a_streamed_run_trains_and_exports_what_the_resident_run_does(trained) -
         if rel.startswith("transformer_lora"):
             moved = max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k)
     assert moved > 5e-4  # lora_B left zero: the step trained it (Adam moves it about lr = 1e-3)
+
+
+def test_a_trainable_weight_inside_a_block_is_not_streamed(tmp_path) -> None:
+    (tmp_path / "f1.toml").write_text(DEEPER)
+    cfg = config(tmp_path, tmp_path / "f1.toml", stream_blocks=True)
+    p = training_preset(cfg)
+    bb = build_backbone(cfg, p.model, "cpu")
+    prepare_transformer(cfg, bb)
+    bb.transformer.single_transformer_blocks[1].norm.linear.weight.requires_grad_(True)
+    with pytest.raises(InputError, match="single_transformer_blocks.1.norm.linear.weight"):
+        stream_frozen_blocks(cfg, bb)
