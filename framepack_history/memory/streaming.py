@@ -212,8 +212,8 @@ class BlockStreamer:
         self._done: dict[int, object] = {}  # streamed position -> compute-finished event
         self._hooks = []
         for pos, i in enumerate(self.order):
-            self._hooks.append(self.blocks[i].register_forward_pre_hook(self._pre(pos)))
-            self._hooks.append(self.blocks[i].register_forward_hook(self._post(pos)))
+            self._hooks.append(self.blocks[i].register_forward_pre_hook(self.pre_hook(pos)))
+            self._hooks.append(self.blocks[i].register_forward_hook(self.post_hook(pos)))
         for i in self.order:
             self.groups[i].offload()
         residency.track(name, transformer)
@@ -235,7 +235,7 @@ class BlockStreamer:
     def release(self) -> None:
         """Drop streamed blocks still on the device (a prefetch for a step that did not come)."""
         for i in self.order:
-            self.groups[i].offload(self._compute_stream())
+            self.drop(self.groups[i])
         self._done.clear()
         self._calls.clear()
 
@@ -268,52 +268,73 @@ class BlockStreamer:
     def streamed_bytes(self) -> int:
         return sum(self.groups[i].nbytes() for i in self.order)
 
-    # -------------------------------------------------------------- hooks
-    def _compute_stream(self) -> torch.cuda.Stream | None:
+    # ------------------------------------------------------ extension points
+    # A subclass changes when blocks move (training's streamer follows the backward too) by overriding
+    # :meth:`pre_hook` / :meth:`post_hook` and moving groups with the methods below, never the state behind them.
+    def group_at(self, pos: int) -> WeightGroup:
+        """The weight group of streamed position ``pos`` (an index into :attr:`order`)."""
+        return self.groups[self.order[pos]]
+
+    def compute_stream(self) -> torch.cuda.Stream | None:
+        """The stream blocks compute on (None without a side stream: nothing to order against)."""
         return torch.cuda.current_stream() if self.stream is not None else None
 
-    def _onload(self, group: WeightGroup) -> None:
+    def fetch(self, group: WeightGroup) -> None:
+        """Start copying ``group`` to the device (on the side stream), counted in :attr:`copied_bytes`."""
         if not group.on_device:
             self.copied_bytes += group.nbytes()
         group.onload(self.stream)
 
-    def _skipped(self) -> bool:
-        return bool(getattr(self.transformer, SKIP_BLOCKS, False))
+    def drop(self, group: WeightGroup) -> None:
+        """Back to the host copy once the compute stream is done reading the device copy."""
+        group.offload(self.compute_stream())
 
-    def _pre(self, pos: int):
+    def mark_done(self, pos: int) -> None:
+        """Record that position ``pos``'s compute has been queued (see :meth:`wait_done`)."""
+        if self.stream is not None:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream())
+            self._done[pos] = done
+
+    def wait_done(self, pos: int) -> None:
+        """Wait (CPU) until position ``pos``'s marked compute has finished: its dropped memory is free to reuse."""
+        back = self._done.pop(pos, None)
+        if back is not None:
+            back.synchronize()
+
+    def pre_hook(self, pos: int) -> Callable[[nn.Module, tuple], None]:
+        """The forward pre-hook of streamed position ``pos``: its block on the device, the next one prefetched."""
         def hook(module: nn.Module, args: tuple) -> None:
             if self._skipped():  # the block returns its input: nothing to copy, nothing to prefetch
                 return
-            group = self.groups[self.order[pos]]
-            self._onload(group)  # no-op when the previous block prefetched it
+            group = self.group_at(pos)
+            self.fetch(group)  # no-op when the previous block prefetched it
             group.wait()
             if len(self.order) > 1 and self.prefetch:
-                back = self._done.pop((pos - 1) % len(self.order), None)
-                if back is not None:
-                    back.synchronize()  # the block before this one is done: its memory is free to reuse
-                self._onload(self.groups[self.order[(pos + 1) % len(self.order)]])
+                self.wait_done((pos - 1) % len(self.order))  # the block before this one is done: its memory is free
+                self.fetch(self.group_at((pos + 1) % len(self.order)))
             if self.residency.verify:
                 self.residency.sample(f"pre {group.name}")
         return hook
 
-    def _post(self, pos: int):
+    def post_hook(self, pos: int) -> Callable[[nn.Module, tuple, object], None]:
+        """The forward hook of streamed position ``pos``: the block dropped after its (last) forward."""
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self._skipped():
                 # Skipped, or the first block, whose hook fires after the cache decided to skip the rest: it
                 # stays on the device for the next call, like a block prefetched before the skip (two at most).
                 return
-            group = self.groups[self.order[pos]]
-            if self.stream is not None:
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream())
-                self._done[pos] = done
+            self.mark_done(pos)
             # Guidance's branches run each block in turn (the DiT's ``block_calls``): keep it until the last.
             self._calls[pos] = self._calls.get(pos, 0) + 1
             if self._calls[pos] < getattr(self.transformer, "block_calls", 1):
                 return
             self._calls.pop(pos)
-            group.offload(self._compute_stream())
+            self.drop(self.group_at(pos))
         return hook
+
+    def _skipped(self) -> bool:
+        return bool(getattr(self.transformer, SKIP_BLOCKS, False))
 
 
 def block_placement(transformer: nn.Module, resident: Iterable[int]) -> Callable[[str], bool]:

@@ -62,46 +62,38 @@ class TrainingStreamer(BlockStreamer):
                                                  context_fn=lambda: (nullcontext(), self._recompute()))
 
     # -------------------------------------------------------------------- hooks
-    def _group(self, pos: int):
-        return self.groups[self.order[pos]]
-
-    def _pre(self, pos: int) -> Callable:
+    def pre_hook(self, pos: int) -> Callable[[nn.Module, tuple], None]:
         def hook(module: nn.Module, args: tuple) -> None:
             n = len(self.order)
             if self.recomputing:
                 ahead = pos - 1 if pos > 0 else None
             else:
-                back = self._done.pop(pos - 1, None)
-                if back is not None:
-                    back.synchronize()  # the block before this one is done: its memory is free to reuse
+                self.wait_done(pos - 1)  # the block before this one is done: its memory is free to reuse
                 ahead = pos + 1 if pos + 1 < n else None
             # Whatever else is on the device is done with: in the recompute, the blocks after this one have
             # finished their backward (and a second call's graph, run later, has been gone through first).
             dropped = False
             for i in range(n):
-                if i != pos and i != ahead and self._group(i).on_device:
-                    self._group(i).offload(self._compute_stream())
+                if i != pos and i != ahead and self.group_at(i).on_device:
+                    self.drop(self.group_at(i))
                     dropped = True
             if dropped and self.recomputing and self.stream is not None:
                 torch.cuda.current_stream().synchronize()  # their memory is free before the next copy
-            group = self._group(pos)
-            self._onload(group)  # no-op when the previous block prefetched it
+            group = self.group_at(pos)
+            self.fetch(group)  # no-op when the previous block prefetched it
             group.wait()
             if ahead is not None and self.prefetch:
-                self._onload(self._group(ahead))
+                self.fetch(self.group_at(ahead))
             if self.residency.verify:
                 self.residency.sample(f"{'recompute' if self.recomputing else 'pre'} {group.name}")
         return hook
 
-    def _post(self, pos: int) -> Callable:
+    def post_hook(self, pos: int) -> Callable[[nn.Module, tuple, object], None]:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self.recomputing:  # its saved tensors hold the weights until its backward: dropped later
                 return
-            if self.stream is not None:
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream())
-                self._done[pos] = done
-            self._group(pos).offload(self._compute_stream())
+            self.mark_done(pos)
+            self.drop(self.group_at(pos))
         return hook
 
     # ------------------------------------------------------------------- phases
