@@ -52,8 +52,9 @@ from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.generation import step_cache
 from framepack_history.generation.loading import build_encoder
+from framepack_history.memory.budget import CUDA_ALLOWANCE, Budget, GiB
 from framepack_history.memory.manager import MemoryManager
-from framepack_history.memory.planner import CUDA_ALLOWANCE, Budget, GiB, plan
+from framepack_history.memory.planner import plan
 from framepack_history.memory.streaming import Residency
 
 ROOT = Path(__file__).resolve().parent.parent

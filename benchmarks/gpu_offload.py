@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from framepack_history.backbones.framepack_transformer import HistoryFramepackTransformer3DModel
 from framepack_history.config.presets import load_preset
+from framepack_history.memory.budget import Budget, GiB
 from framepack_history.memory.components import meta_components, read_config
-from framepack_history.memory.planner import Budget, GiB, plan
+from framepack_history.memory.planner import plan
 from framepack_history.memory.streaming import BlockStreamer, Residency
 
 TINY = Path(__file__).resolve().parent.parent / "tests" / "presets" / "tiny-hunyuan.toml"

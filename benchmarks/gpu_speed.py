@@ -48,8 +48,9 @@ from framepack_history.backbones.speed import apply_speed
 from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.generation.loading import build_encoder
+from framepack_history.memory.budget import Budget, GiB
 from framepack_history.memory.manager import MemoryManager
-from framepack_history.memory.planner import Budget, GiB, plan
+from framepack_history.memory.planner import plan
 
 FRAMEPACK_4090 = {"FramePack": 2.5, "FramePack + TeaCache": 1.5}  # s/frame, its README (RTX 4090)
 VARIANTS = {

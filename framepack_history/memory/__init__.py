@@ -3,7 +3,8 @@
 * :mod:`.planner` — pure arithmetic from configs on the ``meta`` device:
   :func:`plan` predicts the device and host peak of every phase of a request
   and chooses a :class:`Strategy` (resident DiT blocks, streamed blocks,
-  text-encoder quantisation, VAE tiling) that fits the :class:`Budget`;
+  text-encoder quantisation, VAE tiling) that fits the :class:`~.budget.Budget`;
+* :mod:`.budget` — the device and host budgets and the CUDA allowance they keep back;
 * :mod:`.streaming` / :mod:`.manager` — which tensors move: DiT blocks
   streamed from pinned host memory one block ahead of the computation,
   components made resident by hooks when their code runs and evicted when

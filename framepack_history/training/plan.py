@@ -52,9 +52,9 @@ from torch.utils.flop_counter import flop_registry
 from framepack_history.backbones.base import Conditioning, Context
 from framepack_history.config.presets import Preset
 from framepack_history.errors import InputError
+from framepack_history.memory.budget import CUDA_ALLOWANCE, HOST_OVERHEAD, GiB
 from framepack_history.memory.components import MetaComponents, cached_trace, meta_components
 from framepack_history.memory.measure import LiveBytes, module_bytes
-from framepack_history.memory.planner import CUDA_ALLOWANCE, HOST_OVERHEAD, GiB
 from framepack_history.training.modeling import LORA_TARGETS, rebind_transformer, training_preset
 from framepack_history.training.settings import TrainConfig
 

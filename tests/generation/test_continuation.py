@@ -20,9 +20,10 @@ from framepack_history.generation.continuation import clip_chunks, cut, encode_c
 from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import ContextFrames, Pipeline, to_pixels
 from framepack_history.generation.video import write_segment
+from framepack_history.memory.budget import Budget, GiB
 from framepack_history.memory.components import meta_components, vae_encode_activation
 from framepack_history.memory.encode_chunks import chunks, exact, first_frame, latent_count, vae_tiles
-from framepack_history.memory.planner import Budget, GiB, plan
+from framepack_history.memory.planner import plan
 from tests.conftest import TINY_HUNYUAN, TINY_TOY
 
 LENGTHS = [1, 5, 16, 17, 18, 29, 53, 54, 58, 61, 66, 101, 137]  # around the tiles' and the chunks' edges

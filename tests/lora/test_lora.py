@@ -293,7 +293,8 @@ def test_one_lora_streamed_equals_resident_in_strict_mode(hub, tmp_path):
 
 
 def test_planner_counts_adapter_bytes(preset):
-    from framepack_history.memory.planner import Budget, GiB, plan
+    from framepack_history.memory.budget import Budget, GiB
+    from framepack_history.memory.planner import plan
 
     budget = Budget(GiB, GiB, "cpu", "test")
     a, b = plan(preset, 1.0, budget=budget), plan(preset, 1.0, budget=budget, adapter_bytes=12345)

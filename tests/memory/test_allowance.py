@@ -9,15 +9,8 @@ import pytest
 
 from framepack_history.cli.main import main
 from framepack_history.config.presets import load_preset
-from framepack_history.memory.planner import (
-    CUDA_ALLOWANCE,
-    RESERVE_FRACTION,
-    Budget,
-    GiB,
-    MiB,
-    format_table,
-    plan,
-)
+from framepack_history.memory.budget import CUDA_ALLOWANCE, RESERVE_FRACTION, Budget, GiB, MiB
+from framepack_history.memory.planner import format_table, plan
 from tests.conftest import TINY_HUNYUAN
 
 SECONDS = 1.3  # three sections of the tiny model

@@ -22,10 +22,11 @@ from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import Pipeline, SectionDone
+from framepack_history.memory.budget import Budget, GiB
 from framepack_history.memory.components import denoise_activation, meta_components, vae_decode_activation
 from framepack_history.memory.manager import MemoryManager, OnFirstCall
 from framepack_history.memory.measure import LiveBytes, module_bytes
-from framepack_history.memory.planner import Budget, GiB, format_table, plan, quantized_bytes, spread_order
+from framepack_history.memory.planner import format_table, plan, quantized_bytes, spread_order
 from tests.conftest import TINY_HUNYUAN, TINY_TOY
 
 # More blocks than the test presets' single one, so some stay and some stream.

@@ -35,10 +35,11 @@ from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import Pipeline, SectionDone
 from framepack_history.history.state import HistoryState
 from framepack_history.jobs.checkpoint import JobDir
+from framepack_history.memory.budget import Budget, GiB
 from framepack_history.memory.components import meta_components
 from framepack_history.memory.manager import RESIDENT_HOOK, MemoryManager, OnFirstCall
 from framepack_history.memory.measure import module_bytes
-from framepack_history.memory.planner import Budget, GiB, Plan, plan
+from framepack_history.memory.planner import Plan, plan
 from tests.conftest import TINY_HUNYUAN
 
 DEEP = {"num_layers": 2, "num_single_layers": 3}  # five blocks: some stay, some stream
