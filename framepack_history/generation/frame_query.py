@@ -6,11 +6,14 @@ Stage I trains it, ``eval retrieval`` measures it, and the Memory tab's recall s
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
-from framepack_history.backbones.base import Context
+from framepack_history.backbones.base import Backbone, Conditioning
 from framepack_history.config.storyboard import caption_at
+from framepack_history.generation.context import query_context
 from framepack_history.generation.pipeline import Pipeline
 from framepack_history.history.state import HistoryState
 from framepack_history.sampling import guided, sample
@@ -53,15 +56,45 @@ def uint8_to_unit(frames) -> torch.Tensor:
     return torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
+def start_condition(pipeline: Pipeline, latents: torch.Tensor) -> Conditioning:
+    """Stage I's image conditioning of a history ``[1, C, T, h, w]``: its first latent, as Stage I shows it.
+
+    Image-to-video backbones (FramePack-F1) condition every DiT call on the start image: the clean
+    anchor latent and its SigLIP embedding. Stage I (``StageTask.conditions``) takes the anchor from the
+    clip's first latent and shows SigLIP that latent decoded, so the recall does the same with the
+    history's first latent (a job's start image latent). Backbones without an image encoder: empty.
+    """
+    bb = pipeline.backbone
+    if type(bb).encode_image is Backbone.encode_image or getattr(bb, "image_encoder", True) is None:
+        return Conditioning()
+    first = latents[:, :, :1].to(bb.device, torch.float32)
+    memory = pipeline.memory
+    with torch.no_grad():
+        with memory.phase("vae_decode") if memory is not None else nullcontext():
+            pixels = bb.vae_decode(first).float()  # [1, 3, F, H, W]
+        with memory.phase("image_encode") if memory is not None else nullcontext():
+            return bb.encode_image(pixels[0, :, 0], first)
+
+
 def retrieve(pipeline: Pipeline, hist: HistoryState, caption: str, pos: int, steps: int, seed: int,
-             target_w: torch.Tensor | None = None) -> torch.Tensor:
-    """Denoise latent frame ``pos`` of the history from its embedding alone; returns ``[1, C, 1, h, w]``."""
+             target_w: torch.Tensor | None = None, image: Conditioning | None = None) -> torch.Tensor:
+    """Denoise latent frame ``pos`` of the history from its embedding alone; returns ``[1, C, 1, h, w]``.
+
+    The DiT reads what a Stage I step feeds it for that frame (``tests/training/test_recall_parity.py``):
+    :func:`~.context.query_context` of the history's tokens, the prompt in force at the end of the
+    history, :func:`start_condition` (``image``: computed once by a caller that recalls many frames of
+    one history) and the preset's distilled guidance.
+    """
     bb, p = pipeline.backbone, pipeline.preset
-    tokens, positions = hist.tokens()
     t, lat = hist.num_frames, hist.latents
-    cond = pipeline.text(caption_at(caption, bb.geometry.pixel_frames(t) / p.video.fps))
-    ctx = Context(history_tokens=tokens, history_positions=positions,
-                  target_t=torch.tensor([float(pos - t)], device=bb.device), target_w=target_w)
+    text = pipeline.text(caption_at(caption, bb.geometry.pixel_frames(t) / p.video.fps))
+    image = start_condition(pipeline, lat) if image is None else image
+    cond = Conditioning({**image.tensors, **text.tensors})  # in Stage I's order: image, then text
+    tokens, positions = hist.tokens()
+    if target_w is not None:  # Stage I's batch form: positions moved by a camera track are per sample
+        target_w, positions = target_w.reshape(1, -1), positions.reshape(1, *positions.shape[-2:])
+    # The target's time per sample ``[B, k]``, as Stage I gives it.
+    ctx = query_context((tokens, positions), torch.tensor([[float(pos - t)]], device=bb.device), target_w)
     noise = torch.randn((1, lat.shape[1], 1, *lat.shape[3:]), generator=torch.Generator().manual_seed(seed))
 
     def model(x: torch.Tensor, s: torch.Tensor, conditional: bool) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 The recall is Stage I's frame query (``generation/frame_query.retrieve``): the DiT
 denoises one latent frame at its own time position in the past from the
-history embedding and the prompt alone (no window, no start image), and the
-VAE decodes it. The real frame is the same latent frame as the job saved it
+history embedding and the prompt (no window; on FramePack-F1 also the start
+image, the history's first latent, as Stage I conditions on it), and the VAE
+decodes it. The real frame is the same latent frame as the job saved it
 in its history, decoded; PSNR compares the two.
 
 Where it runs: on the CPU, from the job's last checkpoint (its history
