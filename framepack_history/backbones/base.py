@@ -70,6 +70,11 @@ class Context:
     window_w: torch.Tensor | None = None
     #: the history's last raw latents ``[B, C, Tr, H, W]`` (``Tr <= Backbone.context_frames``; fewer at the start)
     recent_latents: torch.Tensor | None = None
+    #: FramePack's original (inverted) loop: the latents that follow the section in time ``[B, C, Tp, H, W]``
+    #: (already generated, oldest first, zeros where the video ends), and the latent frames left blank between
+    #: the section and them (its padding); the backbone lays them out at its 1x/2x/4x indices
+    post_latents: torch.Tensor | None = None
+    post_gap: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -323,6 +323,31 @@ class HunyuanFramepackBackbone(Backbone):
         return {"latents_clean": x1, "indices_latents_clean": i1, "latents_history_2x": x2,
                 "indices_latents_history_2x": i2, "latents_history_4x": x4, "indices_latents_history_4x": i4}
 
+    #: FramePack's original model's clean context after the section: 1 latent through the 1x clean embedder,
+    #: 2 through the 2x, 16 through the 4x (the section's 1x/2x/4x "post" latents, nearest first)
+    POST_HISTORY = (1, 2, 16)
+
+    def inverted_context(self, post: torch.Tensor, start: torch.Tensor | None, gap: int,
+                         section: int) -> dict[str, torch.Tensor]:
+        """FramePack's original (inverted anti-drifting) clean-latent inputs, laid out as it was trained.
+
+        Index 0 holds the start latent (1x path), ``gap`` blank indices follow, then the
+        ``section`` noisy latents, then ``post`` (the 19 latents after the section,
+        zeros past the video's end): 1 at 1x next to the section, 2 at 2x, 16 at 4x.
+        """
+        dev, dt, n = self.device, self.dtype, sum(self.POST_HISTORY)
+        if post.shape[2] != n:
+            raise ValueError(f"the inverted context reads {n} post latents (got {post.shape[2]})")
+        x1, x2, x4 = post.to(dev, dt).split(self.POST_HISTORY, dim=2)
+        first = 1 + gap + section  # the post latents' first index: after the start, the gap and the section
+        i1, i2, i4 = torch.arange(first, first + n, device=dev, dtype=torch.float32).split(self.POST_HISTORY)
+        if start is not None:
+            x1 = torch.cat([start.to(dev, dt).expand(x1.shape[0], -1, -1, -1, -1), x1], dim=2)
+            i1 = torch.cat([torch.zeros(1, device=dev), i1])
+        return {"latents_clean": x1, "indices_latents_clean": i1, "latents_history_2x": x2,
+                "indices_latents_history_2x": i2, "latents_history_4x": x4, "indices_latents_history_4x": i4,
+                "indices_latents": 1 + gap + torch.arange(section, device=dev, dtype=torch.float32)}
+
     def predict(
         self, noisy: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, context: Context, guidance: float = 1.0
     ) -> torch.Tensor:
@@ -374,7 +399,11 @@ class HunyuanFramepackBackbone(Backbone):
         start = c.get("start_latents")
         if start is not None and start.shape[-2:] != noisy.shape[-2:]:
             raise ValueError(f"start image latents {tuple(start.shape[-2:])} do not match the section's {tuple(noisy.shape[-2:])}")
-        if context.recent_latents is not None:
+        if context.post_latents is not None:  # the original model's loop: the future, not the past
+            inv = self.inverted_context(context.post_latents, start, context.post_gap, t)
+            frames = inv.pop("indices_latents") - shift  # the section's own indices (shift is added below)
+            kwargs.update({k: batched(v) if k.startswith("latents") else v for k, v in inv.items()})
+        elif context.recent_latents is not None:
             if context.window_latents is not None:
                 raise ValueError("give either recent_latents (F1's own context) or window_latents, not both")
             f1 = self.f1_context(context.recent_latents, start, shift)

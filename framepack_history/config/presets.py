@@ -25,6 +25,8 @@ from framepack_history.errors import InputError
 HISTORY_MODES = ("encoder", "window", "none")
 #: the rules a history-token cap merges by (``history.MERGE_RULES``); the first is the default
 HISTORY_MERGES = ("similar", "oldest")
+#: section loops (``model.loop``): forward from the start, or FramePack's original inverted anti-drifting
+LOOPS = ("forward", "inverted")
 #: text-to-video start frames each backbone offers, its default first. An image-to-video checkpoint
 #: (FramePack-F1) always wants a start image: black, white, green screen (chroma-key 0,177,64) or
 #: seeded noise, as FramePack-Studio offers; the toy draws its world's first view.
@@ -46,6 +48,9 @@ def check_cache(value: object, field_name: str = "--cache") -> str:
 @dataclass
 class ModelSpec:
     backbone: str = "toy"
+    #: the section loop (``LOOPS``): ``forward`` (each section after the past: FramePack-F1, the toy) or
+    #: ``inverted`` (FramePack's original model, from the video's end toward its start; hunyuan_framepack only)
+    loop: str = "forward"
     #: backbone weights: a local folder or hub id(s); empty = random weights from ``config``
     weights: str = ""
     #: extra hub ids/folders by component (hunyuan: base, image_encoder)
@@ -220,6 +225,11 @@ def _check(preset: Preset) -> None:
         raise InputError("history.merge", f"must be one of {', '.join(HISTORY_MERGES)} (got {h.merge!r})")
     if m.backbone not in ("toy", "hunyuan_framepack"):
         raise InputError("model.backbone", f"must be 'toy' or 'hunyuan_framepack' (got {m.backbone!r})")
+    if m.loop not in LOOPS:
+        raise InputError("model.loop", f"must be one of {', '.join(LOOPS)} (got {m.loop!r})")
+    if m.loop == "inverted" and m.backbone != "hunyuan_framepack":
+        raise InputError("model.loop", f"'inverted' is FramePack's original model's loop (hunyuan_framepack); "
+                                       f"the {m.backbone} backbone generates forward")
     if v.buckets is None:
         v.buckets = m.backbone == "hunyuan_framepack"
     if v.buckets and m.backbone == "toy":

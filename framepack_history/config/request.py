@@ -57,6 +57,10 @@ class GenerationRequest:
     loras: list[dict[str, Any]] | None = None
     #: step caching (``off``, ``fast``, ``faster``); None = the preset's ``sampling.cache``
     cache: str | None = None
+    #: an end image (path): FramePack's original model generates toward it (``model.loop = "inverted"``)
+    end_image: str | None = None
+    #: how strongly the end image anchors the video's end: its latent's scale (FramePack-Studio), in [0, 1]
+    end_frame_strength: float | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -103,6 +107,7 @@ class GenerationRequest:
             check_cache(self.cache, "--cache")
         if self.image and self.continue_video:
             raise InputError("--image", "give either a start image or a video to continue, not both")
+        self._check_end_image(preset)
         check_entries(self.loras)
         board = parse_storyboard(self.prompt)
         if not board[0][1] and not (self.image or self.continue_video):
@@ -110,6 +115,25 @@ class GenerationRequest:
         self._check_start_frame(preset)
         self._check_size(preset)
         return board
+
+    def _check_end_image(self, preset: Preset) -> None:
+        """An end image only on the original model's loop, and only toward a start image; a strength in [0, 1]."""
+        fs = self.end_frame_strength
+        if fs is not None and (isinstance(fs, bool) or not isinstance(fs, (int, float)) or not math.isfinite(fs)
+                               or not 0 <= fs <= 1):
+            raise InputError("--end-frame-strength", f"must be a number in [0, 1] (got {fs!r})")
+        if not self.end_image:
+            if fs is not None:
+                raise InputError("--end-frame-strength", "is the end image's strength; give --end-image")
+            return
+        if not isinstance(self.end_image, str):
+            raise InputError("--end-image", f"must be a file path (got {type(self.end_image).__name__})")
+        if preset.model.loop != "inverted":
+            raise InputError("--end-image", "needs the original model: presets framepack-original-12gb, "
+                                            "framepack-original-24gb or framepack-original-80gb "
+                                            f"(this preset's {preset.model.backbone} loop generates forward)")
+        if not self.image:
+            raise InputError("--end-image", "goes with a start image (--image): the video runs from one to the other")
 
     def _check_start_frame(self, preset: Preset) -> None:
         """A known start frame, for text-to-video only; unset becomes the backbone's default (recorded)."""

@@ -29,7 +29,9 @@ from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
 from framepack_history.generation.context import section_context, window_size
 from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
+from framepack_history.generation.inverted import InvertedLoop
 from framepack_history.generation.overlap import OverlapDecoder
+from framepack_history.generation.pixels import to_pixels, to_uint8
 from framepack_history.generation.step_cache import StepCache, threshold_for
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, read_image, read_video
 from framepack_history.history.encoder import HistoryEncoder
@@ -85,18 +87,6 @@ class Finished:
 
 
 Event = ContextFrames | SectionStarted | StepPreview | SectionDone | Finished
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """``[3, F, H, W]`` in ``[-1, 1]`` -> ``uint8 [F, H, W, 3]``."""
-    x = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def to_pixels(frames: np.ndarray) -> torch.Tensor:
-    """``uint8 [F, H, W, 3]`` -> ``[1, 3, F, H, W]`` in ``[-1, 1]``."""
-    x = torch.from_numpy(np.array(frames, dtype=np.float32)) / 127.5 - 1
-    return x.permute(3, 0, 1, 2).unsqueeze(0)
 
 
 def section_noise(shape: tuple[int, ...], seed: int, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -165,6 +155,8 @@ class Pipeline:
         self.memory = memory
         if encoder is not None and hasattr(memory, "watch"):
             memory.watch(encoder)
+        #: FramePack's original model's loop (``model.loop = "inverted"``); None: the forward loop written here
+        self.loop = InvertedLoop(backbone, self.section_latent_frames) if preset.model.loop == "inverted" else None
 
     def _phase(self, name: str, section: int | None = None) -> AbstractContextManager:
         return nullcontext() if self.memory is None else self.memory.phase(name, section)
@@ -213,6 +205,8 @@ class Pipeline:
         Returns the generation state and the frames the video starts with.
         """
         board = request.validate(self.preset)
+        if self.loop is not None:  # before any input is read: what this loop cannot do at all
+            self.loop.check(request, self.option(request, "history_mode"))
         w, h = self.size_for(request)
         mode = self.option(request, "history_mode")
         if mode == "encoder" and self.encoder is None:
@@ -237,6 +231,8 @@ class Pipeline:
         # The image condition is the frame the video goes on from: the start image, or the last frame.
         with torch.no_grad(), self._phase("image_encode"):
             gen.image_cond = self.backbone.encode_image(to_pixels(frames[-1:])[0, :, 0].to(self.backbone.device), latents)
+        if self.loop is not None:
+            self.loop.encode_end(gen, (w, h), self._phase("image_encode"))
         if latents is None:  # the start frame, or the video continued chunk by chunk (what the mode reads of it)
             keep = latents_read(self.backbone, mode, int(self.option(request, "window_frames")), self.section_latent_frames)
             with torch.no_grad(), self._phase("vae_encode"):
@@ -352,7 +348,8 @@ class Pipeline:
         neg = None
         if cfg != 1.0:
             neg = Conditioning({**gen.image_cond.tensors, **self.text(self.preset.sampling.negative_prompt).tensors})
-        ctx = self.context(gen)
+        ctx = self.context(gen) if self.loop is None else self.loop.context(
+            gen, self.option(req, "history_mode"), self.latent_shape(gen))
         guidance = float(self.option(req, "guidance"))
         # history guidance needs history tokens to guide with (none in the other modes, none yet
         # when a text-to-video request has no start frame)
@@ -372,7 +369,9 @@ class Pipeline:
             )
         t1 = time.perf_counter()
         with torch.no_grad(), self._phase("vae_decode", idx):
-            if bb.overlap_decode:  # F1 decodes from the history, so the section goes in first
+            if self.loop is not None:
+                frames, t2, tokens = self.loop.finish(gen, latents, ctx)
+            elif bb.overlap_decode:  # F1 decodes from the history, so the section goes in first
                 frames, t2, tokens = self._overlap_decode(gen, latents, ctx)
             else:
                 frames = to_uint8(bb.vae_decode(latents.to(bb.dtype))[0])

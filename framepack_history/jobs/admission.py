@@ -15,6 +15,7 @@ from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
+from framepack_history.generation.video import read_image
 from framepack_history.lora import files
 
 
@@ -91,12 +92,14 @@ def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, 
     if request.width is None or request.height is None:
         request.width, request.height = choose_size(preset, source, fields[1] if request.continue_video else fields[0])
 
+    if request.end_image:  # read now too: a bad end image fails at submit, not after the video's end is made
+        read_image(request.end_image, None, None, field="--end-image")
     check_loras(request, preset)  # found, safetensors, fits the DiT: recorded with their hashes
 
 
 def keep_inputs(request: GenerationRequest, folder: Path) -> None:
     """Copy uploads into the job folder: upload caches are emptied, jobs are not."""
-    for name in ("image", "continue_video"):
+    for name in ("image", "continue_video", "end_image"):
         src = getattr(request, name)
         if src:
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,205 @@
+"""Our inverted loop (FramePack's original model) against diffusers' ``sampling_type="inverted_anti_drifting"``.
+
+As tests/backbones/test_f1_parity.py does for F1: a tiny random FramePack saved in the
+hub's layout, loaded through ``loading.load_backbone`` from a preset with
+``model.loop = "inverted"``; the reference ``HunyuanVideoFramepackPipeline`` on the
+same weights, start latent (the VAE mode, handed over as ``image_latents``), end
+latent and seed. Every transformer call's inputs are recorded on both sides.
+
+With an end image the reference computes the start and end images' averaged SigLIP
+embedding and then passes the start image's alone (diffusers 0.42.1); FramePack's
+pull request 167, which it credits, conditions on the average. The reference here is
+handed that average, computed by its own image encoder, so both sides condition alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline, HunyuanVideoFramepackTransformer3DModel
+from PIL import Image
+
+from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
+from framepack_history.errors import InputError
+from framepack_history.generation.inverted import paddings
+from framepack_history.generation.loading import load_backbone
+from framepack_history.generation.pipeline import Pipeline, SectionDone, to_uint8
+from framepack_history.generation.video import read_image
+from tests.backbones.tiny_framepack import recorder, save_image, save_tiny
+
+SIZE, SECTIONS, STEPS, PROMPT = 64, 3, 3, "a red fox runs through snow"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("original")
+    return {"root": root, "preset": load_preset(save_tiny(root, SIZE, STEPS, loop="inverted")),
+            "image": save_image(root / "start.png", SIZE, 0), "end": save_image(root / "end.png", SIZE, 1)}
+
+
+@pytest.fixture(scope="module")
+def backbone(folders):
+    bb = load_backbone(folders["preset"].model, "cpu", "float32")
+    bb.numerics = "diffusers"  # the reference's arithmetic (see test_f1_parity)
+    return bb
+
+
+def _run(folders, backbone, end: bool) -> dict:
+    """Both loops on the same weights, latents and noise; every transformer call recorded."""
+    pipe = Pipeline(backbone, None, folders["preset"])
+    request = GenerationRequest(prompt=PROMPT, seconds=SECTIONS * 36 / 30, seed=7, image=folders["image"],
+                                end_image=folders["end"] if end else None)
+    ours: list[dict] = []
+    handle = backbone.transformer.register_forward_pre_hook(recorder(ours), with_kwargs=True)
+    try:
+        events = list(pipe.run(request))
+    finally:
+        handle.remove()
+    gen = pipe.last_generation
+
+    ref_tr = HunyuanVideoFramepackTransformer3DModel.from_pretrained(folders["root"] / "dit").eval()
+    assert type(ref_tr) is HunyuanVideoFramepackTransformer3DModel
+    ref = HunyuanVideoFramepackPipeline(
+        transformer=ref_tr, vae=backbone.vae, scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+        text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, text_encoder_2=backbone.text_encoder_2,
+        tokenizer_2=backbone.tokenizer_2, image_encoder=backbone.image_encoder, feature_extractor=backbone.feature_extractor,
+    )
+    ref.set_progress_bar_config(disable=True)
+    start_img = Image.fromarray(read_image(folders["image"], SIZE, SIZE))
+    end_img = Image.fromarray(read_image(folders["end"], SIZE, SIZE))
+    # The VAE modes of both images, in the order the reference asks for them (start, then end).
+    modes = [gen.image_cond.tensors["start_latents"]]
+    if end:
+        pixels = ref.video_processor.preprocess(end_img, SIZE, SIZE)
+        modes.append(backbone.vae.encode(pixels[:, :, None]).latent_dist.mode() * backbone.vae.config.scaling_factor)
+        embeds = [ref.encode_image(ref.video_processor.preprocess(im, SIZE, SIZE)) for im in (start_img, end_img)]
+        average = (embeds[0] + embeds[1]) / 2
+        ref.encode_image = lambda image, device=None, dtype=None: average  # see the module docstring
+    latents = iter(modes)
+    ref.prepare_image_latents = lambda image, dtype, device, generator, latents_=None, **kw: next(latents).to(device, dtype)
+    theirs: list[dict] = []
+    handle = ref_tr.register_forward_pre_hook(recorder(theirs), with_kwargs=True)
+    try:
+        video = ref(
+            image=start_img, last_image=end_img if end else None, prompt=PROMPT, height=SIZE, width=SIZE,
+            num_frames=SECTIONS * 33, latent_window_size=9, num_inference_steps=STEPS, guidance_scale=10.0,
+            true_cfg_scale=1.0, prompt_template=backbone.prompt_template,
+            generator=torch.Generator("cpu").manual_seed(request.seed), output_type="pt",
+            sampling_type="inverted_anti_drifting",
+        ).frames[0]
+    finally:
+        handle.remove()
+    assert next(latents, None) is None  # every latent handed over was asked for
+    return {"events": events, "gen": gen, "ours": ours, "theirs": theirs, "ref_video": video, "pipe": pipe,
+            "end_mode": modes[-1] if end else None}
+
+
+@pytest.fixture(scope="module")
+def plain(folders, backbone) -> dict:
+    return _run(folders, backbone, end=False)
+
+
+@pytest.fixture(scope="module")
+def ended(folders, backbone) -> dict:
+    return _run(folders, backbone, end=True)
+
+
+EXACT = ("timestep", "guidance", "indices_latents", "indices_latents_clean", "indices_latents_history_2x",
+         "indices_latents_history_4x")
+CLOSE = ("hidden_states", "latents_clean", "latents_history_2x", "latents_history_4x", "encoder_hidden_states",
+         "encoder_attention_mask", "pooled_projections", "image_embeds")
+
+
+def _same_inputs(run: dict) -> dict:
+    ours, theirs = run["ours"], run["theirs"]
+    assert len(ours) == len(theirs) == SECTIONS * STEPS
+    worst = {k: 0.0 for k in CLOSE}
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        for key in EXACT:
+            assert torch.equal(a[key].float(), b[key].float()), (i, key, a[key], b[key])
+        for key in CLOSE:
+            assert a[key].shape == b[key].shape, (i, key)
+            worst[key] = max(worst[key], (a[key].float() - b[key].float()).abs().max().item())
+    print("max abs diff of transformer inputs:", worst)
+    assert max(worst.values()) <= 1e-5, worst
+    return worst
+
+
+def test_every_transformer_call_gets_the_original_models_inputs(plain) -> None:
+    _same_inputs(plain)
+    ours, n = plain["ours"], 9
+    # Section 0 (the video's end): start at 0, 2 sections of blank, itself at 19-27, post 1x at 28, 2x 29-30, 4x 31-46.
+    first = ours[0]
+    assert first["indices_latents"].tolist() == list(range(1 + 2 * n, 1 + 3 * n))
+    assert first["indices_latents_clean"].tolist() == [0, 28]
+    assert first["indices_latents_history_2x"].tolist() == [29, 30]
+    assert first["indices_latents_history_4x"].tolist() == list(range(31, 47))
+    assert not first["latents_clean"][:, :, 1:].any() and not first["latents_history_4x"].any()
+    # The last section generated (the video's start) touches the start latent: itself at 1-9.
+    assert ours[-1]["indices_latents"].tolist() == list(range(1, 10))
+    # Section 2 sees section 1 (the 9 latents after it in time) first, then section 0, zeros past the end.
+    hist = plain["gen"].history.latents  # start, then sections in the order generated
+    s0, s1 = hist[:, :, 1:10], hist[:, :, 10:19]
+    third = ours[2 * STEPS]
+    assert torch.equal(third["latents_clean"][:, :, 1:], s1[:, :, :1])
+    assert torch.equal(third["latents_history_2x"], s1[:, :, 1:3])
+    assert torch.equal(third["latents_history_4x"], torch.cat([s1[:, :, 3:], s0, torch.zeros_like(s0[:, :, :1])], 2))
+
+
+def test_frames_equal_the_reference(plain) -> None:
+    """One video at the end, in time order, 109 frames as the reference's; frame 0 is the start image itself."""
+    done = [ev for ev in plain["events"] if isinstance(ev, SectionDone)]
+    assert [len(ev.frames) for ev in done] == [0, 0, 108]
+    gen, ref = plain["gen"], plain["ref_video"]
+    video = plain["pipe"].loop.replay(gen.history, SECTIONS, SECTIONS, 1)  # our decode again, float
+    assert np.array_equal(done[-1].frames, to_uint8(video[0, :, 1:]))
+    assert video.shape[2] == len(ref) == 36 * SECTIONS + 1
+    diff = ((video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1) - ref).abs().max().item()
+    print(f"frames: {video.shape[2]}; max abs diff {diff:.3g}")
+    assert diff <= 1e-4
+
+
+def test_end_image_inputs_and_frames_equal_the_reference(ended, plain) -> None:
+    """With ``last_image``: the end latent at the first section's 1x post place, the averaged embedding."""
+    _same_inputs(ended)
+    first = ended["ours"][0]
+    assert torch.equal(first["latents_clean"][:, :, 1:], ended["end_mode"].to(first["latents_clean"]))
+    assert all(not c["latents_clean"][:, :, 1:].equal(first["latents_clean"][:, :, 1:]) for c in ended["ours"][STEPS:])
+    assert not torch.equal(ended["ours"][0]["image_embeds"], plain["ours"][0]["image_embeds"])
+    video = ended["pipe"].loop.replay(ended["gen"].history, SECTIONS, SECTIONS, 1)
+    diff = ((video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1) - ended["ref_video"]).abs().max().item()
+    assert diff <= 1e-4
+    assert (ended["gen"].history.latents - plain["gen"].history.latents).abs().max() > 1e-3  # the end image counts
+
+
+def test_padding_schedule() -> None:
+    """FramePack's: counting down to 0 up to 4 sections, then 3, 2, ..., 2, 1, 0."""
+    assert paddings(1) == [0] and paddings(3) == [2, 1, 0] and paddings(4) == [3, 2, 1, 0]
+    assert paddings(6) == [3, 2, 2, 2, 1, 0]
+
+
+def test_encoder_mode_and_continuation_are_refused(folders, backbone) -> None:
+    pipe = Pipeline(backbone, None, folders["preset"])
+    with pytest.raises(InputError, match="conditions on the sections after"):
+        pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, image=folders["image"], history_mode="encoder"))
+    with pytest.raises(InputError, match="continue a video with an F1 preset"):
+        pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, continue_video=folders["image"]))
+
+
+def test_end_image_is_refused_on_a_forward_loop(folders) -> None:
+    """F1 and the toy generate forward: an end image names the presets that take one."""
+    from dataclasses import replace
+
+    preset = folders["preset"]
+    forward = replace(preset, model=replace(preset.model, loop="forward"))
+    request = GenerationRequest(prompt=PROMPT, image=folders["image"], end_image=folders["end"])
+    with pytest.raises(InputError, match="needs the original model: presets framepack-original-12gb"):
+        request.validate(forward)
+    request.validate(preset)  # the original model's loop takes it
+    with pytest.raises(InputError, match="goes with a start image"):
+        GenerationRequest(prompt=PROMPT, end_image=folders["end"]).validate(preset)
+    with pytest.raises(InputError, match=r"--end-frame-strength: must be a number in \[0, 1\]"):
+        GenerationRequest(prompt=PROMPT, image=folders["image"], end_image=folders["end"],
+                          end_frame_strength=1.5).validate(preset)
