@@ -95,6 +95,9 @@ def train_table(d: dict) -> list[str]:
             "planned GiB (what the run holds) | error |"), "|---|---|---|---|---|---|---|",
            (f"| {_f(d['s_per_step'], '.2f')} | {_f(d['first_step_s'])} | {_f(d.get('planned_s_per_step_h100'), '.1f')} | "
             f"{d['peak_gib']:.2f} | {d['reserved_gib']:.2f} | {_f(d.get('planned_gib'))} | {d['error'] or ''} |")]
+    if d.get("streamed"):  # stream_blocks: frozen blocks copied in for the forward and again for the recompute
+        out += ["", (f"Frozen blocks streamed from pinned host memory ({_mib(d['streamed_block_bytes'])} MiB): "
+                     f"{_mib(d['copied_bytes_per_step'] or 0)} MiB copied to the device per step.")]
     return out
 
 
