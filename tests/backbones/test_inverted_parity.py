@@ -203,3 +203,74 @@ def test_end_image_is_refused_on_a_forward_loop(folders) -> None:
     with pytest.raises(InputError, match=r"--end-frame-strength: must be a number in \[0, 1\]"):
         GenerationRequest(prompt=PROMPT, image=folders["image"], end_image=folders["end"],
                           end_frame_strength=1.5).validate(preset)
+
+
+def test_render_writes_the_video_in_time_order(folders, backbone, plain, tmp_path) -> None:
+    """The job's mp4: the start image, then the whole video sent with the last section (109 frames, as the reference)."""
+    from framepack_history.generation.video import read_video
+    from framepack_history.jobs.render import render
+
+    pipe = Pipeline(backbone, None, folders["preset"])
+    written: list = []
+    data = render(pipe, plain["gen"].request, tmp_path / "v.mp4", tmp_path / "seg", on_segment=written.append)
+    assert [p.name for p in written] == ["context.mp4", "section_00002.mp4"]
+    assert [s["frames"] for s in data["sections"]] == [0, 0, 108] and data["frames"] == len(plain["ref_video"]) == 109
+    video = read_video(str(tmp_path / "v.mp4"), SIZE, SIZE, 30, 1000)
+    assert len(video) == 109
+    # time order: the file's frames follow the reference's (mp4 is lossy: nearest, not equal)
+    ref = (plain["ref_video"].permute(0, 2, 3, 1).numpy() * 255).astype(np.float32)
+    err = np.abs(video.astype(np.float32)[:, None] - ref[None, [1, 54, 108]]).mean(axis=(2, 3, 4))
+    assert err.argmin(axis=0).tolist() == [1, 54, 108], err.argmin(axis=0)
+
+
+def test_resume_replays_the_held_video(folders, backbone, ended, tmp_path) -> None:
+    """Checkpoint after section 1, restore (no held pixels): the end image and the frames come back the same."""
+    from framepack_history.jobs.checkpoint import JobDir
+
+    request = ended["gen"].request
+    job = JobDir(tmp_path / "job")
+    job.create(request, folders["preset"], out=tmp_path / "v.mp4")
+    first = Pipeline(backbone, None, folders["preset"])
+    for ev in first.run(request):
+        if isinstance(ev, SectionDone) and ev.index == 1:
+            break
+    assert first.last_generation.held is not None
+    job.save_section(first.last_generation, [], [], 0)
+    restored, _ = job.restore(Pipeline(backbone, None, folders["preset"]))
+    assert restored.held is None and restored.next_section == 2
+    assert torch.equal(restored.image_cond.tensors["end_latents"], ended["gen"].image_cond.tensors["end_latents"])
+    rest = [ev.frames for ev in Pipeline(backbone, None, folders["preset"]).run(request, resume=restored)
+            if isinstance(ev, SectionDone)]
+    expected = [ev.frames for ev in ended["events"] if isinstance(ev, SectionDone)]
+    assert len(rest) == 1 and np.array_equal(rest[0], expected[-1])
+
+
+def test_end_frame_strength_scales_the_end_latent(folders, backbone, ended) -> None:
+    """FramePack-Studio's strength: the end latent's scale in the first section's context (1 = diffusers' last_image)."""
+    pipe = Pipeline(backbone, None, folders["preset"])
+    request = GenerationRequest(prompt=PROMPT, seconds=SECTIONS * 36 / 30, seed=7, image=folders["image"],
+                                end_image=folders["end"], end_frame_strength=0.25)
+    gen, _ = pipe.start(request)
+    ctx = pipe.loop.context(gen, "window", pipe.latent_shape(gen))
+    assert torch.allclose(ctx.post_latents[:, :, :1], 0.25 * ended["end_mode"], atol=1e-6)
+    assert torch.equal(gen.image_cond.tensors["image_embeds"], ended["ours"][0]["image_embeds"])
+
+
+def test_cli_generates_toward_an_end_image(folders, tmp_path) -> None:
+    """``generate --end-image`` on the original model's preset writes the whole video; a forward preset refuses it."""
+    import sys
+
+    from framepack_history.generation.video import read_video
+    from tests import waiting
+
+    out = tmp_path / "v.mp4"
+    args = [sys.executable, "-m", "framepack_history", "generate", "--preset", str(folders["root"] / "tiny.toml"),
+            "--device", "cpu", "--image", folders["image"], "--end-image", folders["end"], "--seconds", "2.4",
+            "--prompt", PROMPT, "--out", str(out), "--quiet"]
+    r = waiting.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(read_video(str(out), SIZE, SIZE, 30, 1000)) == 73  # 2 sections: 36 * 2 + 1
+    forward = tmp_path / "forward.toml"
+    forward.write_text((folders["root"] / "tiny.toml").read_text().replace('loop = "inverted"', 'loop = "forward"'))
+    r = waiting.run(args[:5] + [str(forward)] + args[6:], capture_output=True, text=True)
+    assert r.returncode != 0 and "needs the original model: presets framepack-original-12gb" in r.stderr

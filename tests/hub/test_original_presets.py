@@ -29,7 +29,7 @@ def test_original_presets_are_the_f1_presets_on_the_original_model(name: str) ->
 @pytest.fixture
 def online(tmp_path: Path, monkeypatch):
     """A stand-in hub serving tiny repos under the original preset's hub ids."""
-    import huggingface_hub.constants as constants
+    from huggingface_hub import constants
 
     from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
 
