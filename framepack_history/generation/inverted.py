@@ -76,8 +76,11 @@ class InvertedLoop:
         self.overlap = backbone.geometry.pixel_frames(section_latents)
 
     # ------------------------------------------------------------- start
-    def check(self, request: GenerationRequest, mode: str) -> None:
+    def check(self, request: GenerationRequest, mode: str, storyboard: list[tuple[float, str]]) -> None:
         """Refuse what this loop cannot do: it conditions on the future, not on a past."""
+        if len(storyboard) > 1:  # the pipeline places a prompt by the section's index, which runs backward here
+            raise InputError("--prompt", "a storyboard needs a forward loop (an F1 preset); the original model's "
+                                         "loop generates from the end, give it one prompt")
         if mode == "encoder":
             raise InputError("--history", "the original model's loop generates the video from its end and conditions "
                                           "on the sections after each one; the history encoder codes the past "

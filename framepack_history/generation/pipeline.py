@@ -206,7 +206,7 @@ class Pipeline:
         """
         board = request.validate(self.preset)
         if self.loop is not None:  # before any input is read: what this loop cannot do at all
-            self.loop.check(request, self.option(request, "history_mode"))
+            self.loop.check(request, self.option(request, "history_mode"), board)
         w, h = self.size_for(request)
         mode = self.option(request, "history_mode")
         if mode == "encoder" and self.encoder is None:

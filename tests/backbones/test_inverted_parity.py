@@ -186,6 +186,8 @@ def test_encoder_mode_and_continuation_are_refused(folders, backbone) -> None:
         pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, image=folders["image"], history_mode="encoder"))
     with pytest.raises(InputError, match="continue a video with an F1 preset"):
         pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, continue_video=folders["image"]))
+    with pytest.raises(InputError, match="a storyboard needs a forward loop"):
+        pipe.start(GenerationRequest(prompt="0s: a fox; 1s: a cat", seconds=2.4, image=folders["image"]))
 
 
 def test_end_image_is_refused_on_a_forward_loop(folders) -> None:
