@@ -34,6 +34,7 @@ from framepack_history.generation.pipeline import Pipeline, SectionDone, section
 from framepack_history.generation.video import read_image
 from framepack_history.history.state import HistoryState
 from framepack_history.sampling import f1_mu, flow_sigmas
+from tests.backbones.tiny_framepack import recorder, save_image, save_tiny
 
 SIZE, SECTIONS, STEPS, PROMPT = 64, 3, 3, "a red fox runs through snow"
 
@@ -42,35 +43,8 @@ SIZE, SECTIONS, STEPS, PROMPT = 64, 3, 3, "a red fox runs through snow"
 def folders(tmp_path_factory) -> dict:
     """A tiny FramePack-F1 saved in the hub's layout, a preset pointing at it, and a start image."""
     root = tmp_path_factory.mktemp("f1")
-    tiny = HunyuanFramepackBackbone.tiny(seed=3)
-    tiny.transformer.save_pretrained(root / "f1")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(tiny, name).save_pretrained(root / "base" / name)
-    tiny.image_encoder.save_pretrained(root / "redux" / "image_encoder")
-    tiny.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
-    (root / "f1.toml").write_text(f"""
-[model]
-backbone = "hunyuan_framepack"
-weights = "{root / 'f1'}"
-components = {{ base = "{root / 'base'}", image_encoder = "{root / 'redux'}" }}
-[video]
-width = {SIZE}
-height = {SIZE}
-fps = 30
-section_frames = 36
-[sampling]
-sampler = "euler"
-steps = {STEPS}
-guidance = 10.0
-[history]
-mode = "window"
-[hardware]
-dtype = "float32"
-""")
-    rng = np.random.default_rng(0)
-    img = (rng.random((SIZE // 8, SIZE // 8, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
-    Image.fromarray(img).save(root / "start.png")
-    return {"root": root, "preset": load_preset(root / "f1.toml"), "image": str(root / "start.png")}
+    preset = save_tiny(root, SIZE, STEPS)
+    return {"root": root, "preset": load_preset(preset), "image": save_image(root / "start.png", SIZE, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +55,6 @@ def backbone(folders) -> HunyuanFramepackBackbone:
     return bb
 
 
-def _recorder(calls: list[dict]):
-    def hook(module, args, kwargs):
-        calls.append({k: v.detach().clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
-    return hook
-
-
 @pytest.fixture(scope="module")
 def runs(folders, backbone) -> dict:
     """Both loops on the same weights, start latent and noise; every transformer call recorded."""
@@ -94,14 +62,14 @@ def runs(folders, backbone) -> dict:
     pipe = Pipeline(backbone, None, preset)
     request = GenerationRequest(prompt=PROMPT, seconds=SECTIONS * 36 / 30, seed=7, image=folders["image"])
     ours: list[dict] = []
-    handle = backbone.transformer.register_forward_pre_hook(_recorder(ours), with_kwargs=True)
+    handle = backbone.transformer.register_forward_pre_hook(recorder(ours), with_kwargs=True)
     try:
         events = list(pipe.run(request))
     finally:
         handle.remove()
     gen = pipe.last_generation
 
-    ref_tr = HunyuanVideoFramepackTransformer3DModel.from_pretrained(folders["root"] / "f1").eval()
+    ref_tr = HunyuanVideoFramepackTransformer3DModel.from_pretrained(folders["root"] / "dit").eval()
     assert type(ref_tr) is HunyuanVideoFramepackTransformer3DModel  # the stock class, not ours
     ref = HunyuanVideoFramepackPipeline(
         transformer=ref_tr, vae=backbone.vae, scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
@@ -113,7 +81,7 @@ def runs(folders, backbone) -> dict:
     # It takes ``image_latents`` only instead of an image (whose SigLIP embedding it needs): the mode is given here.
     ref.prepare_image_latents = lambda image, dtype, device, generator, latents=None: start.to(device, dtype)
     theirs: list[dict] = []
-    handle = ref_tr.register_forward_pre_hook(_recorder(theirs), with_kwargs=True)
+    handle = ref_tr.register_forward_pre_hook(recorder(theirs), with_kwargs=True)
     frames = read_image(folders["image"], SIZE, SIZE)
     try:
         video = ref(
