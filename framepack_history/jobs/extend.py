@@ -77,6 +77,9 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
     """
     ck = check_source(src)
     info = src.info()
+    if info.preset.model.loop == "inverted":  # its sections ran from the end: the video's end is already made
+        raise InputError("job", f"{src.id} was made by FramePack's original model, from its end toward its start; "
+                                "it cannot be extended (continue its video with an F1 preset: --continue-video)")
     v = info.preset.video
     done = int(ck["next_section"])
     request = extension_request(info.request, done, v.section_frames / v.fps, prompt, seconds)

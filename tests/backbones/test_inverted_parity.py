@@ -212,9 +212,18 @@ def test_render_writes_the_video_in_time_order(folders, backbone, plain, tmp_pat
     from framepack_history.generation.video import read_video
     from framepack_history.jobs.render import render
 
+    from framepack_history.jobs.checkpoint import JobDir
+    from framepack_history.jobs.extend import extend_job
+
     pipe = Pipeline(backbone, None, folders["preset"])
     written: list = []
-    data = render(pipe, plain["gen"].request, tmp_path / "v.mp4", tmp_path / "seg", on_segment=written.append)
+    job = JobDir(tmp_path / "job")
+    job.create(plain["gen"].request, folders["preset"], out=tmp_path / "v.mp4")
+    data = render(pipe, plain["gen"].request, tmp_path / "v.mp4", job.info().segments_dir, on_segment=written.append,
+                  job=job)
+    assert job.checkpoint()["status"] == "done"
+    with pytest.raises(InputError, match="cannot be extended"):  # its end is made: nothing comes after it
+        extend_job(job, JobDir(tmp_path / "more"), PROMPT, 1.2, out=tmp_path / "m.mp4", segments_dir=tmp_path / "m")
     assert [p.name for p in written] == ["context.mp4", "section_00002.mp4"]
     assert [s["frames"] for s in data["sections"]] == [0, 0, 108] and data["frames"] == len(plain["ref_video"]) == 109
     video = read_video(str(tmp_path / "v.mp4"), SIZE, SIZE, 30, 1000)
