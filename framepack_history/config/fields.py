@@ -104,11 +104,12 @@ FIELDS: tuple[RequestField, ...] = (
     _row("history_merge", "--history-merge", "Cap merges", preset="history.merge", choices=HISTORY_MERGES, form="merge",
          help="which history groups the token cap merges: similar (held views merge, a view seen once keeps "
               "full detail) or oldest (detail falls with age); default: the preset's"),
-    # not on the page nor in the API: the command line's
-    _row("end_image", "--end-image", api=None, kind="image",
+    # Reuse settings leaves the end image out, as the start image: a sidecar's path is never served back
+    _row("end_image", "--end-image", "End image", kind="image", form=None,
          help="end image: the video runs from the start image to it (FramePack's original model presets)"),
-    _row("end_frame_strength", "--end-frame-strength", api=None, kind="float", metavar="S",
+    _row("end_frame_strength", "--end-frame-strength", "End frame strength", kind="float", metavar="S",
          help="how strongly the end image anchors the video's end, in [0, 1] (default 1)"),
+    # not on the page nor in the API: the command line's
     _row("cfg", "--cfg", api=None, preset="sampling.cfg", kind="float",
          help="real classifier-free guidance (>1 doubles the cost)"),
     _row("sampler", "--sampler", api=None, preset="sampling.sampler", choices=SAMPLERS),

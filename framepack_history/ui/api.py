@@ -30,8 +30,8 @@ class ApiHandlers:
                      start_frame: str | None = None, max_history_tokens: int | None = None,
                      lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
                      lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
-                     cache: str | None = None, history_merge: str | None = None,
-                     request: gr.Request | None = None) -> tuple[str, str]:
+                     cache: str | None = None, history_merge: str | None = None, end_image: str | None = None,
+                     end_frame_strength: float | None = None, request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         Parameters are named as in ``config.fields`` (a client may pass them in any order by name); every
@@ -40,7 +40,9 @@ class ApiHandlers:
         video. ``max_history_tokens``: bounded history, at most that many history tokens (0 = no cap).
         ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
         none = the preset's LoRAs. ``cache``: step caching, off, fast or faster. ``history_merge``: what the
-        cap merges, similar or oldest.
+        cap merges, similar or oldest. ``end_image``: the image the video ends on, with a start image, on
+        FramePack's original model's presets (others refuse it); ``end_frame_strength``: how strongly it
+        anchors the end, 0 to 1 (empty = 1).
         """
         values = {name: value for name, value in locals().items() if name not in ("self", "request")}
         job = self.submit_named(values, owner=self.user(request))

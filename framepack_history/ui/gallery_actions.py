@@ -10,7 +10,7 @@ import gradio as gr
 from framepack_history.config.presets import load_preset
 from framepack_history.errors import InputError
 from framepack_history.ui.context import PageContext
-from framepack_history.ui.plan import start_frame_update
+from framepack_history.ui.plan import end_image_updates, start_frame_update
 from framepack_history.ui.progress import progress_html
 from framepack_history.ui.reuse import form_values
 from framepack_history.ui.values import _num, _path
@@ -68,4 +68,5 @@ class GalleryActions(PageContext):
         return (v["prompt"], v["seconds"], v["seed"], v["preset"], v["steps"], v["guidance"], v["shift"],
                 gr.update(choices=rates, value=v["encoder_rate"] if v["encoder_rate"] in rates else p.model.encoder_rate,
                           visible=len(rates) > 1),
-                v["history"], v["window"], v["history_guidance"], frames, v["max_tokens"], v["merge"], v["cache"])
+                v["history"], v["window"], v["history_guidance"], frames, v["max_tokens"], v["merge"], v["cache"],
+                *end_image_updates(p, 1.0 if v["end_frame_strength"] is None else v["end_frame_strength"]))

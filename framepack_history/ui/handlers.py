@@ -49,9 +49,13 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
              encoder_rate: Any = None, history_mode: Any = None, window_frames: Any = None, history_guidance: Any = None,
              start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
              lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0,
-             cache: Any = None, history_merge: Any = None) -> JobSpec:
+             cache: Any = None, history_merge: Any = None, end_image: Any = None,
+             end_frame_strength: Any = None) -> JobSpec:
         """The page's values, in the order of its Generate inputs -> a job spec (read by name: :meth:`spec_of`)."""
-        return self.spec_of({name: value for name, value in locals().items() if name != "self"})
+        values = {name: value for name, value in locals().items() if name != "self"}
+        if not end_image:  # the page's slider always sends a strength; it counts only with an end image
+            values["end_frame_strength"] = None
+        return self.spec_of(values)
 
     def spec_of(self, values: Mapping[str, Any]) -> JobSpec:
         """Page or API values by the API's parameter names -> a job spec (the request: ``values.request_of``).

@@ -61,7 +61,7 @@ class PlanInfo(PageContext):
         return tuple(gr.update(choices=choices) for _ in range(LORA_SLOTS))
 
     def preset_defaults(self, preset: str) -> tuple:
-        """Advanced settings follow the preset: its sampling defaults and encoder rates."""
+        """Advanced settings follow the preset: its sampling defaults and encoder rates; the end image its loop."""
         try:
             p = load_preset(preset or self.default_preset)
         except InputError as e:
@@ -77,6 +77,7 @@ class PlanInfo(PageContext):
             gr.update(value=p.history.max_tokens, info=cap_info(p)),
             gr.update(value=p.sampling.cache),
             gr.update(value=p.history.merge),
+            *end_image_updates(p),
         )
 
 
@@ -90,6 +91,15 @@ def start_frame_update(backbone: str) -> Any:
     kinds = START_FRAMES.get(backbone, ())
     return gr.update(choices=[(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
                      visible=len(kinds) > 1)
+
+
+def end_image_updates(preset: Preset, strength: float | None = None) -> tuple[Any, Any]:
+    """The end image and its strength slider: shown on the original model's loop; hidden ones are emptied,
+    so a preset that refuses an end image is never sent one the user cannot see."""
+    if preset.model.loop == "inverted":
+        strength_update = gr.update(visible=True) if strength is None else gr.update(visible=True, value=strength)
+        return gr.update(visible=True), strength_update
+    return gr.update(visible=False, value=None), gr.update(visible=False, value=1.0)
 
 
 def cap_info(preset: Preset) -> str:

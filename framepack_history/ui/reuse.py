@@ -78,6 +78,8 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
     values["encoder_rate"] = rate if isinstance(rate, str) and rate else preset.model.encoder_rate
     if request.image or request.continue_video:
         notes.append("it started from " + ("an image" if request.image else "a video") + "; upload it again to use it")
+    if request.end_image:  # as the start image: a path in a sidecar is never handed back to the page
+        notes.append("it ended on an end image; upload it again to use it (its strength is in the form)")
     if data.get("steers"):
         notes.append(f"its storyboard was edited {len(data['steers'])} time(s) while it ran; the form has the first one")
     return values, notes

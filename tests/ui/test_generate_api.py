@@ -19,6 +19,8 @@ TINY = str(TINY_TOY)
 OLD_PARAMETERS = ["prompt", "start_image", "continue_video", "seconds", "seed", "preset", "steps", "guidance", "shift",
                   "encoder_rate", "history_mode", "window_frames", "history_guidance", "start_frame", "max_history_tokens",
                   "lora_1", "lora_weight_1", "lora_2", "lora_weight_2", "lora_3", "lora_weight_3", "cache", "history_merge"]
+#: appended since, in the table's order
+NEW_PARAMETERS = ["end_image", "end_frame_strength"]
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +54,14 @@ def test_the_parameters_are_the_tables_in_their_old_order():
     from framepack_history.ui.api import ApiHandlers
 
     params = [n for n in inspect.signature(ApiHandlers.api_generate).parameters if n not in ("self", "request")]
-    assert params == OLD_PARAMETERS
+    assert params == OLD_PARAMETERS + NEW_PARAMETERS
     assert {row.api for row in FIELDS if row.api} <= set(params)
     assert [n for n in params if n in {row.api for row in FIELDS}] == [row.api for row in FIELDS if row.api]
 
 
 def test_the_endpoint_documents_its_own_inputs(served):
     info = served["demo"].get_api_info()["named_endpoints"]["/generate"]["parameters"]
-    assert [p["parameter_name"] for p in info] == OLD_PARAMETERS
+    assert [p["parameter_name"] for p in info] == OLD_PARAMETERS + NEW_PARAMETERS
     assert all(p["parameter_has_default"] for p in info)  # every setting left out is the preset's
     by_name = {p["parameter_name"]: p for p in info}
     assert by_name["history_merge"]["label"] == "Cap merges" and by_name["max_history_tokens"]["label"] == "History-token cap"

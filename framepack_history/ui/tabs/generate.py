@@ -58,6 +58,9 @@ class Form:
     preset: gr.Dropdown
     advanced: Advanced
     loras: tuple[tuple[gr.Dropdown, gr.Slider], ...]
+    #: the end image and its strength: shown on presets whose loop can use them (FramePack's original model)
+    end_image: gr.Image
+    end_strength: gr.Slider
 
     @property
     def inputs(self) -> list[Component]:
@@ -66,21 +69,22 @@ class Form:
         values = [self.prompt, self.image, self.video, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift,
                   a.rate, a.history, a.window, a.history_guidance, self.start_frame, a.history_cap]
         values += [c for pair in self.loras for c in pair]  # lora_1, lora_weight_1, ...
-        return values + [a.cache, a.history_merge]
+        return values + [a.cache, a.history_merge, self.end_image, self.end_strength]
 
     @property
     def defaults(self) -> list[Component]:
         """What a preset decides, in :meth:`PlanInfo.preset_defaults`'s order."""
         a = self.advanced
         return [a.steps, a.guidance, a.shift, a.rate, a.history, a.window, a.history_guidance, self.seconds,
-                self.start_frame, a.history_cap, a.cache, a.history_merge]
+                self.start_frame, a.history_cap, a.cache, a.history_merge, self.end_image, self.end_strength]
 
     @property
     def settings(self) -> list[Component]:
         """What Reuse settings fills, in :meth:`GalleryActions.reuse_settings`'s order."""
         a = self.advanced
         return [self.prompt, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift, a.rate, a.history,
-                a.window, a.history_guidance, self.start_frame, a.history_cap, a.history_merge, a.cache]
+                a.window, a.history_guidance, self.start_frame, a.history_cap, a.history_merge, a.cache,
+                self.end_image, self.end_strength]
 
     @property
     def lora_names(self) -> list[gr.Dropdown]:
@@ -120,13 +124,19 @@ def build_generate(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]],
 
 
 def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], default_preset: str, preset: Preset) -> Form:
-    """Prompt, start image or video, start frame, length, seed, preset, advanced settings and LoRAs (top to bottom)."""
+    """Prompt, start image (and end image) or video, start frame, length, seed, preset, advanced settings and LoRAs
+    (top to bottom)."""
     prompt = gr.Textbox(label="Prompt or storyboard", lines=3, max_length=2000, info=STORYBOARD_HINT,
                         placeholder="0s: camera pans right over the hills; 8s: camera holds")
     with gr.Row():
         image = gr.Image(label="Start image (optional)", type="filepath", height=150, sources=["upload", "clipboard"],
                          elem_id="fph-image")
+        ends = preset.model.loop == "inverted"  # the preset's choice (preset_defaults) shows or hides them again
+        end_image = gr.Image(label="End image (optional)", type="filepath", height=150, sources=["upload", "clipboard"],
+                             elem_id="fph-end-image", visible=ends)
         video = gr.Video(label="Video to continue (optional)", height=150, sources=["upload"])
+    end_strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End frame strength", visible=ends,
+                             elem_id="fph-end-strength", info="how strongly the end image anchors the video's end")
     kinds = START_FRAMES.get(preset.model.backbone, ())
     start_frame = gr.Dropdown([(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
                               label="Start frame (text-to-video)", visible=len(kinds) > 1, elem_id="fph-start-frame",
@@ -147,7 +157,7 @@ def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], def
     names = [name for name, _ in loras]
     lora_reload.click(h.lora_refresh, None, names, **PRIVATE)
     demo.load(h.lora_refresh, None, names, **PRIVATE)
-    return Form(prompt, image, video, start_frame, seconds, seed, preset_dd, advanced, loras)
+    return Form(prompt, image, video, start_frame, seconds, seed, preset_dd, advanced, loras, end_image, end_strength)
 
 
 def build_advanced(preset: Preset) -> Advanced:
