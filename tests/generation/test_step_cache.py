@@ -202,14 +202,16 @@ def test_cli_bad_cache_exits_2_with_one_line(capsys):
 
 
 def test_page_and_api_pass_the_setting_through():
-    """The page's inputs and the API's parameters end with ``cache, history_merge``: both reach the request."""
+    """The page's inputs and the API's parameters end with ``cache, history_merge`` and then the end image's two
+    (options are appended, so positional API clients keep working): both reach the request."""
     import inspect
 
     from framepack_history.ui.handlers import Handlers
 
-    assert list(inspect.signature(Handlers.spec).parameters)[-2:] == ["cache", "history_merge"]
+    tail = ["cache", "history_merge", "end_image", "end_frame_strength"]
+    assert list(inspect.signature(Handlers.spec).parameters)[-4:] == tail
     # the API's last value parameters (gradio fills the trailing ``request`` itself)
-    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-2:] == ["cache", "history_merge"]
+    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-4:] == tail
     h = Handlers.__new__(Handlers)  # spec() reads only the presets
     h.presets, h.default_preset = ["toy-cpu"], "toy-cpu"
     spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster", history_merge="oldest")
@@ -218,12 +220,14 @@ def test_page_and_api_pass_the_setting_through():
 
 
 def test_page_controls_are_the_last_generate_inputs(tmp_path):
+    """The step cache and the cap's merge rule come just before the end image's two inputs, the last ones."""
     from framepack_history.jobs.worker import Worker
     from framepack_history.ui.layout import build_app
 
     cfg = build_app(Worker(tmp_path / "out", jobs_dir=tmp_path / "jobs")).get_config_file()
     labels = {c["id"]: c.get("props", {}) for c in cfg["components"]}
     generate = next(d for d in cfg["dependencies"] if d.get("api_name") == "generate")
-    cache, merge = (labels[i] for i in generate["inputs"][-2:])
+    cache, merge, end, strength = (labels[i] for i in generate["inputs"][-4:])
+    assert end["label"].startswith("End image") and strength["label"] == "End frame strength"
     assert cache["label"] == "Step cache" and [v for v, _ in cache["choices"]] == ["off", "fast", "faster"]
     assert merge["label"] == "Cap merges" and [v for v, _ in merge["choices"]] == ["similar", "oldest"]

@@ -113,7 +113,7 @@ def test_server_paths_are_not_inputs_and_uploads_are_capped(served, tmp_path):
     # a client naming a server file instead of uploading one is refused before any handler runs
     data = ["a", {"path": str(ROOT / "docs" / "screenshot.png"), "meta": {"_type": "gradio.FileData"}},
             None, 0.5, 1, TINY, 1, None, None, None, None, None, None, None]
-    data += [None] * 9  # history cap, three LoRA slots with their weights, step cache, cap merge rule
+    data += [None] * 11  # history cap, three LoRA slots with their weights, step cache, cap merge rule, end image, its strength
     event = http.post("/gradio_api/call/generate", json={"data": data}).json()["event_id"]
     body = http.get(f"/gradio_api/call/generate/{event}").text
     assert "event: error" in body and "not uploaded by a user" in body
