@@ -16,6 +16,7 @@ from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbo
 from framepack_history.backbones.precision import component_dtype
 from framepack_history.config.presets import load_preset
 from framepack_history.generation.loading import load_backbone
+from tests.backbones.tiny_framepack import save_hub_layout
 from tests.conftest import TINY_HUNYUAN
 
 SIGMA = 0.7137  # sigma * 1000 = 713.7: bfloat16 holds 712 (steps of 4 between 512 and 1024)
@@ -143,12 +144,7 @@ def test_load_backbone_gives_the_components_the_devices_dtype() -> None:
 def test_float16_components_beside_a_bf16_dit(tmp_path) -> None:
     """What CUDA loads (``from_pretrained`` with the component dtype): DiT bfloat16, the rest float16;
     the conditioning reaches the DiT in its dtype, as FramePack's ``.to(transformer.dtype)``."""
-    tiny = HunyuanFramepackBackbone.tiny(seed=3)
-    tiny.transformer.save_pretrained(tmp_path / "f1")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(tiny, name).save_pretrained(tmp_path / "base" / name)
-    tiny.image_encoder.save_pretrained(tmp_path / "redux" / "image_encoder")
-    tiny.feature_extractor.save_pretrained(tmp_path / "redux" / "feature_extractor")
+    save_hub_layout(HunyuanFramepackBackbone.tiny(seed=3), tmp_path, "f1")
     bb = HunyuanFramepackBackbone.from_pretrained(
         str(tmp_path / "f1"), str(tmp_path / "base"), str(tmp_path / "redux"), dtype=torch.bfloat16,
         component_dtype=torch.float16, local_files_only=True)

@@ -11,14 +11,19 @@ from PIL import Image
 from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
 
 
+def save_hub_layout(backbone: HunyuanFramepackBackbone, root: Path, transformer: str = "transformer") -> None:
+    """``backbone`` saved like the hub repos: its DiT in ``root/transformer``, the HunyuanVideo base
+    (text encoders, tokenizers, VAE) in ``root/base``, the image encoder in ``root/redux``."""
+    backbone.transformer.save_pretrained(root / transformer)
+    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
+        getattr(backbone, name).save_pretrained(root / "base" / name)
+    backbone.image_encoder.save_pretrained(root / "redux" / "image_encoder")
+    backbone.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
+
+
 def save_tiny(root: Path, size: int, steps: int, loop: str = "forward", seed: int = 3) -> Path:
     """A tiny random FramePack in the hub's folder layout and a preset (returned) that loads it."""
-    tiny = HunyuanFramepackBackbone.tiny(seed=seed)
-    tiny.transformer.save_pretrained(root / "dit")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(tiny, name).save_pretrained(root / "base" / name)
-    tiny.image_encoder.save_pretrained(root / "redux" / "image_encoder")
-    tiny.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
+    save_hub_layout(HunyuanFramepackBackbone.tiny(seed=seed), root, "dit")
     preset = root / "tiny.toml"
     preset.write_text(f"""
 [model]

@@ -27,6 +27,7 @@ from framepack_history.memory.components import denoise_activation, meta_compone
 from framepack_history.memory.manager import MemoryManager, OnFirstCall
 from framepack_history.memory.measure import LiveBytes, module_bytes
 from framepack_history.memory.planner import format_table, plan, quantized_bytes, spread_order
+from tests.backbones.tiny_framepack import save_hub_layout
 from tests.conftest import TINY_HUNYUAN, TINY_TOY
 
 # More blocks than the test presets' single one, so some stay and some stream.
@@ -261,13 +262,6 @@ def test_cuda_streaming_matches_resident_and_respects_the_plan():
     assert manager.streamer.stream is not None
 
 
-def _save_hub_layout(bb, root):
-    """A tiny backbone saved like the hub repos: transformer folder, base (encoders, tokenizers, VAE), image encoder."""
-    bb.transformer.save_pretrained(root / "transformer")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(bb, name).save_pretrained(root / "base" / name)
-    bb.image_encoder.save_pretrained(root / "redux" / "image_encoder")
-    bb.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
 
 
 def test_offload_mode_reads_the_dit_by_block_and_builds_encoders_on_use(tmp_path):
@@ -280,7 +274,7 @@ def test_offload_mode_reads_the_dit_by_block_and_builds_encoders_on_use(tmp_path
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(start_image)
 
     pipe = _pipeline("hunyuan")
-    _save_hub_layout(pipe.backbone, tmp_path)
+    save_hub_layout(pipe.backbone, tmp_path)
     paths = {"transformer": str(tmp_path / "transformer"), "base": str(tmp_path / "base"),
              "image_encoder": str(tmp_path / "redux"), "dtype": torch.float32, "local_files_only": True}
     full = HunyuanFramepackBackbone.from_pretrained(**paths)

@@ -40,6 +40,7 @@ from framepack_history.memory.components import meta_components
 from framepack_history.memory.manager import RESIDENT_HOOK, MemoryManager, OnFirstCall
 from framepack_history.memory.measure import module_bytes
 from framepack_history.memory.planner import Plan, plan
+from tests.backbones.tiny_framepack import save_hub_layout
 from tests.conftest import TINY_HUNYUAN
 
 DEEP = {"num_layers": 2, "num_single_layers": 3}  # five blocks: some stay, some stream
@@ -66,11 +67,7 @@ def hub(tmp_path_factory):
     preset.model.config.update(DEEP)
     bb = load_backbone(preset.model)
     root = tmp_path_factory.mktemp("hub")
-    bb.transformer.save_pretrained(root / "transformer")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(bb, name).save_pretrained(root / "base" / name)
-    bb.image_encoder.save_pretrained(root / "redux" / "image_encoder")
-    bb.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
+    save_hub_layout(bb, root)
     paths = {"transformer": str(root / "transformer"), "base": str(root / "base"),
              "image_encoder": str(root / "redux"), "dtype": torch.float32, "local_files_only": True}
     return preset, paths

@@ -8,7 +8,6 @@ for footage.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from framepack_history.cli.main import main
 from framepack_history.generation.video import write_segment
 from framepack_history.training.common import read_log
 from framepack_history.training.data import PreparedDataset
+from tests.backbones.tiny_framepack import save_hub_layout
 
 from .conftest import train
 
@@ -43,12 +43,7 @@ def write_videos(root: Path, seconds: float = 5.0, fps: int = 8) -> Path:
 
 def tiny_f1_preset(root: Path) -> Path:
     """A tiny F1 in the hub's layout (DiT, HunyuanVideo base, redux image encoder) and a preset naming it."""
-    tiny = HunyuanFramepackBackbone.tiny(seed=0)
-    tiny.transformer.save_pretrained(root / "f1")
-    for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "vae"):
-        getattr(tiny, name).save_pretrained(root / "base" / name)
-    tiny.image_encoder.save_pretrained(root / "redux" / "image_encoder")
-    tiny.feature_extractor.save_pretrained(root / "redux" / "feature_extractor")
+    save_hub_layout(HunyuanFramepackBackbone.tiny(seed=0), root, "f1")
     path = root / "tiny-f1.toml"
     path.write_text(f"""
 [model]
@@ -218,20 +213,8 @@ def test_resume_on_prepared_clips_continues_the_same_loss_curve(trained, prepare
 
 def test_two_processes_train_on_prepared_clips(prepared, tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo) on the prepared folder: ranks stay identical."""
-    from tests import waiting
+    from .test_distributed import two_rank_stage1
 
-    from .test_distributed import ROOT, _accelerate, _free_port
-
-    out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "framepack_history", "train", "stage1", "--config", str(ROOT / "framepack_history/training/configs/tiny_stage1.toml"),
-           "--preset", str(prepared["preset"]), "--data.kind", "prepared", "--data.root", str(prepared["out"]),
-           "--out", str(out), "--max_steps", "2", "--batch_size", "1", "--lora_rank", "4", "--checksum_weights", "true"]
-    proc = waiting.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, limit_s=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sums = sorted((out / "checksums").glob("rank*.txt"))
-    assert [p.name for p in sums] == ["rank0.txt", "rank1.txt"]
-    assert sums[0].read_text() == sums[1].read_text()
-    assert [r["step"] for r in read_log(out / "loss.jsonl")] == [1, 2]
+    rows = two_rank_stage1(tmp_path / "ddp", "--preset", str(prepared["preset"]), "--data.kind", "prepared",
+                           "--data.root", str(prepared["out"]), "--batch_size", "1", "--lora_rank", "4")
+    assert [r["step"] for r in rows] == [1, 2]

@@ -244,26 +244,12 @@ def test_two_ddp_processes_each_stream_their_blocks_and_stay_in_sync(tmp_path) -
     The frozen block weights are kept out of DDP (``_ddp_params_and_buffers_to_ignore``): on a GPU they sit
     on the host, where DDP would neither broadcast nor accept them.
     """
-    import os
-
-    from framepack_history.training.common import read_log
-    from tests import waiting
     from tests.conftest import TINY_HUNYUAN
 
-    from .test_distributed import ROOT, _accelerate, _free_port
+    from .test_distributed import two_rank_stage1
 
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "framepack_history", "train", "stage1", "--config", str(CONFIGS / "tiny_stage1.toml"),
-           "--preset", str(TINY_HUNYUAN), "--lora_rank", "4", "--gradient_checkpointing", "true",
-           "--stream_blocks", "true", "--data.frames", "9", "--batch_size", "1",
-           "--out", str(out), "--max_steps", "2", "--checksum_weights", "true"]
-    proc = waiting.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, limit_s=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sums = sorted((out / "checksums").glob("rank*.txt"))
-    assert [p.name for p in sums] == ["rank0.txt", "rank1.txt"]
-    assert sums[0].read_text() == sums[1].read_text()
-    assert [r["step"] for r in read_log(out / "loss.jsonl")] == [1, 2]
+    rows = two_rank_stage1(out, "--preset", str(TINY_HUNYUAN), "--lora_rank", "4", "--gradient_checkpointing", "true",
+                           "--stream_blocks", "true", "--data.frames", "9", "--batch_size", "1")
+    assert [r["step"] for r in rows] == [1, 2]
     assert (out / "transformer_lora" / "adapter_model.safetensors").is_file()
