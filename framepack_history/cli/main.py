@@ -27,6 +27,7 @@ from framepack_history.config.paths import WORKDIR
 from framepack_history.config.fields import FIELDS, resolve
 from framepack_history.config.presets import available_presets, load_preset
 from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import parse_keyframe_arg as parse_keyframe
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError, OutOfMemoryFailure, UsageError, WeightsNotFoundError
 from framepack_history.hub import files as hub
@@ -60,7 +61,7 @@ def _add_request_flags(g: argparse.ArgumentParser) -> None:
             kw["type"] = int if row.kind == "int" else float
         if row.choices and row.cli_choices:
             kw["choices"] = row.choices
-        if row.kind == "loras":  # --lora FILE[:WEIGHT], repeated
+        if row.kind in ("loras", "keyframes"):  # --lora FILE[:WEIGHT], --keyframe TIME:IMAGE, repeated
             kw["action"] = "append"
         g.add_argument(row.flag, **{k: v for k, v in kw.items() if v is not None})
 
@@ -174,6 +175,7 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
     values = {row.name: getattr(args, row.dest) for row in FIELDS if row.cli}
     lora = values["loras"]
     values["loras"] = [] if args.no_loras else None if lora is None else [parse_lora(text) for text in lora]
+    values["keyframes"] = [parse_keyframe(text) for text in values["keyframes"] or ()] or None
     return GenerationRequest(**values)
 
 

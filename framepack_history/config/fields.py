@@ -19,8 +19,9 @@ from framepack_history.config.loras import check_entry, parse_arg
 from framepack_history.config.presets import CACHE_SETTINGS, HISTORY_MERGES, HISTORY_MODES, Preset
 from framepack_history.config.request import GenerationRequest
 
-#: how a page or API value is read: text (the prompt), a file (image, video), a whole number, a number, a name, LoRAs
-Kind = Literal["text", "image", "video", "int", "float", "name", "loras"]
+#: how a page or API value is read: text (the prompt), a file (image, video), a whole number, a number, a name, LoRAs,
+#: keyframes (images and times)
+Kind = Literal["text", "image", "video", "int", "float", "name", "loras", "keyframes"]
 SAMPLERS = ("euler", "unipc")
 
 
@@ -109,6 +110,11 @@ FIELDS: tuple[RequestField, ...] = (
          help="end image: the video runs from the start image to it (FramePack's original model presets)"),
     _row("end_frame_strength", "--end-frame-strength", "End frame strength", kind="float", metavar="S",
          help="how strongly the end image anchors the video's end, in [0, 1] (default 1)"),
+    # the page's keyframe rows (image, time, prompt) and the API's keyframe_images with keyframe_times; Reuse settings
+    # restores the times and prompts, never the images (a sidecar's path is never served back)
+    _row("keyframes", "--keyframe", "Keyframes", api="keyframe_images", kind="keyframes", metavar="TIME:IMAGE",
+         help="a keyframe: the video shows IMAGE at TIME seconds, e.g. 8:door_open.png; repeat for several (or write "
+              "'8s: [door_open.png] the door opens' in the storyboard); the toy and FramePack's original model presets"),
     # not on the page nor in the API: the command line's
     _row("cfg", "--cfg", api=None, preset="sampling.cfg", kind="float",
          help="real classifier-free guidance (>1 doubles the cost)"),

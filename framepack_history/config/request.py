@@ -21,8 +21,10 @@ from framepack_history.config.presets import (
     Preset,
     check_cache,
 )
-from framepack_history.config.storyboard import MAX_PROMPT_CHARS, parse_storyboard
+from framepack_history.config.storyboard import MAX_PROMPT_CHARS, parse_storyboard, split_keyframes
 from framepack_history.errors import InputError
+
+MAX_KEYFRAMES = 64  # a storyboard's worth; more is a mistake or abuse, and each is read and copied at admission
 
 
 @dataclass
@@ -61,6 +63,11 @@ class GenerationRequest:
     end_image: str | None = None
     #: how strongly the end image anchors the video's end: its latent's scale (FramePack-Studio), in [0, 1]
     end_frame_strength: float | None = None
+    #: keyframes: ``[{"time": SECONDS, "image": PATH}]`` in time order, each time in (0, seconds]; admission adds
+    #: ``sha256`` (the sidecar's and resume's) and, with the copy in the job folder, ``name`` (the file as given). A storyboard's ``[image]`` entries are moved here by ``validate``,
+    #: and a keyframe at 0 s becomes the start image. Only where the model can reach an image: the toy, or
+    #: FramePack's original model's loop
+    keyframes: list[dict[str, Any]] | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -105,6 +112,7 @@ class GenerationRequest:
             raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
         if self.cache is not None:
             check_cache(self.cache, "--cache")
+        self._take_keyframes(preset)
         if self.image and self.continue_video:
             raise InputError("--image", "give either a start image or a video to continue, not both")
         self._check_end_image(preset)
@@ -117,13 +125,14 @@ class GenerationRequest:
         return board
 
     def _check_end_image(self, preset: Preset) -> None:
-        """An end image only on the original model's loop, and only toward a start image; a strength in [0, 1]."""
+        """An end image only on the original model's loop, toward a start image or a continued video;
+        a strength in [0, 1] (the end image's, and on that loop the keyframes')."""
         fs = self.end_frame_strength
         if fs is not None and (isinstance(fs, bool) or not isinstance(fs, (int, float)) or not math.isfinite(fs)
                                or not 0 <= fs <= 1):
             raise InputError("--end-frame-strength", f"must be a number in [0, 1] (got {fs!r})")
         if not self.end_image:
-            if fs is not None:
+            if fs is not None and not (self.keyframes and preset.model.loop == "inverted"):  # the keyframes' too there
                 raise InputError("--end-frame-strength", "is the end image's strength; give --end-image")
             return
         if not isinstance(self.end_image, str):
@@ -132,8 +141,70 @@ class GenerationRequest:
             raise InputError("--end-image", "needs the original model: presets framepack-original-12gb, "
                                             "framepack-original-24gb or framepack-original-80gb "
                                             f"(this preset's {preset.model.backbone} loop generates forward)")
-        if not self.image:
-            raise InputError("--end-image", "goes with a start image (--image): the video runs from one to the other")
+        if not (self.image or self.continue_video):
+            raise InputError("--end-image", "goes with a start image (--image) or a video to continue (--continue-video): "
+                                            "the video runs from one to the other")
+
+    def _take_keyframes(self, preset: Preset) -> None:
+        """Move the storyboard's ``[image]`` entries into ``keyframes`` and check them all (no file read).
+
+        Each refusal names the keyframe (``keyframe at 8s ([door.png])``) and where it was given: ``--prompt``
+        for a storyboard entry, ``--keyframe`` for the list. Which was which is kept for admission's file reads
+        (:func:`keyframe_field`). Run twice, it finds the storyboard already without images.
+        """
+        given = self.keyframes
+        if given is not None and not isinstance(given, list):
+            raise InputError("--keyframe", f"must be a list of {{time, image}} (got {type(given).__name__})")
+        prompt, boarded = split_keyframes(self.prompt)
+        fields: dict[float, str] = dict(getattr(self, "_keyframe_fields", {}))
+        found: list[tuple[dict[str, Any], str, str]] = []  # (keyframe, field, its name in messages)
+        for i, kf in enumerate(given or []):
+            if not isinstance(kf, dict) or set(kf) - {"time", "image", "sha256", "name"} or "time" not in kf or "image" not in kf:
+                raise InputError("--keyframe", f"keyframe {i + 1} must be {{time, image}} (got {kf!r:.60})")
+            t = kf["time"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+                raise InputError("--keyframe", f"keyframe {i + 1}: its time must be a number of seconds (got {t!r})")
+            image = kf["image"]
+            if not isinstance(image, str) or not image:
+                raise InputError("--keyframe", f"keyframe at {t:g}s: its image must be a file path (got {image!r})")
+            kf = dict(kf, time=float(t))
+            found.append((kf, fields.get(kf["time"], "--keyframe"), keyframe_name(kf)))
+        found += [({"time": t, "image": name}, "--prompt", entry) for t, name, entry in boarded]
+        if not found:
+            self.keyframes = None if given is None else []
+            return
+        if preset.model.backbone != "toy" and preset.model.loop != "inverted":
+            kf, field, entry = found[0]
+            raise InputError(field, f"{entry}: keyframes need the original model: presets framepack-original-12gb, "
+                                    "framepack-original-24gb or framepack-original-80gb (this preset's "
+                                    f"{preset.model.backbone} loop generates forward and cannot anchor the future)")
+        if len(found) > MAX_KEYFRAMES:
+            raise InputError(found[MAX_KEYFRAMES][1], f"{found[MAX_KEYFRAMES][2]}: at most {MAX_KEYFRAMES} keyframes")
+        found.sort(key=lambda f: f[0]["time"])
+        for (a, _, first), (b, field, entry) in zip(found, found[1:]):
+            if abs(a["time"] - b["time"]) < 1e-6:
+                raise InputError(field, f"{entry}: {first} is at the same time; one image per time")
+        kept: list[dict[str, Any]] = []
+        for kf, field, entry in found:
+            t = kf["time"]
+            if t < -1e-9 or t > self.seconds + 1e-9:
+                raise InputError(field, f"{entry} is outside the video (0 to {self.seconds:g}s)")
+            if t <= 1e-9:  # the video's first frame: the start image
+                if self.image:
+                    raise InputError(field, f"{entry} is the start image; this request has a start image (--image) "
+                                            "already: give one or the other")
+                if self.continue_video:
+                    raise InputError(field, f"{entry} would be a start image; a continued video starts from its own frames")
+                self.image = kf["image"]
+                continue
+            if self.end_image and abs(t - self.seconds) < 1e-6:
+                raise InputError(field, f"{entry} is the video's last frame, as the end image (--end-image) is; "
+                                        "give one or the other")
+            fields[t] = field
+            kept.append(kf)
+        self.prompt = prompt
+        self.keyframes = kept
+        self._keyframe_fields = fields  # not a field: admission's messages only, never stored
 
     def _check_start_frame(self, preset: Preset) -> None:
         """A known start frame, for text-to-video only; unset becomes the backbone's default (recorded)."""
@@ -169,3 +240,14 @@ class GenerationRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def keyframe_field(request: GenerationRequest, keyframe: dict[str, Any]) -> str:
+    """Where a checked keyframe was given: ``--prompt`` (a storyboard entry) or ``--keyframe`` (the list)."""
+    return getattr(request, "_keyframe_fields", {}).get(float(keyframe["time"]), "--keyframe")
+
+
+def keyframe_name(keyframe: dict[str, Any]) -> str:
+    """A keyframe as messages name it: ``keyframe at 8s ([door.png])``."""
+    name = keyframe.get("name") or str(keyframe["image"]).replace("\\", "/").rsplit("/", 1)[-1]
+    return f"keyframe at {float(keyframe['time']):g}s ([{name}])"

@@ -1,5 +1,8 @@
 """Storyboards: ``TIME: text`` entries (``TIME~SPAN:`` blends from the entry before), parsed and read at a time.
 
+An entry may start with a keyframe image, ``8s: [door_open.png] the door opens``: :func:`split_keyframes`
+takes the images out (the request keeps them as keyframes) and leaves the storyboard text without them.
+
 Validated here (every error names the entry), so a typo never reaches a generation. No torch here.
 """
 
@@ -15,6 +18,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _LOOKS_TIMED = re.compile(r"^\s*[-+]?\d[\d.]*\s*[a-z]{0,3}\s*:", re.IGNORECASE)
 _LOOKS_BLEND = re.compile(r"^\s*[-+]?\d[\d.]*\s*s?\s*~", re.IGNORECASE)
 MAX_PROMPT_CHARS = 2000
+#: a keyframe image at the start of an entry's text: ``[NAME.png]`` (only image names, so ``[cinematic]`` stays text)
+_KEYFRAME = re.compile(r"^\[([^\[\]\n;]+?\.(?:png|jpe?g|webp|bmp|tiff?|gif))\]\s*", re.IGNORECASE)
 
 
 class Entry(tuple):
@@ -113,3 +118,74 @@ def caption_at(caption: str, seconds: float) -> str:
         return prompt_at(parse_storyboard(caption), seconds)
     except InputError:
         return caption
+
+
+def split_keyframes(text: str) -> tuple[str, list[tuple[float, str, str]]]:
+    """The storyboard without its keyframe images, and the images: ``(time, name, entry)`` each.
+
+    ``"0s: [a.png] she waits; 8s: [b.png] the door opens; 9s: [c.png]"`` ->
+    ``("0s: she waits; 8s: the door opens", [(0.0, "a.png", ...), (8.0, "b.png", ...), (9.0, "c.png", ...)])``.
+    ``entry`` names the entry for messages (``keyframe at 8s ([b.png])``). An entry that only names an
+    image is dropped from the text, so the prompt before it goes on; a plain prompt that starts with an
+    image is an entry at 0 s. Text without images is returned unchanged. Raises :class:`InputError`
+    (``--prompt``) for a malformed storyboard, as :func:`parse_storyboard` does.
+    """
+    entries = parse_storyboard(text)
+    if not any(_KEYFRAME.match(e[1]) for e in entries):
+        return text, []
+    timed = bool(_STAMP.search(_CONTROL.sub(" ", text).strip()))
+    images: list[tuple[float, str, str]] = []
+    kept: list[str] = []
+    for e in entries:
+        m = _KEYFRAME.match(e[1])
+        body = e[1]
+        if m:
+            name, body = m.group(1).strip(), e[1][m.end():].strip()
+            images.append((e[0], name, f"keyframe at {e[0]:g}s ([{name}])"))
+            if _KEYFRAME.match(body):
+                raise InputError("--prompt", f"{images[-1][2]}: one image per storyboard entry (then {body[:30]!r})")
+        if not body:
+            continue  # an image alone: the prompt before it goes on
+        if not timed:
+            kept.append(body)
+            continue
+        blend = getattr(e, "blend", 0.0)
+        kept.append(f"{_stamp(e[0])}s{f'~{_stamp(blend)}s' if blend else ''}: {body}")
+    return "; ".join(kept), images
+
+
+def _stamp(t: float) -> str:
+    """A storyboard time as ``_STAMP`` reads it back (no exponent, no trailing zeros)."""
+    return f"{t:.6f}".rstrip("0").rstrip(".")
+
+
+def with_entries(text: str, entries: list[tuple[float, str]], field: str = "--keyframe") -> str:
+    """``text`` with more entries (``(time, text)``; the page's keyframe rows), in time order.
+
+    A plain prompt becomes the entry at 0 s. An entry at a time the storyboard already has is refused
+    (``field``), naming it.
+    """
+    if not entries:
+        return text
+    board = [(e[0], e[1], getattr(e, "blend", 0.0)) for e in parse_storyboard(text)] if text.strip() else []
+    have = {round(t, 6) for t, _, _ in board}
+    for t, body in entries:
+        if round(t, 6) in have:
+            raise InputError(field, f"keyframe at {t:g}s: the storyboard has an entry at {t:g}s already; "
+                                    "give the prompt in one place")
+        have.add(round(t, 6))
+        board.append((float(t), body.replace(";", ","), 0.0))
+    board.sort(key=lambda e: e[0])
+    return "; ".join(f"{_stamp(t)}s{f'~{_stamp(b)}s' if b else ''}: {body}" for t, body, b in board)
+
+
+def parse_keyframe_arg(text: str, field: str = "--keyframe") -> dict[str, float | str]:
+    """``TIME:IMAGE`` (``8:door.png``, ``8.5s:door.png``) -> ``{"time": 8.0, "image": "door.png"}``.
+
+    The time is what comes before the first colon, so ``8:C:\\door.png`` keeps its drive.
+    """
+    head, sep, image = str(text).strip().partition(":")
+    m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*s?\s*", head, re.IGNORECASE)  # a sign: refused as outside the video
+    if not sep or m is None or not image.strip():
+        raise InputError(field, f"{text!r}: write TIME:IMAGE, e.g. 8:door_open.png (the image at 8 s)")
+    return {"time": float(m.group(1)), "image": image.strip()}

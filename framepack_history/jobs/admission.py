@@ -12,7 +12,7 @@ from pathlib import Path
 
 from framepack_history.config.fields import resolve
 from framepack_history.config.presets import Preset
-from framepack_history.config.request import GenerationRequest
+from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
 from framepack_history.generation.video import read_image
@@ -94,11 +94,33 @@ def check_inputs(request: GenerationRequest, preset: Preset, fields: tuple[str, 
 
     if request.end_image:  # read now too: a bad end image fails at submit, not after the video's end is made
         read_image(request.end_image, None, None, field="--end-image")
+    check_keyframes(request)
     check_loras(request, preset)  # found, safetensors, fits the DiT: recorded with their hashes
 
 
+def check_keyframes(request: GenerationRequest) -> None:
+    """Read every keyframe image now (a bad one fails at submit, naming its entry) and record its SHA-256."""
+    for kf in request.keyframes or ():
+        try:
+            read_image(kf["image"], None, None, field=keyframe_field(request, kf))
+        except InputError as e:
+            raise InputError(e.field, f"{keyframe_name(kf)}: {e.message}") from None
+        kf["sha256"] = files.sha256(Path(kf["image"]))
+
+
+def check_kept_keyframes(request: GenerationRequest, field: str = "job") -> None:
+    """A job about to resume still has its keyframes' copies, unchanged (their SHA-256): else its frames would differ."""
+    for kf in request.keyframes or ():
+        path = Path(kf["image"])
+        if not path.is_file():
+            raise InputError(field, f"{keyframe_name(kf)}: its copy {path} is gone from the job folder")
+        if kf.get("sha256") and files.sha256(path) != kf["sha256"]:
+            raise InputError(field, f"{keyframe_name(kf)}: its copy {path.name} in the job folder has changed since the "
+                                    "job was queued (SHA-256 differs); resuming would not make the same video")
+
+
 def keep_inputs(request: GenerationRequest, folder: Path) -> None:
-    """Copy uploads into the job folder: upload caches are emptied, jobs are not."""
+    """Copy uploads into the job folder: upload caches are emptied, jobs are not (keyframes: keyframe_0.png, ...)."""
     for name in ("image", "continue_video", "end_image"):
         src = getattr(request, name)
         if src:
@@ -106,3 +128,9 @@ def keep_inputs(request: GenerationRequest, folder: Path) -> None:
             dst = folder / f"{name}{Path(src).suffix.lower()}"
             shutil.copyfile(src, dst)
             setattr(request, name, str(dst))
+    for i, kf in enumerate(request.keyframes or ()):
+        folder.mkdir(parents=True, exist_ok=True)
+        dst = folder / f"keyframe_{i}{Path(kf['image']).suffix.lower()}"
+        shutil.copyfile(kf["image"], dst)
+        kf.setdefault("name", Path(kf["image"]).name)  # the file as the user named it: the sidecar's and Reuse's
+        kf["image"] = str(dst)

@@ -89,8 +89,15 @@ def sidecar(request: GenerationRequest, preset: Preset, log: SegmentLog, extra: 
         "seconds": log.frames / log.fps,
         "sections": log.sections,
         "loras": sidecar_entries(request.loras),  # name, sha256, weight of each LoRA on the DiT
+        "keyframes": keyframe_entries(request.keyframes),  # time, file name, sha256 of each keyframe image
         **(extra or {}),
     }
+
+
+def keyframe_entries(keyframes: list[dict] | None) -> list[dict]:
+    """The sidecar's record of the keyframes: each one's time, file name (as given) and SHA-256 (of the job folder's copy)."""
+    return [{"time": kf["time"], "file": kf.get("name") or Path(kf["image"]).name, "sha256": kf.get("sha256")}
+            for kf in keyframes or ()]
 
 
 def render(
