@@ -31,7 +31,7 @@ from framepack_history.config.storyboard import parse_keyframe_arg as parse_keyf
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError, OutOfMemoryFailure, UsageError, WeightsNotFoundError
 from framepack_history.hub import files as hub
-from framepack_history.jobs.admission import admit_request, keep_inputs
+from framepack_history.jobs.admission import admit_request, check_kept_keyframes, keep_inputs
 from framepack_history.jobs.checkpoint import JobDir, Resumed
 from framepack_history.jobs.extend import extend_job
 from framepack_history.jobs.recall import Inspector, save_png
@@ -222,6 +222,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     if job.owner_alive():
         raise InputError("DIR", f"{args.job_dir} is being worked on by process {job.checkpoint()['owner']['pid']}")
+    check_kept_keyframes(info.request, "DIR")  # the same images, or the resumed frames would differ
     if args.device:
         info.preset.hardware.device = str(check_device(args.device, "--device"))
     if args.out and Path(args.out).suffix.lower() != ".mp4":

@@ -141,7 +141,8 @@ def split_keyframes(text: str) -> tuple[str, list[tuple[float, str, str]]]:
         body = e[1]
         if m:
             name, body = m.group(1).strip(), e[1][m.end():].strip()
-            images.append((e[0], name, f"keyframe at {e[0]:g}s ([{name}])"))
+            short = name.replace("\\", "/").rsplit("/", 1)[-1]  # as every keyframe message names it
+            images.append((e[0], name, f"keyframe at {e[0]:g}s ([{short}])"))
             if _KEYFRAME.match(body):
                 raise InputError("--prompt", f"{images[-1][2]}: one image per storyboard entry (then {body[:30]!r})")
         if not body:
@@ -149,14 +150,19 @@ def split_keyframes(text: str) -> tuple[str, list[tuple[float, str, str]]]:
         if not timed:
             kept.append(body)
             continue
-        blend = getattr(e, "blend", 0.0)
-        kept.append(f"{_stamp(e[0])}s{f'~{_stamp(blend)}s' if blend else ''}: {body}")
+        kept.append(join_entries([Entry(e[0], body, getattr(e, "blend", 0.0))]))
     return "; ".join(kept), images
 
 
 def _stamp(t: float) -> str:
     """A storyboard time as ``_STAMP`` reads it back (no exponent, no trailing zeros)."""
     return f"{t:.6f}".rstrip("0").rstrip(".")
+
+
+def join_entries(entries: list[tuple[float, str]]) -> str:
+    """Entries back to storyboard text: ``[(0, "a"), Entry(8, "b", blend=2)]`` -> ``"0s: a; 8s~2s: b"``."""
+    return "; ".join(f"{_stamp(e[0])}s{f'~{_stamp(b)}s' if (b := getattr(e, 'blend', 0.0)) else ''}: {e[1]}"
+                     for e in entries)
 
 
 def with_entries(text: str, entries: list[tuple[float, str]], field: str = "--keyframe") -> str:
@@ -167,16 +173,16 @@ def with_entries(text: str, entries: list[tuple[float, str]], field: str = "--ke
     """
     if not entries:
         return text
-    board = [(e[0], e[1], getattr(e, "blend", 0.0)) for e in parse_storyboard(text)] if text.strip() else []
-    have = {round(t, 6) for t, _, _ in board}
+    board = list(parse_storyboard(text)) if text.strip() else []
+    have = {round(e[0], 6) for e in board}
     for t, body in entries:
         if round(t, 6) in have:
             raise InputError(field, f"keyframe at {t:g}s: the storyboard has an entry at {t:g}s already; "
                                     "give the prompt in one place")
         have.add(round(t, 6))
-        board.append((float(t), body.replace(";", ","), 0.0))
+        board.append(Entry(t, " ".join(body.replace(";", ",").split())))  # one entry: no separator inside it
     board.sort(key=lambda e: e[0])
-    return "; ".join(f"{_stamp(t)}s{f'~{_stamp(b)}s' if b else ''}: {body}" for t, body, b in board)
+    return join_entries(board)
 
 
 def parse_keyframe_arg(text: str, field: str = "--keyframe") -> dict[str, float | str]:

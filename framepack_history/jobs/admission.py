@@ -13,6 +13,7 @@ from pathlib import Path
 from framepack_history.config.fields import resolve
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
+from framepack_history.config.storyboard import split_keyframes
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
 from framepack_history.generation.video import read_image
@@ -106,6 +107,14 @@ def check_keyframes(request: GenerationRequest) -> None:
         except InputError as e:
             raise InputError(e.field, f"{keyframe_name(kf)}: {e.message}") from None
         kf["sha256"] = files.sha256(Path(kf["image"]))
+
+
+def refuse_new_keyframes(prompt: str, what: str) -> None:
+    """A storyboard edit or an extension names no new keyframe images: they were read, hashed and kept at submit."""
+    _, images = split_keyframes(prompt)
+    if images:
+        raise InputError("--prompt", f"{images[0][2]}: {what} cannot add keyframes (a job's keyframes are read and "
+                                     "kept when it is queued, and stay as they were); queue a new job with them")
 
 
 def check_kept_keyframes(request: GenerationRequest, field: str = "job") -> None:

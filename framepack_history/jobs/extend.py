@@ -32,6 +32,7 @@ from pathlib import Path
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json, fsync_dir
+from framepack_history.jobs.admission import refuse_new_keyframes
 from framepack_history.jobs.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, JobDir, section_records, tensor_files, chunk_file
 
 
@@ -82,8 +83,12 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
                                 "it cannot be extended (continue its video with an F1 preset: --continue-video)")
     v = info.preset.video
     done = int(ck["next_section"])
+    refuse_new_keyframes(prompt, "an extension")
     request = extension_request(info.request, done, v.section_frames / v.fps, prompt, seconds)
-    request.validate(info.preset)
+    request.validate(info.preset)  # the old job's keyframes (all in its part) go on with it
+    kept = [Path(kf["image"]) for kf in request.keyframes or ()]
+    if kept:  # linked into the new job folder below
+        request.keyframes = [dict(kf, image=str(dst.root / "inputs" / p.name)) for kf, p in zip(request.keyframes, kept)]
     if dst.root.exists() and any(dst.root.iterdir()):
         raise InputError("--job-dir", f"{dst.root} is not empty; give a new folder")
     files, cond = tensor_files(ck, str(src.root))
@@ -99,6 +104,8 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
             _link(src.root / name, dst.root / name)
         for name in names:
             _link(info.segments_dir / name, Path(segments_dir) / name)
+        for path in kept:  # the job folder keeps its own keyframes, as a queued job's does
+            _link(path, dst.root / "inputs" / path.name)
         fsync_dir(dst.root / chunk_file(0).split("/")[0])
         mine = {k: v for k, v in ck.items() if k not in ("owner", "message", "status")}
         atomic_write_json(dst.root / CHECKPOINT, {**mine, "status": "queued", "message": f"extends {src.id}",

@@ -37,7 +37,7 @@ from framepack_history.config.presets import Preset, load_preset
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, video_frames
-from framepack_history.jobs.admission import admit_request, keep_inputs
+from framepack_history.jobs.admission import admit_request, check_kept_keyframes, keep_inputs, refuse_new_keyframes
 from framepack_history.jobs.checkpoint import REQUEST, JobDir, interrupted_jobs
 from framepack_history.jobs.extend import extend_job
 from framepack_history.jobs.model_cache import ModelCache
@@ -199,7 +199,8 @@ class Worker:
             raise InputError("--prompt", f"must be text (got {type(prompt).__name__})")
         jd = self.job_dir(job_id)
         preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
-        dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)
+        refuse_new_keyframes(prompt, "a storyboard edit")
+        dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)  # the job's keyframes go on
 
         def post(j: Job) -> None:  # under the lock the worker takes edits with (JobRunner._take_steer)
             if j.terminal:  # ended since the check above: nothing would take the edit
@@ -266,6 +267,7 @@ class Worker:
             raise InputError("job", f"{job_id} is already finished ({info.out})")
         if jd.owner_alive():
             raise InputError("job", f"{job_id} is being run by another process")
+        check_kept_keyframes(info.request)
         folder = Path(info.extra.get("folder") or info.out.parent)
         job = Job(job_id, JobSpec(info.request, info.preset_ref, info.encoder_rate, info.extra.get("owner")), folder,
                   message="resumes after its last finished section")

@@ -31,7 +31,9 @@ class ApiHandlers:
                      lora_1: str | None = None, lora_weight_1: float = 1.0, lora_2: str | None = None,
                      lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
                      cache: str | None = None, history_merge: str | None = None, end_image: str | None = None,
-                     end_frame_strength: float | None = None, request: gr.Request | None = None) -> tuple[str, str]:
+                     end_frame_strength: float | None = None, keyframe_images: list[Any] | None = None,
+                     keyframe_times: list[float] | str | None = None,
+                     request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
         Parameters are named as in ``config.fields`` (a client may pass them in any order by name); every
@@ -42,7 +44,10 @@ class ApiHandlers:
         none = the preset's LoRAs. ``cache``: step caching, off, fast or faster. ``history_merge``: what the
         cap merges, similar or oldest. ``end_image``: the image the video ends on, with a start image, on
         FramePack's original model's presets (others refuse it); ``end_frame_strength``: how strongly it
-        anchors the end, 0 to 1 (empty = 1).
+        anchors the end, 0 to 1 (empty = 1). ``keyframe_images`` with ``keyframe_times``: images the video shows at
+        those times (seconds, one per image, in the same order; a list or text such as ``"8, 15"``; 0 = the start
+        image), on the toy and FramePack's original model's presets (others refuse them); their prompts are
+        storyboard entries at the same times in ``prompt`` (which names no image files itself).
         """
         values = {name: value for name, value in locals().items() if name not in ("self", "request")}
         job = self.submit_named(values, owner=self.user(request))
@@ -141,6 +146,8 @@ def _input(name: str) -> tuple[type[gr.components.Component], dict[str, Any]]:
     """The kind of input of one ``/generate`` parameter: a request field's from its row, else a job or LoRA slot's."""
     if name in _JOB_INPUTS:
         return _JOB_INPUTS[name]
+    if name == "keyframe_times":  # keyframe_images' partner: one time per image
+        return gr.JSON, {"label": "Keyframe times (seconds)"}
     if name.startswith("lora_weight_"):
         return gr.Number, {"label": f"LoRA {name.rsplit('_', 1)[1]} weight"}
     if name.startswith("lora_"):
@@ -149,6 +156,8 @@ def _input(name: str) -> tuple[type[gr.components.Component], dict[str, Any]]:
     label = row.label or row.name
     if row.kind == "image":
         return gr.Image, {"label": label, "type": "filepath"}
+    if row.kind == "keyframes":
+        return gr.File, {"label": label, "file_count": "multiple", "file_types": ["image"]}
     if row.kind == "video":
         return gr.Video, {"label": label}
     if row.kind in ("int", "float"):

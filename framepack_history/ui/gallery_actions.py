@@ -10,7 +10,7 @@ import gradio as gr
 from framepack_history.config.presets import load_preset
 from framepack_history.errors import InputError
 from framepack_history.ui.context import PageContext
-from framepack_history.ui.plan import end_image_updates, start_frame_update
+from framepack_history.ui.plan import end_image_updates, keyframe_updates, start_frame_update
 from framepack_history.ui.progress import progress_html
 from framepack_history.ui.reuse import form_values
 from framepack_history.ui.values import _num, _path
@@ -69,4 +69,5 @@ class GalleryActions(PageContext):
                 gr.update(choices=rates, value=v["encoder_rate"] if v["encoder_rate"] in rates else p.model.encoder_rate,
                           visible=len(rates) > 1),
                 v["history"], v["window"], v["history_guidance"], frames, v["max_tokens"], v["merge"], v["cache"],
-                *end_image_updates(p, 1.0 if v["end_frame_strength"] is None else v["end_frame_strength"]))
+                *end_image_updates(p, 1.0 if v["end_frame_strength"] is None else v["end_frame_strength"]),
+                *keyframe_updates(p, v["keyframes"]))

@@ -50,8 +50,15 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
              start_frame: Any = None, max_history_tokens: Any = None, lora_1: Any = None, lora_weight_1: Any = 1.0,
              lora_2: Any = None, lora_weight_2: Any = 1.0, lora_3: Any = None, lora_weight_3: Any = 1.0,
              cache: Any = None, history_merge: Any = None, end_image: Any = None,
-             end_frame_strength: Any = None) -> JobSpec:
-        """The page's values, in the order of its Generate inputs -> a job spec (read by name: :meth:`spec_of`)."""
+             end_frame_strength: Any = None,
+             keyframe_image_1: Any = None, keyframe_time_1: Any = None, keyframe_prompt_1: Any = None,
+             keyframe_image_2: Any = None, keyframe_time_2: Any = None, keyframe_prompt_2: Any = None,
+             keyframe_image_3: Any = None, keyframe_time_3: Any = None, keyframe_prompt_3: Any = None,
+             keyframe_image_4: Any = None, keyframe_time_4: Any = None, keyframe_prompt_4: Any = None) -> JobSpec:
+        """The page's values, in the order of its Generate inputs -> a job spec (read by name: :meth:`spec_of`).
+
+        The keyframe rows (``KEYFRAME_SLOTS`` of image, time and prompt) come last.
+        """
         values = {name: value for name, value in locals().items() if name != "self"}
         if not end_image:  # the page's slider always sends a strength; it counts only with an end image
             values["end_frame_strength"] = None

@@ -17,6 +17,7 @@ from framepack_history.ui.context import PageContext
 from framepack_history.ui.values import _num
 
 LORA_SLOTS = 3  # LoRA pickers on the page (and lora_N arguments of the API)
+KEYFRAME_SLOTS = 4  # keyframe rows on the page (image, time, prompt; Handlers.spec's keyframe_*_N)
 START_FRAME_LABELS = {"noise": "noise", "black": "black", "white": "white", "green": "green screen",
                       "world": "the world's first view"}
 
@@ -78,6 +79,7 @@ class PlanInfo(PageContext):
             gr.update(value=p.sampling.cache),
             gr.update(value=p.history.merge),
             *end_image_updates(p),
+            *keyframe_updates(p),
         )
 
 
@@ -100,6 +102,28 @@ def end_image_updates(preset: Preset, strength: float | None = None) -> tuple[An
         strength_update = gr.update(visible=True) if strength is None else gr.update(visible=True, value=strength)
         return gr.update(visible=True), strength_update
     return gr.update(visible=False, value=None), gr.update(visible=False, value=1.0)
+
+
+def keyframes_allowed(preset: Preset) -> bool:
+    """Whether the preset's model can reach a keyframe: the toy, or FramePack's original model's loop."""
+    return preset.model.backbone == "toy" or preset.model.loop == "inverted"
+
+
+def keyframe_updates(preset: Preset, rows: list[tuple[float, str]] | None = None) -> tuple[Any, ...]:
+    """The keyframe list and its rows (image, time, prompt each): shown where the preset allows keyframes.
+
+    Hidden rows are emptied, so a preset that refuses keyframes is never sent one the user cannot see; ``rows``
+    (Reuse settings) fills times and prompts, never images.
+    """
+    shown = keyframes_allowed(preset)
+    out: list[Any] = [gr.update(visible=shown)]
+    for i in range(KEYFRAME_SLOTS):
+        if rows is not None or not shown:
+            t, text = rows[i] if rows is not None and i < len(rows) and shown else (None, "")
+            out += [gr.update(value=None), gr.update(value=t), gr.update(value=text)]
+        else:
+            out += [gr.update(), gr.update(), gr.update()]
+    return tuple(out)
 
 
 def cap_info(preset: Preset) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from framepack_history.config.fields import FIELDS, resolve
 from framepack_history.config.presets import Preset, load_preset
 from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import join_entries, parse_storyboard
 from framepack_history.errors import InputError
 
 MAX_SIDECAR_BYTES = 4 << 20  # a sidecar is a few KB; anything this large is not one
@@ -80,9 +81,31 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
         notes.append("it started from " + ("an image" if request.image else "a video") + "; upload it again to use it")
     if request.end_image:  # as the start image: a path in a sidecar is never handed back to the page
         notes.append("it ended on an end image; upload it again to use it (its strength is in the form)")
+    values["prompt"], values["keyframes"] = keyframe_rows(request)
+    if request.keyframes:  # as the start image: a path in a sidecar is never handed back to the page
+        named = ", ".join(f"{kf['time']:g}s ({kf.get('name') or Path(str(kf['image'])).name})" for kf in request.keyframes)
+        notes.append(f"it had keyframes at {named}; their times and prompts are in the Keyframes list: upload the "
+                     "images again to use them")
     if data.get("steers"):
         notes.append(f"its storyboard was edited {len(data['steers'])} time(s) while it ran; the form has the first one")
     return values, notes
+
+
+def keyframe_rows(request: GenerationRequest) -> tuple[str, list[tuple[float, str]]]:
+    """The storyboard and the keyframe rows (time, prompt) that give it back on submit, images left out.
+
+    A keyframe whose time has a storyboard entry takes that entry's text into its row (the page puts it back).
+    """
+    times = [float(kf["time"]) for kf in request.keyframes or ()]
+    if not times:
+        return request.prompt, []
+    board = parse_storyboard(request.prompt) if request.prompt.strip() else []
+    # an entry that blends in stays in the storyboard: a row has no blend
+    rows = [(t, next((e[1] for e in board if abs(e[0] - t) < 1e-6 and not e.blend), "")) for t in times]
+    moved = {t for t, text in rows if text}
+    if not moved:
+        return request.prompt, rows
+    return join_entries([e for e in board if not any(abs(e[0] - t) < 1e-6 for t in moved)]), rows
 
 
 def _form(request: GenerationRequest, preset: Preset) -> dict[str, Any]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from framepack_history.config.fields import FIELDS, RequestField
 from framepack_history.config.request import GenerationRequest
+from framepack_history.config.storyboard import split_keyframes, with_entries
 from framepack_history.errors import InputError
 from framepack_history.jobs.store import Job
 
@@ -72,7 +74,66 @@ def request_of(values: Mapping[str, Any]) -> GenerationRequest:
     fields["loras"] = _loras(*((values[f"lora_{i}"], values.get(f"lora_weight_{i}", 1.0)) for i in slots))
     if fields["image"] or fields["continue_video"]:
         fields["start_frame"] = None
+    _, images = split_keyframes(fields["prompt"])
+    if images:  # a path typed on the page or sent to the API would read the server's files
+        raise InputError("--prompt", f"{images[0][2]}: here a storyboard names no files; upload the image as a keyframe "
+                                     "(the Keyframes list, or /generate's keyframe_images with keyframe_times) and give "
+                                     "its prompt there or as a plain storyboard entry")
+    rows = itertools.takewhile(lambda i: f"keyframe_time_{i}" in values, itertools.count(1))  # the page's rows
+    page = [(values.get(f"keyframe_image_{i}"), values.get(f"keyframe_time_{i}"), values.get(f"keyframe_prompt_{i}"))
+            for i in rows]
+    keyframes, entries = _keyframes(values.get("keyframe_images"), values.get("keyframe_times"), page)
+    fields["keyframes"] = keyframes
+    fields["prompt"] = with_entries(fields["prompt"], entries)
     return GenerationRequest(**fields)
+
+
+def _times(value: Any) -> list[Any]:
+    """The API's keyframe times: a list of numbers, or text such as ``"8, 15"``."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [t for t in value.replace(";", ",").split(",") if t.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _time(value: Any, i: int, image: Any) -> float | None:
+    """Keyframe ``i``'s time in seconds (None: left empty); an error names the keyframe."""
+    try:
+        return _num(value.strip() if isinstance(value, str) else value, "--keyframe")
+    except InputError as e:
+        name = f" ({Path(_path(image)).name})" if _path(image) else ""
+        raise InputError("--keyframe", f"keyframe {i}{name}: its time {e.message}") from None
+
+
+def _keyframes(images: Any, times: Any, rows: list[tuple[Any, Any, Any]]) -> tuple[list[dict] | None, list[tuple[float, str]]]:
+    """Keyframes from the API's two lists or the page's rows (image, time, prompt); and the rows' storyboard entries.
+
+    A row with a time and a prompt but no image is a plain storyboard entry (Reuse settings fills rows so).
+    """
+    files = [] if images is None or images == "" else list(images) if isinstance(images, (list, tuple)) else [images]
+    stamps = _times(times)
+    if len(files) != len(stamps):
+        raise InputError("--keyframe", f"{len(files)} keyframe image(s) and {len(stamps)} time(s): give one time per image "
+                                       "(keyframe_images and keyframe_times, in the same order)")
+    out = [{"time": _time(t, i + 1, f), "image": _path(f)} for i, (f, t) in enumerate(zip(files, stamps))]
+    entries: list[tuple[float, str]] = []
+    for i, (image, time, prompt) in enumerate(rows, 1):
+        path, t, text = _path(image), _time(time, i, image), str(prompt or "").strip()
+        if path is None and not text:
+            continue  # an empty row (a time alone says nothing)
+        if t is None:
+            raise InputError("--keyframe", f"keyframe {i}{f' ({Path(path).name})' if path else ''}: give its time in seconds")
+        if path:
+            out.append({"time": t, "image": path})
+        if text:
+            entries.append((t, text))
+    for i, kf in enumerate(out):
+        if kf["time"] is None or kf["image"] is None:
+            raise InputError("--keyframe", f"keyframe {i + 1}: needs an image and a time")
+    return (out or None), entries
 
 
 def _read(row: RequestField, value: Any) -> Any:
@@ -84,4 +145,6 @@ def _read(row: RequestField, value: Any) -> Any:
         return row.default if number is None else number
     if row.kind == "text":
         return str(value or row.default)
+    if row.kind == "keyframes":
+        return None  # images with their times: read together (``_keyframes``)
     return str(value) if value else None  # a name: checked against its choices by the request

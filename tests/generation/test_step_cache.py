@@ -208,10 +208,14 @@ def test_page_and_api_pass_the_setting_through():
 
     from framepack_history.ui.handlers import Handlers
 
+    from framepack_history.ui.plan import KEYFRAME_SLOTS
+
     tail = ["cache", "history_merge", "end_image", "end_frame_strength"]
-    assert list(inspect.signature(Handlers.spec).parameters)[-4:] == tail
-    # the API's last value parameters (gradio fills the trailing ``request`` itself)
-    assert [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"][-4:] == tail
+    rows = 3 * KEYFRAME_SLOTS  # the page's keyframe rows come last (image, time, prompt each)
+    assert list(inspect.signature(Handlers.spec).parameters)[-4 - rows:-rows] == tail
+    # the API's last value parameters (gradio fills the trailing ``request`` itself), then the keyframes' two
+    api = [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"]
+    assert api[-6:] == tail + ["keyframe_images", "keyframe_times"]
     h = Handlers.__new__(Handlers)  # spec() reads only the presets
     h.presets, h.default_preset = ["toy-cpu"], "toy-cpu"
     spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster", history_merge="oldest")
@@ -227,7 +231,9 @@ def test_page_controls_are_the_last_generate_inputs(tmp_path):
     cfg = build_app(Worker(tmp_path / "out", jobs_dir=tmp_path / "jobs")).get_config_file()
     labels = {c["id"]: c.get("props", {}) for c in cfg["components"]}
     generate = next(d for d in cfg["dependencies"] if d.get("api_name") == "generate")
-    cache, merge, end, strength = (labels[i] for i in generate["inputs"][-4:])
+    cache, merge, end, strength, keyframes, times = (labels[i] for i in generate["inputs"][-6:])
+    assert keyframes["label"] == "Keyframes" and keyframes["file_count"] == "multiple"
+    assert times["label"] == "Keyframe times (seconds)"
     assert end["label"].startswith("End image") and strength["label"] == "End frame strength"
     assert cache["label"] == "Step cache" and [v for v, _ in cache["choices"]] == ["off", "fast", "faster"]
     assert merge["label"] == "Cap merges" and [v for v, _ in merge["choices"]] == ["similar", "oldest"]

@@ -85,3 +85,16 @@ def test_a_copy_of_a_request_keeps_its_keyframes(images):
     steered = dataclasses.replace(request, prompt="0s: b; 1s: c")
     steered.validate(preset)
     assert steered.keyframes == request.keyframes
+
+
+def test_a_storyboard_edit_keeps_the_jobs_keyframes_and_cannot_add_one(images, tmp_path):
+    from framepack_history.jobs.store import JobSpec
+    from framepack_history.jobs.worker import Worker
+
+    worker = Worker(tmp_path / "outputs", jobs_dir=tmp_path / "jobs")  # not started: the job stays queued
+    request = GenerationRequest(prompt="a", seconds=2, keyframes=[{"time": 1, "image": str(images["door"])}])
+    job = worker.submit(JobSpec(request, str(TINY_TOY)))
+    with pytest.raises(InputError, match=r"keyframe at 1.5s \(\[garden.png\]\): a storyboard edit cannot add keyframes"):
+        worker.steer(job.id, f"0s: b; 1.5s: [{images['garden']}] c")
+    worker.steer(job.id, "0s: b; 1.5s: c")
+    assert job.steer_pending == "0s: b; 1.5s: c" and job.spec.request.keyframes[0]["time"] == 1.0

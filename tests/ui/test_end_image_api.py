@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from framepack_history.config.presets import load_preset
+from framepack_history.ui.plan import KEYFRAME_SLOTS
 from tests.app_process import free_port
 from tests.backbones.tiny_framepack import save_image, save_tiny
 from tests.conftest import TINY_TOY
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 SIZE = 64
+KEYFRAME_OUTPUTS = 1 + 3 * KEYFRAME_SLOTS  # the keyframe list and its rows, after the end image's two
 TOY = str(TINY_TOY)
 
 
@@ -97,7 +99,7 @@ def test_reuse_settings_restores_the_end_frame_strength(served, ended) -> None:
     values, notes = form_values(ended["path"], h.presets, h.default_preset)
     assert values["end_frame_strength"] == 0.5 and values["preset"] == served["inverted"]
     assert any("end image; upload it again" in n for n in notes)  # a sidecar's path is never served back
-    image, strength = h.reuse_settings(None, ended["path"])[-2:]
+    image, strength = h.reuse_settings(None, ended["path"])[-2 - KEYFRAME_OUTPUTS:-KEYFRAME_OUTPUTS]
     assert image["visible"] is True and "value" not in image  # the form keeps what the user uploaded
     assert strength["visible"] is True and strength["value"] == 0.5
     # a preset that refuses end images hides both and empties them
@@ -107,5 +109,6 @@ def test_reuse_settings_restores_the_end_frame_strength(served, ended) -> None:
 
 def test_preset_defaults_show_the_end_image_on_the_original_models_loop_only(served) -> None:
     h = served["handlers"]
-    assert [u["visible"] for u in h.preset_defaults(served["inverted"])[-2:]] == [True, True]
-    assert [u["visible"] for u in h.preset_defaults(TOY)[-2:]] == [False, False]
+    ends = slice(-2 - KEYFRAME_OUTPUTS, -KEYFRAME_OUTPUTS)  # the keyframe list's updates come last
+    assert [u["visible"] for u in h.preset_defaults(served["inverted"])[ends]] == [True, True]
+    assert [u["visible"] for u in h.preset_defaults(TOY)[ends]] == [False, False]

@@ -20,12 +20,22 @@ from framepack_history.config.presets import (
 )
 from framepack_history.errors import InputError
 from framepack_history.ui.handlers import Handlers
-from framepack_history.ui.plan import LORA_SLOTS, START_FRAME_LABELS, cap_info, lora_choices
+from framepack_history.ui.plan import (
+    KEYFRAME_SLOTS,
+    LORA_SLOTS,
+    START_FRAME_LABELS,
+    cap_info,
+    keyframes_allowed,
+    lora_choices,
+)
 from framepack_history.ui.tabs import PRIVATE
 from framepack_history.ui.tabs.stage import Stage, build_stage
 
 CACHE_NOTE = ("Step cache skips most of the model on steps where it barely changes: fewer passes, "
               "slightly softer detail (hands, fine texture); off = every step in full.")
+KEYFRAME_HINT = ("The video shows each image at its time; at 0 s it is the start image. A prompt here is the storyboard's "
+                 "entry from that time on (left empty, the prompt before it goes on). The toy and FramePack's original "
+                 "model presets only.")
 STORYBOARD_HINT = "A prompt, or a storyboard with times: `0s: camera pans right; 10s: camera holds, a red ball enters`"
 
 
@@ -61,6 +71,14 @@ class Form:
     #: the end image and its strength: shown on presets whose loop can use them (FramePack's original model)
     end_image: gr.Image
     end_strength: gr.Slider
+    #: the keyframe list (shown on presets that allow keyframes) and its rows: image, time, prompt each
+    keyframes: gr.Accordion
+    keyframe_rows: tuple[tuple[gr.Image, gr.Number, gr.Textbox], ...]
+
+    @property
+    def keyframe_values(self) -> list[Component]:
+        """The rows' widgets, row by row: keyframe_image_1, keyframe_time_1, keyframe_prompt_1, ..."""
+        return [c for row in self.keyframe_rows for c in row]
 
     @property
     def inputs(self) -> list[Component]:
@@ -69,14 +87,15 @@ class Form:
         values = [self.prompt, self.image, self.video, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift,
                   a.rate, a.history, a.window, a.history_guidance, self.start_frame, a.history_cap]
         values += [c for pair in self.loras for c in pair]  # lora_1, lora_weight_1, ...
-        return values + [a.cache, a.history_merge, self.end_image, self.end_strength]
+        return values + [a.cache, a.history_merge, self.end_image, self.end_strength, *self.keyframe_values]
 
     @property
     def defaults(self) -> list[Component]:
         """What a preset decides, in :meth:`PlanInfo.preset_defaults`'s order."""
         a = self.advanced
         return [a.steps, a.guidance, a.shift, a.rate, a.history, a.window, a.history_guidance, self.seconds,
-                self.start_frame, a.history_cap, a.cache, a.history_merge, self.end_image, self.end_strength]
+                self.start_frame, a.history_cap, a.cache, a.history_merge, self.end_image, self.end_strength,
+                self.keyframes, *self.keyframe_values]
 
     @property
     def settings(self) -> list[Component]:
@@ -84,7 +103,7 @@ class Form:
         a = self.advanced
         return [self.prompt, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift, a.rate, a.history,
                 a.window, a.history_guidance, self.start_frame, a.history_cap, a.history_merge, a.cache,
-                self.end_image, self.end_strength]
+                self.end_image, self.end_strength, self.keyframes, *self.keyframe_values]
 
     @property
     def lora_names(self) -> list[gr.Dropdown]:
@@ -137,6 +156,7 @@ def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], def
         video = gr.Video(label="Video to continue (optional)", height=150, sources=["upload"])
     end_strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End frame strength", visible=ends,
                              elem_id="fph-end-strength", info="how strongly the end image anchors the video's end")
+    keyframes, keyframe_rows = keyframe_list(preset)
     kinds = START_FRAMES.get(preset.model.backbone, ())
     start_frame = gr.Dropdown([(START_FRAME_LABELS.get(k, k), k) for k in kinds], value=kinds[0] if kinds else None,
                               label="Start frame (text-to-video)", visible=len(kinds) > 1, elem_id="fph-start-frame",
@@ -157,7 +177,28 @@ def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], def
     names = [name for name, _ in loras]
     lora_reload.click(h.lora_refresh, None, names, **PRIVATE)
     demo.load(h.lora_refresh, None, names, **PRIVATE)
-    return Form(prompt, image, video, start_frame, seconds, seed, preset_dd, advanced, loras, end_image, end_strength)
+    return Form(prompt, image, video, start_frame, seconds, seed, preset_dd, advanced, loras, end_image, end_strength,
+                keyframes, keyframe_rows)
+
+
+def keyframe_list(preset: Preset) -> tuple[gr.Accordion, tuple[tuple[gr.Image, gr.Number, gr.Textbox], ...]]:
+    """Keyframe rows: an image the video shows at a time, and the prompt from then on (the storyboard entry).
+
+    Shown on presets that allow keyframes (the preset's choice shows or hides it again: ``keyframe_updates``).
+    """
+    rows = []
+    with gr.Accordion("Keyframes", open=False, visible=keyframes_allowed(preset), elem_id="fph-keyframes") as box:
+        gr.Markdown(KEYFRAME_HINT)
+        for i in range(1, KEYFRAME_SLOTS + 1):
+            with gr.Row(equal_height=True):
+                image = gr.Image(label=f"Keyframe {i}", type="filepath", height=110, sources=["upload", "clipboard"],
+                                 elem_id=f"fph-keyframe-image-{i}", scale=2, min_width=120)
+                time = gr.Number(value=None, minimum=0, label="at (seconds)", elem_id=f"fph-keyframe-time-{i}",
+                                 scale=1, min_width=90)
+                prompt = gr.Textbox(label="prompt from then on (optional)", lines=2, max_length=500,
+                                    elem_id=f"fph-keyframe-prompt-{i}", scale=3)
+            rows.append((image, time, prompt))
+    return box, tuple(rows)
 
 
 def build_advanced(preset: Preset) -> Advanced:
