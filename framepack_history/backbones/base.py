@@ -75,6 +75,13 @@ class Context:
     #: the section and them (its padding); the backbone lays them out at its 1x/2x/4x indices
     post_latents: torch.Tensor | None = None
     post_gap: int = 0
+    #: Keyframes (backbones with :attr:`Backbone.keyframes`): clean latents of images the video must reach
+    #: ``[B, C, K, H, W]``, their latent-frame time positions relative to the section's first frame
+    #: (``[K]`` or ``[B, K]``; may lie beyond the section) and their frame context (``[K]`` or ``[B, K]``; the
+    #: toy's camera offset, as :attr:`target_w`; None = 0)
+    keyframe_latents: torch.Tensor | None = None
+    keyframe_t: torch.Tensor | None = None
+    keyframe_w: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -185,6 +192,8 @@ class Backbone(ABC):
     #: Draw every section's noise from one generator seeded once per video, in section order
     #: (FramePack's demo); False = each section from its own ``(seed, section index)`` generator.
     noise_per_video: bool = False
+    #: Reads :attr:`Context.keyframe_latents` (future images the video must reach); False = refuses keyframes.
+    keyframes: bool = False
 
     def schedule_mu(self, noisy_shape: tuple[int, ...]) -> float | None:
         """The model's own timestep-shift exponent for a section of this latent shape (shift ``e^mu``).

@@ -289,12 +289,19 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
         target_w: torch.Tensor | None = None,
         window_w: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
+        keyframe_latents: torch.Tensor | None = None,
+        keyframe_t: torch.Tensor | None = None,
+        keyframe_w: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noisy section; ``target_w``/``window_w`` move frames along the w axis (camera track).
 
         With ``canvas_positions`` the caller gives each frame's view offset, so
         a static landmark keeps one rotary position however the camera pans,
         and a revisited view lines up with its first visit in the history.
+        ``keyframe_latents`` ``[B, C, K, H, W]``: clean latents the video must reach, read as window tokens
+        (the window's type embedding: no parameters of their own) at their times ``keyframe_t`` (``[K]`` or
+        ``[B, K]``, latent frames from the section's first) and moved by ``keyframe_w``; None = no keyframe
+        (the sequence is exactly what it was without them).
         """
         b, c = hidden_states.shape[:2]
         dev = hidden_states.device
@@ -306,6 +313,10 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
             seqs.insert(0, win + self.type_embed[1])
             wpos = self._grid_positions(tw, hw, ww, window_t0 / self.config.patch_size[0], dev)
             pos.insert(0, wpos if window_w is None else self._shift_w(wpos, window_w, tw, hw * ww))
+        if keyframe_latents is not None and keyframe_latents.shape[2] > 0:
+            key, kpos = self._keyframe_tokens(keyframe_latents.to(hidden_states.dtype), keyframe_t, keyframe_w, dev)
+            seqs.insert(0, key + self.type_embed[1])
+            pos.insert(0, kpos)
         if history_tokens is not None and history_tokens.shape[1] > 0:
             seqs.insert(0, history_tokens.to(hidden_states.dtype).expand(b, -1, -1) + self.type_embed[2])
             pos.insert(0, history_positions.to(dev))
@@ -327,6 +338,22 @@ class ToyDiT(ModelMixin, ConfigMixin, CacheMixin):
             else:
                 x = block(x, cvec, cos, sin)
         return self._head(x[:, -noisy.shape[1] :], cvec, (b, c, t, h, w))  # context tokens never reach the output
+
+    def _keyframe_tokens(self, latents: torch.Tensor, kt: torch.Tensor | None, kw: torch.Tensor | None,
+                         dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keyframe tokens ``[B, K*h*w, D]`` and their positions: each keyframe one token frame at its own time."""
+        pt = self.config.patch_size[0]
+        k = latents.shape[2]
+        # One keyframe is one latent frame: repeated to fill a temporal patch (the toy's is 1: no copy).
+        tokens, (tk, h, w) = self._embed_latents(latents.repeat_interleave(pt, 2) if pt > 1 else latents)
+        times = torch.arange(k, dtype=torch.float32, device=dev) if kt is None else kt.to(dev, torch.float32)
+        grid = self._grid_positions(tk, h, w, 0.0, dev).view(tk, h * w, 3)
+        grid = grid.expand(*times.shape[:-1], tk, h * w, 3).clone()
+        grid[..., 0] = times[..., None] / pt
+        pos = grid.flatten(-3, -2)
+        if kw is not None:
+            pos = self._shift_w(pos, kw.repeat_interleave(pt, -1) if pt > 1 else kw, tk, h * w)
+        return tokens, pos
 
     def _target_positions(self, t: int, h: int, w: int, target_t: torch.Tensor | None, target_w: torch.Tensor | None,
                           dev: torch.device) -> torch.Tensor:
@@ -387,6 +414,7 @@ class ToyBackbone(Backbone):
     """Toy DiT + toy VAE + word tokenizer behind the backbone contract."""
 
     name = "toy"
+    keyframes = True
 
     def __init__(self, dit: ToyDiT, vae: ToyVAE, tokenizer: WordTokenizer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device, self.dtype = torch.device(device), dtype
@@ -506,6 +534,9 @@ class ToyBackbone(Backbone):
             target_w=context.target_w,
             window_w=context.window_w,
             text_embeds=cond.tensors.get("text_embeds"),
+            keyframe_latents=None if context.keyframe_latents is None else context.keyframe_latents.to(self.device),
+            keyframe_t=context.keyframe_t,
+            keyframe_w=context.keyframe_w,
         )
         if self.dit.config.prediction_type == "sample":
             # A clean-section predictor is easier to train small; the samplers

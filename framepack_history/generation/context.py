@@ -26,11 +26,27 @@ By backbone:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from framepack_history.backbones.base import Backbone, Context
+from framepack_history.errors import InputError
 
 HISTORY_MODES = ("encoder", "window", "none")
+
+
+@dataclass
+class Keyframes:
+    """Images a section must lead to (keyframe-reading backbones, :attr:`Backbone.keyframes`).
+
+    ``latents`` ``[B, C, K, h, w]`` clean; ``t`` ``[K]`` or ``[B, K]``: latent-frame times relative to the
+    section's first frame (beyond it for a keyframe still to come); ``w``: their frame context, or None.
+    """
+
+    latents: torch.Tensor
+    t: torch.Tensor
+    w: torch.Tensor | None = None
 
 
 def window_size(backbone: Backbone, mode: str, window_frames: int, section_latents: int) -> int:
@@ -59,6 +75,7 @@ def section_context(
     section_latents: int,
     past_w: torch.Tensor | None = None,
     target_w: torch.Tensor | None = None,
+    keyframes: Keyframes | None = None,
 ) -> Context:
     """The :class:`Context` of the section that follows ``past``.
 
@@ -67,9 +84,16 @@ def section_context(
     ``history``: ``(tokens, positions)`` of the whole past (``encoder`` mode; ignored otherwise).
     ``past_w`` ``[T]`` or ``[B, T]``: the frame context of ``past`` (aligned with its end);
     ``target_w``: that of the section (:meth:`Backbone.frame_context`), passed through.
+    ``keyframes``: the images the video must reach, in every history mode (a backbone without
+    :attr:`Backbone.keyframes` refuses them).
     """
     n = window_size(backbone, mode, window_frames, section_latents)
     ctx = Context(target_w=target_w)
+    if keyframes is not None:
+        if not backbone.keyframes:
+            raise InputError("keyframes", f"the {backbone.name} backbone cannot be given keyframes")
+        ctx.keyframe_latents = keyframes.latents.to(backbone.device, backbone.dtype)
+        ctx.keyframe_t, ctx.keyframe_w = keyframes.t, keyframes.w
     if mode == "encoder" and history is not None:
         ctx.history_tokens, ctx.history_positions = history
     if n == 0:

@@ -27,7 +27,7 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
-from framepack_history.generation.context import section_context, window_size
+from framepack_history.generation.context import Keyframes, section_context, window_size
 from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
 from framepack_history.generation.inverted import InvertedLoop
 from framepack_history.generation.overlap import OverlapDecoder
@@ -140,6 +140,9 @@ class Generation:
     #: backbones that draw noise per video: the video's generator, advanced by each section's draw
     #: (checkpointed with every section: its state is the noise of the sections still to come)
     noise_generator: torch.Generator | None = None
+    #: the request's keyframes as ``(latent frame index, clean latent [1, C, 1, h, w])`` on the host, in time order;
+    #: never checkpointed: encoded on first need (:meth:`Pipeline.keyframe_latents`), a resume again from the images
+    keyframes: list[tuple[int, torch.Tensor]] | None = None
 
 
 class Pipeline:
@@ -238,6 +241,7 @@ class Pipeline:
             with torch.no_grad(), self._phase("vae_encode"):
                 latents = encode_clip(self.backbone, frames, keep)
         history.append(latents)
+        self.keyframe_latents(gen)  # read and encoded now, so a bad image fails before the first section
         return gen, frames if shown else None
 
     def prepare_memory(self, request: GenerationRequest, board: list[tuple[float, str]], mode: str, cap: int,
@@ -315,7 +319,55 @@ class Pipeline:
             past = torch.zeros(1, c, 0, h, w)
         return section_context(self.backbone, mode, past, history=gen.history.tokens() if mode == "encoder" else None,
                                window_frames=window, section_latents=self.section_latent_frames,
-                               past_w=gen.history.frame_context, target_w=self.frame_context(gen))
+                               past_w=gen.history.frame_context, target_w=self.frame_context(gen),
+                               keyframes=self.next_keyframe(gen))
+
+    def keyframe_latents(self, gen: Generation) -> list[tuple[int, torch.Tensor]]:
+        """``gen``'s keyframes as ``(latent frame index, clean latent)``, read and VAE-encoded once per run.
+
+        Time 0 is the frame the video goes on from (the start image, or a continued video's last
+        frame), so a keyframe at ``T`` s is the frame the video shows ``round(T * fps)`` frames after
+        it: on the toy, the true world's frame at ``T`` s. The original model's loop takes keyframes
+        its own way; every other loop needs a backbone that reads them (:attr:`Backbone.keyframes`).
+        """
+        if gen.keyframes is not None:
+            return gen.keyframes
+        given = gen.request.keyframes or []
+        if not given or self.loop is not None:
+            gen.keyframes = []
+            return gen.keyframes
+        bb, v = self.backbone, self.preset.video
+        if not bb.keyframes:
+            raise InputError("--keyframe", f"the {bb.name} backbone cannot lead a video to keyframes (it generates "
+                                           "forward and cannot anchor a frame to come); use a preset that can")
+        w, h = self.size_of(gen)
+        # latents before the first section (a resume holds more: its sections' latents come off)
+        before = gen.history.num_frames - gen.next_section * self.section_latent_frames
+        out = []
+        for kf in given:
+            frame = read_image(kf["image"], w, h, field="--keyframe")
+            with torch.no_grad(), self._phase("vae_encode"):
+                latent = bb.vae_encode(to_pixels(frame[None])).to("cpu")
+            after = round(float(kf["time"]) * v.fps) // bb.geometry.temporal_scale  # latent frames after time 0
+            out.append((max(0, before - 1 + after), latent))
+        gen.keyframes = out
+        return out
+
+    def next_keyframe(self, gen: Generation) -> Keyframes | None:
+        """The first keyframe at or after the next section's first frame, at its time relative to it; None once all have passed.
+
+        Its frame context continues the camera track the storyboard gives the frames up to it, as the
+        section's own (:meth:`frame_context`).
+        """
+        first = gen.history.num_frames
+        ahead = [(i, lat) for i, lat in self.keyframe_latents(gen) if i >= first]
+        if not ahead:
+            return None
+        index, latent = ahead[0]
+        v, offset = self.preset.video, index - first
+        track = self.backbone.frame_context(gen.storyboard, gen.next_section * v.section_frames, offset + 1, v.fps,
+                                            self.size_of(gen)[0], gen.history.frame_context)
+        return Keyframes(latent, torch.tensor([float(offset)]), None if track is None else track[-1:])
 
     def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
         """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""

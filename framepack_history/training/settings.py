@@ -78,6 +78,12 @@ class Stage2Config:
     p_capped: float = 0.0
     capped_tokens: list[int] = field(default_factory=lambda: [40, 80, 160])
     merge: str = "similar"  # similar | oldest, as history.merge
+    # Chance that a next-section step is given a keyframe: one clean latent of the clip at its true time after
+    # the split (an offset shared by the batch, uniform in 0..keyframe_horizon latent frames, within the clip;
+    # offsets inside the section teach the frame at the keyframe's time to copy it). Teaches the toy DiT to
+    # lead the video to a keyframe (generation's request.keyframes).
+    p_keyframe: float = 0.0
+    keyframe_horizon: int = 48
 
 
 @dataclass
@@ -202,7 +208,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                          ("save_every", cfg.save_every, 1), ("lora_rank", cfg.lora_rank, 0), ("warmup_steps", cfg.warmup_steps, 0),
                          ("num_workers", cfg.num_workers, 0), ("data.frames", cfg.data.frames, 1),
                          ("data.num_videos", cfg.data.num_videos, 1), ("stage2.window_frames", cfg.stage2.window_frames, 0),
-                         ("stage2.min_history_frames", cfg.stage2.min_history_frames, 1)):
+                         ("stage2.min_history_frames", cfg.stage2.min_history_frames, 1),
+                         ("stage2.keyframe_horizon", cfg.stage2.keyframe_horizon, 0)):
         _need(val >= lo, key, f"must be >= {lo} (got {val})")
     choices = {"mixed_precision": (cfg.mixed_precision, ("no", "bf16", "fp16")),
                "weights_dtype": (cfg.weights_dtype, DTYPE_NAMES),
@@ -218,7 +225,7 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                    ("stage2.p_window_mode", cfg.stage2.p_window_mode),
                    ("stage2.p_revisit_split", cfg.stage2.p_revisit_split),
                    ("stage2.p_frame_query", cfg.stage2.p_frame_query), ("stage2.p_capped", cfg.stage2.p_capped),
-                   ("stage2.p_no_window", cfg.stage2.p_no_window),
+                   ("stage2.p_no_window", cfg.stage2.p_no_window), ("stage2.p_keyframe", cfg.stage2.p_keyframe),
                    ("ema_decay", cfg.ema_decay)):
         _need(0.0 <= p <= 1.0, key, f"must be in [0, 1] (got {p})")
     _need(0.0 < cfg.stage1.mask_noise_center < 1.0, "stage1.mask_noise_center", "must be in (0, 1)")

@@ -21,6 +21,9 @@ generation cuts a video, after the start latent at whole sections
 * with probability ``stage2.p_revisit_split`` the split is drawn where the
   target shows canvas that only the history beyond the window has seen
   (camera tracks only): the sections where memory, not the window, helps;
+* with probability ``stage2.p_keyframe`` a next-section step also sees one clean latent of the clip at
+  its true time after the split (up to ``stage2.keyframe_horizon`` latents on, inside the section or
+  beyond it): the keyframe a generation request may give (backbones with ``Backbone.keyframes``);
 * with probability ``stage2.p_window_mode`` a step trains the sliding-window
   baseline instead (no embedding; the last section of raw latents, or F1's
   own context, exactly what :class:`~framepack_history.generation.pipeline.Pipeline`
@@ -41,7 +44,7 @@ import torch
 from framepack_history.backbones.base import Backbone
 from framepack_history.config.storyboard import caption_at
 from framepack_history.errors import InputError
-from framepack_history.generation.context import section_context
+from framepack_history.generation.context import Keyframes, section_context
 from framepack_history.training.common import logit_normal
 from framepack_history.training.modeling import FlowModule
 from framepack_history.training.settings import Stage2Config, TrainConfig
@@ -66,13 +69,32 @@ class NextSectionModule(FlowModule):
         # The generator's own context builder: F1's clean context, or the sliding window, exactly as it feeds them.
         ctx = section_context(self.backbone, mode, x[:, :, :split], history=history, window_frames=batch["window"],
                               section_latents=n, past_w=None if track is None else track[:, :split],
-                              target_w=None if track is None else track[:, split : split + n])
+                              target_w=None if track is None else track[:, split : split + n],
+                              keyframes=keyframe_of(x, track, split, batch.get("keyframe")))
         sigma, noise = batch["sigma"], batch["noise"]
         sv = sigma.view(-1, 1, 1, 1, 1)
         pred = self.backbone.predict((1 - sv) * x0 + sv * noise, sigma, batch["cond"], ctx, batch.get("guidance", 1.0))
         loss = self.flow_loss(pred, x0, noise, sigma).mean()
         return {"loss": loss, "history_frames": torch.tensor(float(split)),
-                "window_mode": torch.tensor(0.0 if batch["use_encoder"] else 1.0), "frame_query": torch.tensor(0.0)}
+                "window_mode": torch.tensor(0.0 if batch["use_encoder"] else 1.0), "frame_query": torch.tensor(0.0),
+                "keyframe": torch.tensor(0.0 if batch.get("keyframe") is None else 1.0)}
+
+
+def keyframe_of(x: torch.Tensor, track: torch.Tensor | None, split: int, offset: int | None) -> Keyframes | None:
+    """The clip's latent ``offset`` frames after the split as a keyframe at its true time (None: no keyframe)."""
+    if offset is None:
+        return None
+    at = split + offset
+    t = torch.tensor([float(offset)], device=x.device)
+    return Keyframes(x[:, :, at : at + 1], t, None if track is None else track[:, at : at + 1])
+
+
+def draw_keyframe(c2, gen: torch.Generator, split: int, t: int) -> int | None:
+    """A keyframe's offset after the split (``stage2.p_keyframe``), else None; draws nothing when the term is off."""
+    if c2.p_keyframe <= 0 or float(torch.rand(1, generator=gen)) >= c2.p_keyframe:
+        return None
+    last = min(c2.keyframe_horizon, t - 1 - split)  # within the clip
+    return int(torch.randint(last + 1, (1,), generator=gen))
 
 
 def revisit_weights(camera_x: torch.Tensor, view: int, window: int, section: int) -> torch.Tensor:
@@ -183,8 +205,9 @@ class Stage2Task(StageTask):
         else:
             start_s = bb.geometry.pixel_frames(split) / self.fps  # pixel frames before the split
         prompts = ["" if drop[i] else caption_at(items["caption"][i], start_s) for i in range(b)]
+        keyframe = draw_keyframe(c2, gen, split, t)  # last: the draws before it are those of a run without the term
         return {"latents": x, "track": track_of(items, bb), "split": split, "section": n, "use_encoder": use_encoder,
-                "window": window, "cap": cap, "guidance": self.guidance,
+                "window": window, "cap": cap, "guidance": self.guidance, "keyframe": keyframe,
                 "sigma": sigma.to(x.device), "noise": noise.to(x.device), "cond": self.batched(self.conditions(prompts, x))}
 
 

@@ -119,3 +119,67 @@ def test_space_to_depth_vae_is_lossless_and_round_trips(tmp_path):
         ToyVAE(kind="space_to_depth", latent_channels=4, spatial_scale=2)
     with pytest.raises(ValueError, match="kind must be"):
         ToyVAE(kind="vqgan")
+
+
+# ------------------------------------------------------------------ keyframes
+def perturbed() -> ToyBackbone:
+    bb = make()
+    with torch.no_grad():  # adaLN-zero starts as identity: perturb so context tokens matter at all
+        for p in bb.dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return bb
+
+
+def block_input_lengths(bb: ToyBackbone, run) -> list[int]:
+    seen: list[int] = []
+    handle = bb.dit.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_the_dit_reads_keyframes_at_their_time_and_place():
+    bb = perturbed()
+    x, s = torch.randn(1, 4, 2, 8, 8), torch.tensor([0.6])
+    cond = bb.encode_text("camera pans right")
+    key = torch.randn(1, 4, 1, 8, 8)
+
+    def predict(**kw) -> torch.Tensor:
+        return bb.predict(x, s, cond, Context(window_latents=torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0)),
+                                              window_t0=-2.0, **kw))
+
+    none = predict()
+    base = predict(keyframe_latents=key, keyframe_t=torch.tensor([6.0]))
+    assert (base - none).abs().max() > 1e-4  # a keyframe changes the prediction
+    assert (predict(keyframe_latents=key * 0.5, keyframe_t=torch.tensor([6.0])) - base).abs().max() > 1e-4  # its content
+    assert (predict(keyframe_latents=key, keyframe_t=torch.tensor([1.0])) - base).abs().max() > 1e-4  # its time
+    assert (predict(keyframe_latents=key, keyframe_t=torch.tensor([6.0]), keyframe_w=torch.tensor([3.0])) - base).abs().max() > 1e-4
+    # An empty keyframe tensor is no keyframe: nothing joins the sequence.
+    assert torch.equal(predict(keyframe_latents=key[:, :, :0], keyframe_t=torch.zeros(0)), none)
+    # Per-sample times and places ([B, K]) are one call per sample.
+    x2, key2 = torch.cat([x, x]), torch.randn(2, 4, 1, 8, 8)
+    cond2 = type(cond)({k: v.expand(2, *v.shape[1:]) for k, v in cond.tensors.items()})
+    kt, kw = torch.tensor([[3.0], [9.0]]), torch.tensor([[1.0], [-2.0]])
+    both = bb.predict(x2, s.expand(2), cond2, Context(keyframe_latents=key2, keyframe_t=kt, keyframe_w=kw))
+    for i in range(2):
+        one = bb.predict(x, s, cond, Context(keyframe_latents=key2[i : i + 1], keyframe_t=kt[i], keyframe_w=kw[i]))
+        torch.testing.assert_close(both[i : i + 1], one, atol=1e-5, rtol=1e-5)
+
+
+def test_without_keyframes_the_sequence_is_what_it_was_and_no_parameter_is_new():
+    """No keyframe: text, history, window and noisy tokens alone, so the shipped weights give what they gave."""
+    from framepack_history.config.paths import PACKAGE
+
+    bb = perturbed()
+    x, s, cond = torch.randn(1, 4, 2, 8, 8), torch.tensor([0.6]), bb.encode_text("camera holds")
+    hist, pos = torch.randn(1, 5, 32), torch.tensor([[-1.0, 0.5, 0.5]] * 5)
+    ctx = Context(history_tokens=hist, history_positions=pos, window_latents=torch.randn(1, 4, 2, 8, 8), window_t0=-2.0)
+    text, noisy, window = 16, 2 * 4 * 4, 2 * 4 * 4
+    assert block_input_lengths(bb, lambda: bb.predict(x, s, cond, ctx)) == [text + 5 + window + noisy]
+    keyed = Context(**{**ctx.__dict__, "keyframe_latents": torch.randn(1, 4, 2, 8, 8), "keyframe_t": torch.tensor([4.0, 8.0])})
+    assert block_input_lengths(bb, lambda: bb.predict(x, s, cond, keyed)) == [text + 5 + window + 2 * 16 + noisy]
+    # The shipped toy loads with every weight it has and none missing (keyframes use the window's type embedding).
+    shipped = ToyBackbone.from_pretrained(PACKAGE / "weights" / "toy")
+    assert sum(p.numel() for p in shipped.dit.parameters()) == 1_289_520 and shipped.keyframes

@@ -213,3 +213,33 @@ def test_toy_training_step_feeds_the_generators_context(tmp_path, mode, window, 
     expect = window if mode == "encoder" else n
     assert ours["window_latents"] is None if expect == 0 else torch.equal(ours["window_latents"], clip[:, :, split - expect : split])
     assert (ours["history_tokens"] is not None) == (mode == "encoder")
+
+
+@pytest.mark.parametrize("mode,offset", [("encoder", 9), ("encoder", 2), ("window", 6)])
+def test_toy_keyframed_step_feeds_the_generators_context(tmp_path, mode, offset) -> None:
+    """A keyframe ``offset`` latents after the split (beyond the section, or inside it) reaches the DiT as generation gives it."""
+    from tests.conftest import TINY_TOY
+
+    _, task = stage2(tmp_path, TINY_TOY, window_frames=2, p_keyframe=1.0, keyframe_horizon=12)
+    bb, encoder, preset = task.module.backbone, task.module.encoder, task.preset
+    pipe = Pipeline(bb, encoder, preset)
+    n, split = pipe.section_latent_frames, 5
+    clip = torch.randn((1, bb.geometry.latent_channels, split + 12, 16, 16), generator=torch.Generator().manual_seed(offset))
+    request = GenerationRequest(prompt=PROMPT, seconds=4.0, seed=3, history_mode=mode, window_frames=2)
+    gen = Generation(request, request.validate(preset), pipe.sections_for(request.seconds),
+                     HistoryState(encoder if mode == "encoder" else None, bb.device))
+    gen.history.append(clip[:, :, :split])
+    gen.keyframes = [(split + offset, clip[:, :, split + offset : split + offset + 1])]  # as encoded from its image
+    theirs = first_dit_call(bb.transformer, lambda: pipe.generate_section(gen))
+
+    c2 = task.cfg.stage2
+    c2.min_history_frames, c2.p_window_mode = split, 1.0 if mode == "window" else 0.0
+    batch = task.make_batch({"latents": clip, "caption": [PROMPT]}, torch.Generator().manual_seed(1))
+    assert 0 <= batch["keyframe"] <= clip.shape[2] - 1 - batch["split"]  # drawn within the clip
+    # the split and the keyframe forced where the generator stands (the window, 2 latents, is the same at any split >= 2)
+    batch["split"], batch["keyframe"], batch["noise"], batch["sigma"] = split, offset, theirs["arg0"], torch.ones(1)
+    ours = first_dit_call(bb.transformer, lambda: task.module(batch))
+    assert_bit_equal(theirs, ours)
+    assert torch.equal(ours["keyframe_latents"], clip[:, :, split + offset : split + offset + 1])
+    assert ours["keyframe_t"].tolist() == [float(offset)]  # offsets 2 (inside the section of n) and 6, 9 (beyond)
+    assert n == 4

@@ -180,3 +180,32 @@ def test_memory_terms_train_from_cached_clips(tmp_path, stage1_run):
     kinds = {r["frame_query"] for r in log}
     assert kinds == {0.0, 1.0}  # both objectives ran (the step generators are seeded: always the same mix)
     assert all("history_frames" in r for r in log if r["frame_query"] == 0.0)
+
+
+def test_keyframe_steps_train_and_leave_the_other_draws_alone(tmp_path):
+    """stage2.p_keyframe: a share of steps sees a clean future latent of the clip; it is drawn after all else."""
+    from framepack_history.training.modeling import build_backbone, build_encoder, training_preset
+    from framepack_history.training.settings import TrainConfig, load_config
+    from framepack_history.training.stage2_autoregressive import NextSectionModule, Stage2Task
+
+    from .conftest import CONFIGS
+
+    out = train("stage2", tmp_path / "keyframe", stage2={"p_keyframe": 0.5, "keyframe_horizon": 8}, max_steps=6)
+    log = read_log(out / "loss.jsonl")
+    assert len(log) == 6 and all(math.isfinite(r["loss"]) for r in log)
+    assert {r["keyframe"] for r in log} == {0.0, 1.0}  # both kinds of step ran (seeded: always the same mix)
+
+    def batch(**stage2):
+        cfg = load_config(TrainConfig, CONFIGS / "tiny_stage2.toml", {"out": str(tmp_path / "b"), "stage2": stage2})
+        cfg.stage = "stage2"
+        p = training_preset(cfg)
+        bb = build_backbone(cfg, p.model, "cpu")
+        task = Stage2Task(cfg, NextSectionModule(bb, build_encoder(cfg, p.model, bb), cfg), p.video.fps)
+        task.preset = p
+        clips = torch.randn(2, bb.geometry.latent_channels, 20, 16, 16, generator=torch.Generator().manual_seed(0))
+        return task.make_batch({"latents": clips, "caption": ["camera holds"] * 2}, torch.Generator().manual_seed(4))
+
+    off, on = batch(), batch(p_keyframe=1.0, keyframe_horizon=30)
+    assert off["keyframe"] is None and 0 <= on["keyframe"] <= 20 - 1 - on["split"]  # within the clip, past the horizon's cap
+    assert on["split"] == off["split"] and on["use_encoder"] == off["use_encoder"]
+    assert torch.equal(on["noise"], off["noise"]) and torch.equal(on["sigma"], off["sigma"])
