@@ -98,3 +98,31 @@ def test_a_storyboard_edit_keeps_the_jobs_keyframes_and_cannot_add_one(images, t
         worker.steer(job.id, f"0s: b; 1.5s: [{images['garden']}] c")
     worker.steer(job.id, "0s: b; 1.5s: c")
     assert job.steer_pending == "0s: b; 1.5s: c" and job.spec.request.keyframes[0]["time"] == 1.0
+
+
+def test_a_keyframed_job_crashed_and_resumed_from_its_folder_is_frame_identical(toy_pipeline, images, tmp_path):
+    """The job folder's request (its keyframes the kept copies) resumes to the frames of an uninterrupted run."""
+    from framepack_history.jobs.render import render
+    from tests.jobs.test_checkpoint import CrashingJobDir, _Crash, decoded
+
+    def admitted() -> GenerationRequest:
+        r = GenerationRequest(prompt=f"0s: camera pans left; 1s: [{images['door']}] camera holds", seconds=2, seed=5,
+                              steps=1, keyframes=[{"time": 2, "image": str(images["garden"])}])
+        admit_request(r, toy_pipeline.preset)
+        return r
+
+    straight = admitted()
+    render(toy_pipeline, straight, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    request = admitted()
+    job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=2)
+    keep_inputs(request, job.root / "inputs")
+    job.create(request, toy_pipeline.preset, out=tmp_path / "resumed.mp4")
+    with pytest.raises(_Crash):
+        render(toy_pipeline, request, tmp_path / "resumed.mp4", job.root / "segments", job=job)
+    for kf in (images["door"], images["garden"]):  # the uploads are gone: the job folder's copies must serve
+        Path(kf).unlink()
+    kept = JobDir(job.root).info().request
+    check_kept_keyframes(kept)
+    data = render(toy_pipeline, kept, tmp_path / "resumed.mp4", job.root / "segments", job=JobDir(job.root))
+    assert [(e["time"], e["file"]) for e in data["keyframes"]] == [(1.0, "door.png"), (2.0, "garden.png")]
+    assert np.array_equal(decoded(tmp_path / "resumed.mp4"), decoded(tmp_path / "straight.mp4"))
