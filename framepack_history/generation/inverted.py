@@ -14,35 +14,80 @@ section's 1x post latent (scaled by ``end_frame_strength``, FramePack-Studio's
 knob; 1 is diffusers' ``last_image``), and its SigLIP embedding is averaged
 with the start image's (FramePack's pull request 167).
 
-The decode is FramePack's: the first-generated section alone, then each next
-section decoded with the one after it (the last with the start latent in front)
-and cross-faded in front of the video so far over ``(n - 1) * 4 + 1`` frames.
-Only the end of the video is final while the loop runs, and it reaches the
-stream last, so this loop holds every frame back and sends the whole video
-(after the start image) with its last section; the earlier sections send
-none. The held pixels are a pure function of the history's raw latents, so a
-resumed job replays the decode and sends the same frames.
+**Segments.** Keyframes (``GenerationRequest.keyframes``) cut the video into
+segments (:func:`segments`), each one inverted run of its own, made in time
+order: segment ``j`` runs from its start anchor to its end anchor, keyframe
+``j``, which is used exactly as an end image (the first-generated section's 1x
+post latent times ``end_frame_strength``; the SigLIP embeddings of the images
+at the segment's two ends averaged). The last segment ends on the end image,
+or on nothing. A keyframe's time is rounded to the nearest section boundary
+(halves to even, as the video's length is), so segments are whole sections;
+a keyframe that would leave a segment empty is refused, naming it. The padding
+schedule is the segment's own (``paddings(its sections)``), and a section's
+post latents are its segment's only (zeros past the segment's end, as past
+the video's end).
+
+The join: segment ``j + 1``'s start latent is segment ``j``'s last latent in
+time (the last latent of its first-generated section), not the keyframe's,
+so the next segment goes on from the frame the video reached, as FramePack's
+first section goes on from its start image. That frame is the last one sent
+of segment ``j``; segment ``j + 1``'s decode starts with it (as the first
+segment's starts with the start image) and drops it, so it is not repeated.
+Segment ``j + 1``'s SigLIP start image is keyframe ``j``.
+
+**Continuing a video** (``--continue-video``, with or without ``--end-image``):
+the clip's last latent is the start latent and the decode's first latent, its
+last frame the image condition (as the forward loop's). Only that latent is
+encoded: the original model has one slot for the past, index 0; its 1x/2x/4x
+context holds the future. (FramePack-Studio's backward video model puts up to
+four of the clip's latents in front and its older latents in the 2x/4x slots,
+at indices the model reads as after the section; we keep the layout it was
+trained with.)
+
+**Decode and streaming.** FramePack's decode per segment: the first-generated
+section alone, then each next section decoded with the one after it (the last
+with the start latent in front) and cross-faded in front of the segment so far
+over ``(n - 1) * 4 + 1`` frames. Only a segment's end is final while it is
+drawn, and it reaches the stream last, so the loop holds the segment's frames
+back and sends them all (after its start frame) with its last-generated
+section; the other sections send none. The player thus grows segment by
+segment, in time order. The held pixels are a pure function of the history's
+raw latents, so a job resumed in the middle of a segment replays the
+segment's decode and sends the same frames.
+
+Prompts: a storyboard's prompt is taken at each section's own start time
+(:meth:`InvertedLoop.time_index`), as on the forward loop, though the sections
+of a segment are drawn from its end.
 
 The history holds the start latent, then the sections in the order they were
-generated (the last in time first), so checkpoints are the forward loop's.
+generated (segment by segment, each one's last in time first), so checkpoints
+are the forward loop's.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from framepack_history.backbones.base import Backbone, Conditioning, Context
-from framepack_history.config.request import GenerationRequest
+from framepack_history.config.presets import VideoSpec
+from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
 from framepack_history.errors import InputError
 from framepack_history.generation.overlap import soft_append
 from framepack_history.generation.pixels import to_pixels, to_uint8
 from framepack_history.generation.video import read_image
 from framepack_history.history.state import HistoryState
+
+#: :attr:`Segment.anchor` of a segment that ends on the end image
+END = "end"
+#: conditioning tensors of a keyframed job (written with the image condition, once): the keyframes' latents
+#: times ``end_frame_strength`` ``[K, C, 1, h, w]``, and each segment's averaged SigLIP embedding ``[J, L, D]``
+KEYFRAME_ANCHORS, SEGMENT_EMBEDS = "keyframe_anchors", "segment_embeds"
 
 
 class Sections(Protocol):
@@ -63,54 +108,166 @@ def paddings(total: int) -> list[int]:
     return list(reversed(range(total)))
 
 
-class InvertedLoop:
-    """The section context, end image and decode of FramePack's original model."""
+@dataclass(frozen=True)
+class Segment:
+    """One inverted run: the video's sections ``[first, first + sections)`` (time order and generation order
+    agree between segments: segment after segment, each drawn from its end)."""
 
-    def __init__(self, backbone: Backbone, section_latents: int) -> None:
+    first: int
+    sections: int
+    #: what it ends on: a keyframe (its index in ``request.keyframes``), the end image (:data:`END`), or nothing
+    anchor: int | str | None
+
+
+def segments(request: GenerationRequest, total: int, video: VideoSpec) -> list[Segment]:
+    """The segments of a ``total``-section video: cut at its keyframes, each rounded to a section boundary.
+
+    A keyframe at time ``t`` ends the segment at section boundary ``round(t * fps / section_frames)``
+    (halves to even, as :meth:`VideoSpec.sections` counts the video's sections). One that leaves a
+    segment empty (rounds to 0, to the keyframe before it's boundary, or to the video's end where the
+    end image is) is refused naming it; one that rounds to the video's end is its end anchor.
+    """
+    step = video.section_frames / video.fps
+    out: list[Segment] = []
+    first = 0
+    for k, key in enumerate(getattr(request, "keyframes", None) or []):
+        b = round(float(key["time"]) * video.fps / video.section_frames)
+        where = None
+        if b <= 0:
+            where = "the video's start"
+        elif b <= first:
+            where = f"{b * step:g}s, as the keyframe before it does"
+        elif b > total or (b == total and request.end_image):
+            where = f"the video's end ({total * step:g}s)" + (", where the end image is" if request.end_image else "")
+        if where is not None:
+            raise InputError(keyframe_field(request, key), f"{keyframe_name(key)}: the original model makes the video in whole sections "
+                                         f"of {step:g}s, between keyframes; this one rounds to {where}, which leaves "
+                                         f"a segment with no section (keep keyframes at least {step:g}s apart, and "
+                                         "from the video's start and end image)")
+        out.append(Segment(first, b - first, k))
+        first = b
+    if first < total:
+        out.append(Segment(first, total - first, END if request.end_image else None))
+    return out
+
+
+class InvertedLoop:
+    """The section context, anchors, segments and decode of FramePack's original model."""
+
+    def __init__(self, backbone: Backbone, section_latents: int, video: VideoSpec) -> None:
         if not hasattr(backbone, "inverted_context"):
             raise InputError("model.loop", f"'inverted' is FramePack's original model's loop; the {backbone.name} "
                                            "backbone has no such context (use hunyuan_framepack)")
         self.backbone = backbone
         self.n = section_latents
+        self.video = video
         self.post = sum(backbone.POST_HISTORY)
         self.overlap = backbone.geometry.pixel_frames(section_latents)
 
     # ------------------------------------------------------------- start
     def check(self, request: GenerationRequest, mode: str, storyboard: list[tuple[float, str]]) -> None:
-        """Refuse what this loop cannot do: it conditions on the future, not on a past."""
-        if len(storyboard) > 1:  # the pipeline places a prompt by the section's index, which runs backward here
-            raise InputError("--prompt", "a storyboard needs a forward loop (an F1 preset); the original model's "
-                                         "loop generates from the end, give it one prompt")
+        """Refuse what this loop cannot do: it conditions on the future, not on a past; keyframes leave no empty segment."""
         if mode == "encoder":
             raise InputError("--history", "the original model's loop generates the video from its end and conditions "
                                           "on the sections after each one; the history encoder codes the past "
                                           "(use 'window' or 'none', or an F1 preset)")
-        if request.continue_video:
-            raise InputError("--continue-video", "the original model's loop generates toward a start image; "
-                                                 "continue a video with an F1 preset")
+        segments(request, self.video.sections(request.seconds), self.video)
+
+    def layout(self, gen: Sections) -> list[Segment]:
+        """``gen``'s segments (a pure function of its request: nothing to checkpoint)."""
+        return segments(gen.request, gen.total_sections, self.video)
+
+    def locate(self, gen: Sections, index: int) -> tuple[list[Segment], int, int]:
+        """``(segments, the segment of section `index` (in the order generated), its place in that segment's order)``."""
+        segs = self.layout(gen)
+        for j, seg in enumerate(segs):
+            if index < seg.first + seg.sections:
+                return segs, j, index - seg.first
+        raise ValueError(f"section {index} is past the video's {gen.total_sections} sections")
+
+    def time_index(self, gen: Sections, index: int) -> int:
+        """Where section ``index`` (in the order generated) lies in the video, in sections from its start."""
+        segs, j, i = self.locate(gen, index)
+        return segs[j].first + segs[j].sections - 1 - i
 
     def encode_end(self, gen: Sections, size: tuple[int, int], phase: AbstractContextManager) -> None:
-        """The end image's latent (scaled by ``end_frame_strength``) and its SigLIP embedding averaged in.
+        """The end image's and the keyframes' latents (times ``end_frame_strength``) and SigLIP embeddings.
 
-        ``size``: ``(width, height)`` generated at; ``phase``: the memory phase the encoders run in.
+        Without keyframes the end image's embedding is averaged into ``image_embeds``; with them each
+        segment's average is kept (:data:`SEGMENT_EMBEDS`). ``size``: ``(width, height)`` generated at;
+        ``phase``: the memory phase the encoders run in (entered once).
         """
         req = gen.request
-        if not req.end_image:
+        keys = list(getattr(req, "keyframes", None) or [])
+        if not req.end_image and not keys:
             return
-        frame = read_image(req.end_image, size[0], size[1], field="--end-image")[None]
+        images = [(k["image"], keyframe_field(req, k)) for k in keys] + ([(req.end_image, "--end-image")] if req.end_image else [])
+        frames = [read_image(path, size[0], size[1], field=name)[None] for path, name in images]
+        bb = self.backbone
         with torch.no_grad(), phase:
-            end = self.backbone.encode_image(to_pixels(frame)[0, :, 0].to(self.backbone.device))
+            encoded = [bb.encode_image(to_pixels(f)[0, :, 0].to(bb.device)).tensors for f in frames]
         tensors = gen.image_cond.tensors
         strength = 1.0 if req.end_frame_strength is None else float(req.end_frame_strength)
-        tensors["end_latents"] = end.tensors["start_latents"] * strength
-        if "image_embeds" in tensors and "image_embeds" in end.tensors:
-            tensors["image_embeds"] = (tensors["image_embeds"] + end.tensors["image_embeds"]) / 2
+        start = tensors.get("image_embeds")
+        embeds = [e.get("image_embeds") for e in encoded]
+        if req.end_image:
+            tensors["end_latents"] = encoded[-1]["start_latents"] * strength
+            if start is not None and embeds[-1] is not None:
+                tensors["image_embeds"] = (start + embeds[-1]) / 2
+        if not keys:
+            return
+        tensors[KEYFRAME_ANCHORS] = torch.cat([e["start_latents"] for e in encoded[:len(keys)]]) * strength
+        if start is None or any(e is None for e in embeds):
+            return
+        per_segment = []
+        segs = segments(req, gen.total_sections, self.video)
+        for j, seg in enumerate(segs):
+            first = start if j == 0 else embeds[segs[j - 1].anchor]  # segment j starts where keyframe j - 1 is
+            last = embeds[-1] if seg.anchor == END else None if seg.anchor is None else embeds[seg.anchor]
+            per_segment.append(first if last is None else (first + last) / 2)
+        tensors[SEGMENT_EMBEDS] = torch.cat(per_segment)
 
     # ----------------------------------------------------------- section
+    def before(self, history: HistoryState, segs: list[Segment], j: int, start: int) -> torch.Tensor:
+        """Segment ``j``'s start latent (host): the latent before section 0, else segment ``j - 1``'s last in time.
+
+        ``start``: the latents before section 0 in the history.
+        """
+        if j == 0:
+            return history.latents[:, :, start - 1 : start]
+        at = start + segs[j - 1].first * self.n + self.n - 1  # the end of segment j - 1's first-generated section
+        return history.latents[:, :, at : at + 1]
+
+    def end_anchor(self, gen: Sections, seg: Segment) -> torch.Tensor | None:
+        """The latent ``seg`` ends on (already times the strength), or None."""
+        tensors = gen.image_cond.tensors
+        if seg.anchor == END:
+            return tensors.get("end_latents")
+        return None if seg.anchor is None else tensors[KEYFRAME_ANCHORS][seg.anchor : seg.anchor + 1]
+
+    def conditioning(self, gen: Sections) -> Conditioning:
+        """The image condition of the next section: its segment's start latent, end anchor and SigLIP embedding."""
+        tensors = dict(gen.image_cond.tensors)
+        keyed, embeds = tensors.pop(KEYFRAME_ANCHORS, None), tensors.pop(SEGMENT_EMBEDS, None)
+        if keyed is None and not gen.request.continue_video:  # one run from the start image: as it was encoded
+            return gen.image_cond
+        idx = gen.next_section
+        segs, j, _ = self.locate(gen, idx)
+        if embeds is not None:
+            tensors["image_embeds"] = embeds[j : j + 1]
+        end = self.end_anchor(gen, segs[j])
+        tensors.pop("end_latents", None)
+        if end is not None:
+            tensors["end_latents"] = end
+        if j > 0 or gen.request.continue_video:  # a latent of the history: the clip's last, or the last segment's
+            start = gen.history.num_frames - self.n * idx
+            tensors["start_latents"] = self.before(gen.history, segs, j, start).to(self.backbone.device, torch.float32)
+        return Conditioning(tensors)
+
     def generated(self, history: HistoryState, done: int, start: int) -> torch.Tensor | None:
         """The first ``done`` generated sections' latents in time order (the last generated first), host.
 
-        ``start``: the latents before section 0 in the history (the start latent).
+        ``start``: where the first of them is in the history.
         """
         if done == 0:
             return None
@@ -118,29 +275,36 @@ class InvertedLoop:
         return torch.cat(list(reversed(lat.split(self.n, dim=2))), dim=2)
 
     def context(self, gen: Sections, mode: str, shape: tuple[int, ...]) -> Context:
-        """The next section's context: its padding and the 19 latents after it (zeros past the video's end)."""
+        """The next section's context: its padding in its segment and the 19 latents after it (zeros past the segment)."""
         idx = gen.next_section
+        segs, j, i = self.locate(gen, idx)
+        seg = segs[j]
         _, c, _, h, w = shape
         post = torch.zeros(1, c, self.post, h, w)
-        start = gen.history.num_frames - self.n * idx
-        after = self.generated(gen.history, idx, start) if mode != "none" else None
+        start = gen.history.num_frames - self.n * idx + seg.first * self.n
+        after = self.generated(gen.history, i, start) if mode != "none" else None
         if after is not None:
             k = min(self.post, after.shape[2])
             post[:, :, :k] = after[:, :, :k]
-        end = gen.image_cond.tensors.get("end_latents")
-        if idx == 0 and end is not None:  # the end image is the first-generated section's 1x post latent
+        end = self.end_anchor(gen, seg)
+        if i == 0 and end is not None:  # the end anchor is the first-generated section's 1x post latent
             post[:, :, :1] = end.to(post)
-        gap = paddings(gen.total_sections)[idx] * self.n
+        gap = paddings(seg.sections)[i] * self.n
         return Context(post_latents=post.to(self.backbone.device, self.backbone.dtype), post_gap=gap)
 
     def decode(self, history: HistoryState, section: int, total: int, held: torch.Tensor | None,
-               start: int) -> torch.Tensor:
-        """The video so far (float pixels, host) after ``section`` was generated: FramePack's decode and blend."""
+               start: int, before: torch.Tensor | None = None) -> torch.Tensor:
+        """A segment so far (float pixels, host) after its ``section`` was generated: FramePack's decode and blend.
+
+        ``total``: the segment's sections; ``start``: where its first-generated section is in the history;
+        ``before``: its start latent (None: the history's latent before ``start``).
+        """
         bb, n = self.backbone, self.n
         timed = self.generated(history, section + 1, start)
         last = section == total - 1
         if last:  # the first section in time goes after the start latent (FramePack prepends it)
-            timed = torch.cat([history.latents[:, :, start - 1 : start], timed], dim=2)
+            first = history.latents[:, :, start - 1 : start] if before is None else before
+            timed = torch.cat([first, timed], dim=2)
         span = timed.shape[2] if section == 0 else 2 * n + int(last)
         video = bb.vae_decode(timed[:, :, :span].to(bb.device, bb.dtype), clamp=False).float().cpu()
         if section == 0:
@@ -149,29 +313,34 @@ class InvertedLoop:
             raise ValueError(f"section {section}: the video decoded after section {section - 1} is missing")
         return soft_append(video, held, self.overlap)
 
-    def replay(self, history: HistoryState, done: int, total: int, start: int) -> torch.Tensor | None:
-        """The video held after ``done`` sections, decoded again from the history (after a resume)."""
+    def replay(self, history: HistoryState, done: int, total: int, start: int,
+               before: torch.Tensor | None = None) -> torch.Tensor | None:
+        """A segment's video held after ``done`` of its sections, decoded again from the history (after a resume)."""
         held = None
         for k in range(done):
-            held = self.decode(history, k, total, held, start)
+            held = self.decode(history, k, total, held, start, before)
         return held
 
     def finish(self, gen: Sections, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
-        """Append and decode the section; send the whole video (after the start image) with the last one.
+        """Append and decode the section; send its segment's frames (after its start frame) with the segment's last.
 
         Returns the frames to send, when decoding ended and the history's token count.
         """
-        idx, total = gen.next_section, gen.total_sections
-        start = gen.history.num_frames - self.n * idx
-        if gen.held is None and idx > 0:  # resumed: decode the sections before again from the raw latents
-            gen.held = self.replay(gen.history, idx, total, start)
+        idx = gen.next_section
+        segs, j, i = self.locate(gen, idx)
+        seg = segs[j]
+        begin = gen.history.num_frames - self.n * idx  # latents before section 0
+        start = begin + seg.first * self.n
+        before = self.before(gen.history, segs, j, begin) if j else None
+        if gen.held is None and i > 0:  # resumed: decode the segment's sections before again from the raw latents
+            gen.held = self.replay(gen.history, i, seg.sections, start, before)
         tokens = gen.history.append(latents)
-        gen.held = self.decode(gen.history, idx, total, gen.held, start)
+        gen.held = self.decode(gen.history, i, seg.sections, gen.held, start, before)
         t_decoded = time.perf_counter()
-        if idx < total - 1:
+        if i < seg.sections - 1:
             _, _, _, h, w = gen.held.shape
             return np.zeros((0, h, w, 3), np.uint8), t_decoded, tokens
         video, gen.held = gen.held, None
-        # FramePack keeps the decode's first (4k + 1) frames; frame 0 is the start image, already sent
+        # FramePack keeps the decode's first (4k + 1) frames; frame 0 is the segment's start frame, already sent
         keep = (video.shape[2] - 1) // 4 * 4 + 1
         return to_uint8(video[0, :, 1:keep]), t_decoded, tokens

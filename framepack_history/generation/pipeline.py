@@ -159,7 +159,8 @@ class Pipeline:
         if encoder is not None and hasattr(memory, "watch"):
             memory.watch(encoder)
         #: FramePack's original model's loop (``model.loop = "inverted"``); None: the forward loop written here
-        self.loop = InvertedLoop(backbone, self.section_latent_frames) if preset.model.loop == "inverted" else None
+        self.loop = (InvertedLoop(backbone, self.section_latent_frames, preset.video) if preset.model.loop == "inverted"
+                     else None)
 
     def _phase(self, name: str, section: int | None = None) -> AbstractContextManager:
         return nullcontext() if self.memory is None else self.memory.phase(name, section)
@@ -238,6 +239,8 @@ class Pipeline:
             self.loop.encode_end(gen, (w, h), self._phase("image_encode"))
         if latents is None:  # the start frame, or the video continued chunk by chunk (what the mode reads of it)
             keep = latents_read(self.backbone, mode, int(self.option(request, "window_frames")), self.section_latent_frames)
+            if self.loop is not None:  # the original model's one latent of the past: its start latent (see .inverted)
+                keep = 1
             with torch.no_grad(), self._phase("vae_encode"):
                 latents = encode_clip(self.backbone, frames, keep)
         history.append(latents)
@@ -389,17 +392,24 @@ class Pipeline:
         return self.backbone.frame_context(gen.storyboard, gen.next_section * v.section_frames, self.section_latent_frames,
                                            v.fps, self.size_of(gen)[0], gen.history.frame_context)
 
+    def section_start(self, gen: Generation, index: int) -> float:
+        """Where section ``index`` (in the order generated) starts in the video, in seconds (its prompt's time)."""
+        v = self.preset.video
+        place = index if self.loop is None else self.loop.time_index(gen, index)  # the original model's run backward
+        return place * v.section_frames / v.fps
+
     def generate_section(self, gen: Generation, on_step: Callable[[dict], None] | None = None) -> SectionDone:
         """Denoise, decode and append the next section; advance ``gen``."""
         idx = gen.next_section
-        req, bb, v = gen.request, self.backbone, self.preset.video
-        t_start = idx * v.section_frames / v.fps
-        cond = self.text_at(gen.storyboard, t_start)
-        cond = Conditioning({**gen.image_cond.tensors, **cond.tensors})
+        req, bb = gen.request, self.backbone
+        cond = self.text_at(gen.storyboard, self.section_start(gen, idx))
+        # the original model's loop: the section's segment's start latent, end anchor and image embedding
+        image = gen.image_cond if self.loop is None else self.loop.conditioning(gen)
+        cond = Conditioning({**image.tensors, **cond.tensors})
         cfg = float(self.option(req, "cfg"))
         neg = None
         if cfg != 1.0:
-            neg = Conditioning({**gen.image_cond.tensors, **self.text(self.preset.sampling.negative_prompt).tensors})
+            neg = Conditioning({**image.tensors, **self.text(self.preset.sampling.negative_prompt).tensors})
         ctx = self.context(gen) if self.loop is None else self.loop.context(
             gen, self.option(req, "history_mode"), self.latent_shape(gen))
         guidance = float(self.option(req, "guidance"))
@@ -519,8 +529,7 @@ class Pipeline:
             if before_section is not None:
                 before_section(gen)
             idx = gen.next_section
-            t_start = idx * self.preset.video.section_frames / self.preset.video.fps
-            parts = prompt_weights(gen.storyboard, t_start)
+            parts = prompt_weights(gen.storyboard, self.section_start(gen, idx))
             blend = (parts[0][0], round(parts[1][1], 6)) if len(parts) == 2 else None
             yield SectionStarted(idx, gen.total_sections, parts[-1][0], blend)
             step_cb = None if on_step is None else (lambda info, idx=idx: on_step(idx, info))

@@ -236,7 +236,8 @@ def _start_latents(preset: Preset, bb: Any, mode: str, t: int, continue_frames: 
     A start image (or text-to-video's start frame) is one frame; a video continued is encoded in
     chunks (:mod:`.encode_chunks`), only the latents its history mode reads: all in ``encoder`` mode,
     the backbone's context (F1: 19) or the window in ``window`` mode, the last one in ``none``
-    (as ``generation.continuation.latents_read``).
+    (as ``generation.continuation.latents_read``); FramePack's original model's loop reads only the last one, its
+    start latent (``generation.inverted``).
     """
     geo = bb.geometry
     if not continue_frames:
@@ -244,6 +245,8 @@ def _start_latents(preset: Preset, bb: Any, mode: str, t: int, continue_frames: 
     keep = None
     if mode != "encoder":
         keep = max(1, (bb.context_frames or preset.history.window_frames or t) if mode == "window" else 0)
+    if preset.model.loop == "inverted":
+        keep = 1
     frames = continue_frames - first_frame(continue_frames, geo.temporal_scale, geo.causal_first_frame)
     calls = chunks(frames, geo.temporal_scale, geo.causal_first_frame, vae_tiles(getattr(bb, "vae", None)), keep)
     return sum(c.latents for c in calls), largest_call(calls)

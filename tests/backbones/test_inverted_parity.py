@@ -180,14 +180,12 @@ def test_padding_schedule() -> None:
     assert paddings(6) == [3, 2, 2, 2, 1, 0]
 
 
-def test_encoder_mode_and_continuation_are_refused(folders, backbone) -> None:
+def test_encoder_mode_is_refused(folders, backbone) -> None:
+    """The history encoder codes the past; this loop conditions on the future (storyboards, keyframes and
+    continuing a video are tests/backbones/test_inverted_segments.py's)."""
     pipe = Pipeline(backbone, None, folders["preset"])
     with pytest.raises(InputError, match="conditions on the sections after"):
         pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, image=folders["image"], history_mode="encoder"))
-    with pytest.raises(InputError, match="continue a video with an F1 preset"):
-        pipe.start(GenerationRequest(prompt=PROMPT, seconds=1.2, continue_video=folders["image"]))
-    with pytest.raises(InputError, match="a storyboard needs a forward loop"):
-        pipe.start(GenerationRequest(prompt="0s: a fox; 1s: a cat", seconds=2.4, image=folders["image"]))
 
 
 def test_end_image_is_refused_on_a_forward_loop(folders) -> None:
