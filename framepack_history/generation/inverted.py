@@ -15,7 +15,7 @@ knob; 1 is diffusers' ``last_image``), and its SigLIP embedding is averaged
 with the start image's (FramePack's pull request 167).
 
 **Segments.** Keyframes (``GenerationRequest.keyframes``) cut the video into
-segments (:func:`segments`), each one inverted run of its own, made in time
+segments (:func:`~.segments.segments`), each one inverted run of its own, made in time
 order: segment ``j`` runs from its start anchor to its end anchor, keyframe
 ``j``, which is used exactly as an end image (the first-generated section's 1x
 post latent times ``end_frame_strength``; the SigLIP embeddings of the images
@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -76,15 +75,14 @@ import torch
 
 from framepack_history.backbones.base import Backbone, Conditioning, Context
 from framepack_history.config.presets import VideoSpec
-from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
+from framepack_history.config.request import GenerationRequest, keyframe_field
 from framepack_history.errors import InputError
 from framepack_history.generation.overlap import soft_append
 from framepack_history.generation.pixels import to_pixels, to_uint8
+from framepack_history.generation.segments import END, Segment, segments
 from framepack_history.generation.video import read_image
 from framepack_history.history.state import HistoryState
 
-#: :attr:`Segment.anchor` of a segment that ends on the end image
-END = "end"
 #: conditioning tensors of a keyframed job (written with the image condition, once): the keyframes' latents
 #: times ``end_frame_strength`` ``[K, C, 1, h, w]``, and each segment's averaged SigLIP embedding ``[J, L, D]``
 KEYFRAME_ANCHORS, SEGMENT_EMBEDS = "keyframe_anchors", "segment_embeds"
@@ -106,49 +104,6 @@ def paddings(total: int) -> list[int]:
     if total > 4:  # FramePack repeats 2 rather than counting down from K-1 for long videos (it looked better)
         return [3] + [2] * (total - 3) + [1, 0]
     return list(reversed(range(total)))
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One inverted run: the video's sections ``[first, first + sections)`` (time order and generation order
-    agree between segments: segment after segment, each drawn from its end)."""
-
-    first: int
-    sections: int
-    #: what it ends on: a keyframe (its index in ``request.keyframes``), the end image (:data:`END`), or nothing
-    anchor: int | str | None
-
-
-def segments(request: GenerationRequest, total: int, video: VideoSpec) -> list[Segment]:
-    """The segments of a ``total``-section video: cut at its keyframes, each rounded to a section boundary.
-
-    A keyframe at time ``t`` ends the segment at section boundary ``round(t * fps / section_frames)``
-    (halves to even, as :meth:`VideoSpec.sections` counts the video's sections). One that leaves a
-    segment empty (rounds to 0, to the keyframe before it's boundary, or to the video's end where the
-    end image is) is refused naming it; one that rounds to the video's end is its end anchor.
-    """
-    step = video.section_frames / video.fps
-    out: list[Segment] = []
-    first = 0
-    for k, key in enumerate(getattr(request, "keyframes", None) or []):
-        b = round(float(key["time"]) * video.fps / video.section_frames)
-        where = None
-        if b <= 0:
-            where = "the video's start"
-        elif b <= first:
-            where = f"{b * step:g}s, as the keyframe before it does"
-        elif b > total or (b == total and request.end_image):
-            where = f"the video's end ({total * step:g}s)" + (", where the end image is" if request.end_image else "")
-        if where is not None:
-            raise InputError(keyframe_field(request, key), f"{keyframe_name(key)}: the original model makes the video in whole sections "
-                                         f"of {step:g}s, between keyframes; this one rounds to {where}, which leaves "
-                                         f"a segment with no section (keep keyframes at least {step:g}s apart, and "
-                                         "from the video's start and end image)")
-        out.append(Segment(first, b - first, k))
-        first = b
-    if first < total:
-        out.append(Segment(first, total - first, END if request.end_image else None))
-    return out
 
 
 class InvertedLoop:

@@ -16,6 +16,7 @@ from framepack_history.config.request import GenerationRequest, keyframe_field, 
 from framepack_history.config.storyboard import split_keyframes
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
+from framepack_history.generation.segments import segments
 from framepack_history.generation.video import read_image
 from framepack_history.lora import files
 
@@ -79,6 +80,8 @@ def admit_request(request: GenerationRequest, preset: Preset, encoder_rate: str 
     them. Returns the parsed storyboard.
     """
     board = request.validate(preset)
+    if preset.model.loop == "inverted":  # keyframes cut its video into whole-section segments: none may be empty
+        segments(request, preset.video.sections(request.seconds), preset.video)
     rates = [preset.model.encoder_rate] if preset.model.encoder else preset.model.encoder_rates
     if encoder_rate is not None and encoder_rate not in rates:
         raise InputError(rate_field, f"{encoder_rate!r} is not offered by {preset.name} (choices: {', '.join(rates)})")

@@ -16,7 +16,7 @@ from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.generation.continuation import cut, encode_clip
-from framepack_history.generation.inverted import END, Segment, segments
+from framepack_history.generation.segments import END, Segment, segments
 from framepack_history.generation.loading import load_backbone
 from framepack_history.generation.pipeline import ContextFrames, Pipeline, SectionDone, SectionStarted, to_pixels, to_uint8
 from framepack_history.generation.video import read_image, read_video, write_segment
@@ -114,6 +114,12 @@ def test_keyframe_times_round_to_section_boundaries_and_empty_segments_are_refus
         loop.check(GenerationRequest(prompt="p", seconds=4.8, keyframes=[{"time": 1.3, "image": "a.png"},
                                                                          {"time": 1.5, "image": "b.png"}]), "window", [])
     assert refused.value.field == "--keyframe"
+    from framepack_history.jobs.admission import admit_request
+
+    with pytest.raises(InputError, match=r"keyframe at 0.4s \(\[door.png\]\).*rounds to the video's start") as refused:
+        admit_request(GenerationRequest(prompt="0s: a fox; 0.4s: [door.png] a door", seconds=3.6,
+                                        image=folders["image"]), folders["preset"])  # at submit, nothing queued
+    assert refused.value.field == "--prompt"
 
 
 def test_segments_run_in_time_order_each_drawn_from_its_end(keyed) -> None:
