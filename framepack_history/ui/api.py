@@ -42,9 +42,9 @@ class ApiHandlers:
         video. ``max_history_tokens``: bounded history, at most that many history tokens (0 = no cap).
         ``lora_N``/``lora_weight_N``: up to three LoRAs (a name in ``loras/`` or a path) and their weights;
         none = the preset's LoRAs. ``cache``: step caching, off, fast or faster. ``history_merge``: what the
-        cap merges, similar or oldest. ``end_image``: the image the video ends on, with a start image, on
-        FramePack's original model's presets (others refuse it); ``end_frame_strength``: how strongly it
-        anchors the end, 0 to 1 (empty = 1). ``keyframe_images`` with ``keyframe_times``: images the video shows at
+        cap merges, similar or oldest. ``end_image``: the image the video ends on, with a start image or a video
+        to continue, on FramePack's original model's presets (others refuse it); ``end_frame_strength``: how
+        strongly it anchors the end, 0 to 1 (empty = 1). ``keyframe_images`` with ``keyframe_times``: images the video shows at
         those times (seconds, one per image, in the same order; a list or text such as ``"8, 15"``; 0 = the start
         image), on the toy and FramePack's original model's presets (others refuse them); their prompts are
         storyboard entries at the same times in ``prompt`` (which names no image files itself).
