@@ -120,7 +120,7 @@ def keyframe_updates(preset: Preset, rows: list[tuple[float, str]] | None = None
     for i in range(KEYFRAME_SLOTS):
         if rows is not None or not shown:
             t, text = rows[i] if rows is not None and i < len(rows) and shown else (None, "")
-            out += [gr.update(value=None), gr.update(value=t), gr.update(value=text)]
+            out += [gr.update(value=None), gr.update(value="" if t is None else f"{t:g}"), gr.update(value=text)]
         else:
             out += [gr.update(), gr.update(), gr.update()]
     return tuple(out)

@@ -102,7 +102,7 @@ def _times(value: Any) -> list[Any]:
 def _time(value: Any, i: int, image: Any) -> float | None:
     """Keyframe ``i``'s time in seconds (None: left empty); an error names the keyframe."""
     try:
-        return _num(value.strip() if isinstance(value, str) else value, "--keyframe")
+        return _num(value.strip().removesuffix("s").strip() if isinstance(value, str) else value, "--keyframe")  # "8s" too
     except InputError as e:
         name = f" ({Path(_path(image)).name})" if _path(image) else ""
         raise InputError("--keyframe", f"keyframe {i}{name}: its time {e.message}") from None

@@ -104,7 +104,8 @@ def test_page_rows_make_keyframes_and_storyboard_entries(served):
             out |= {f"keyframe_image_{i}": image, f"keyframe_time_{i}": t, f"keyframe_prompt_{i}": text}
         return out
 
-    spec = h.spec(*head, **rows((im["door"], 1, "the door opens"), (None, 1.5, "she walks in"), (im["start"], 0, "")))
+    spec = h.spec(*head, **rows((im["door"], "1", "the door opens"), (None, "1.5s", "she walks in"), (im["start"], 0, ""),
+                                (None, "", "")))
     r = spec.request
     assert r.prompt == "0s: a fox; 1s: the door opens; 1.5s: she walks in"  # a row without an image is an entry
     assert r.keyframes == [{"time": 1.0, "image": im["door"]}, {"time": 0.0, "image": im["start"]}]
@@ -112,7 +113,11 @@ def test_page_rows_make_keyframes_and_storyboard_entries(served):
     assert job.spec.request.image.endswith("image.png") and [k["time"] for k in job.spec.request.keyframes] == [1.0]
     h.worker.cancel(job.id)
     with pytest.raises(gr.Error, match=r"Keyframes: keyframe 1 \(door.png\): give its time in seconds"):
-        h.submit(*head, *([None] * 19), im["door"], None, "x", page=True)
+        h.submit(*head, *([None] * 19), im["door"], "", "x", page=True)  # the page sends an empty time as ""
+    with pytest.raises(gr.Error, match=r"Keyframes: keyframe 2: give its time in seconds"):
+        h.submit(*head, *([None] * 19), None, "", "", None, "", "she turns", page=True)
+    with pytest.raises(gr.Error, match=r"Keyframes: keyframe 1 \(door.png\): its time must be a number \(got 'soon'\)"):
+        h.submit(*head, *([None] * 19), im["door"], "soon", "", page=True)
     assert len([n for n in __import__("inspect").signature(h.spec).parameters if n.startswith("keyframe_")]) == \
         3 * KEYFRAME_SLOTS
 
@@ -128,7 +133,7 @@ def test_reuse_settings_gives_back_times_and_prompts_never_paths(served, keyed):
     updates = h.reuse_settings(None, keyed["path"])[-(1 + 3 * KEYFRAME_SLOTS):]
     assert updates[0]["visible"] is True
     assert [u["value"] for u in updates[1::3]] == [None] * KEYFRAME_SLOTS  # no image path handed back
-    assert [u["value"] for u in updates[2:7:3]] == [0.5, 1.0] and updates[3]["value"] == "camera holds"
+    assert [u["value"] for u in updates[2:7:3]] == ["0.5", "1"] and updates[3]["value"] == "camera holds"
     # resubmitted as it comes back (images uploaded again), the storyboard is the same
     again = h.spec(values["prompt"], None, None, 1.0, 0, TINY, keyframe_image_1=served["images"]["door"],
                    keyframe_time_1=0.5, keyframe_prompt_1="camera holds", keyframe_time_2=1.0, keyframe_prompt_2="")

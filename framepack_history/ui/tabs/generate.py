@@ -73,7 +73,7 @@ class Form:
     end_strength: gr.Slider
     #: the keyframe list (shown on presets that allow keyframes) and its rows: image, time, prompt each
     keyframes: gr.Accordion
-    keyframe_rows: tuple[tuple[gr.Image, gr.Number, gr.Textbox], ...]
+    keyframe_rows: tuple[tuple[gr.Image, gr.Textbox, gr.Textbox], ...]
 
     @property
     def keyframe_values(self) -> list[Component]:
@@ -181,7 +181,7 @@ def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], def
                 keyframes, keyframe_rows)
 
 
-def keyframe_list(preset: Preset) -> tuple[gr.Accordion, tuple[tuple[gr.Image, gr.Number, gr.Textbox], ...]]:
+def keyframe_list(preset: Preset) -> tuple[gr.Accordion, tuple[tuple[gr.Image, gr.Textbox, gr.Textbox], ...]]:
     """Keyframe rows: an image the video shows at a time, and the prompt from then on (the storyboard entry).
 
     Shown on presets that allow keyframes (the preset's choice shows or hides it again: ``keyframe_updates``).
@@ -191,12 +191,14 @@ def keyframe_list(preset: Preset) -> tuple[gr.Accordion, tuple[tuple[gr.Image, g
         gr.Markdown(KEYFRAME_HINT)
         for i in range(1, KEYFRAME_SLOTS + 1):
             with gr.Row(equal_height=True):
-                image = gr.Image(label=f"Keyframe {i}", type="filepath", height=110, sources=["upload", "clipboard"],
-                                 elem_id=f"fph-keyframe-image-{i}", scale=2, min_width=120)
-                time = gr.Number(value=None, minimum=0, label="at (seconds)", elem_id=f"fph-keyframe-time-{i}",
-                                 scale=1, min_width=90)
-                prompt = gr.Textbox(label="prompt from then on (optional)", lines=2, max_length=500,
-                                    elem_id=f"fph-keyframe-prompt-{i}", scale=3)
+                image = gr.Image(label=f"Keyframe {i}", type="filepath", height=130, sources=["upload", "clipboard"],
+                                 elem_id=f"fph-keyframe-image-{i}", scale=1, min_width=140)
+                with gr.Column(scale=2, min_width=160):
+                    # text, not gr.Number: a number field shows and sends 0 when left empty, which is a time
+                    time = gr.Textbox(label="at (seconds)", placeholder="e.g. 8", max_length=20,
+                                      elem_id=f"fph-keyframe-time-{i}")
+                    prompt = gr.Textbox(label="prompt from then on (optional)", max_length=500,
+                                        elem_id=f"fph-keyframe-prompt-{i}")
             rows.append((image, time, prompt))
     return box, tuple(rows)
 
