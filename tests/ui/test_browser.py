@@ -193,3 +193,16 @@ def test_the_plan_follows_the_typed_cap_and_merge_rule(page):
     cap.fill("0")
     page.locator("#fph-plan").click()  # leaving the field re-plans too
     expect(plan).not_to_contain_text("capped at", timeout=STALL_MS)
+
+
+def test_a_keyframe_rows_prompt_needs_its_time(page):
+    """The Keyframes list (shown for the toy): a row left without a time sends none, so it is refused by name, not
+    taken as 0 s (a number field would send 0)."""
+    page.locator("#fph-keyframes").get_by_text("Keyframes").first.click()
+    prompt = page.locator("#fph-keyframe-prompt-2 input, #fph-keyframe-prompt-2 textarea").first
+    expect(page.locator("#fph-keyframe-time-2 input, #fph-keyframe-time-2 textarea").first).to_have_value("")
+    page.get_by_label("Prompt or storyboard").fill("camera pans left")
+    prompt.fill("camera holds")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text("Keyframes: keyframe 2: give its time in seconds").first).to_be_visible(timeout=15_000)
+    prompt.fill("")
