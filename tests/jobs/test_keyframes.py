@@ -102,8 +102,15 @@ def test_a_storyboard_edit_keeps_the_jobs_keyframes_and_cannot_add_one(images, t
 
 def test_a_keyframed_job_crashed_and_resumed_from_its_folder_is_frame_identical(toy_pipeline, images, tmp_path):
     """The job folder's request (its keyframes the kept copies) resumes to the frames of an uninterrupted run."""
+    import torch
+
     from framepack_history.jobs.render import render
     from tests.jobs.test_checkpoint import CrashingJobDir, _Crash, decoded
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # adaLN-zero: a fresh tiny DiT reads no context; perturbed, the keyframes change the frames
+        for p in toy_pipeline.backbone.dit.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
     def admitted() -> GenerationRequest:
         r = GenerationRequest(prompt=f"0s: camera pans left; 1s: [{images['door']}] camera holds", seconds=2, seed=5,
@@ -113,6 +120,9 @@ def test_a_keyframed_job_crashed_and_resumed_from_its_folder_is_frame_identical(
 
     straight = admitted()
     render(toy_pipeline, straight, tmp_path / "straight.mp4", tmp_path / "seg-a")
+    plain = GenerationRequest(prompt="0s: camera pans left; 1s: camera holds", seconds=2, seed=5, steps=1)
+    render(toy_pipeline, plain, tmp_path / "plain.mp4", tmp_path / "seg-p")
+    assert not np.array_equal(decoded(tmp_path / "plain.mp4"), decoded(tmp_path / "straight.mp4"))  # they count
     request = admitted()
     job = CrashingJobDir(tmp_path / "job", "before_cleanup", section=2)
     keep_inputs(request, job.root / "inputs")
