@@ -91,7 +91,9 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
         try:
             spec = make_spec()
             spec.owner = owner
-            model = load_preset(spec.preset).model
+            preset = load_preset(spec.preset)
+            spec.request.validate(preset)  # as the CLI: a request the preset refuses says so before missing weights do
+            model = preset.model
             if gone := hub.missing(model):  # a job never starts a silent multi-GB download
                 raise InputError("weights", hub.missing_message(model, gone, spec.preset))
             return self.worker.submit(spec)

@@ -140,6 +140,19 @@ def test_reuse_settings_gives_back_times_and_prompts_never_paths(served, keyed):
     assert again.request.prompt == keyed["data"]["request"]["prompt"]
 
 
+def test_an_f1_preset_refuses_keyframes_before_missing_weights(served):
+    """On the page (and the API) as on the command line: the refusal names the original-model presets, even where the
+    F1 weights are not downloaded."""
+    import gradio as gr
+
+    from framepack_history.ui.handlers import Handlers
+
+    h = Handlers(served["worker"], TINY, [TINY, "rtx4090-24gb"])
+    with pytest.raises(gr.Error, match=r"Keyframes: keyframe at 1s \(\[door.png\]\): keyframes need the original model: "
+                                       r"presets framepack-original-12gb, framepack-original-24gb or framepack-original-80gb"):
+        h.submit("a fox", None, None, 2.0, 0, "rtx4090-24gb", *([None] * 19), served["images"]["door"], "1", "", page=True)
+
+
 def test_the_list_shows_only_where_the_preset_allows_keyframes():
     shown = keyframe_updates(load_preset(TINY))
     assert shown[0]["visible"] is True and all("value" not in u for u in shown[1:])  # the user's rows stay
