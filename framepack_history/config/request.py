@@ -7,6 +7,7 @@ no file read and returns the parsed storyboard.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +182,7 @@ class GenerationRequest:
         if len(found) > MAX_KEYFRAMES:
             raise InputError(found[MAX_KEYFRAMES][1], f"{found[MAX_KEYFRAMES][2]}: at most {MAX_KEYFRAMES} keyframes")
         found.sort(key=lambda f: f[0]["time"])
-        for (a, _, first), (b, field, entry) in zip(found, found[1:]):
+        for (a, _, first), (b, field, entry) in itertools.pairwise(found):
             if abs(a["time"] - b["time"]) < 1e-6:
                 raise InputError(field, f"{entry}: {first} is at the same time; one image per time")
         kept: list[dict[str, Any]] = []
