@@ -186,6 +186,7 @@ class GenerationRequest:
             if abs(a["time"] - b["time"]) < 1e-6:
                 raise InputError(field, f"{entry}: {first} is at the same time; one image per time")
         kept: list[dict[str, Any]] = []
+        start = None  # a keyframe at 0 s: taken as the start image once every keyframe has passed
         for kf, field, entry in found:
             t = kf["time"]
             if t < -1e-9 or t > self.seconds + 1e-9:
@@ -196,13 +197,14 @@ class GenerationRequest:
                                             "already: give one or the other")
                 if self.continue_video:
                     raise InputError(field, f"{entry} would be a start image; a continued video starts from its own frames")
-                self.image = kf["image"]
+                start = kf["image"]
                 continue
             if self.end_image and abs(t - self.seconds) < 1e-6:
                 raise InputError(field, f"{entry} is the video's last frame, as the end image (--end-image) is; "
                                         "give one or the other")
             fields[t] = field
             kept.append(kf)
+        self.image = start or self.image
         self.prompt = prompt
         self.keyframes = kept
         self._keyframe_fields = fields  # not a field: admission's messages only, never stored

@@ -111,3 +111,10 @@ def test_the_command_line_form_and_the_page_rows():
         with_entries("0s: a; 8s: b", [(8, "c")])
     row = row_of("keyframes")
     assert (row.flag, row.api, row.label, row.preset) == ("--keyframe", "keyframe_images", "Keyframes", None)
+
+
+def test_a_refused_request_is_left_as_it_was(toy):
+    """A 0 s keyframe becomes the start image only when the whole list passes."""
+    r = GenerationRequest(prompt="0s: [a.png] x; 1s: y", seconds=2, keyframes=[{"time": 3, "image": "b.png"}])
+    _refusal(r, toy)
+    assert r.image is None and r.prompt == "0s: [a.png] x; 1s: y" and r.keyframes == [{"time": 3, "image": "b.png"}]
