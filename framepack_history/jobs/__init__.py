@@ -8,6 +8,7 @@
 * :mod:`.checkpoint` — job folders: a checkpoint after every section, resume;
 * :mod:`.model_cache` — backbones loaded on first need, kept LRU;
 * :mod:`.steering`, :mod:`.extend`, :mod:`.recall` — storyboard edits, extending a finished job, the memory inspector;
+* :mod:`.tools` — finishing tools (loop, join, export, upscale, interpolate) as jobs that load no model;
 * :mod:`.studio` — a shared studio: who may see which job.
 
 Never imported by :mod:`framepack_history.training`; imported by :mod:`framepack_history.cli` and the page.

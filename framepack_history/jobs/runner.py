@@ -23,6 +23,7 @@ from framepack_history.errors import Cancelled, InputError, OutOfMemoryFailure, 
 from framepack_history.generation.video import concat_segments, count_frames, write_json
 from framepack_history.jobs.checkpoint import JobDir, Resumed
 from framepack_history.jobs.store import Job, JobSpec, JobStore, Progress
+from framepack_history.jobs.tools import ToolSpec, run_tool
 
 if TYPE_CHECKING:
     from framepack_history.generation.pipeline import Pipeline
@@ -61,6 +62,10 @@ class JobRunner:
 
     def run(self, job: Job) -> None:
         """Run ``job`` to its end; every outcome (done, cancelled, failed) is recorded, none raises."""
+        if isinstance(job.spec, ToolSpec):  # a finishing tool: no model, no pipeline
+            run_tool(self.store, job, self.preview_every_s)
+            self._write_job_file(job)
+            return
         t_start = time.perf_counter()
         jd = self.job_dir(job.id)
         loaded = self._load(job, jd)

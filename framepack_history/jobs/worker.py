@@ -45,6 +45,7 @@ from framepack_history.jobs.queue import JobQueue
 from framepack_history.jobs.recall import Inspector
 from framepack_history.jobs.runner import JobRunner, record_status
 from framepack_history.jobs.store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
+from framepack_history.jobs.tools import finished_video, keep_uploads, output_of, tool_spec, write_record
 from framepack_history.lora.files import adapter_numel, locate
 
 __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progress", "Worker", "past_results", "plan_lines"]
@@ -336,6 +337,32 @@ class Worker:
 
         self.queue.put(new_id, admit)
         return job[0]
+
+    # ------------------------------------------------------------- finishing tools
+    def submit_tool(self, tool: str, settings: dict[str, Any], job_ids: list[str] = (), files: list[str] = (),
+                    owner: str | None = None) -> Job:
+        """Queue a finishing tool (:mod:`.tools`) on finished jobs' videos, then uploaded ``files``, in that order.
+
+        Checked before it is queued (:class:`InputError` naming the field); the lane runs it in queue order
+        with the generation jobs, into a folder of its own; the sources are never written to.
+        """
+        sources = [{"job": i, "file": str(finished_video(self.store, self.job_dir(i), i))} for i in job_ids]
+        sources += [{"job": None, "file": str(f)} for f in files]
+        self.queue.check_room()
+        spec = tool_spec(tool, sources, settings, owner)
+        job_id = new_job_id()
+        job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
+
+        def admit() -> None:
+            try:
+                keep_uploads(spec, job.folder / "inputs")
+                write_record(self.job_dir(job_id), spec, output_of(job), job.folder)
+            except OSError as e:
+                raise InputError("job", f"could not write its job folder ({e.strerror or e})") from None
+            self.store.add(job)
+
+        self.queue.put(job_id, admit)
+        return job
 
     # ----------------------------------------------------------------- thread
     def _loop(self, lane: Lane) -> None:
