@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 
 from framepack_history.cli.download import add_parser as add_download_parser
 from framepack_history.cli.download import run as cmd_download
+from framepack_history.cli.finish import COMMANDS as finishing_commands
+from framepack_history.cli.finish import add_parsers as add_finishing_parsers
 from framepack_history.cli.plan import add_parser as add_plan_parser
 from framepack_history.cli.plan import run as cmd_plan
 from framepack_history.cli.prepare import add_parser as add_prepare_parser
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub)  # plan: predicted memory per phase
 
     add_download_parser(sub)  # download: a preset's weights
+    add_finishing_parsers(sub)  # loop, join, export, upscale, interpolate: finishing a video
     return p
 
 
@@ -364,6 +367,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "extend": cmd_extend,
                 "inspect": cmd_inspect, "plan": cmd_plan,
-                "download": cmd_download, "prepare-data": cmd_prepare, **training_commands}[args.command](args)
+                "download": cmd_download, "prepare-data": cmd_prepare, **training_commands, **finishing_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)
