@@ -15,7 +15,7 @@ from typing import Any
 
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json
-from framepack_history.generation.finishing import FORMATS, LOOP_MODES, check, finish, output_suffix
+from framepack_history.generation.finishing import FORMATS, LOOP_MODES, SETTINGS, check, finish, output_suffix
 from framepack_history.jobs.tools import tool_sidecar
 
 
@@ -63,9 +63,7 @@ def _common(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The tool's settings from its flags."""
-    names = {"loop": ("mode", "fade_frames"), "join": (), "export": ("format", "quality"),
-             "upscale": ("scale", "method"), "interpolate": ("factor",)}[args.command]
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in SETTINGS[args.command]}
 
 
 def output_for(tool: str, inputs: list[Path], settings: dict[str, Any], out: str | None) -> Path:

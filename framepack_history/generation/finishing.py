@@ -31,6 +31,9 @@ from framepack_history.fsio import atomic_path
 from framepack_history.generation.video import MAX_IMAGE_PIXELS, _ffmpeg, _ffmpeg_streams, probe_video
 
 TOOLS = ("loop", "join", "export", "upscale", "interpolate")
+#: each tool's settings (the CLI's flags and the API's keys)
+SETTINGS = {"loop": ("mode", "fade_frames"), "join": (), "export": ("format", "quality"),
+            "upscale": ("scale", "method"), "interpolate": ("factor",)}
 LOOP_MODES = ("pingpong", "crossfade")
 UPSCALE_METHODS = ("nearest", "bicubic")
 SCALES = (2, 4)
@@ -393,6 +396,10 @@ def check(tool: str, inputs: list[str | Path], settings: dict[str, Any], field: 
     """
     if tool not in TOOLS:
         raise InputError("tool", f"must be one of {', '.join(TOOLS)} (got {tool!r})")
+    settings = {k: v for k, v in settings.items() if v is not None}  # None: the default
+    if unknown := sorted(set(settings) - set(SETTINGS[tool])):
+        raise InputError("settings", f"{tool} has no setting {', '.join(map(repr, unknown))} "
+                                     f"(it takes {', '.join(SETTINGS[tool]) or 'none'})")
     if tool == "join":
         check_join(list(inputs), field)
         return {}

@@ -1,4 +1,4 @@
-"""The HTTP API (gradio_client): ``/generate``, ``/cancel``, ``/status``, ``/resume``, ``/recall``, ``/steer``, ``/extend``.
+"""The HTTP API (gradio_client): ``/generate``, ``/cancel``, ``/status``, ``/resume``, ``/recall``, ``/steer``, ``/extend``, ``/tool``.
 
 Hidden components carry the endpoints that take files or the page's own inputs; the rest are plain functions.
 """
@@ -10,6 +10,7 @@ import gradio as gr
 from framepack_history.ui.api import generate_inputs
 from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.memory_tab import MemoryTab
+from framepack_history.ui.tools_api import build_tool_endpoints
 
 
 def build_endpoints(h: Handlers, memory: MemoryTab) -> None:
@@ -30,3 +31,4 @@ def build_endpoints(h: Handlers, memory: MemoryTab) -> None:
                             api_recall_outputs, api_name="recall", concurrency_limit=1)
     gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
     gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
+    build_tool_endpoints(h)  # /tool: loop, join, export, upscale, interpolate

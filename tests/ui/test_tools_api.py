@@ -1,0 +1,63 @@
+"""``/tool`` over HTTP: an uploaded video, then a finished job picked by id; bad input refused by name."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from framepack_history.generation.finishing import inspect_video
+from framepack_history.generation.video import count_frames, write_segment
+from tests.app_process import app_client
+from tests.ui.test_app_api import ROOT, TINY
+
+sys.path.insert(0, str(ROOT))  # app.py lives at the top level
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with app_client(tmp_path_factory, "--preset", TINY) as c:
+        yield c
+
+
+def test_tool_on_an_upload_then_on_the_finished_job(client, tmp_path):
+    from gradio_client import handle_file
+
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    src = write_segment(frames, tmp_path / "mine.mp4", fps=4)
+    view, video = client.predict("upscale", None, [handle_file(str(src))], {"scale": 2, "method": "bicubic"}, True,
+                                 api_name="/tool")
+    assert view["status"] == "done" and view["tool"]["name"] == "upscale"
+    assert view["tool"]["settings"] == {"scale": 2, "method": "bicubic"} and view["tool"]["sources"] == ["mine.mp4"]
+    assert inspect_video(video).size == (64, 64) and count_frames(video) == 4
+    assert not view["folder"].startswith("/")  # relative to outputs/, as /status shows jobs
+
+    # a Gallery pick: the finished job's id; queued and followed through /status
+    queued, none = client.predict("interpolate", view["id"], None, {"factor": 2}, False, api_name="/tool")
+    assert none is None and queued["status"] in ("queued", "running", "done")
+    job = client.worker.store.get(queued["id"])
+    while not job.terminal:
+        job = client.worker.store.wait(job.id, job.version, 5.0)
+    status = client.predict(queued["id"], api_name="/status")
+    assert status["status"] == "done", status["message"]
+    assert count_frames(client.outputs / status["video"]) == 8
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("upscale", None, "UPLOAD", {"scale": 3}), "scale: must be 2 or 4"),
+    (("upscale", None, "UPLOAD", {"method": "x4.pth"}), "method: x4.pth is a pickle"),
+    (("upscale", None, "UPLOAD", {"scael": 2}), "settings: upscale has no setting 'scael'"),
+    (("interpolate", "no-such-job", None, {}), "job: no"),
+    (("join", None, "UPLOAD", {}), "input: join needs at least two videos"),
+])
+def test_bad_input_is_refused_before_queueing(client, tmp_path, args, words):
+    from gradio_client import handle_file
+
+    src = write_segment(np.zeros((3, 32, 32, 3), np.uint8), tmp_path / "a.mp4", fps=4)
+    before = len(client.worker.store.jobs())
+    files = [handle_file(str(src))] if args[2] == "UPLOAD" else None
+    with pytest.raises(Exception, match=words):
+        client.predict(args[0], args[1], files, args[3], False, api_name="/tool")
+    assert len(client.worker.store.jobs()) == before
