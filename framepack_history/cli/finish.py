@@ -107,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
     sidecar = out.with_suffix(".json")
     atomic_write_json(sidecar, tool_sidecar(tool, settings, sources, result, time.perf_counter() - t0))
-    shape = f"{result['size'][0]}x{result['size'][1]}, {result['frames']} frames at {result['fps']:g} fps" if "size" in result else tool
+    shape = tool
+    if "size" in result:
+        shape = f"{result['size'][0]}x{result['size'][1]}, {result['frames']} frames at {result['fps']:g} fps"
     print(f"wrote {out} ({shape}) and {sidecar}")
     return 0
 

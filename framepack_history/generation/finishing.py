@@ -192,7 +192,7 @@ def interpolate_frames(frames: Iterable[np.ndarray], factor: int) -> Iterator[np
 
 
 def interpolate(frames: np.ndarray, factor: int = 2) -> np.ndarray:
-    """``F`` frames as ``F * factor``: blends between neighbours (see :func:`interpolate_frames`); fps becomes ``factor * fps``."""
+    """``F`` frames as ``F * factor``, blends between neighbours (:func:`interpolate_frames`); the fps is ``factor * fps``."""
     return np.stack(list(interpolate_frames(frames, check_factor(factor))))
 
 

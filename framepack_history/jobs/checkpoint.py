@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from framepack_history.generation.pipeline import Generation, Pipeline
 
 FORMAT = 1  # request.json
+#: ``request.json`` of a finishing tool's job (:mod:`.tools`): a record (owner, sources, output), with no history
+TOOL_FORMAT = "tool"
 CHECKPOINT_FORMAT = 2  # checkpoint.json: 1 = whole history rewritten per checkpoint, 2 = chunks
 REQUEST, PRESET, CHECKPOINT = "request.json", "preset.json", "checkpoint.json"
 COND, CHUNKS = "cond.safetensors", "history"
@@ -169,6 +171,9 @@ class JobDir:
         """The request and preset of this job (:class:`InputError` if the folder is not a job's)."""
         where = str(self.root)
         data = _read_json(self.root / REQUEST, where)
+        if data.get("format") == TOOL_FORMAT:
+            raise InputError("job", f"{self.id} is a finishing tool's job ({data.get('tool')}): it has no history to "
+                                    "resume, extend or steer")
         if data.get("format") != FORMAT:
             raise InputError(where, f"job format {data.get('format')!r} is not {FORMAT}; resume it with the version that wrote it")
         try:

@@ -26,13 +26,11 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import Cancelled, InputError
 from framepack_history.fsio import atomic_write_json
 from framepack_history.generation.finishing import check, finish, inspect_video, output_suffix
-from framepack_history.jobs.checkpoint import REQUEST, JobDir
+from framepack_history.jobs.checkpoint import REQUEST, TOOL_FORMAT, JobDir
 from framepack_history.jobs.store import Job, JobSpec, JobStore
 
 log = logging.getLogger(__name__)
 
-#: ``request.json`` of a tool job's folder says this: a record (owner, sources, output), never resumed
-TOOL_FORMAT = "tool"
 SIDECAR_FORMAT = 1
 
 
@@ -55,7 +53,7 @@ class ToolSpec(JobSpec):
 
 def describe(tool: str, settings: dict[str, Any], sources: list[dict[str, Any]]) -> str:
     """One line for the queue: ``upscale scale=2 method=bicubic · 101010-abcdef``."""
-    names = ", ".join(s.get("job") or Path(s["file"]).name for s in sources)
+    names = ", ".join(s.get("job") or s.get("name") or Path(s["file"]).name for s in sources)
     return " ".join([tool, *(f"{k}={v}" for k, v in settings.items())]) + f" · {names}"
 
 

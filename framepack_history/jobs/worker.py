@@ -45,7 +45,7 @@ from framepack_history.jobs.queue import JobQueue
 from framepack_history.jobs.recall import Inspector
 from framepack_history.jobs.runner import JobRunner, record_status
 from framepack_history.jobs.store import STATUSES, TERMINAL, Job, JobSpec, JobStore, Progress, new_job_id
-from framepack_history.jobs.tools import finished_video, keep_uploads, output_of, tool_spec, write_record
+from framepack_history.jobs.tools import describe, finished_video, keep_uploads, output_of, tool_spec, write_record
 from framepack_history.lora.files import adapter_numel, locate
 
 __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progress", "Worker", "past_results", "plan_lines"]
@@ -405,8 +405,11 @@ def _caption(sidecar: Path, video: Path) -> str:
     """A gallery caption: the video's length (when recorded), whether it was cancelled, and its prompt."""
     try:
         data = json.loads(sidecar.read_text())
-        prompt = str(data["request"]["prompt"] or "")
-    except (OSError, ValueError, KeyError, TypeError):
+        if "tool" in data:  # a finishing tool's output says what was done to what
+            prompt = describe(data["tool"], data["settings"], data["sources"])
+        else:
+            prompt = str(data["request"]["prompt"] or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return video.parent.name[:80]
     seconds = data.get("seconds")
     head = f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else ""

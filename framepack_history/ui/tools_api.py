@@ -74,7 +74,9 @@ def _ids(job_ids: Any) -> list[str]:
 
 def _path(f: Any) -> str:
     """An uploaded file's path (gradio gives a path, or a file object with one)."""
-    path = f if isinstance(f, str) else f.get("path") if isinstance(f, dict) else getattr(f, "path", None) or getattr(f, "name", None)
+    if isinstance(f, str):
+        return f
+    path = f.get("path") if isinstance(f, dict) else getattr(f, "path", None) or getattr(f, "name", None)
     if not path:
         raise InputError("files", f"an upload without a file (got {type(f).__name__})")
     return str(path)

@@ -16,7 +16,7 @@ from framepack_history.generation import finishing
 from framepack_history.generation.video import count_frames, write_segment
 from framepack_history.jobs.store import JobSpec
 from framepack_history.jobs.tools import ToolSpec
-from framepack_history.jobs.worker import Worker
+from framepack_history.jobs.worker import Worker, past_results
 from tests.jobs.test_jobs import TINY, wait
 
 
@@ -71,6 +71,11 @@ def test_an_upload_is_copied_into_the_job_and_the_sidecar_names_it(worker, tmp_p
     (source,) = side["sources"]
     assert source["name"] == "mine.mp4" and source["sha256"] == digest(src)
     assert Path(source["file"]).parent == job.folder / "inputs"
+    (shown,) = past_results(worker.outputs)  # the Gallery says what was done to what
+    assert shown == (str(job.video), "2.5 s · loop mode=pingpong · mine.mp4")
+    with pytest.raises(InputError, match="finishing tool's job") as e:  # no history to extend
+        worker.extend(job.id, None, 1.0)
+    assert e.value.field == "job"
 
 
 def test_cancel_a_running_tool_job_leaves_no_video(worker, tmp_path, monkeypatch):
