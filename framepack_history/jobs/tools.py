@@ -25,9 +25,20 @@ from typing import Any
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import Cancelled, InputError
 from framepack_history.fsio import atomic_write_json
-from framepack_history.generation.finishing import check, finish, inspect_video, output_suffix
+from framepack_history.generation.finishing import (  # the constants: what the page offers (it imports no generation)
+    FORMATS,
+    LOOP_MODES,
+    SETTINGS,
+    TOOLS,
+    check,
+    finish,
+    inspect_video,
+    output_suffix,
+)
 from framepack_history.jobs.checkpoint import REQUEST, TOOL_FORMAT, JobDir
 from framepack_history.jobs.store import Job, JobSpec, JobStore
+
+__all__ = ["FORMATS", "LOOP_MODES", "SETTINGS", "TOOLS", "ToolSpec", "finished_video", "run_tool", "tool_sidecar", "tool_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +208,8 @@ def run_tool(store: JobStore, job: Job, every_s: float = 0.5) -> None:
         def done(j: Job) -> None:
             j.progress.sections_done = 1
             j.status, j.video, j.sidecar, j.message, j.finished = "done", out, sidecar, "", time.time()
+            if out.suffix == ".mp4":  # the page's player plays segments: the result is the one
+                j.segments = [out]
 
         store.mutate(job, done)
 

@@ -26,6 +26,7 @@ from framepack_history.ui.tabs.gallery import build_gallery_tab
 from framepack_history.ui.tabs.generate import build_generate
 from framepack_history.ui.tabs.memory import build_memory_tab
 from framepack_history.ui.tabs.queue import build_queue_tab, keep_listed
+from framepack_history.ui.tabs.tools import build_tools_tab
 from framepack_history.ui.weights import WeightsPanel
 
 CSS = """
@@ -78,6 +79,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         with gr.Tabs():
             queue = build_queue_tab(h, stage)
             gallery = build_gallery_tab(h, form, stage)
+            build_tools_tab(h, gallery, stage)
             build_memory_tab(demo, memory, preset)
         keep_listed(demo, h, gr.Timer(2.0), seen, queue, gallery)
         build_endpoints(h, memory)

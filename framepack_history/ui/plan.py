@@ -11,6 +11,7 @@ from framepack_history.config.presets import START_FRAMES, Preset, load_preset
 from framepack_history.errors import InputError
 from framepack_history.jobs.admission import least_cap
 from framepack_history.jobs.store import Job
+from framepack_history.jobs.tools import ToolSpec
 from framepack_history.jobs.worker import plan_lines
 from framepack_history.lora.files import available
 from framepack_history.ui.context import PageContext
@@ -27,6 +28,8 @@ class PlanInfo(PageContext):
 
     def plan_md(self, job: Job) -> str:
         """A queued or running job's plan, with the history tokens it holds so far."""
+        if isinstance(job.spec, ToolSpec):  # a finishing tool loads no model
+            return f"**{job.spec.tool}**: no model; ffmpeg and numpy on the CPU"
         r = job.spec.request
         size = (r.width, r.height) if r.width and r.height else None  # the request's resolution bucket
         loras = tuple(e["path"] if e.get("path") else e["name"] for e in r.loras or ())

@@ -16,14 +16,14 @@ import gradio as gr
 from framepack_history.errors import InputError
 from framepack_history.jobs.store import Job
 from framepack_history.jobs.studio import client_view
-from framepack_history.jobs.tools import ToolSpec
-from framepack_history.ui.context import PageContext
+from framepack_history.jobs.tools import SETTINGS, ToolSpec
+from framepack_history.ui.gallery_actions import GalleryActions
 
 
 class ToolsApi:
     """The ``/tool`` endpoint of one page's context (its worker, its studio, who asks)."""
 
-    def __init__(self, page: PageContext) -> None:
+    def __init__(self, page: GalleryActions) -> None:
         self.page = page
 
     def api_tool(self, tool: str, job_ids: Any = None, files: Any = None, settings: Any = None, wait: bool = False,
@@ -51,6 +51,24 @@ class ToolsApi:
         if wait and job.status != "done":
             raise gr.Error(page.studio.say(f"job {job.id} {job.status}: {job.message}"))
         return self.view(job), str(job.video) if wait else None
+
+    def page_tool(self, video: str | None, tool: str, join_with: Any, *values: Any,
+                  request: gr.Request | None = None) -> tuple[str, str]:
+        """The Tools tab's Run: ``tool`` on the video picked in the Gallery (then ``join_with``'s jobs, for a join).
+
+        ``values``: every tool's settings in :data:`SETTINGS` order; the tool takes its own. Returns the new
+        job's id and progress box (the stage follows it).
+        """
+        page = self.page
+        names = [name for names in SETTINGS.values() for name in names]
+        given = dict(zip(names, values, strict=True))
+        try:
+            ids = [page.own(page.job_of_video(video), request), *(page.own(i, request) for i in _ids(join_with))]
+            settings = {name: given[name] for name in SETTINGS.get(tool, ())}
+            job = page.worker.submit_tool(str(tool or ""), settings, job_ids=ids, owner=page.user(request))
+        except InputError as e:
+            raise page._error(e, f"Can't {tool} this video") from None
+        return job.id, page.html(job)
 
     def view(self, job: Job) -> dict:
         """A tool job as clients see it (``/status``'s view, plus the tool and its settings)."""
@@ -82,7 +100,7 @@ def _path(f: Any) -> str:
     return str(path)
 
 
-def build_tool_endpoints(page: PageContext) -> ToolsApi:
+def build_tool_endpoints(page: GalleryActions) -> ToolsApi:
     """Register ``/tool`` (call it inside the page's ``gr.Blocks``)."""
     api = ToolsApi(page)
     button = gr.Button(visible=False)

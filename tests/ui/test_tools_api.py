@@ -61,3 +61,38 @@ def test_bad_input_is_refused_before_queueing(client, tmp_path, args, words):
     with pytest.raises(Exception, match=words):
         client.predict(args[0], args[1], files, args[3], False, api_name="/tool")
     assert len(client.worker.store.jobs()) == before
+
+
+def test_the_tools_tab_runs_on_the_gallery_pick(tmp_path):
+    import gradio as gr
+
+    from framepack_history.jobs.worker import Worker
+    from framepack_history.ui.handlers import Handlers
+    from framepack_history.ui.tools_api import ToolsApi
+
+    worker = Worker(tmp_path / "outputs", preview_every_s=0.0).start()
+    try:
+        src = write_segment(np.zeros((3, 32, 32, 3), np.uint8) + 60, tmp_path / "a.mp4", fps=4)
+        first = worker.submit_tool("loop", {"mode": "pingpong"}, files=[str(src)])
+        while not first.terminal:
+            worker.store.wait(first.id, first.version, 5.0)
+        h = Handlers(worker, TINY, [TINY])
+        (picked, caption), = h.gallery()
+        assert "loop mode=pingpong" in caption
+        tools = ToolsApi(h)
+        # every tool's settings, in SETTINGS order: mode, fade_frames, format, quality, scale, method, factor
+        values = ("pingpong", 8.0, "h264", None, 2, "bicubic", 4)
+        job_id, box = tools.page_tool(picked, "interpolate", "", *values)
+        assert job_id in box and "plan" not in box
+        job = worker.store.get(job_id)
+        while not job.terminal:
+            job = worker.store.wait(job_id, job.version, 5.0)
+        assert job.status == "done", job.message
+        assert count_frames(job.video) == 4 * 4 and job.segments == [job.video]  # the stage's player plays it
+        assert h.plan_md(job).startswith("**interpolate**")
+        with pytest.raises(gr.Error, match="pick a video in the Gallery first"):
+            tools.page_tool(None, "upscale", "", *values)
+        with pytest.raises(gr.Error, match="join needs at least two videos"):
+            tools.page_tool(picked, "join", "", *values)
+    finally:
+        worker.stop(timeout=10)

@@ -3,7 +3,7 @@
 * :mod:`.first_screen` — which preset runs, what it needs, the Download button;
 * :mod:`.generate` — the form (prompt, inputs, advanced settings, LoRAs) and the job buttons beside it;
 * :mod:`.stage` — where the followed job plays (player, preview, progress, plan, files);
-* :mod:`.queue`, :mod:`.gallery`, :mod:`.memory` — the tabs under them;
+* :mod:`.queue`, :mod:`.gallery`, :mod:`.tools`, :mod:`.memory` — the tabs under them;
 * :mod:`.endpoints` — the HTTP API's named endpoints.
 
 A builder returns a small record of the components other parts need; :func:`..layout.build_app` composes them.
