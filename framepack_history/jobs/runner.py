@@ -21,7 +21,7 @@ from framepack_history.config.presets import Preset, load_preset
 from framepack_history.device import free_device_memory
 from framepack_history.errors import Cancelled, InputError, OutOfMemoryFailure, WeightsNotFoundError
 from framepack_history.generation.video import concat_segments, count_frames, write_json
-from framepack_history.jobs.checkpoint import JobDir, Resumed
+from framepack_history.jobs.checkpoint import CHECKPOINT, JobDir, Resumed
 from framepack_history.jobs.store import Job, JobSpec, JobStore, Progress
 from framepack_history.jobs.tools import ToolSpec, run_tool
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def record_status(jd: JobDir, status: str, message: str = "") -> None:
     """Write ``status`` into a job folder if there is one; a failure is logged, never raised."""
     try:
-        if jd.exists():
+        if jd.exists() and (jd.root / CHECKPOINT).is_file():  # a tool job's folder is a record without a status
             jd.set_status(status, message)
     except (InputError, OSError):
         log.warning("could not record %s in the job folder %s", status, jd.root, exc_info=True)
