@@ -55,6 +55,14 @@ def group_tokens(preset: Preset, rate: str | None = None, size: tuple[int, int] 
     return math.ceil(h // geo.spatial_scale / (ph * rh)) * math.ceil(w // geo.spatial_scale / (pw * rw))
 
 
+def groups_per_second(preset: Preset, rate: str | None = None) -> float:
+    """Complete token groups a second of video adds to the history at ``rate`` (configs alone)."""
+    geo = geometry_from_configs(preset)
+    v = preset.video
+    latents_per_second = geo.latent_frames(v.section_frames) * v.fps / v.section_frames
+    return latents_per_second / (geo.patch_size[0] * parse_rate(rate or preset.model.encoder_rate)[2])
+
+
 def least_cap(preset: Preset, rate: str | None = None, size: tuple[int, int] | None = None) -> int:
     """The smallest ``history.max_tokens`` a job may use: ``MIN_CAP_GROUPS + 1`` token groups at ``size``."""
     return (MIN_CAP_GROUPS + 1) * group_tokens(preset, rate, size)

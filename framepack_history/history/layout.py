@@ -65,6 +65,8 @@ class CappedLayout:
         # ``similar``'s costs of the neighbour pairs it has weighed, by ``(first group, n_a, n_b)``: one merge
         # changes two pairs, so each merge weighs two (a resume replays hundreds of merges)
         self.costs: dict[tuple[int, int, int], float] = {}
+        #: latent frame ranges ``[a, b)`` whose groups never merge (the artist's pins; training gives none)
+        self.pins: list[tuple[int, int]] = []
 
     @classmethod
     @torch.no_grad()
@@ -79,8 +81,14 @@ class CappedLayout:
         """One more complete group at full detail (``tokens`` None: filled in later); merge until ``budget`` holds."""
         first, g = self.groups, self.frames_per_group
         total = group_sum(self.frames(first * g, (first + 1) * g)) if self.rule == "similar" else None
-        add_group(self.segs, self.costs, first, tokens, total, budget, self.rule)
+        add_group(self.segs, self.costs, first, tokens, total, budget, self.rule, self._pinned if self.pins else None)
         self.groups += 1
+
+    def _pinned(self, seg: list) -> bool:
+        """Whether segment ``seg``'s latent frames overlap a pinned range."""
+        g = self.frames_per_group
+        a, b = seg[0] * g, (seg[0] + seg[1]) * g
+        return any(p < b and a < q for p, q in self.pins)
 
     def full_detail(self, since: int = 0) -> list[list]:
         """The segments still at full detail from fine group ``since`` on (merged groups may lie between them)."""

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from typing import Callable
+
 from framepack_history.errors import InputError
+
+#: whether a segment must never be merged (pinned by the artist); None: any may merge
+Pinned = Callable[[list], bool] | None
 
 #: the fewest complete groups a cap may allow (half of them stay at full detail)
 MIN_CAP_GROUPS = 8
@@ -24,7 +29,7 @@ def require_cap(cap: int, tokens_per_group: int, size: tuple[int, int], field: s
                                 f"({MIN_CAP_GROUPS + 1} token groups of {tokens_per_group}); 0 = no cap")
 
 
-def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> None:
+def merge_oldest(segs: list[list], budget: int, costs: dict | None = None, pinned: Pinned = None) -> None:
     """One merge: the two oldest segments of a level become one of the next level (tokens ``None``: to encode).
 
     A level-``l`` segment covers ``2**l`` fine groups; ``costs`` is unused (the choice reads only levels).
@@ -32,22 +37,28 @@ def merge_oldest(segs: list[list], budget: int, costs: dict | None = None) -> No
     Level 0 gives way while it would keep at least half the budget (recent history keeps that much
     detail); then the finest older level with two segments; level 0 again only when no other can.
     Levels never increase towards the present, so the two oldest of a level are neighbours.
+    ``pinned`` segments never merge (they count against the budget): the two oldest neighbours of the
+    level, both unpinned, merge instead, else the next level in that order.
     """
     counts: dict[int, int] = {}
     for seg in segs:
+        if pinned is not None and pinned(seg):
+            continue
         lv = seg[1].bit_length() - 1
         counts[lv] = counts.get(lv, 0) + 1
     coarse = sorted(lv for lv, n in counts.items() if lv > 0 and n >= 2)
     if counts.get(0, 0) - 2 >= budget // 2:  # merging two still leaves half the budget at level 0
-        level = 0
-    elif coarse:
-        level = coarse[0]
-    elif counts.get(0, 0) >= 2:
-        level = 0
+        order = [0, *coarse]
     else:
-        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
-    i = next(j for j, seg in enumerate(segs) if seg[1] == 2**level)
-    segs[i : i + 2] = [[segs[i][0], 2 ** (level + 1), None, None]]
+        order = [*coarse, *([0] if counts.get(0, 0) >= 2 else [])]
+    for level in order:
+        i = next((j for j in range(len(segs) - 1) if segs[j][1] == segs[j + 1][1] == 2**level
+                  and (pinned is None or not (pinned(segs[j]) or pinned(segs[j + 1])))), None)
+        if i is not None:
+            segs[i : i + 2] = [[segs[i][0], 2 ** (level + 1), None, None]]
+            return
+    raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}"
+                     + (" (pinned groups never merge: pin less)" if pinned is not None else ""))
 
 
 def ward_cost(a: list, b: list) -> float:
@@ -60,17 +71,22 @@ def ward_cost(a: list, b: list) -> float:
     return float(((sa / na - sb / nb) ** 2).sum()) * na * nb / (na + nb)
 
 
-def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int], float] | None = None) -> None:
+def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int], float] | None = None,
+                  pinned: Pinned = None) -> None:
     """One merge: of all but the newest ``budget // 2`` segments, the two neighbours that differ least become one.
 
     The least :func:`ward_cost` wins, ties to the oldest pair. Held, repeated views cost nothing to merge
     while a view seen once (and unlike its neighbours) keeps full detail however old it is; the newest
     ``budget // 2`` never merge (recent history keeps full detail). ``costs``: a memo of the pairs weighed
     before, by ``(first group, n_a, n_b)`` (a segment's span fixes its frames, so a cost never changes).
+    ``pinned`` segments never merge: only pairs of two unpinned neighbours are weighed.
     """
     older = len(segs) - budget // 2
-    if older < 2:
-        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}")
+    free = [i for i in range(max(0, older - 1))
+            if pinned is None or not (pinned(segs[i]) or pinned(segs[i + 1]))]
+    if not free:
+        raise ValueError(f"a history of {len(segs)} token groups cannot be merged below {budget}"
+                         + (" (pinned groups never merge: pin less)" if pinned is not None else ""))
     memo = {} if costs is None else costs
 
     def cost(i: int) -> float:
@@ -79,7 +95,7 @@ def merge_similar(segs: list[list], budget: int, costs: dict[tuple[int, int, int
             memo[key] = ward_cost(segs[i], segs[i + 1])
         return memo[key]
 
-    i = min(range(older - 1), key=cost)
+    i = min(free, key=cost)
     for j in range(max(0, i - 1), min(i + 2, len(segs) - 1)):  # the pairs this merge ends
         memo.pop((segs[j][0], segs[j][1], segs[j + 1][1]), None)
     (first, na, _, sa), (_, nb, _, sb) = segs[i][:4], segs[i + 1][:4]
@@ -112,8 +128,11 @@ def group_sum(frames: torch.Tensor) -> torch.Tensor:
 
 
 def add_group(segs: list[list], costs: dict, first: int, tokens: torch.Tensor | None, total: torch.Tensor | None,
-              budget: int, rule: str) -> None:
-    """One more complete group at full detail; merge by ``rule`` until the layout fits ``budget`` again."""
+              budget: int, rule: str, pinned: Pinned = None) -> None:
+    """One more complete group at full detail; merge by ``rule`` until the layout fits ``budget`` again.
+
+    ``pinned``: segments that never merge (none given: training's replays, and every job without pins).
+    """
     segs.append([first, 1, tokens, total])
     while len(segs) > budget:
-        MERGE_RULES[rule](segs, budget, costs)
+        MERGE_RULES[rule](segs, budget, costs, pinned)

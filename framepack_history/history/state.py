@@ -85,6 +85,10 @@ class HistoryState:
             raise ValueError("a history-token cap needs an encoder without context_groups")
         #: which groups the cap merges: ``oldest`` (by age) or ``similar`` (the neighbours that differ least)
         self.merge = merge
+        #: the artist's memory controls, as latent frame ranges ``[a, b)``: pinned groups never merge under the
+        #: cap; forgotten token frames are left out of :meth:`tokens` (kept here, so clearing brings them back)
+        self.pins: list[tuple[int, int]] = []
+        self.forgets: list[tuple[int, int]] = []
         # Capped: the complete groups as the cap lays them out, tokens [1, 1, h, w, D] per segment.
         # (Uncapped, ``_done`` holds them.)
         self._cap = self._new_layout()
@@ -98,7 +102,20 @@ class HistoryState:
         self._frame_context: list[float] = []
 
     def _new_layout(self) -> CappedLayout | None:
-        return CappedLayout(self.merge, self.encoder.frames_per_group, self._frames_between) if self.capped else None
+        if not self.capped:
+            return None
+        layout = CappedLayout(self.merge, self.encoder.frames_per_group, self._frames_between)
+        layout.pins = self.pins
+        return layout
+
+    def steer(self, pins: list[tuple[int, int]] = (), forgets: list[tuple[int, int]] = ()) -> None:
+        """Set the memory controls (latent frame ranges ``[a, b)``), before the frames they pin are added.
+
+        Pins change which groups the cap merges from here on (a resume sets them before its chunks load, so
+        it replays the same merges); forgets change only what :meth:`tokens` gives, and may change any time.
+        """
+        self.pins[:] = [(int(a), int(b)) for a, b in pins]  # the layout holds this same list
+        self.forgets = [(int(a), int(b)) for a, b in forgets]
 
     # ---------------------------------------------------------------- queries
     @property
@@ -169,7 +186,21 @@ class HistoryState:
             context = self.frame_context
             means = span_means(context, self._spans()) if self.capped else group_means(context, self.encoder.frames_per_group)
             move_by_frame_context(pos, means)
+        if self.forgets:  # the forgotten token frames leave what the DiT reads (and only that)
+            keep = [i for i, (a, n) in enumerate(self._token_spans(t)) if not any(p < a + n and a < q for p, q in self.forgets)]
+            if not keep:
+                return None
+            if len(keep) < t:
+                index = torch.tensor(keep)
+                g, pos, t = g.index_select(1, index.to(g.device)), pos.index_select(0, index), len(keep)
         return g.reshape(1, t * h * w, d), pos.reshape(-1, 3).to(self.device)
+
+    def _token_spans(self, t: int) -> list[tuple[int, int]]:
+        """``(first latent frame, frames)`` of each of the ``t`` token frames, capped or not."""
+        if self.capped:
+            return self._spans()
+        g = self.encoder.frames_per_group
+        return [(i * g, min(g, self.num_frames - i * g)) for i in range(t)]
 
     def window(self, frames: int) -> torch.Tensor | None:
         """The last ``frames`` raw latent frames ``[1, C, n, H, W]`` (host)."""
