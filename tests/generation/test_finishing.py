@@ -150,3 +150,16 @@ def test_a_cancel_stops_the_tool_and_leaves_no_output(clip, tmp_path):
     with pytest.raises(Cancelled):
         F.finish("interpolate", [clip], tmp_path / "i.mp4", {"factor": 2}, on_progress=cancel)
     assert list(tmp_path.glob("i*")) == []
+
+
+def test_ffmpeg_tools_report_progress_and_a_cancel_kills_them(clip, tmp_path):
+    seen = []
+    F.export(clip, tmp_path / "e.mp4", "h265", on_progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1] == (6, 6)
+
+    def cancel(done, total):
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        F.join([clip, clip], tmp_path / "j.mp4", on_progress=cancel)
+    assert not list(tmp_path.glob("j*"))
