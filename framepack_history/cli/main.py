@@ -25,6 +25,7 @@ from framepack_history.cli.prepare import run as cmd_prepare
 from framepack_history.cli.train import COMMANDS as training_commands
 from framepack_history.cli.train import add_parsers as add_training_parsers
 from framepack_history.config.loras import parse_arg as parse_lora
+from framepack_history.config.memory import parse_memory_arg, parse_memory_text
 from framepack_history.config.paths import WORKDIR
 from framepack_history.config.fields import FIELDS, resolve
 from framepack_history.config.presets import available_presets, load_preset
@@ -65,6 +66,15 @@ def _add_request_flags(g: argparse.ArgumentParser) -> None:
             kw["choices"] = row.choices
         if row.kind in ("loras", "keyframes"):  # --lora FILE[:WEIGHT], --keyframe TIME:IMAGE, repeated
             kw["action"] = "append"
+        if row.kind == "memory":  # --memory TEXT, --pin, --forget, --cut, repeated, into one list in the order given
+            g.add_argument(row.flag, dest=row.dest, action="append", metavar=row.metavar, help=row.help,
+                           type=lambda text: ("memory", text))
+            for op, metavar, what in (("pin", "START:END", "never merge the history of START..END s under the cap"),
+                                      ("forget", "START:END", "leave START..END s out of the history the DiT reads"),
+                                      ("cut", "TIME", "a new shot at TIME s: no window or recent context from before")):
+                g.add_argument(f"--{op}", dest=row.dest, action="append", metavar=metavar, help=f"{what}; repeat for several",
+                               type=lambda text, op=op: (op, text))
+            continue
         g.add_argument(row.flag, **{k: v for k, v in kw.items() if v is not None})
 
 
@@ -179,6 +189,8 @@ def _request(args: argparse.Namespace) -> GenerationRequest:
     lora = values["loras"]
     values["loras"] = [] if args.no_loras else None if lora is None else [parse_lora(text) for text in lora]
     values["keyframes"] = [parse_keyframe(text) for text in values["keyframes"] or ()] or None
+    values["memory"] = [entry for op, text in values["memory"] or ()
+                        for entry in (parse_memory_text(text) if op == "memory" else [parse_memory_arg(op, text)])] or None
     return GenerationRequest(**values)
 
 

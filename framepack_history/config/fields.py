@@ -20,8 +20,8 @@ from framepack_history.config.presets import CACHE_SETTINGS, HISTORY_MERGES, HIS
 from framepack_history.config.request import GenerationRequest
 
 #: how a page or API value is read: text (the prompt), a file (image, video), a whole number, a number, a name, LoRAs,
-#: keyframes (images and times)
-Kind = Literal["text", "image", "video", "int", "float", "name", "loras", "keyframes"]
+#: keyframes (images and times), memory controls (pin, forget, cut entries)
+Kind = Literal["text", "image", "video", "int", "float", "name", "loras", "keyframes", "memory"]
 SAMPLERS = ("euler", "unipc")
 
 
@@ -115,6 +115,14 @@ FIELDS: tuple[RequestField, ...] = (
     _row("keyframes", "--keyframe", "Keyframes", api="keyframe_images", kind="keyframes", metavar="TIME:IMAGE",
          help="a keyframe: the video shows IMAGE at TIME seconds, e.g. 8:door_open.png; repeat for several (or write "
               "'8s: [door_open.png] the door opens' in the storyboard); the toy and FramePack's original model presets"),
+    # memory controls: the command line's --pin, --forget and --cut (repeated) make the list; the page and the API
+    # take text ("pin 10:20; forget 30:40; cut 12") or a list of entries (config.memory)
+    _row("memory", "--memory", "Memory controls", kind="memory", form=None, metavar="ENTRIES",
+         help="pin/forget time ranges of the history, cut to a new shot: 'pin 10:20; forget 30:40; cut 12'"),
+    # a finished job's history to start from (its id; on the command line its job folder)
+    _row("borrow", "--borrow", "Borrow memory from", form=None, metavar="JOB",
+         help="start with the history of a finished job (its job folder, or the app's job id): the same world or "
+              "character in a new video; nothing of that job's video is shown"),
     # not on the page nor in the API: the command line's
     _row("cfg", "--cfg", api=None, preset="sampling.cfg", kind="float",
          help="real classifier-free guidance (>1 doubles the cost)"),

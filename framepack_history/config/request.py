@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from framepack_history.config.loras import check_entries
+from framepack_history.config.memory import check_memory
 from framepack_history.config.presets import (
     HISTORY_MERGES,
     HISTORY_MODES,
@@ -69,6 +70,11 @@ class GenerationRequest:
     #: and a keyframe at 0 s becomes the start image. Only where the model can reach an image: the toy, or
     #: FramePack's original model's loop
     keyframes: list[dict[str, Any]] | None = None
+    #: memory controls: ``[{"op": "pin"|"forget", "start": S, "end": E}, {"op": "cut", "time": T}]`` (:mod:`.memory`)
+    memory: list[dict[str, Any]] | None = None
+    #: a finished job (its id, or its job folder) whose history the new job starts with; admission records its
+    #: folder here (the worker resolves an id), so a resume finds the same
+    borrow: str | None = None
 
     def validate(self, preset: Preset) -> list[tuple[float, str]]:
         """Check everything that doesn't need a file read; return the storyboard."""
@@ -123,7 +129,23 @@ class GenerationRequest:
             raise InputError("--prompt", "is empty; give a prompt, a start image or a video to continue")
         self._check_start_frame(preset)
         self._check_size(preset)
+        self._check_memory(preset)
         return board
+
+    def _check_memory(self, preset: Preset) -> None:
+        """The memory controls and the borrowed job's name (no file read: admission reads the job)."""
+        mode = self.history_mode or preset.history.mode
+        check_memory(self.memory, self.seconds, preset, mode)
+        if self.borrow is None:
+            return
+        if not isinstance(self.borrow, str) or not self.borrow.strip():
+            raise InputError("--borrow", f"must name a finished job (its id or job folder; got {self.borrow!r})")
+        if preset.model.loop == "inverted":
+            raise InputError("--borrow", "FramePack's original model generates its sections from the end backward; "
+                                         "borrowing a history needs a forward preset")
+        if mode != "encoder":
+            raise InputError("--borrow", f"needs history mode 'encoder' (this request's is {mode!r}): a borrowed history "
+                                         "is read as history tokens")
 
     def _check_end_image(self, preset: Preset) -> None:
         """An end image only on the original model's loop, toward a start image or a continued video;

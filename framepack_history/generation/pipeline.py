@@ -22,6 +22,7 @@ import torch
 
 from framepack_history.backbones.base import Backbone, Conditioning, Context
 from framepack_history.config.fields import Settings, resolve
+from framepack_history.config.memory import MemoryPlan, check_memory
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
@@ -143,6 +144,9 @@ class Generation:
     #: the request's keyframes as ``(latent frame index, clean latent [1, C, 1, h, w])`` on the host, in time order;
     #: never checkpointed: encoded on first need (:meth:`Pipeline.keyframe_latents`), a resume again from the images
     keyframes: list[tuple[int, torch.Tensor]] | None = None
+    #: latent frames at the history's start that a borrowed job's history holds (before this video's own):
+    #: read as history tokens, never as the window or recent context, never shown (checkpointed)
+    borrowed_frames: int = 0
 
 
 class Pipeline:
@@ -203,9 +207,12 @@ class Pipeline:
             return self.backbone.blend_text(self.text(a), self.text(b), weight)
 
     # -------------------------------------------------------------- start
-    def start(self, request: GenerationRequest) -> tuple[Generation, np.ndarray | None]:
+    def start(self, request: GenerationRequest,
+              borrowed: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> tuple[Generation, np.ndarray | None]:
         """Validate, read inputs, encode any start frames into the history.
 
+        ``borrowed``: a finished job's raw latents ``[1, C, T, h, w]`` and frame context ``[T]`` (the
+        request's ``borrow``): encoded into the history first, so the video's own frames come after them.
         Returns the generation state and the frames the video starts with.
         """
         board = request.validate(self.preset)
@@ -221,6 +228,14 @@ class Pipeline:
                                merge=self.option(request, "history_merge"))
         gen = Generation(request, board, self.sections_for(request.seconds), history)
         self.prepare_memory(request, board, mode, cap, (w, h))
+        if request.borrow and mode != "encoder":
+            raise InputError("--borrow", f"needs history mode 'encoder' (this request's is {mode!r})")
+        if request.borrow:
+            if borrowed is None:
+                raise InputError("--borrow", f"{request.borrow}: the borrowed history was not given")
+            with torch.no_grad():  # the history encoder is always resident (watched), as for every section
+                history.append(borrowed[0], frame_context=borrowed[1])
+            gen.borrowed_frames = history.num_frames
         frames, latents, shown = None, None, True
         if request.continue_video:
             frames = cut(self.backbone, read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps)))
@@ -231,6 +246,7 @@ class Pipeline:
             if start is not None:
                 frames, latents, shown = start.image[None], start.latents, start.content
         if frames is None:
+            self.steer_history(history, request, history.num_frames)
             return gen, None
         # The image condition is the frame the video goes on from: the start image, or the last frame.
         with torch.no_grad(), self._phase("image_encode"):
@@ -244,6 +260,7 @@ class Pipeline:
             with torch.no_grad(), self._phase("vae_encode"):
                 latents = encode_clip(self.backbone, frames, keep)
         history.append(latents)
+        self.steer_history(history, request, history.num_frames)  # before the first group the pins can hold
         self.keyframe_latents(gen)  # read and encoded now, so a bad image fails before the first section
         return gen, frames if shown else None
 
@@ -274,6 +291,36 @@ class Pipeline:
                 self.text(prompt)
             if float(self.option(request, "cfg")) != 1.0:
                 self.text(self.preset.sampling.negative_prompt)
+
+    # -------------------------------------------------------- memory controls
+    def memory_plan(self, request: GenerationRequest) -> MemoryPlan:
+        """The request's memory controls, checked (:mod:`~framepack_history.config.memory`)."""
+        return check_memory(request.memory, request.seconds, self.preset, self.option(request, "history_mode"))
+
+    def frames_at(self, seconds: float, origin: int, up: bool = False) -> int:
+        """The history's latent frame at ``seconds`` into the video (``origin``: latent frames before section 0)."""
+        v = self.preset.video
+        x = seconds * v.fps * self.section_latent_frames / v.section_frames
+        return origin + (math.ceil(x - 1e-9) if up else math.floor(x + 1e-9))
+
+    def steer_history(self, history: HistoryState, request: GenerationRequest, origin: int) -> None:
+        """Set the request's pins and forgets on ``history`` as latent frame ranges (before its sections' groups).
+
+        A resume calls this before loading its chunks (``origin`` from the checkpoint), so the cap replays the
+        merges the pins allowed.
+        """
+        plan = self.memory_plan(request)
+        ranges = lambda spans: [(self.frames_at(a, origin), self.frames_at(b, origin, up=True)) for a, b in spans]  # noqa: E731
+        history.steer(ranges(plan.pins), ranges(plan.forgets))
+
+    def shot_start(self, gen: Generation) -> int:
+        """The first latent frame of the shot the next section belongs to: the last cut's, else the video's own
+        (a borrowed history is never read as the window or recent context)."""
+        cuts = [k for k in self.memory_plan(gen.request).cuts if k <= gen.next_section]
+        if not cuts or self.loop is not None:
+            return gen.borrowed_frames
+        origin = gen.history.num_frames - gen.next_section * self.section_latent_frames
+        return origin + max(cuts) * self.section_latent_frames
 
     def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
         """The request's history-token cap (0 = none), checked against one token group at ``size``."""
@@ -316,7 +363,9 @@ class Pipeline:
         mode = self.option(gen.request, "history_mode")
         window = int(self.option(gen.request, "window_frames"))
         n = window_size(self.backbone, mode, window, self.section_latent_frames)
-        past = gen.history.window(n) if n else None  # only the latents the context reads leave the host
+        if n:  # never across a cut (a new shot), nor into a borrowed history: only this shot's frames
+            n_past = min(n, gen.history.num_frames - self.shot_start(gen))
+        past = gen.history.window(n_past) if n else None  # only the latents the context reads leave the host
         if n and past is None:  # nothing yet: an empty past (F1's context is then all zeros, as F1 starts)
             _, c, _, h, w = self.latent_shape(gen)
             past = torch.zeros(1, c, 0, h, w)
@@ -508,18 +557,19 @@ class Pipeline:
         on_step: Callable[[int, dict], None] | None = None,
         resume: Generation | None = None,
         before_section: Callable[[Generation], None] | None = None,
+        borrowed: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> Iterator[Event]:
         """Yield events for a whole request (or for the rest of a resumed one).
 
         ``on_step(section_index, info)`` runs after every denoising step (see
         :mod:`.sampling`): draw previews there with :meth:`preview`, or raise
         :class:`~framepack_history.errors.Cancelled` to stop. ``before_section(gen)`` runs before each
-        section starts (steering: it may replace ``gen.storyboard``). The finished
-        generation is left in ``self.last_generation``.
+        section starts (steering: it may replace ``gen.storyboard``). ``borrowed``: the history of the
+        request's ``borrow`` (see :meth:`start`). The finished generation is left in ``self.last_generation``.
         """
         self.set_loras(request if resume is None else resume.request)
         if resume is None:
-            gen, start_frames = self.start(request)
+            gen, start_frames = self.start(request, borrowed)
             if start_frames is not None:
                 yield ContextFrames(start_frames)
         else:

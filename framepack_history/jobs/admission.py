@@ -7,10 +7,12 @@ shape or an unknown layer is reported at once, naming the file, instead of when 
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 from framepack_history.config.fields import resolve
+from framepack_history.config.memory import check_memory
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
 from framepack_history.config.storyboard import split_keyframes
@@ -18,6 +20,7 @@ from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
 from framepack_history.generation.segments import segments
 from framepack_history.generation.video import read_image
+from framepack_history.jobs.borrow import check_borrow
 from framepack_history.lora import files
 
 
@@ -62,6 +65,32 @@ def check_cap(request: GenerationRequest, preset: Preset, rate: str | None = Non
                 "--max-history-tokens")
 
 
+def check_pins(request: GenerationRequest, preset: Preset, rate: str | None = None) -> None:
+    """Pins the history-token cap can keep: they never merge, so what they hold (with a merged run on each side and
+    the recent half the cap keeps at full detail) must fit the cap's groups. Refused naming the largest pin."""
+    settings = resolve(request, preset)
+    plan = check_memory(request.memory, request.seconds, preset, settings.history_mode)
+    cap = int(settings.max_history_tokens or 0)
+    if not plan.pins or not cap or settings.history_mode != "encoder":
+        return
+    from framepack_history.history.budget import group_tokens, groups_per_second  # torch: kept off the page's import path
+    from framepack_history.history.merge import cap_groups  # torch: kept off the page's import path
+
+    size = (request.width, request.height) if request.width and request.height else None
+    try:
+        budget = cap_groups(cap, group_tokens(preset, rate, size))
+    except ValueError:  # a cap below the least: its own check names it (check_cap, or when the job starts)
+        return
+    per_second = groups_per_second(preset, rate)
+    held = sum(math.ceil((b - a) * per_second) + 1 for a, b in plan.pins) + len(plan.pins) + 1
+    if held > budget // 2:
+        a, b = max(plan.pins, key=lambda p: p[1] - p[0])
+        where = "--max-history-tokens" if request.max_history_tokens is not None else "history.max_tokens"
+        raise InputError("--pin", f"pin {a:g}s-{b:g}s: the pins hold up to {held} token groups that never merge; the "
+                                  f"cap ({where} {cap}) keeps {budget}, half of them for recent history: pin less "
+                                  "or raise the cap")
+
+
 def least_cap(preset: Preset) -> int:
     """The smallest history-token cap a job of ``preset`` may use (configs on the ``meta`` device)."""
     from framepack_history.history.budget import least_cap as least  # torch: kept off the page's import path
@@ -87,6 +116,8 @@ def admit_request(request: GenerationRequest, preset: Preset, encoder_rate: str 
         raise InputError(rate_field, f"{encoder_rate!r} is not offered by {preset.name} (choices: {', '.join(rates)})")
     check_inputs(request, preset, fields)
     check_cap(request, preset, encoder_rate)
+    check_pins(request, preset, encoder_rate)
+    check_borrow(request, preset, encoder_rate)  # finished, visible to this caller (the worker resolved its id), alike
     return board
 
 

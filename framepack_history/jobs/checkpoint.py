@@ -243,7 +243,7 @@ class JobDir:
         ck.update(
             format=CHECKPOINT_FORMAT, status="running", message="", seed=gen.request.seed, next_section=gen.next_section,
             total_sections=gen.total_sections, storyboard=gen.storyboard, frames=frames, context_frames=context_frames,
-            history_tokens=h.num_tokens, chunks=k + 1, cond=cond,
+            history_tokens=h.num_tokens, chunks=k + 1, cond=cond, borrowed_frames=gen.borrowed_frames,
             progress={"history_frames": h.num_frames, "history_groups": h.num_groups, "segments": len(segments),
                       "sections": len(sections)},
             rng={"noise": "section_noise(seed, section index)" if gen.noise_generator is None else
@@ -330,6 +330,9 @@ class JobDir:
         cap = pipeline.history_cap(request, _size(request, pipeline.preset)) if mode == "encoder" else 0
         history = HistoryState(pipeline.encoder if mode == "encoder" else None, device, max_tokens=cap,
                                merge=settings.history_merge)  # the rule the job started with
+        # the memory controls before the chunks load, so the cap replays the merges the pins allowed
+        frames = sum(int(t["latents"].shape[2]) for t, _ in chunks if "latents" in t)
+        pipeline.steer_history(history, request, frames - int(ck["next_section"]) * pipeline.section_latent_frames)
         try:
             history.load_chunks([tensors for tensors, _ in chunks])
         except (ValueError, RuntimeError) as e:
@@ -342,6 +345,7 @@ class JobDir:
             with RNG_LOCK:  # another worker may be seeding a model load
                 torch.set_rng_state(rng)
         gen = Generation(request, board, int(ck["total_sections"]), history, int(ck["next_section"]), Conditioning(cond))
+        gen.borrowed_frames = int(ck.get("borrowed_frames", 0))
         noise = chunks[-1][0].get(NOISE_STATE)  # absent: per-section noise, or a job begun before the video's generator
         if noise is not None:
             gen.noise_generator = torch.Generator("cpu")

@@ -146,6 +146,9 @@ def _recall(pipeline: Pipeline, job: JobDir, at: float, steps: int | None, seed:
     settings = pipeline.settings(request)
     cap = pipeline.history_cap(request, _size(request, pipeline.preset))
     history = HistoryState(pipeline.encoder, pipeline.backbone.device, max_tokens=cap, merge=settings.history_merge)
+    # the job's pins and forgets, set before its chunks load as its resume does (the same merges, the same embedding)
+    frames = sum(int(c["latents"].shape[2]) for c in chunks if "latents" in c)
+    pipeline.steer_history(history, request, frames - int(ck.get("next_section", 0)) * pipeline.section_latent_frames)
     try:
         history.load_chunks(chunks)
     except (ValueError, RuntimeError) as e:
@@ -186,9 +189,10 @@ def frame_at(pipeline: Pipeline, ck: dict, history_frames: int, at: float) -> tu
         raise InputError("--at", f"must be a time in [0, {seconds:g}) s: the saved history covers {seconds:g} s "
                                  f"({sections} sections) (got {at!r})")
     start = history_frames - n * sections  # latents before section 0 (start image, continued video)
+    lent = int(ck.get("borrowed_frames", 0))  # a borrowed job's history comes first: never shown in this video
     p = int(at * v.fps + 1e-6)
     if p < context:  # inside the start frames
-        pos = min(start - 1, pipeline.backbone.geometry.latent_frames(p + 1) - 1) if start else 0
+        pos = lent + min(start - lent - 1, pipeline.backbone.geometry.latent_frames(p + 1) - 1) if start > lent else lent
     else:
         pos = start + (p - context) * n // v.section_frames
     return max(0, min(history_frames - 1, pos)), seconds
@@ -200,9 +204,13 @@ def seconds_of(pipeline: Pipeline, ck: dict, history_frames: int, frame: int) ->
     sections, context = int(ck.get("next_section", 0)), int(ck.get("context_frames", 0))
     n = pipeline.section_latent_frames
     start = history_frames - n * sections  # latents before section 0 (start image, continued video)
+    lent = int(ck.get("borrowed_frames", 0))
+    if frame < lent:  # a borrowed job's history: before this video, at negative times
+        return -(lent - frame) * v.section_frames / n / v.fps
     if frame < start:  # inside the start frames: the first one frame_at maps to this latent or a later one
         geo = pipeline.backbone.geometry
-        first = next((p for p in range(context) if min(start - 1, geo.latent_frames(p + 1) - 1) >= frame), context)
+        first = next((p for p in range(context) if lent + min(start - lent - 1, geo.latent_frames(p + 1) - 1) >= frame),
+                     context)
         return first / v.fps
     return (context + (frame - start) * v.section_frames / n) / v.fps
 

@@ -34,6 +34,7 @@ from framepack_history.generation.pipeline import (
     to_uint8,
 )
 from framepack_history.generation.video import concat_segments, write_json, write_segment
+from framepack_history.jobs.borrow import borrow_entry, borrowed_history
 from framepack_history.jobs.steering import Steering
 from framepack_history.lora.files import sidecar_entries
 from framepack_history.memory.oom import budget_text, is_out_of_memory, measured_peak, more_conservative, reset_peak
@@ -237,7 +238,9 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
             job.save_section(pipeline.last_generation, log.segments, log.sections, log.frames, log.context_frames)
 
     try:
-        for ev in pipeline.run(request, on_step=on_step, resume=gen, before_section=steering):
+        # a borrowed history is read once, at the start: a resume has it in its own chunks
+        borrowed = borrowed_history(request.borrow) if gen is None and request.borrow else None
+        for ev in pipeline.run(request, on_step=on_step, resume=gen, before_section=steering, borrowed=borrowed):
             if isinstance(ev, ContextFrames):
                 log.add(ev.frames, "context")
                 log.context_frames = len(ev.frames)
@@ -278,6 +281,8 @@ def _render(pipeline: Pipeline, request: GenerationRequest, out: Path, log: Segm
         extra = {**extra, "cache": pipeline.settings(request).cache,
                  "dit_passes": {"calls": sum(p["calls"] for p in passes), "full": sum(p["full"] for p in passes)}}
     extra = {**extra, **({"speed": pipeline.backbone.speed} if getattr(pipeline.backbone, "speed", None) else {})}
+    if pipeline.last_generation is not None and (lent := borrow_entry(pipeline.last_generation)):
+        extra = {**extra, "borrow": lent}  # the job whose history this video started with, and its SHA-256
     data = sidecar(request, pipeline.preset, log, {"wall_s": round(time.perf_counter() - t0, 3), "first_section_s": round(first_section_s or 0, 3),
                                                    "video": str(out), **extra})
     write_json(data, out.with_suffix(".json"))

@@ -34,6 +34,7 @@ from typing import Any
 
 from framepack_history.config.loras import parse_arg
 from framepack_history.config.presets import Preset, load_preset
+from framepack_history.config.request import GenerationRequest
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, video_frames
@@ -158,6 +159,7 @@ class Worker:
         """
         preset = load_preset(spec.preset)
         self.queue.check_room()
+        self._borrow_folder(spec.request)
         admit_request(spec.request, preset, spec.encoder_rate)
         job_id = new_job_id()
         job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
@@ -174,6 +176,21 @@ class Worker:
 
         self.queue.put(job_id, admit)
         return job
+
+    def _borrow_folder(self, request: GenerationRequest) -> None:
+        """A request's ``borrow``: a job id from a client becomes that job's folder (no other folder is taken)."""
+        if request.borrow is None:
+            return
+        given = str(request.borrow)
+        try:
+            if Path(given).resolve().parent == self.jobs_dir.resolve():  # already resolved (a job queued again)
+                return
+        except (OSError, ValueError):
+            pass
+        try:
+            request.borrow = str(self.job_dir(given.strip()).root)
+        except InputError as e:
+            raise InputError("--borrow", e.message) from None
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or a started one at its next denoising step."""

@@ -32,7 +32,8 @@ class ApiHandlers:
                      lora_weight_2: float = 1.0, lora_3: str | None = None, lora_weight_3: float = 1.0,
                      cache: str | None = None, history_merge: str | None = None, end_image: str | None = None,
                      end_frame_strength: float | None = None, keyframe_images: list[Any] | None = None,
-                     keyframe_times: list[float] | str | None = None,
+                     keyframe_times: list[float] | str | None = None, memory: str | list | None = None,
+                     borrow: str | None = None,
                      request: gr.Request | None = None) -> tuple[str, str]:
         """Queue a job, wait for it, return (video path, sidecar path); an error if it fails or is cancelled.
 
@@ -47,7 +48,9 @@ class ApiHandlers:
         strongly it anchors the end, 0 to 1 (empty = 1). ``keyframe_images`` with ``keyframe_times``: images the video shows at
         those times (seconds, one per image, in the same order; a list or text such as ``"8, 15"``; 0 = the start
         image), on the toy and FramePack's original model's presets (others refuse them); their prompts are
-        storyboard entries at the same times in ``prompt`` (which names no image files itself).
+        storyboard entries at the same times in ``prompt`` (which names no image files itself). ``memory``: memory
+        controls as text, ``"pin 10:20; forget 30:40; cut 12"`` (seconds; or a list of ``{op, start, end}`` /
+        ``{op: "cut", time}``). ``borrow``: the id of a finished job of yours whose history the new video starts with.
         """
         values = {name: value for name, value in locals().items() if name not in ("self", "request")}
         job = self.submit_named(values, owner=self.user(request))

@@ -18,6 +18,7 @@ import gradio as gr
 
 from framepack_history.config.fields import page_label
 from framepack_history.config.presets import load_preset
+from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.hub import files as hub
 from framepack_history.jobs.store import Job, JobSpec
@@ -91,6 +92,7 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
         try:
             spec = make_spec()
             spec.owner = owner
+            self._check_borrow(spec.request, owner)
             preset = load_preset(spec.preset)
             spec.request.validate(preset)  # as the CLI: a request the preset refuses says so before missing weights do
             model = preset.model
@@ -101,6 +103,19 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
             if page:
                 e = InputError(page_label(e.field), e.message)
             raise self._error(e, "Can't start this job") from None
+
+    def _check_borrow(self, request: GenerationRequest, owner: str | None) -> None:
+        """A borrowed job named by a client is a job id this user may see (another user's reads as unknown)."""
+        if request.borrow is None:
+            return
+        job_id = str(request.borrow).strip()
+        try:
+            self.worker.job_dir(job_id)  # an id, never a folder: clients name jobs, not paths
+        except InputError as e:
+            raise InputError("--borrow", e.message) from None
+        if not self.studio.may_see(owner, self.worker.owner_of(job_id)):
+            raise InputError("--borrow", f"no job with id {job_id!r}")
+        request.borrow = job_id
 
     def generate_click(self, *values: Any, request: gr.Request | None = None) -> str:
         """Page Generate: queue the job and point this page at it (its id; :meth:`started` then shows it).

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from framepack_history.config.fields import FIELDS, RequestField
+from framepack_history.config.memory import parse_memory_text
 from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import split_keyframes, with_entries
 from framepack_history.errors import InputError
@@ -147,4 +148,8 @@ def _read(row: RequestField, value: Any) -> Any:
         return str(value or row.default)
     if row.kind == "keyframes":
         return None  # images with their times: read together (``_keyframes``)
+    if row.kind == "memory":  # entries as a list (a JSON client), or text: "pin 10:20; forget 30:40; cut 12"
+        if isinstance(value, list):
+            return value or None
+        return parse_memory_text(value) or None if isinstance(value, str) and value.strip() else None
     return str(value) if value else None  # a name: checked against its choices by the request

@@ -20,7 +20,7 @@ OLD_PARAMETERS = ["prompt", "start_image", "continue_video", "seconds", "seed", 
                   "encoder_rate", "history_mode", "window_frames", "history_guidance", "start_frame", "max_history_tokens",
                   "lora_1", "lora_weight_1", "lora_2", "lora_weight_2", "lora_3", "lora_weight_3", "cache", "history_merge"]
 #: appended since, in the table's order
-NEW_PARAMETERS = ["end_image", "end_frame_strength", "keyframe_images", "keyframe_times"]
+NEW_PARAMETERS = ["end_image", "end_frame_strength", "keyframe_images", "keyframe_times", "memory", "borrow"]
 
 
 @pytest.fixture(scope="module")
