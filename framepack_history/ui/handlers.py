@@ -55,10 +55,12 @@ class Handlers(ApiHandlers, QueueActions, GalleryActions, PlanInfo):
              keyframe_image_1: Any = None, keyframe_time_1: Any = None, keyframe_prompt_1: Any = None,
              keyframe_image_2: Any = None, keyframe_time_2: Any = None, keyframe_prompt_2: Any = None,
              keyframe_image_3: Any = None, keyframe_time_3: Any = None, keyframe_prompt_3: Any = None,
-             keyframe_image_4: Any = None, keyframe_time_4: Any = None, keyframe_prompt_4: Any = None) -> JobSpec:
+             keyframe_image_4: Any = None, keyframe_time_4: Any = None, keyframe_prompt_4: Any = None,
+             memory: Any = None, borrow: Any = None) -> JobSpec:
         """The page's values, in the order of its Generate inputs -> a job spec (read by name: :meth:`spec_of`).
 
-        The keyframe rows (``KEYFRAME_SLOTS`` of image, time and prompt) come last.
+        The keyframe rows (``KEYFRAME_SLOTS`` of image, time and prompt) come after the end image; the memory
+        controls (text) and the job to borrow from (an id) last.
         """
         values = {name: value for name, value in locals().items() if name != "self"}
         if not end_image:  # the page's slider always sends a strength; it counts only with an end image

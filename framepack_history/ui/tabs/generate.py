@@ -74,6 +74,9 @@ class Form:
     #: the keyframe list (shown on presets that allow keyframes) and its rows: image, time, prompt each
     keyframes: gr.Accordion
     keyframe_rows: tuple[tuple[gr.Image, gr.Textbox, gr.Textbox], ...]
+    #: memory controls (pin, forget, cut as text) and the finished job whose history the video starts with
+    memory: gr.Textbox
+    borrow: gr.Textbox
 
     @property
     def keyframe_values(self) -> list[Component]:
@@ -87,7 +90,8 @@ class Form:
         values = [self.prompt, self.image, self.video, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift,
                   a.rate, a.history, a.window, a.history_guidance, self.start_frame, a.history_cap]
         values += [c for pair in self.loras for c in pair]  # lora_1, lora_weight_1, ...
-        return values + [a.cache, a.history_merge, self.end_image, self.end_strength, *self.keyframe_values]
+        return values + [a.cache, a.history_merge, self.end_image, self.end_strength, *self.keyframe_values,
+                         self.memory, self.borrow]
 
     @property
     def defaults(self) -> list[Component]:
@@ -173,12 +177,19 @@ def build_form(demo: gr.Blocks, h: Handlers, choices: list[tuple[str, str]], def
     with gr.Accordion("LoRAs", open=False, elem_id="fph-loras"):
         loras = tuple(lora_pickers())
         lora_reload = gr.Button("Refresh list", size="sm")
+    with gr.Accordion("Memory controls", open=False, elem_id="fph-memory-controls"):
+        memory = gr.Textbox(label="Memory controls", lines=1, elem_id="fph-memory", placeholder="pin 10:20; forget 30:40; cut 12",
+                            info="pin: never merged by the history cap; forget: left out of what the model reads "
+                                 "(undo by removing it); cut: a new shot at that time that keeps the history (seconds)")
+        borrow = gr.Textbox(label="Borrow memory from (job id)", lines=1, elem_id="fph-borrow",
+                            info="a finished job of yours (encoder mode, this preset and size): the new video starts "
+                                 "knowing its world")
     dice.click(random_seed, None, seed, queue=False, **PRIVATE)
     names = [name for name, _ in loras]
     lora_reload.click(h.lora_refresh, None, names, **PRIVATE)
     demo.load(h.lora_refresh, None, names, **PRIVATE)
     return Form(prompt, image, video, start_frame, seconds, seed, preset_dd, advanced, loras, end_image, end_strength,
-                keyframes, keyframe_rows)
+                keyframes, keyframe_rows, memory, borrow)
 
 
 def keyframe_list(preset: Preset) -> tuple[gr.Accordion, tuple[tuple[gr.Image, gr.Textbox, gr.Textbox], ...]]:
