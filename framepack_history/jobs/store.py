@@ -38,6 +38,8 @@ class JobSpec:
     preset: str = "toy-cpu"
     encoder_rate: str | None = None  # None = the preset's
     owner: str | None = None  # the logged-in user who queued it (None without --auth)
+    #: a sweep's cell (:mod:`.sweep`): its sweep id, index, labels and caption; None for a job of its own
+    sweep: dict[str, Any] | None = None
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Job:
             "worker": self.worker,
             "steers": [dict(s) for s in self.steers],
             "steer_pending": self.steer_pending,
+            "sweep": dict(self.spec.sweep) if self.spec.sweep else None,
         }
 
 

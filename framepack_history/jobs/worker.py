@@ -169,7 +169,7 @@ class Worker:
             try:  # written before it is queued: a restart finds queued jobs too
                 self.job_dir(job_id).create(spec.request, preset, out=job.folder / "video.mp4", segments_dir=job.folder / "segments",
                                             preset_ref=spec.preset, encoder_rate=spec.encoder_rate, folder=str(job.folder),
-                                            owner=spec.owner)
+                                            owner=spec.owner, **({"sweep": spec.sweep} if spec.sweep else {}))
             except OSError as e:
                 raise InputError("job", f"could not write its job folder ({e.strerror or e})") from None
             self.store.add(job)
