@@ -22,6 +22,10 @@ from framepack_history.cli.plan import add_parser as add_plan_parser
 from framepack_history.cli.plan import run as cmd_plan
 from framepack_history.cli.prepare import add_parser as add_prepare_parser
 from framepack_history.cli.prepare import run as cmd_prepare
+from framepack_history.cli.queue_file import add_parser as add_queue_parser
+from framepack_history.cli.queue_file import run as cmd_run_queue
+from framepack_history.cli.sweep import add_flags as add_sweep_flags
+from framepack_history.cli.sweep import run_sweep, sweep_of
 from framepack_history.cli.train import COMMANDS as training_commands
 from framepack_history.cli.train import add_parsers as add_training_parsers
 from framepack_history.config.loras import parse_arg as parse_lora
@@ -93,6 +97,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                                        "else native SDPA) or a name; overrides hardware.attention")
     g.add_argument("--weights-dtype", choices=("float8_e4m3fn", "float8_e5m2", "none"),
                    help="store the DiT's blocks in float8 (none = the compute dtype); overrides hardware.weights_dtype")
+    add_sweep_flags(g)  # --sweep-seeds, --sweep-x, --sweep-y: one video per cell, and a grid
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -180,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_download_parser(sub)  # download: a preset's weights
     add_finishing_parsers(sub)  # loop, join, export, upscale, interpolate: finishing a video
+    add_queue_parser(sub)  # run-queue: a saved queue, headless and resumable
     return p
 
 
@@ -208,6 +214,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rate = args.encoder_rate
     if args.out and Path(args.out).suffix.lower() != ".mp4":
         raise InputError("--out", f"must end in .mp4 (got {args.out!r})")
+    if (sweep := sweep_of(args)) is not None:  # every cell admitted before the first runs
+        return run_sweep(args, preset, request, sweep, _run_job)
     # the page's and the API's admission: unreadable files, LoRAs and the cap fail before weights load
     admit_request(request, preset, rate, fields=("--image", "--continue-video"), rate_field="--encoder-rate")
     out = Path(args.out) if args.out else WORKDIR / "outputs" / dt.date.today().isoformat() / f"{dt.datetime.now():%H%M%S}-seed{args.seed}.mp4"
@@ -378,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         return {"generate": cmd_generate, "resume": cmd_resume, "recall": cmd_recall, "extend": cmd_extend,
-                "inspect": cmd_inspect, "plan": cmd_plan,
+                "inspect": cmd_inspect, "plan": cmd_plan, "run-queue": cmd_run_queue,
                 "download": cmd_download, "prepare-data": cmd_prepare, **training_commands, **finishing_commands}[args.command](args)
     except (UsageError, InputError) as e:
         return report(e)

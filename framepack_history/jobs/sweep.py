@@ -230,11 +230,9 @@ def submit_sweep(worker: Any, spec: JobSpec, sweep: Sweep) -> list[Job]:
     free = worker.queue.max_size - len(worker.queue.ids())
     if len(cells) > free:
         raise InputError("queue", f"the sweep has {len(cells)} cells and the queue has room for {free}")
-    resolve_borrow = getattr(worker, "_borrow_folder", None)  # a client's job id becomes its folder, as submit does
-    if resolve_borrow is not None:
-        resolve_borrow(spec.request)
-        for cell in cells:
-            cell.request.borrow = spec.request.borrow
+    worker._borrow_folder(spec.request)  # a client's job id becomes its folder, as submit does
+    for cell in cells:
+        cell.request.borrow = spec.request.borrow
     check_cells(cells, sweep, lambda r: admit_request(r, preset, spec.encoder_rate))
     sweep_id = f"sweep-{secrets.token_hex(4)}"
     jobs: list[Job] = []
