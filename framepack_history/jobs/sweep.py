@@ -203,7 +203,8 @@ def _set(request: GenerationRequest, name: str, value: Any, ax: Axis | None) -> 
         setattr(request, name, value)
         return
     if not request.loras:
-        raise InputError(ax.flag if ax else "--sweep-x", "lora_weight varies the weight of the request's LoRAs; give one (--lora)")
+        raise InputError(ax.flag if ax else "--sweep-x",
+                         "lora_weight varies the weight of the request's LoRAs; give one (--lora)")
     request.loras = [dict(e, weight=value) for e in request.loras]
 
 

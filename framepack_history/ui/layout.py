@@ -26,6 +26,7 @@ from framepack_history.ui.tabs.gallery import build_gallery_tab
 from framepack_history.ui.tabs.generate import build_generate
 from framepack_history.ui.tabs.memory import build_memory_tab
 from framepack_history.ui.tabs.queue import build_queue_tab, keep_listed
+from framepack_history.ui.tabs.sweep import build_sweep
 from framepack_history.ui.tabs.tools import build_tools_tab
 from framepack_history.ui.weights import WeightsPanel
 
@@ -74,6 +75,7 @@ def build_app(worker: Worker, default_preset: str = "toy-cpu", studio: Studio | 
         weights = WeightsPanel(studio=studio)
         first = build_first_screen(weights, default_preset)
         form, stage = build_generate(demo, h, choices, default_preset, preset, job_id)
+        build_sweep(h, form, stage)  # several seeds or an XY grid, queued as jobs; their grid
         follow_preset(demo, weights, first, form.preset)
         memory = MemoryTab(h)
         with gr.Tabs():

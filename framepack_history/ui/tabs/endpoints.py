@@ -1,4 +1,5 @@
-"""The HTTP API (gradio_client): ``/generate``, ``/cancel``, ``/status``, ``/resume``, ``/recall``, ``/steer``, ``/extend``, ``/tool``.
+"""The HTTP API (gradio_client): ``/generate``, ``/cancel``, ``/status``, ``/resume``, ``/recall``, ``/steer``, ``/extend``,
+``/tool``, ``/sweep``, ``/export_queue``, ``/import_queue``.
 
 Hidden components carry the endpoints that take files or the page's own inputs; the rest are plain functions.
 """
@@ -10,6 +11,7 @@ import gradio as gr
 from framepack_history.ui.api import generate_inputs
 from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.memory_tab import MemoryTab
+from framepack_history.ui.tabs.sweep import build_sweep_endpoints
 from framepack_history.ui.tools_api import build_tool_endpoints
 
 
@@ -32,3 +34,4 @@ def build_endpoints(h: Handlers, memory: MemoryTab) -> None:
     gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
     gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
     build_tool_endpoints(h)  # /tool: loop, join, export, upscale, interpolate
+    build_sweep_endpoints(h)  # /sweep, /export_queue, /import_queue

@@ -10,6 +10,7 @@ from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.tabs import PRIVATE
 from framepack_history.ui.tabs.gallery import GalleryTab
 from framepack_history.ui.tabs.stage import Stage
+from framepack_history.ui.tabs.sweep import build_saved_queue
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ def build_queue_tab(h: Handlers, stage: Stage) -> QueueTab:
             picked = gr.Dropdown([], label="Job", allow_custom_value=False, scale=3)
             show = gr.Button("Show", scale=1)
             cancel_picked = gr.Button("Cancel job", variant="stop", scale=1)
+        build_saved_queue(h)  # Export / Import: the queue as one zip
     shown = show.click(lambda j: (j or ""), [picked], [stage.job_id], **PRIVATE)
     stage.follow(shown.then)
     cancel_picked.click(h.cancel_picked, [picked], None, concurrency_limit=None, **PRIVATE)
