@@ -19,8 +19,10 @@ import hashlib
 import json
 import posixpath
 import re
+import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,8 @@ def write_queue(jobs: list[tuple[str, JobSpec]], path: str | Path) -> Path:
             members.append((arc, src_path))
             _point(request, field, arc)
         data = request.to_dict()
+        if data.get("borrow"):  # the borrowed job by its id: its folder is this server's
+            data["borrow"] = Path(str(data["borrow"])).name
         if data.get("loras"):  # a path is this machine's: the file is found by name and checked by its hash
             data["loras"] = [{k: v for k, v in e.items() if k != "path"} for e in data["loras"]]
         entries.append({"id": job_id, "preset": spec.preset, "encoder_rate": spec.encoder_rate, "request": data,
@@ -314,20 +318,34 @@ def _saved_job(job: dict[str, Any], root: Path) -> SavedJob:
                                                       sweep=job.get("sweep")))
 
 
-def import_queue(worker: Any, path: str | Path, owner: str | None = None) -> list[Job]:
+def import_queue(worker: Any, path: str | Path, owner: str | None = None,
+                 visible: Callable[[str | None], bool] | None = None) -> list[Job]:
     """Queue the saved queue's jobs on ``worker`` (a :class:`~.worker.Worker`) in order; all or none.
 
     Every job is admitted before any is queued (a refusal names the job); a job the worker refuses after
     others were queued cancels those it queued. Inputs are unpacked under the worker's jobs folder and copied
-    into each job's folder as a page upload is.
+    into each job's folder as a page upload is. A job that borrows a history names a job id, which must be one
+    ``visible(its owner)`` allows (all when None).
     """
     free = worker.queue.max_size - len(worker.queue.ids())
-    dest = worker.jobs_dir / "imports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(path).stem[:40]}"
-    saved = read_queue(path, _free(dest))
+    dest = _free(worker.jobs_dir / "imports" / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(path).stem[:40]}")
+    try:  # each job copies its inputs into its own folder when queued: the unpacked files are not needed after
+        return _queue_all(worker, read_queue(path, dest), free, owner, visible)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _queue_all(worker: Any, saved: list[SavedJob], free: int, owner: str | None,
+               visible: Callable[[str | None], bool] | None) -> list[Job]:
     if len(saved) > free:
         raise InputError("queue", f"the saved queue has {len(saved)} jobs and the queue has room for {free}")
     for n, s in enumerate(saved, 1):
         try:
+            if s.spec.request.borrow is not None:  # a job id, resolved by the worker as a client's is
+                job_id = str(s.spec.request.borrow)
+                if visible is not None and not visible(worker.owner_of(job_id)):
+                    raise InputError("--borrow", f"no job with id {job_id!r}")
+                worker._borrow_folder(s.spec.request)
             admit_request(copy.deepcopy(s.spec.request), load_preset(s.spec.preset), s.spec.encoder_rate)
         except InputError as e:
             raise InputError(e.field, f"job {n} ({s.id or 'no id'}): {e.message}") from None

@@ -37,7 +37,8 @@ class SavedQueueActions:
         path = file.get("path") if isinstance(file, dict) else getattr(file, "path", None) or file
         if not path:
             raise InputError("queue file", "upload a saved queue (.zip)")
-        return import_queue(page.worker, str(path), owner=page.user(request))
+        user = page.user(request)
+        return import_queue(page.worker, str(path), owner=user, visible=lambda owner: page.studio.may_see(user, owner))
 
     def page_import(self, file: Any, request: gr.Request | None = None) -> str:
         """Import: the saved queue's jobs join this queue; a line saying how many."""

@@ -120,3 +120,13 @@ def test_a_pickle_or_a_stray_file_is_not_a_saved_queue(tmp_path):
     with pytest.raises(InputError, match="has no queue.json"):
         read_queue(tmp_path / "empty.zip", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_borrowed_history_is_named_by_job_id_and_must_be_one_the_importer_may_see(saved, tmp_path):
+    worker, jobs, path = saved
+    bad = _rewrite(path, tmp_path / "borrow.zip", lambda m: m["jobs"][1]["request"].update(borrow=jobs[0].id))
+    seen = []
+    with pytest.raises(InputError, match=f"job 2 .*no job with id '{jobs[0].id}'") as e:
+        import_queue(worker, bad, owner="bob", visible=lambda owner: seen.append(owner) or owner == "bob")
+    assert e.value.field == "--borrow" and seen == [None]  # the borrowed job's owner, asked of the importer's rules
+    assert len(worker.queued()) == 2
