@@ -89,3 +89,17 @@ def test_a_cli_sweep_with_a_bad_cell_exits_2_before_anything_runs(args, needle, 
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("s*.mp4"))
+
+
+def test_a_cli_seed_sweep_writes_one_video_per_cell_and_the_grid(tmp_path, capsys):
+    from PIL import Image
+
+    code = main(["generate", "--preset", TINY, "--prompt", "camera pans left", "--seconds", "0.5", "--steps", "1",
+                 "--quiet", "--out", str(tmp_path / "s.mp4"), "--sweep-seeds", "1,2"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("s-*.mp4")) == ["s-seed=1.mp4", "s-seed=2.mp4"]
+    grid = json.loads((tmp_path / "s-grid.json").read_text())
+    assert [c["caption"] for c in grid["cells"]] == ["seed=1", "seed=2"] and grid["columns"] == 2
+    assert json.loads((tmp_path / "s-seed=2.json").read_text())["request"]["seed"] == 2
+    width, height = Image.open(tmp_path / "s-grid.png").size
+    assert width > height > 0  # two frames side by side
