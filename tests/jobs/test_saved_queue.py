@@ -130,3 +130,12 @@ def test_a_borrowed_history_is_named_by_job_id_and_must_be_one_the_importer_may_
         import_queue(worker, bad, owner="bob", visible=lambda owner: seen.append(owner) or owner == "bob")
     assert e.value.field == "--borrow" and seen == [None]  # the borrowed job's owner, asked of the importer's rules
     assert len(worker.queued()) == 2
+
+
+def test_export_takes_only_the_queued_jobs_the_caller_may_see(worker):
+    mine = worker.submit(JobSpec(GenerationRequest(prompt="camera pans left", seconds=0.5), TINY, owner="ann"))
+    worker.submit(JobSpec(GenerationRequest(prompt="camera pans right", seconds=0.5), TINY, owner="bob"))
+    assert [i for i, _ in exportable(worker, visible=lambda owner: owner == "ann")] == [mine.id]
+    assert len(exportable(worker)) == 2
+    with pytest.raises(InputError, match="no queued job to save"):
+        write_queue(exportable(worker, visible=lambda owner: False), worker.outputs / "q.zip")
