@@ -23,7 +23,7 @@ from framepack_history.config.presets import (
     Preset,
     check_cache,
 )
-from framepack_history.config.storyboard import MAX_PROMPT_CHARS, parse_storyboard, split_keyframes
+from framepack_history.config.storyboard import MAX_PROMPT_CHARS, parse_storyboard, split_cuts, split_keyframes
 from framepack_history.errors import InputError
 
 MAX_KEYFRAMES = 64  # a storyboard's worth; more is a mistake or abuse, and each is read and copied at admission
@@ -119,6 +119,7 @@ class GenerationRequest:
             raise InputError("--sampler", f"must be 'euler' or 'unipc' (got {self.sampler!r})")
         if self.cache is not None:
             check_cache(self.cache, "--cache")
+        self._take_cuts()
         self._take_keyframes(preset)
         if self.image and self.continue_video:
             raise InputError("--image", "give either a start image or a video to continue, not both")
@@ -135,7 +136,13 @@ class GenerationRequest:
     def _check_memory(self, preset: Preset) -> None:
         """The memory controls and the borrowed job's name (no file read: admission reads the job)."""
         mode = self.history_mode or preset.history.mode
-        check_memory(self.memory, self.seconds, preset, mode)
+        try:
+            check_memory(self.memory, self.seconds, preset, mode)
+        except InputError as e:  # a cut the storyboard gave (``12s: [cut] ...``) is refused naming the storyboard
+            boarded = getattr(self, "_boarded_cuts", ())
+            if e.field == "--cut" and any(e.message.startswith(f"cut at {t:g}s:") for t in boarded):
+                raise InputError("--prompt", f"storyboard entry at {e.message}") from None
+            raise
         if self.borrow is None:
             return
         if not isinstance(self.borrow, str) or not self.borrow.strip():
@@ -167,6 +174,21 @@ class GenerationRequest:
         if not (self.image or self.continue_video):
             raise InputError("--end-image", "goes with a start image (--image) or a video to continue (--continue-video): "
                                             "the video runs from one to the other")
+
+    def _take_cuts(self) -> None:
+        """Move the storyboard's ``[cut]`` marks (``12s: [cut] ...``) into ``memory`` as cut entries.
+
+        Run twice, it finds the storyboard already without them. Which cuts came from the storyboard is kept
+        for messages only (:meth:`_check_memory`), never stored.
+        """
+        prompt, cuts = split_cuts(self.prompt)
+        if not cuts:
+            return
+        if self.memory is not None and not isinstance(self.memory, list):
+            return  # refused by name in _check_memory
+        self.prompt = prompt
+        self.memory = [*(self.memory or []), *({"op": "cut", "time": t} for t in cuts)]
+        self._boarded_cuts = {*getattr(self, "_boarded_cuts", ()), *cuts}
 
     def _take_keyframes(self, preset: Preset) -> None:
         """Move the storyboard's ``[image]`` entries into ``keyframes`` and check them all (no file read).

@@ -154,6 +154,36 @@ def split_keyframes(text: str) -> tuple[str, list[tuple[float, str, str]]]:
     return "; ".join(kept), images
 
 
+#: a cut at the start of an entry's text, before any keyframe image: ``12s: [cut] the street at night``
+_CUT = re.compile(r"^\[cut\]\s*", re.IGNORECASE)
+
+
+def split_cuts(text: str) -> tuple[str, list[float]]:
+    """The storyboard without its ``[cut]`` marks, and their times (new shots: ``config.memory``'s cut entries).
+
+    ``"0s: a; 12s: [cut] b"`` -> ``("0s: a; 12s: b", [12.0])``. The mark starts an entry's text (a keyframe
+    image may follow it: ``12s: [cut] [door.png] b``); an entry that is only ``[cut]`` is dropped from the
+    text, so the prompt before it goes on. Text without cuts is returned unchanged; other brackets
+    (``[cinematic]``) stay prompt text.
+    """
+    entries = parse_storyboard(text)
+    if not any(_CUT.match(e[1]) for e in entries):
+        return text, []
+    timed = bool(_STAMP.search(_CONTROL.sub(" ", text).strip()))
+    cuts: list[float] = []
+    kept: list[str] = []
+    for e in entries:
+        body = e[1]
+        m = _CUT.match(body)
+        if m:
+            cuts.append(float(e[0]))
+            body = body[m.end():].strip()
+        if not body:
+            continue
+        kept.append(join_entries([Entry(e[0], body, getattr(e, "blend", 0.0))]) if timed else body)
+    return "; ".join(kept), cuts
+
+
 def _stamp(t: float) -> str:
     """A storyboard time as ``_STAMP`` reads it back (no exponent, no trailing zeros)."""
     return f"{t:.6f}".rstrip("0").rstrip(".")

@@ -15,7 +15,7 @@ from framepack_history.config.fields import resolve
 from framepack_history.config.memory import check_memory
 from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest, keyframe_field, keyframe_name
-from framepack_history.config.storyboard import split_keyframes
+from framepack_history.config.storyboard import split_cuts, split_keyframes
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import choose_size, source_size
 from framepack_history.generation.segments import segments
@@ -149,6 +149,14 @@ def refuse_new_keyframes(prompt: str, what: str) -> None:
     if images:
         raise InputError("--prompt", f"{images[0][2]}: {what} cannot add keyframes (a job's keyframes are read and "
                                      "kept when it is queued, and stay as they were); queue a new job with them")
+
+
+def refuse_new_cuts(prompt: str, what: str) -> None:
+    """A storyboard edit or an extension adds no ``[cut]``: a job's memory controls are set when it is queued."""
+    _, cuts = split_cuts(prompt)
+    if cuts:
+        raise InputError("--prompt", f"storyboard entry at {cuts[0]:g}s: {what} cannot add a cut (a job's memory "
+                                     "controls are set when it is queued); queue a new job with it")
 
 
 def check_kept_keyframes(request: GenerationRequest, field: str = "job") -> None:

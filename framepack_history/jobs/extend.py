@@ -32,7 +32,7 @@ from pathlib import Path
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json, fsync_dir
-from framepack_history.jobs.admission import refuse_new_keyframes
+from framepack_history.jobs.admission import refuse_new_cuts, refuse_new_keyframes
 from framepack_history.jobs.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, JobDir, section_records, tensor_files, chunk_file
 
 
@@ -84,6 +84,7 @@ def extend_job(src: JobDir, dst: JobDir, prompt: str, seconds: float, *, out: st
     v = info.preset.video
     done = int(ck["next_section"])
     refuse_new_keyframes(prompt, "an extension")
+    refuse_new_cuts(prompt, "an extension")
     request = extension_request(info.request, done, v.section_frames / v.fps, prompt, seconds)
     request.validate(info.preset)  # the old job's keyframes (all in its part) go on with it
     kept = [Path(kf["image"]) for kf in request.keyframes or ()]

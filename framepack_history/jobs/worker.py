@@ -38,7 +38,13 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.device import torch_dtype
 from framepack_history.errors import InputError
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, video_frames
-from framepack_history.jobs.admission import admit_request, check_kept_keyframes, keep_inputs, refuse_new_keyframes
+from framepack_history.jobs.admission import (
+    admit_request,
+    check_kept_keyframes,
+    keep_inputs,
+    refuse_new_cuts,
+    refuse_new_keyframes,
+)
 from framepack_history.jobs.checkpoint import REQUEST, JobDir, interrupted_jobs
 from framepack_history.jobs.extend import extend_job
 from framepack_history.jobs.model_cache import ModelCache
@@ -218,6 +224,7 @@ class Worker:
         jd = self.job_dir(job_id)
         preset = jd.info().preset if jd.exists() else load_preset(job.spec.preset)
         refuse_new_keyframes(prompt, "a storyboard edit")
+        refuse_new_cuts(prompt, "a storyboard edit")
         dataclasses.replace(job.spec.request, prompt=prompt).validate(preset)  # the job's keyframes go on
 
         def post(j: Job) -> None:  # under the lock the worker takes edits with (JobRunner._take_steer)

@@ -87,6 +87,31 @@ def test_the_command_line_flags_make_one_list_in_order():
     assert e.value.field == "--pin"
 
 
+def test_storyboard_cut_marks_become_cut_entries(tmp_path):
+    from framepack_history.jobs.admission import refuse_new_cuts
+
+    preset = load_preset(TINY_TOY)  # sections of 0.5 s
+    door = tmp_path / "door.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 90)).save(door)
+    r = GenerationRequest(prompt=f"0s: [cinematic] camera pans right; 1s: [cut] [{door}] camera holds; 1.5s: [CUT]",
+                          seconds=2, memory=[{"op": "pin", "start": 0, "end": 0.5}])
+    r.validate(preset)
+    assert r.prompt == "0s: [cinematic] camera pans right; 1s: camera holds"
+    assert r.memory == [{"op": "pin", "start": 0, "end": 0.5}, {"op": "cut", "time": 1.0}, {"op": "cut", "time": 1.5}]
+    assert [kf["time"] for kf in r.keyframes] == [1.0]
+    r.validate(preset)  # run again (admission, then the pipeline): the same request
+    assert len(r.memory) == 3 and r.prompt == "0s: [cinematic] camera pans right; 1s: camera holds"
+    with pytest.raises(InputError, match=r"storyboard entry at cut at 2s: past the last section's start") as e:
+        GenerationRequest(prompt="0s: a; 2s: [cut] b", seconds=2).validate(preset)
+    assert e.value.field == "--prompt"
+    with pytest.raises(InputError, match="a storyboard edit cannot add a cut") as e:
+        refuse_new_cuts("0s: a; 1s: [cut] b", "a storyboard edit")
+    assert e.value.field == "--prompt"
+    refuse_new_cuts("0s: [cinematic] a", "a storyboard edit")
+
+
 # --------------------------------------------------------------------- cut
 def test_a_cut_empties_the_window_at_its_section_only(toy_pipeline):
     request = GenerationRequest(prompt="camera pans right", seconds=2, seed=1, steps=1, window_frames=2,
