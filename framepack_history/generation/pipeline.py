@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
@@ -149,6 +150,10 @@ class Generation:
     borrowed_frames: int = 0
 
 
+#: prompt embeddings a pipeline keeps between jobs (the same prompt again is common; every prompt ever is a leak)
+TEXT_CACHE_KEEP = 8
+
+
 class Pipeline:
     """Generates a long video section by section from one backbone + encoder."""
 
@@ -157,7 +162,8 @@ class Pipeline:
         self.backbone = backbone
         self.encoder = encoder
         self.preset = preset
-        self._text_cache: dict[str, Conditioning] = {}
+        #: prompt embeddings on the host, most recently used last; trimmed to TEXT_CACHE_KEEP after each job
+        self._text_cache: OrderedDict[str, Conditioning] = OrderedDict()
         #: called around every phase (text/image/VAE encode, denoise, decode); its hooks load what runs
         self.memory = memory
         if encoder is not None and hasattr(memory, "watch"):
@@ -191,7 +197,18 @@ class Pipeline:
         if prompt not in self._text_cache:
             with torch.no_grad(), self._phase("text_encode"):
                 self._text_cache[prompt] = self.backbone.encode_text(prompt).to("cpu")
+        self._text_cache.move_to_end(prompt)
         return self._text_cache[prompt].to(self.backbone.device)
+
+    def end_job(self) -> None:
+        """Drop what only the finished job needed: its generation and all but the newest prompts' embeddings.
+
+        A job reads every prompt of its storyboard, so the cache is trimmed between jobs, never
+        during one; a server left running keeps :data:`TEXT_CACHE_KEEP` embeddings, not every prompt it saw.
+        """
+        self.last_generation = None
+        while len(self._text_cache) > TEXT_CACHE_KEEP:
+            self._text_cache.popitem(last=False)
 
     def text_at(self, storyboard: list[tuple[float, str]], t: float) -> Conditioning:
         """The text conditioning at time ``t``: one prompt's, or inside a transition a blend of two.

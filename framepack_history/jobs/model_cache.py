@@ -67,3 +67,31 @@ class ModelCache:
         pipe = self._pipelines[key]
         pipe.preset = preset  # sampling/video defaults may have changed; the weights did not
         return pipe
+
+    @property
+    def loaded(self) -> bool:
+        """Whether any backbone is held (an idle unload has something to give back)."""
+        return bool(self._backbones)
+
+    def end_job(self) -> None:
+        """After a job: each pipeline drops the job's generation and trims its prompt cache; the device's cached blocks go back.
+
+        The backbones stay (reloading costs the next job its start); :meth:`clear` drops them.
+        """
+        for pipe in self._pipelines.values():
+            pipe.end_job()
+        free_device_memory()
+
+    def clear(self) -> int:
+        """Unload every backbone and pipeline and give the device memory back; returns how many backbones were held.
+
+        The next job loads again (:attr:`loads` counts it).
+        """
+        held = len(self._backbones)
+        for _, memory in self._backbones.values():
+            if memory is not None:
+                memory.unload()
+        self._pipelines.clear()
+        self._backbones.clear()
+        free_device_memory()
+        return held

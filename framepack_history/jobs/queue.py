@@ -20,6 +20,7 @@ class JobQueue:
         self._ids: deque[str] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._paused = False  # held: nothing is handed out, ids stay in order
 
     def check_room(self) -> None:
         """:class:`InputError` if a job could not be queued now (checked before slow validation)."""
@@ -49,11 +50,33 @@ class JobQueue:
             self._ids.remove(job_id)
             return True
 
-    def take(self) -> str | None:
-        """The oldest job id, waiting for one; ``None`` once the queue is closed."""
+    def take(self, timeout: float | None = None, or_paused: bool = False) -> str | None:
+        """The oldest job id, waiting for one while the queue is held; ``None`` once it is closed.
+
+        Also ``None`` after ``timeout`` s with nothing to take, and (``or_paused``) as soon as the queue
+        is held: a taker that holds models then frees them (:meth:`closed` tells the cases apart).
+        """
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or bool(self._ids))
-            return None if self._closed else self._ids.popleft()
+            self._cond.wait_for(lambda: self._closed or (bool(self._ids) and not self._paused)
+                                or (or_paused and self._paused), timeout)
+            if self._closed or self._paused or not self._ids:
+                return None
+            return self._ids.popleft()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Hold the queue: no job is taken until :meth:`unpause`; waiting ids keep their order."""
+        with self._cond:
+            self._paused = True
+            self._cond.notify_all()
+
+    def unpause(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
 
     def ids(self) -> list[str]:
         with self._cond:

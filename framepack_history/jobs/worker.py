@@ -70,6 +70,7 @@ class Lane:
         self.models = ModelCache(max_models)  # touched only by this lane's thread
         self.runner = runner_for(self.models, device)
         self.thread: threading.Thread | None = None
+        self.unloads = 0  # how many times this lane gave its models back while idle or paused
 
 
 class Worker:
@@ -89,6 +90,7 @@ class Worker:
         max_models: int = 2,
         jobs_dir: str | Path | None = None,
         devices: list[str] | None = None,
+        unload_after_s: float = 0.0,
     ) -> None:
         self.outputs = Path(outputs)
         #: job folders (checkpoints); beside outputs/, not inside it, so the page never serves them
@@ -101,6 +103,8 @@ class Worker:
                              stopping=lambda: self.queue.closed, device=device)
 
         self.lanes = [Lane(i, d, runner_for, max_models) for i, d in enumerate(devices or [None], 1)]
+        #: seconds with nothing to take after which a lane unloads its models (0 = never; app.py's --unload-after)
+        self.unload_after_s = float(unload_after_s)
         self.models = self.lanes[0].models  # the first lane's (single-device callers and tests)
         self.runner = self.lanes[0].runner
         self._lock = threading.Lock()
@@ -389,12 +393,56 @@ class Worker:
         return job
 
     # ----------------------------------------------------------------- thread
+    # ------------------------------------------------------------- pausing
+    @property
+    def paused(self) -> bool:
+        return self.queue.paused
+
+    def pause_queue(self) -> None:
+        """Hold the queue: running jobs finish, no queued job starts, and each idle lane unloads its models."""
+        self.queue.pause()
+
+    def resume_queue(self) -> None:
+        """Go on with the queued jobs, in their order (the first one loads its models again)."""
+        self.queue.unpause()
+
+    def queue_state(self) -> str:
+        """One line for the Queue tab: whether the queue is held, what still runs and whether the models are loaded."""
+        waiting = len(self.queue.ids())
+        if not self.paused:
+            return f"Queue running · {waiting} waiting" if waiting else "Queue running"
+        running = [j.id for j in self.store.jobs() if j.status == "running"]
+        then = (f"{', '.join(running)} finishes first, then the device is freed" if running
+                else "models unloaded" if not any(lane.models.loaded for lane in self.lanes) else "freeing the device…")
+        return f"Queue paused · {waiting} waiting · {then}"
+
+    def _idle(self, lane: Lane) -> None:
+        """Nothing to take for ``unload_after_s`` (or the queue is held): give the lane's models and memory back."""
+        held = lane.models.clear()
+        lane.unloads += 1
+        if self._inspector is not None and not any(j.status == "running" for j in self.store.jobs()):
+            with self._lock:  # the recall model loads again on the next recall
+                self._inspector = None
+        log.info("worker %s: %s; unloaded %d model(s)", lane.index, "queue paused" if self.paused else
+                 f"idle for {self.unload_after_s:g} s", held)
+
+    def _take(self, lane: Lane) -> str | None:
+        """The next job id for ``lane``; unloads its models while there is none (idle long enough, or paused)."""
+        while True:
+            loaded = lane.models.loaded
+            wait = self.unload_after_s if loaded and self.unload_after_s > 0 else None
+            job_id = self.queue.take(wait, or_paused=loaded)
+            if job_id is not None or self.queue.closed:
+                return job_id
+            if loaded:
+                self._idle(lane)
+
     def _loop(self, lane: Lane) -> None:
         if lane.device and lane.device.startswith("cuda:"):  # CUDA's current device is per thread: side streams use it
             import torch  # torch: kept off the page's import path
 
             torch.cuda.set_device(torch.device(lane.device))
-        while (job_id := self.queue.take()) is not None:
+        while (job_id := self._take(lane)) is not None:
             job = self.store.get(job_id)
             self.store.update(job, status="running", started=time.time(), message="loading models…", device=lane.device,
                               worker=lane.index)
@@ -404,6 +452,9 @@ class Worker:
                 log.exception("job %s crashed the worker loop", job.id)
                 if not job.terminal:
                     self.store.update(job, status="failed", message="internal error (see the server log)", finished=time.time())
+            finally:
+                job = None  # the job's last references from this frame go before the memory is given back
+                lane.models.end_job()
 
 
 # ------------------------------------------------------------- page helpers
