@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where videos are written and served from (default: outputs/ beside app.py)")
     p.add_argument("--jobs-dir", help="job folders with per-section checkpoints, never served (default: jobs/ beside --outputs)")
     p.add_argument("--max-queue", type=int, default=16, help="jobs that may wait at once (default 16)")
+    p.add_argument("--unload-after", type=float, default=0, metavar="MINUTES",
+                   help="unload the models and free the device after this many minutes with an empty queue; "
+                        "the next job loads them again (default 0: never)")
     p.add_argument("--max-file-size", default="200mb", help="upload limit, e.g. 200mb or 1gb (default 200mb)")
     return p
 
@@ -123,6 +126,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError("--port", f"must be in 1..65535 (got {args.port})")
     if args.max_queue < 1:
         raise InputError("--max-queue", f"must be at least 1 (got {args.max_queue})")
+    if not args.unload_after >= 0:  # also refuses nan
+        raise InputError("--unload-after", f"must be minutes, 0 or more (got {args.unload_after:g}); 0 never unloads")
     args.max_file_size = parse_size(args.max_file_size)
 
 
@@ -205,7 +210,8 @@ def start(args: argparse.Namespace):
     import gradio as gr  # gradio: only when the page starts (the CLI never loads it)
 
     studio = Studio.from_auth(args.auth, getattr(args, "admin", None))
-    worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir, devices=getattr(args, "devices", None)).start()
+    worker = Worker(outputs, max_queue=args.max_queue, jobs_dir=jobs_dir, devices=getattr(args, "devices", None),
+                    unload_after_s=60 * getattr(args, "unload_after", 0)).start()
     demo = build_app(worker, args.preset, studio)
     app_kwargs = {}
     if studio.shared:  # a user fetches only their own files by URL

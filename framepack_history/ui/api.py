@@ -1,4 +1,4 @@
-"""The HTTP API's handlers (``/generate``, ``/cancel``, ``/resume``, ``/steer``, ``/extend``, ``/status``).
+"""The HTTP API's handlers (``/generate``, ``/cancel``, ``/resume``, ``/steer``, ``/extend``, ``/status``, ``/pause_queue``, ``/resume_queue``).
 
 A mixin of :class:`ui.handlers.Handlers`: the same submit path, ownership checks and messages as the page.
 """
@@ -97,6 +97,30 @@ class ApiHandlers:
         except InputError as e:
             raise self._error(e) from None
 
+    def api_pause_queue(self, request: gr.Request | None = None) -> dict:
+        """Hold the queue: the running job finishes, queued jobs wait in their order, and the device is freed.
+
+        It holds every user's jobs, so with --auth only an admin may. Returns ``{"paused", "state", "queued"}``.
+        """
+        try:
+            self._may_pause(request)
+        except InputError as e:
+            raise self._error(e) from None
+        self.worker.pause_queue()
+        return self._queue_view()
+
+    def api_resume_queue(self, request: gr.Request | None = None) -> dict:
+        """Go on with the queued jobs after ``/pause_queue``, in their order. Returns ``{"paused", "state", "queued"}``."""
+        try:
+            self._may_pause(request)
+        except InputError as e:
+            raise self._error(e) from None
+        self.worker.resume_queue()
+        return self._queue_view()
+
+    def _queue_view(self) -> dict:
+        return {"paused": self.worker.paused, "state": self.worker.queue_state(), "queued": len(self.worker.queued())}
+
     def api_status(self, job_id: str, request: gr.Request | None = None) -> dict:
         """One job's status by id, or with an empty id all of this user's jobs (newest first) and interrupted ones.
 
@@ -112,7 +136,7 @@ class ApiHandlers:
         mine = {j.id for j in jobs}
         return {"current": current.id if current else None, "queued": [i for i in self.worker.queued() if i in mine],
                 "jobs": [self.view(j) for j in reversed(jobs)], "interrupted": self.interrupted(request),
-                "devices": [self._lane_row(lane, jobs) for lane in self.worker.lanes]}
+                "devices": [self._lane_row(lane, jobs) for lane in self.worker.lanes], "paused": self.worker.paused}
 
     @staticmethod
     def _lane_row(lane: Any, jobs: list[Job]) -> dict:

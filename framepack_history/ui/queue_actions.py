@@ -52,6 +52,35 @@ class QueueActions(PageContext):
             gallery = gr.update(value=items, selected_index=where)
         return key, self.queue_rows(request), gr.update(choices=ids), gallery
 
+    # ------------------------------------------------------------ pausing
+    def _may_pause(self, request: gr.Request | None) -> None:
+        """Pausing holds everyone's jobs: in a shared studio only an admin may (without --auth, the one local user)."""
+        if not self.studio.sees_all(self.user(request)):
+            raise InputError("queue", "only an admin may pause or resume the queue: it holds every user's jobs")
+
+    def pause_state(self) -> tuple[str, Any, Any]:
+        """The Queue tab's status line and which of Pause / Resume queue is shown."""
+        paused = self.worker.paused
+        return self.worker.queue_state(), gr.update(visible=not paused), gr.update(visible=paused)
+
+    def pause_click(self, request: gr.Request | None = None) -> tuple[str, Any, Any]:
+        """Pause: the running job finishes, queued jobs wait in order, and the device is freed."""
+        try:
+            self._may_pause(request)
+        except InputError as e:
+            raise self._error(e) from None
+        self.worker.pause_queue()
+        return self.pause_state()
+
+    def resume_queue_click(self, request: gr.Request | None = None) -> tuple[str, Any, Any]:
+        """Resume queue: the queued jobs go on in their order."""
+        try:
+            self._may_pause(request)
+        except InputError as e:
+            raise self._error(e) from None
+        self.worker.resume_queue()
+        return self.pause_state()
+
     # ------------------------------------------------------------ cancelling
     def cancel_click(self, job_id: str, request: gr.Request | None = None) -> str:
         """Cancel button: the chosen job (or the one on screen)."""

@@ -1,5 +1,5 @@
 """The HTTP API (gradio_client): ``/generate``, ``/cancel``, ``/status``, ``/resume``, ``/recall``, ``/steer``, ``/extend``,
-``/tool``, ``/sweep``, ``/export_queue``, ``/import_queue``.
+``/tool``, ``/sweep``, ``/export_queue``, ``/import_queue``, ``/pause_queue``, ``/resume_queue``.
 
 Hidden components carry the endpoints that take files or the page's own inputs; the rest are plain functions.
 """
@@ -33,5 +33,7 @@ def build_endpoints(h: Handlers, memory: MemoryTab) -> None:
                             api_recall_outputs, api_name="recall", concurrency_limit=1)
     gr.api(h.api_steer, api_name="steer", concurrency_limit=None)
     gr.api(h.api_extend, api_name="extend", concurrency_limit=None)
+    gr.api(h.api_pause_queue, api_name="pause_queue", concurrency_limit=None)
+    gr.api(h.api_resume_queue, api_name="resume_queue", concurrency_limit=None)
     build_tool_endpoints(h)  # /tool: loop, join, export, upscale, interpolate
     build_sweep_endpoints(h)  # /sweep, /export_queue, /import_queue
