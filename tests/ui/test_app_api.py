@@ -146,3 +146,20 @@ def test_recall_and_a_history_cap_through_the_api(client):
         client.predict(tiny, 0.0, None, api_name="/recall")
     with pytest.raises(AppError, match="no job"):
         client.predict("no-such-job", 0.0, None, api_name="/recall")
+
+
+def test_pause_holds_a_job_queued_over_http_and_resume_runs_it(client):
+    view = client.predict(api_name="/pause_queue")
+    try:
+        assert view["paused"] and view["state"].startswith("Queue paused")
+        pending = generate(client, prompt="camera pans right while paused")
+        until(lambda: [j for j in client.worker.store.jobs() if j.spec.request.prompt == "camera pans right while paused"],
+              None, "the job was not queued", every=0.1, limit_s=60)
+        waiting_job = next(j for j in client.worker.store.jobs() if j.spec.request.prompt == "camera pans right while paused")
+        assert client.predict("", api_name="/status")["paused"]
+        until(lambda: not client.worker.models.loaded, None, "the paused queue kept its models", every=0.1, limit_s=30)
+        assert waiting_job.status == "queued"
+    finally:
+        assert not client.predict(api_name="/resume_queue")["paused"]
+    video, _ = result(client, pending)
+    assert Path(video).is_file() and waiting_job.status == "done"
