@@ -416,6 +416,15 @@ class Worker:
                 else "models unloaded" if not any(lane.models.loaded for lane in self.lanes) else "freeing the device…")
         return f"Queue paused · {waiting} waiting · {then}"
 
+    def _drop_previews(self, keep: Job) -> None:
+        """Ended jobs other than ``keep`` forget their last preview (a frame of pixels each): their video shows them now."""
+        def drop(j: Job) -> None:
+            j.preview = None
+
+        for j in self.store.jobs():
+            if j is not keep and j.terminal and j.preview is not None:
+                self.store.mutate(j, drop, notify=False)
+
     def _idle(self, lane: Lane) -> None:
         """Nothing to take for ``unload_after_s`` (or the queue is held): give the lane's models and memory back."""
         held = lane.models.clear()
@@ -453,6 +462,7 @@ class Worker:
                 if not job.terminal:
                     self.store.update(job, status="failed", message="internal error (see the server log)", finished=time.time())
             finally:
+                self._drop_previews(keep=job)
                 job = None  # the job's last references from this frame go before the memory is given back
                 lane.models.end_job()
 

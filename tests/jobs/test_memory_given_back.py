@@ -37,6 +37,8 @@ def test_each_job_leaves_no_generation_and_a_bounded_text_cache(worker, monkeypa
     assert pipes and all(len(p._text_cache) == 2 for p in pipes)
     assert f"camera pans left {n - 1}" in pipes[0]._text_cache  # the newest prompt is the one kept
     assert worker.loads == 1  # the backbone stays between jobs
+    jobs = worker.store.jobs()
+    assert jobs[-1].preview is not None and all(j.preview is None for j in jobs[:-1])  # only the newest keeps pixels
 
 
 def test_idle_unload_drops_the_models_and_the_next_job_loads_again(tmp_path):
