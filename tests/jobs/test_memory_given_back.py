@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 
 import pytest
 
@@ -42,11 +44,14 @@ def test_each_job_leaves_no_generation_and_a_bounded_text_cache(worker, monkeypa
 
 
 def test_idle_unload_drops_the_models_and_the_next_job_loads_again(tmp_path):
-    w = Worker(tmp_path / "outputs", max_queue=4, preview_every_s=0.0, unload_after_s=0.3).start()
+    w = Worker(tmp_path / "outputs", max_queue=4, preview_every_s=0.0, unload_after_s=1.0).start()
     try:
         assert wait(w, w.submit(spec()).id).status == "done"
-        _until(lambda: w.lanes[0].unloads == 1, "no idle unload after 0.3 s with an empty queue")
+        backbone = weakref.ref(next(iter(w.models._backbones.values()))[0])
+        _until(lambda: w.lanes[0].unloads == 1, "no idle unload after 1 s with an empty queue")
         assert not w.models.loaded and w.models._pipelines == {}
+        gc.collect()
+        assert backbone() is None  # nothing else holds the unloaded model: its memory is free
         time.sleep(0.5)
         assert w.lanes[0].unloads == 1  # nothing loaded: nothing to unload again
         assert wait(w, w.submit(spec(seed=3)).id).status == "done"
