@@ -211,11 +211,13 @@ def test_page_and_api_pass_the_setting_through():
     from framepack_history.ui.plan import KEYFRAME_SLOTS
 
     tail = ["cache", "history_merge", "end_image", "end_frame_strength"]
-    rows = 3 * KEYFRAME_SLOTS  # the page's keyframe rows come last (image, time, prompt each)
-    assert list(inspect.signature(Handlers.spec).parameters)[-4 - rows:-rows] == tail
-    # the API's last value parameters (gradio fills the trailing ``request`` itself), then the keyframes' two
+    rows = 3 * KEYFRAME_SLOTS  # then the page's keyframe rows (image, time, prompt each), then the memory controls' two
+    memory = ["memory", "borrow"]
+    params = list(inspect.signature(Handlers.spec).parameters)
+    assert params[-4 - rows - 2:-rows - 2] == tail and params[-2:] == memory
+    # the API's last value parameters (gradio fills the trailing ``request`` itself): the keyframes' two, the memory's two
     api = [n for n in inspect.signature(Handlers.api_generate).parameters if n != "request"]
-    assert api[-6:] == tail + ["keyframe_images", "keyframe_times"]
+    assert api[-8:] == tail + ["keyframe_images", "keyframe_times"] + memory
     h = Handlers.__new__(Handlers)  # spec() reads only the presets
     h.presets, h.default_preset = ["toy-cpu"], "toy-cpu"
     spec = h.spec("a", None, None, 1, 0, "toy-cpu", None, None, None, None, None, None, cache="faster", history_merge="oldest")
@@ -224,14 +226,15 @@ def test_page_and_api_pass_the_setting_through():
 
 
 def test_page_controls_are_the_last_generate_inputs(tmp_path):
-    """The step cache and the cap's merge rule come just before the end image's two inputs, the last ones."""
+    """The step cache and the cap's merge rule come just before the end image's two inputs, then the keyframes' and the memory controls'."""
     from framepack_history.jobs.worker import Worker
     from framepack_history.ui.layout import build_app
 
     cfg = build_app(Worker(tmp_path / "out", jobs_dir=tmp_path / "jobs")).get_config_file()
     labels = {c["id"]: c.get("props", {}) for c in cfg["components"]}
     generate = next(d for d in cfg["dependencies"] if d.get("api_name") == "generate")
-    cache, merge, end, strength, keyframes, times = (labels[i] for i in generate["inputs"][-6:])
+    cache, merge, end, strength, keyframes, times, memory, borrow = (labels[i] for i in generate["inputs"][-8:])
+    assert memory["label"] == "Memory controls" and borrow["label"].startswith("Borrow memory")
     assert keyframes["label"] == "Keyframes" and keyframes["file_count"] == "multiple"
     assert times["label"] == "Keyframe times (seconds)"
     assert end["label"].startswith("End image") and strength["label"] == "End frame strength"

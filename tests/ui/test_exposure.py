@@ -113,13 +113,14 @@ def test_server_paths_are_not_inputs_and_uploads_are_capped(served, tmp_path):
     # a client naming a server file instead of uploading one is refused before any handler runs
     data = ["a", {"path": str(ROOT / "docs" / "screenshot.png"), "meta": {"_type": "gradio.FileData"}},
             None, 0.5, 1, TINY, 1, None, None, None, None, None, None, None]
-    data += [None] * 13  # history cap, three LoRA slots with their weights, step cache, cap merge rule, end image, its
-    # strength, keyframe images, their times
+    data += [None] * 15  # history cap, three LoRA slots with their weights, step cache, cap merge rule, end image, its
+    # strength, keyframe images, their times, memory controls, the job to borrow from
     event = http.post("/gradio_api/call/generate", json={"data": data}).json()["event_id"]
     body = http.get(f"/gradio_api/call/generate/{event}").text
     assert "event: error" in body and "not uploaded by a user" in body
     # the same for a keyframe image
-    keyed = ["a", None, *data[2:-2], [{"path": str(ROOT / "docs" / "screenshot.png"), "meta": {"_type": "gradio.FileData"}}], [1]]
+    keyed = ["a", None, *data[2:-4], [{"path": str(ROOT / "docs" / "screenshot.png"), "meta": {"_type": "gradio.FileData"}}], [1],
+             None, None]
     event = http.post("/gradio_api/call/generate", json={"data": keyed}).json()["event_id"]
     body = http.get(f"/gradio_api/call/generate/{event}").text
     assert "event: error" in body and "not uploaded by a user" in body
