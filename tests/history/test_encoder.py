@@ -175,12 +175,17 @@ def test_history_camera_track_moves_token_groups_and_survives_save_load(tmp_path
 def test_old_config_loads_unchanged_and_gives_identical_outputs(tmp_path):
     """A config saved before ``use_box_branch`` existed loads without the branch, with the same weights and outputs."""
     import json
+    import shutil
 
     from framepack_history.config.paths import ROOT
 
     shipped = ROOT / "framepack_history" / "weights" / "toy" / "history_encoder"
-    assert "use_box_branch" not in json.loads((shipped / "config.json").read_text())
-    old = HistoryEncoder.load(shipped).eval()
+    saved = tmp_path / "history_encoder"  # the shipped encoder with its config as written before the option existed
+    shutil.copytree(shipped, saved)
+    config = json.loads((saved / "config.json").read_text())
+    assert config.pop("use_box_branch", False) is False
+    (saved / "config.json").write_text(json.dumps(config))
+    old = HistoryEncoder.load(saved).eval()
     assert not hasattr(old, "box_proj") and not any(k.startswith("box_") for k in old.state_dict())
     cfg = {k: v for k, v in old.config.items() if not k.startswith("_") and k != "use_box_branch"}
     new = HistoryEncoder(**cfg, use_box_branch=False).eval()
