@@ -117,10 +117,10 @@ FIELDS: tuple[RequestField, ...] = (
               "'8s: [door_open.png] the door opens' in the storyboard); the toy and FramePack's original model presets"),
     # memory controls: the command line's --pin, --forget and --cut (repeated) make the list; the page and the API
     # take text ("pin 10:20; forget 30:40; cut 12") or a list of entries (config.memory)
-    _row("memory", "--memory", "Memory controls", kind="memory", form=None, metavar="ENTRIES",
+    _row("memory", "--memory", "Memory controls", kind="memory", metavar="ENTRIES",
          help="pin/forget time ranges of the history, cut to a new shot: 'pin 10:20; forget 30:40; cut 12'"),
     # a finished job's history to start from (its id; on the command line its job folder)
-    _row("borrow", "--borrow", "Borrow memory from", form=None, metavar="JOB",
+    _row("borrow", "--borrow", "Borrow memory from", metavar="JOB",
          help="start with the history of a finished job (its job folder, or the app's job id): the same world or "
               "character in a new video; nothing of that job's video is shown"),
     # not on the page nor in the API: the command line's

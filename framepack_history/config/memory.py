@@ -76,6 +76,17 @@ def parse_memory_text(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def memory_text(entries: list[dict[str, Any]] | None) -> str:
+    """The page's text form of a request's entries (:func:`parse_memory_text` reads it back): ``pin 10:20; cut 12``."""
+    parts = []
+    for e in entries or ():
+        if e.get("op") == "cut":
+            parts.append(f"cut {float(e['time']):g}")
+        else:
+            parts.append(f"{e.get('op')} {float(e['start']):g}:{float(e['end']):g}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """A checked request's memory controls: ranges in seconds, cuts as the sections they start."""

@@ -70,4 +70,4 @@ class GalleryActions(PageContext):
                           visible=len(rates) > 1),
                 v["history"], v["window"], v["history_guidance"], frames, v["max_tokens"], v["merge"], v["cache"],
                 *end_image_updates(p, 1.0 if v["end_frame_strength"] is None else v["end_frame_strength"]),
-                *keyframe_updates(p, v["keyframes"]))
+                *keyframe_updates(p, v["keyframes"]), v["memory"], v["borrow"])

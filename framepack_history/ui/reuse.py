@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from framepack_history.config.fields import FIELDS, resolve
+from framepack_history.config.memory import memory_text
 from framepack_history.config.presets import Preset, load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import join_entries, parse_storyboard
@@ -86,6 +87,11 @@ def form_values(path: str | Path, offered: list[str], default_preset: str) -> tu
         named = ", ".join(f"{kf['time']:g}s ({kf.get('name') or Path(str(kf['image'])).name})" for kf in request.keyframes)
         notes.append(f"it had keyframes at {named}; their times and prompts are in the Keyframes list: upload the "
                      "images again to use them")
+    # memory controls as the page's text (a storyboard's [cut] marks are cut entries by now); a borrowed job by its id
+    values["memory"] = memory_text(request.memory)
+    values["borrow"] = Path(str(request.borrow)).name if request.borrow else ""
+    if request.borrow:
+        notes.append(f"it started with the memory of job {values['borrow']}; that job must still be here to borrow it again")
     if data.get("steers"):
         notes.append(f"its storyboard was edited {len(data['steers'])} time(s) while it ran; the form has the first one")
     return values, notes

@@ -267,7 +267,7 @@ def test_reuse_settings_reads_a_sidecar_into_the_form(toy_pipeline, tmp_path):
     assert values == {"prompt": request.prompt, "seconds": 1, "seed": 42, "preset": str(TINY_TOY), "steps": 3,
                       "guidance": 1.0, "shift": None, "encoder_rate": "2x2x2", "history": "encoder", "window": 2,
                       "history_guidance": 1.5, "start_frame": "world", "max_tokens": 160, "merge": "oldest", "cache": "off",
-                      "end_frame_strength": None, "keyframes": []}
+                      "end_frame_strength": None, "keyframes": [], "memory": "", "borrow": ""}
     assert notes == []
     # another preset than those offered: the form keeps its own, and says so
     values, notes = form_values(tmp_path / "v.json", ["toy-cpu"], "toy-cpu")

@@ -208,6 +208,14 @@ def test_memory_controls_and_a_borrowed_history_resume_bit_for_bit(toy_pipeline,
     assert data["borrow"] == {"job": "source", "folder": str(src.root), "latent_frames": int(lat.shape[2]),
                               "sha256": history_sha256(lat, track)}
     assert data["request"]["memory"] == memory and data["request"]["borrow"] == str(src.root)
+    # Reuse settings gives the controls back as the page's text and the borrowed job by its id
+    from framepack_history.config.memory import parse_memory_text
+    from framepack_history.ui.reuse import form_values
+    from tests.conftest import TINY_TOY
+
+    values, notes = form_values(tmp_path / "straight.json", [str(TINY_TOY)], str(TINY_TOY))
+    assert values["memory"] == "pin 0:0.25; forget 1:1.5; cut 2" and parse_memory_text(values["memory"]) == memory
+    assert values["borrow"] == "source" and any("memory of job source" in n for n in notes)
     render(toy_pipeline, admitted(), tmp_path / "plain.mp4", tmp_path / "seg-p")
     assert not np.array_equal(decoded(tmp_path / "plain.mp4"), decoded(tmp_path / "straight.mp4"))  # they count
 

@@ -57,7 +57,9 @@ def test_reuse_settings_fills_the_form_from_the_table(toy_pipeline, tmp_path):
     settings = resolve(request, toy_pipeline.preset)
     assert set(values) == {row.form for row in FIELDS if row.form} | {"preset", "encoder_rate"}
     for row in FIELDS:
-        if row.form and row.kind != "keyframes":  # keyframes: rows of time and prompt, never a path (test_keyframes_page)
+        # keyframes: rows of time and prompt, never a path (test_keyframes_page); memory controls as the page's text
+        # and a borrowed job by its id (test_memory_controls)
+        if row.form and row.kind not in ("keyframes", "memory") and row.name != "borrow":
             assert values[row.form] == getattr(settings if row.preset else request, row.name), row.name
-    assert values["keyframes"] == []
+    assert values["keyframes"] == [] and values["memory"] == "" and values["borrow"] == ""
     assert values["shift"] == 2.5 and values["cache"] == "fast" and values["steps"] == toy_pipeline.preset.sampling.steps

@@ -16,7 +16,7 @@ from tests.conftest import TINY_TOY
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 SIZE = 64
-KEYFRAME_OUTPUTS = 1 + 3 * KEYFRAME_SLOTS  # the keyframe list and its rows, after the end image's two
+KEYFRAME_OUTPUTS = 1 + 3 * KEYFRAME_SLOTS  # the keyframe list and its rows, after the end image's two (memory controls and borrow follow)
 TOY = str(TINY_TOY)
 
 
@@ -99,7 +99,7 @@ def test_reuse_settings_restores_the_end_frame_strength(served, ended) -> None:
     values, notes = form_values(ended["path"], h.presets, h.default_preset)
     assert values["end_frame_strength"] == 0.5 and values["preset"] == served["inverted"]
     assert any("end image; upload it again" in n for n in notes)  # a sidecar's path is never served back
-    image, strength = h.reuse_settings(None, ended["path"])[-2 - KEYFRAME_OUTPUTS:-KEYFRAME_OUTPUTS]
+    image, strength = h.reuse_settings(None, ended["path"])[-4 - KEYFRAME_OUTPUTS:-2 - KEYFRAME_OUTPUTS]
     assert image["visible"] is True and "value" not in image  # the form keeps what the user uploaded
     assert strength["visible"] is True and strength["value"] == 0.5
     # a preset that refuses end images hides both and empties them

@@ -130,7 +130,7 @@ def test_reuse_settings_gives_back_times_and_prompts_never_paths(served, keyed):
     assert values["keyframes"] == [(0.5, "camera holds"), (1.0, "")]  # the 0.5 s entry moved into its row
     assert values["prompt"] == "0s: camera pans left"
     assert any("keyframes at 0.5s (door.png), 1s (garden.png)" in n and "upload the images again" in n for n in notes)
-    updates = h.reuse_settings(None, keyed["path"])[-(1 + 3 * KEYFRAME_SLOTS):]
+    updates = h.reuse_settings(None, keyed["path"])[-(3 + 3 * KEYFRAME_SLOTS):-2]  # then memory controls, borrow
     assert updates[0]["visible"] is True
     assert [u["value"] for u in updates[1::3]] == [None] * KEYFRAME_SLOTS  # no image path handed back
     assert [u["value"] for u in updates[2:7:3]] == ["0.5", "1"] and updates[3]["value"] == "camera holds"
@@ -159,3 +159,15 @@ def test_the_list_shows_only_where_the_preset_allows_keyframes():
     hidden = keyframe_updates(load_preset("rtx4090-24gb"))
     assert hidden[0]["visible"] is False and all(u["value"] in (None, "") for u in hidden[1:])  # and are emptied
     assert keyframe_updates(load_preset("framepack-original-24gb"))[0]["visible"] is True
+
+
+def test_the_pages_reuse_buttons_fill_as_many_fields_as_reuse_settings_gives(served, keyed):
+    """The Gallery's Reuse settings (button and upload) are wired to exactly the values the handler returns."""
+    from framepack_history.ui.layout import build_app
+
+    demo = build_app(served["worker"], TINY)
+    wired = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "reuse_settings"]
+    assert len(wired) == 2
+    values = wired[0].fn(None, keyed["path"])
+    assert all(len(f.outputs) == len(values) for f in wired)
+    assert values[-2:] == ("", "")  # no memory controls, nothing borrowed

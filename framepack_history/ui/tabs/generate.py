@@ -107,7 +107,7 @@ class Form:
         a = self.advanced
         return [self.prompt, self.seconds, self.seed, self.preset, a.steps, a.guidance, a.shift, a.rate, a.history,
                 a.window, a.history_guidance, self.start_frame, a.history_cap, a.history_merge, a.cache,
-                self.end_image, self.end_strength, self.keyframes, *self.keyframe_values]
+                self.end_image, self.end_strength, self.keyframes, *self.keyframe_values, self.memory, self.borrow]
 
     @property
     def lora_names(self) -> list[gr.Dropdown]:
