@@ -24,8 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from framepack_history.backbones.base import Backbone, Conditioning, Context, LatentGeometry, LatentRGB, StartFrame, place
-from framepack_history.backbones.toyworld import World, WorldSpec, camera_action, start_frame
-from framepack_history.config.storyboard import prompt_at
+from framepack_history.backbones.toyworld import World, WorldSpec, camera_moves, model_text, start_frame
 
 # Words of the toy world's captions; anything else maps to <unk>.
 DEFAULT_VOCAB = [
@@ -465,7 +464,7 @@ class ToyBackbone(Backbone):
         return self.dit.x_embedder
 
     def encode_text(self, prompt: str) -> Conditioning:
-        ids, mask = self.tokenizer(prompt)
+        ids, mask = self.tokenizer(model_text(prompt))  # a camera jump reads as a hold: the track carries it
         return Conditioning({"text_ids": ids.to(self.device), "text_mask": mask.to(self.device)})
 
     @torch.no_grad()
@@ -498,12 +497,12 @@ class ToyBackbone(Backbone):
         return fit_latent_rgb(self.vae, toy_world_frames(view=max(16, 4 * self.geometry.spatial_scale)))
 
     def camera_steps(self, storyboard, first_frame: int, n: int, fps: int, width: int) -> torch.Tensor | None:
-        """The toy world's documented pan speed, per frame, from the storyboard (canvas-position DiTs only)."""
+        """The toy world's camera moves per frame (its pan speed, a jump's half canvas), from the storyboard,
+        in DiT token units (canvas-position DiTs only)."""
         if not self.dit.config.canvas_positions:
             return None
-
-        speed = WorldSpec(view=width, fps=fps).pan_speed / (self.geometry.spatial_scale * self.geometry.patch_size[2])
-        return torch.tensor([camera_action(prompt_at(storyboard, (first_frame + k) / fps)) * speed for k in range(n)])
+        unit = self.geometry.spatial_scale * self.geometry.patch_size[2]
+        return torch.tensor([px / unit for px in camera_moves(storyboard, first_frame, n, fps, WorldSpec(view=width, fps=fps))])
 
     def frame_context(self, storyboard, first_frame: int, n: int, fps: int, width: int,
                       past: torch.Tensor) -> torch.Tensor | None:

@@ -16,6 +16,10 @@ Camera
     return exactly to the start x. Without an explicit start, the start x is the world's home x moved
     just enough for the whole storyboard to fit inside the canvas (to the edge it pans away from when
     it cannot fit).
+    ``camera jumps left|right`` is a cut to another place: the camera moves half the canvas
+    (:attr:`WorldSpec.jump_px`, three views at six wide) at the entry's first frame, then holds. No training
+    storyboard has a jump and the DiT never learned the word: the toy backbone reads it as ``camera holds``
+    (:func:`model_text`) and takes the jump from the camera track alone.
 Sprites
     1-3 per world: a circle, square or triangle, 3-5 px across per 16 px of view, each in its own
     :data:`PALETTE` colour. Each bounces at constant speed (across: 0.25-0.5 px/frame per 16 px of view,
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from framepack_history.config.storyboard import parse_storyboard, prompt_at
+from framepack_history.config.storyboard import parse_storyboard
 
 EVAL_SEED_START = 1_000_000
 TRAIN_SEEDS = range(0, EVAL_SEED_START)
@@ -92,6 +96,11 @@ class WorldSpec:
     @property
     def max_x(self) -> int:
         return self.width - self.view
+
+    @property
+    def jump_px(self) -> int:
+        """How far ``camera jumps left|right`` moves the camera: half the canvas."""
+        return self.width // 2
 
     @property
     def view_pan_seconds(self) -> float:
@@ -163,6 +172,47 @@ def camera_action(text: str) -> int:
     """+1 for "pans right", -1 for "pans left", 0 otherwise (holds)."""
     m = re.search(r"\bpans?\s+(left|right)\b", text.lower())
     return 0 if m is None else (1 if m.group(1) == "right" else -1)
+
+
+_JUMP = re.compile(r"\bjumps?\s+(left|right)\b")
+
+
+def camera_jump(text: str) -> int:
+    """+1 for "jumps right", -1 for "jumps left", 0 otherwise."""
+    m = _JUMP.search(text.lower())
+    return 0 if m is None else (1 if m.group(1) == "right" else -1)
+
+
+def model_text(text: str) -> str:
+    """The words the toy DiT reads for ``text``: a jump as a hold (the camera track carries the jump itself)."""
+    return _JUMP.sub("holds", text.lower()) if _JUMP.search(text.lower()) else text
+
+
+def _entry_index(board: list[tuple[float, str]], t: float) -> int:
+    """The index of the entry in force at ``t`` (as :func:`prompt_at` picks it)."""
+    i = 0
+    for k, (start, _) in enumerate(board):
+        if start <= t + 1e-9:
+            i = k
+    return i
+
+
+def camera_moves(board: list[tuple[float, str]], first_frame: int, n: int, fps: int, spec: WorldSpec) -> list[int]:
+    """The camera's move in px from frame ``first_frame + k`` to the next, ``k < n``, before the canvas edges.
+
+    The entry in force at the frame's time decides: a pan moves ``spec.pan_speed`` every frame; a jump
+    moves ``spec.jump_px`` once, at the entry's first frame, and holds after it.
+    """
+    out = []
+    for f in range(first_frame, first_frame + n):
+        i = _entry_index(board, f / fps)
+        text = board[i][1]
+        jump = camera_jump(text)
+        if jump:
+            out.append(jump * spec.jump_px if f == 0 or _entry_index(board, (f - 1) / fps) != i else 0)
+        else:
+            out.append(camera_action(text) * spec.pan_speed)
+    return out
 
 
 def _board(entries: list[tuple[float, str]]) -> str:
@@ -251,7 +301,7 @@ class World:
         """Camera x for every frame of ``seconds`` of the storyboard (int64 [F])."""
         s, board = self.spec, parse_storyboard(storyboard)
         n = max(1, int(round(seconds * s.fps)))
-        moves = np.array([camera_action(prompt_at(board, i / s.fps)) for i in range(n - 1)], np.int64) * s.pan_speed
+        moves = np.array(camera_moves(board, 0, n - 1, s.fps, s), np.int64)
         if start_x is None:
             free = np.concatenate([[0], np.cumsum(moves)])
             lo, hi = -int(free.min()), s.max_x - int(free.max())

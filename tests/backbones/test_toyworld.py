@@ -19,7 +19,9 @@ from framepack_history.backbones.toyworld import (
     World,
     WorldSpec,
     camera_action,
+    camera_jump,
     leave_and_return,
+    model_text,
     pan_away_and_back,
     random_storyboard,
     start_frame,
@@ -79,6 +81,56 @@ def test_camera_follows_storyboard_and_returns():
     assert np.array_equal(ep.frames[0][~ep.sprite_mask[0]], w.background_view(x0)[~ep.sprite_mask[0]])
     assert np.array_equal(ep.frames[7], w.view_at(int(ep.camera_x[7]), 7))
     assert (w.render("0s: camera holds", 4, start_x=10).camera_x == 10).all()
+
+
+def test_a_jump_moves_half_the_canvas_once_then_holds():
+    """``camera jumps right|left``: the first frame of its entry is half a canvas away, the rest hold there."""
+    spec = WorldSpec(view=16, fps=4)
+    w = World(1_000_000, spec)
+    board = "0s: camera holds; 2s: camera jumps right; 4s: camera jumps left; 5s: camera pans right"
+    xs = w.camera_path(board, 6, start_x=10)
+    assert spec.jump_px == 48
+    # frame i + 1 follows the entry in force at i / fps: frame 9 is the first after 2 s, frame 17 after 4 s
+    assert (xs[:9] == 10).all() and (xs[9:17] == 58).all() and (xs[17:21] == 10).all()
+    np.testing.assert_array_equal(xs[20:], 10 + 2 * np.arange(len(xs) - 20))  # a pan after the jump back
+    # without a start, the start is fitted so the jump stays inside the canvas
+    assert w.camera_path("0s: camera holds; 1s: camera jumps right", 3)[0] <= spec.max_x - spec.jump_px
+    assert camera_jump("Camera jumps LEFT") == -1 and camera_action("camera jumps right") == 0
+    # the DiT reads a jump as a hold; every other text is left as it is
+    assert model_text("camera jumps right and a red circle moves") == "camera holds and a red circle moves"
+    assert model_text("Camera pans right") == "Camera pans right"
+
+
+def test_a_storyboard_cut_with_a_jump_is_a_new_shot_at_another_place(tiny_toy_preset):
+    """``[cut] camera jumps right``: the mark becomes the cut entry, the jump stays the entry's camera words,
+    and the cut's section is the first whose frames show the other place."""
+    from framepack_history.config.memory import check_memory, cut_section
+    from framepack_history.config.storyboard import split_cuts
+
+    text, cuts = split_cuts("0s: camera holds; 2s: [cut] camera jumps right; 4s: [cut] camera jumps left")
+    assert text == "0s: camera holds; 2s: camera jumps right; 4s: camera jumps left" and cuts == [2.0, 4.0]
+    v = tiny_toy_preset.video
+    plan = check_memory([{"op": "cut", "time": t} for t in cuts], 6.0, tiny_toy_preset, "encoder")
+    xs = World(1_000_000, WorldSpec(view=v.width, fps=v.fps)).camera_path(text, 6 + 1 / v.fps, start_x=0)
+    for k in sorted(plan.cuts):  # section k holds world frames k * F + 1 .. (k + 1) * F
+        assert k == cut_section(2.0 if k == min(plan.cuts) else 4.0, tiny_toy_preset)
+        before, shot = xs[k * v.section_frames], xs[k * v.section_frames + 1 : (k + 1) * v.section_frames + 1]
+        assert (shot == shot[0]).all() and abs(int(shot[0]) - int(before)) == WorldSpec(view=v.width).jump_px
+
+
+def test_the_toy_track_follows_a_jump_like_the_world(tiny_toy_preset):
+    """The canvas-position toy's camera track jumps where the world's camera does, section by section."""
+    from framepack_history.generation.loading import load_backbone
+
+    tiny_toy_preset.model.config["dit"]["canvas_positions"] = True
+    bb = load_backbone(tiny_toy_preset.model)
+    board = parse_storyboard("0s: camera holds; 1s: camera jumps right; 2s: camera pans left")
+    steps = torch.cat([bb.camera_steps(board, first, 4, 8, 32) for first in (0, 4, 8, 12, 16, 20)])
+    xs = World(1_000_000, WorldSpec(view=32, fps=8)).camera_path("0s: camera holds; 1s: camera jumps right; "
+                                                                "2s: camera pans left", 25 / 8, start_x=0)
+    unit = bb.geometry.spatial_scale * bb.geometry.patch_size[2]
+    torch.testing.assert_close(torch.cumsum(steps, 0), torch.as_tensor((xs[1:] - xs[0]) / unit, dtype=torch.float32))
+    assert float(steps[8]) == WorldSpec(view=32).jump_px / unit and float(steps[9:16].abs().sum()) == 0
 
 
 def test_camera_stops_at_the_edges_and_storyboards_fit():
