@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -33,26 +32,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from framepack_history.backbones.toyworld import EVAL_SEED_START, World, WorldSpec  # noqa: E402
-from framepack_history.config.paths import PRESET_DIR  # noqa: E402
+from benchmarks.toy_setup import load, mean_se, psnr, world_of  # noqa: E402
+from framepack_history.backbones.toyworld import World  # noqa: E402
 from framepack_history.config.request import GenerationRequest  # noqa: E402
 from framepack_history.generation.pipeline import Pipeline, SectionDone  # noqa: E402
-from framepack_history.training.evaluate import load_run  # noqa: E402
 
 BOARD = "0s: camera pans right"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def load(spec: str) -> Pipeline:
-    """``toy-cpu`` (a preset name), a preset file or a training run folder."""
-    path = Path(spec)
-    if not path.exists() and (PRESET_DIR / f"{spec}.toml").is_file():
-        path = PRESET_DIR / f"{spec}.toml"
-    return load_run(path)
 
 
 def video(pipe: Pipeline, world: World, seed: int, seconds: float, keyframe: dict | None) -> np.ndarray:
@@ -64,16 +49,15 @@ def video(pipe: Pipeline, world: World, seed: int, seconds: float, keyframe: dic
 
 def score(pipes: dict[str, Pipeline], worlds: int, seconds: float, at: float, first: int,
           near_s: float) -> dict[str, dict[str, list]]:
-    fps = next(iter(pipes.values())).preset.video.fps
-    view = next(iter(pipes.values())).preset.video.width
-    spec, k = WorldSpec(view=view, fps=fps), round(at * fps)  # k: the keyframe's frame (the start frame is frame 0)
+    first_pipe = next(iter(pipes.values()))
+    fps = first_pipe.preset.video.fps
+    k = round(at * fps)  # the keyframe's frame (the start frame is frame 0)
     near = round(near_s * fps)
     metrics = [f"{m}_{g}" for m in ("key", "before", "near") for g in ("with", "without")]
     out: dict[str, dict[str, list]] = {name: {m: [] for m in metrics} for name in pipes}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(worlds):
-            seed = EVAL_SEED_START + first + i
-            world = World.from_seed(seed, spec)
+            world, seed = world_of(first_pipe, first + i)
             truth = world.render(BOARD, seconds + 1 / fps).frames  # the start frame and every generated frame's truth
             path = Path(tmp) / f"key_{i}.png"
             Image.fromarray(truth[k]).save(path)
@@ -86,11 +70,6 @@ def score(pipes: dict[str, Pipeline], worlds: int, seconds: float, at: float, fi
             print(f"world {i + 1}/{worlds}: " + "  ".join(
                 f"{name} {r['key_with'][-1]:.1f}/{r['key_without'][-1]:.1f}" for name, r in out.items()), flush=True)
     return out
-
-
-def mean_se(xs: list[float]) -> str:
-    a = np.asarray(xs)
-    return f"{a.mean():.2f} ± {a.std(ddof=1) / math.sqrt(len(a)):.2f}"
 
 
 def main() -> None:
