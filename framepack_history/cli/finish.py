@@ -16,6 +16,7 @@ from typing import Any
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json
 from framepack_history.generation.finishing import FORMATS, LOOP_MODES, SETTINGS, check, finish, output_suffix
+from framepack_history.hub.finishing_weights import DEFAULT_MODEL, KNOWN
 from framepack_history.jobs.tools import tool_sidecar
 
 
@@ -41,17 +42,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, help="h264/h265: CRF 0-51, webm: CRF 0-63 (lower is better); "
                                                "gif: palette colours 2-256 (default: 18, 23, 32, 256)")
 
-    p = sub.add_parser("upscale", help="make a video 2x or 4x larger (nearest or bicubic)",
-                       description="Upscale every frame (nearest or bicubic; learned upscalers come later).")
+    ups = ", ".join(n for n, k in KNOWN.items() if k.task == "upscale")
+    p = sub.add_parser("upscale", help="make a video 2x or 4x larger (nearest, bicubic, or an ESRGAN-family model)",
+                       description="Upscale every frame: nearest or bicubic (no model), or esrgan: a learned "
+                                   "ESRGAN-family upscaler (RRDBNet or SRVGGNetCompact weights, safetensors only), "
+                                   "run in tiles sized to the memory free.")
     _common(p)
-    p.add_argument("--scale", type=int, default=2, help="2 or 4 (default 2)")
-    p.add_argument("--method", default="nearest", help="nearest or bicubic (default nearest)")
+    p.add_argument("--scale", type=int, default=2, help="2 or 4 (default 2); a model makes only its own scale")
+    p.add_argument("--method", default="nearest", help="nearest, bicubic or esrgan (default nearest)")
+    p.add_argument("--model", help=f"esrgan: a known model ({ups}; default {DEFAULT_MODEL['upscale']}; fetch it with "
+                                   "`download --finishing NAME`) or a .safetensors file")
+    _device(p)
 
-    p = sub.add_parser("interpolate", help="2x or 4x the frame rate with frames blended between neighbours",
-                       description="Add frames between neighbours (linear blend); the frame rate is multiplied by "
-                                   "the factor and the length is kept.")
+    p = sub.add_parser("interpolate", help="2x or 4x the frame rate: frames blended, or made by RIFE",
+                       description="Add frames between neighbours, blended linearly or made by RIFE (a model "
+                                   "given the timestep, so 2x and 4x use the same weights); the frame rate is "
+                                   "multiplied by the factor and the length is kept.")
     _common(p)
     p.add_argument("--factor", type=int, default=2, help="2 or 4 (default 2)")
+    p.add_argument("--method", default="blend", help="blend or rife (default blend)")
+    p.add_argument("--model", help=f"rife: a known model ({DEFAULT_MODEL['interpolate']}, the default; fetch it with "
+                                   "`download --finishing NAME`) or a .safetensors file")
+    _device(p)
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="where a model runs: cpu, cuda, cuda:1 (default: cuda when there is one)")
+    p.add_argument("--budget-gib", type=float, default=0.0,
+                   help="memory the model's tiles may use (default 0: half the free device memory, or 2 GiB on the CPU)")
 
 
 def _common(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -98,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sources = [{"job": None, "file": str(p.resolve())} for p in inputs]
     try:
-        result = finish(tool, inputs, out, settings, on_progress, "INPUT")
+        result = finish(tool, inputs, out, settings, on_progress, "INPUT", device=getattr(args, "device", None),
+                        budget_gib=getattr(args, "budget_gib", 0.0) or 0.0)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {out} was not written", file=sys.stderr)
         return 130
@@ -110,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     shape = tool
     if "size" in result:
         shape = f"{result['size'][0]}x{result['size'][1]}, {result['frames']} frames at {result['fps']:g} fps"
+    if "model" in result:
+        shape += f"; {result['model']['architecture']}"
     print(f"wrote {out} ({shape}) and {sidecar}")
     return 0
 

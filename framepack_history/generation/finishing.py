@@ -6,14 +6,17 @@ one tool from input files to an output file with progress and cancel (the worker
 and the CLI both call it). :func:`check` refuses bad settings and inputs before anything runs,
 with an :class:`InputError` naming the field.
 
-Upscaling is nearest or bicubic and interpolation a linear blend of neighbours: cheap enough
-for the toy default on a CPU. Learned models (ESRGAN-family upscalers, RIFE) are a later step;
-:func:`check_upscale` is the seam where a ``method`` naming a weight file will be accepted.
+Upscaling is nearest or bicubic and interpolation a linear blend of neighbours by default: cheap
+enough for the toy on a CPU. The learned methods, ``esrgan`` (an ESRGAN-family upscaler) and
+``rife``, take a ``model`` (a known name or a ``.safetensors`` file): :func:`check_model` reads its
+header here without torch (:mod:`framepack_history.hub.finishing_weights`), and :func:`finish` runs
+it through :mod:`.learned`, imported only then, on the device it is given.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 import subprocess
@@ -29,17 +32,19 @@ from PIL import Image
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_path
 from framepack_history.generation.video import MAX_IMAGE_PIXELS, _ffmpeg, _ffmpeg_streams, probe_video
+from framepack_history.hub.finishing_weights import DEFAULT_MODEL, PICKLES, ModelInfo, describe, resolve
 
 TOOLS = ("loop", "join", "export", "upscale", "interpolate")
 #: each tool's settings (the CLI's flags and the API's keys)
 SETTINGS = {"loop": ("mode", "fade_frames"), "join": (), "export": ("format", "quality"),
-            "upscale": ("scale", "method"), "interpolate": ("factor",)}
+            "upscale": ("scale", "method", "model"), "interpolate": ("factor", "method", "model")}
 LOOP_MODES = ("pingpong", "crossfade")
-UPSCALE_METHODS = ("nearest", "bicubic")
+UPSCALE_METHODS = ("nearest", "bicubic", "esrgan")
+INTERPOLATE_METHODS = ("blend", "rife")
+#: the learned methods and the task their model must do
+LEARNED = {"esrgan": "upscale", "rife": "interpolate"}
 SCALES = (2, 4)
 FACTORS = (2, 4)
-#: weight files a learned upscaler could name: refused today, with the reason
-_PICKLES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle")
 #: what a loop holds in memory at once (it plays the frames backwards or blends the end with the start)
 MAX_LOOP_BYTES = 2 * 1024**3
 #: the H.264 quality of tool outputs (as each section's segment: visually lossless)
@@ -83,12 +88,12 @@ def check_upscale(scale: Any, method: Any) -> tuple[int, str]:
     method = str(method or "nearest")
     if method not in UPSCALE_METHODS:
         suffix = Path(method).suffix.lower()
-        offered = f"only {' and '.join(UPSCALE_METHODS)} are offered today"
-        if suffix in _PICKLES:
+        offered = f"the methods are {', '.join(UPSCALE_METHODS)}"
+        if suffix in PICKLES:
             raise InputError("--method", f"{Path(method).name} is a pickle-based checkpoint, which is never loaded "
                                          f"(safetensors only); {offered}")
         if suffix == ".safetensors":
-            raise InputError("--method", f"{Path(method).name}: upscaling with a model's weights is not supported yet; {offered}")
+            raise InputError("--method", f"{Path(method).name} is a weight file: give it as --model, with --method esrgan")
         raise InputError("--method", f"{method!r} is not a method; {offered}")
     try:
         s = int(scale)
@@ -97,6 +102,37 @@ def check_upscale(scale: Any, method: Any) -> tuple[int, str]:
     if s != scale and str(s) != str(scale).strip() or s not in SCALES:
         raise InputError("--scale", f"must be {' or '.join(map(str, SCALES))} (got {scale!r})")
     return s, method
+
+
+def check_interpolate_method(method: Any) -> str:
+    """``blend`` or ``rife``; otherwise an :class:`InputError` naming ``--method``."""
+    method = str(method or "blend")
+    if method not in INTERPOLATE_METHODS:
+        raise InputError("--method", f"{method!r} is not an interpolation method; the methods are "
+                                     f"{', '.join(INTERPOLATE_METHODS)}")
+    return method
+
+
+def check_model(method: str, model: Any, scale: int | None = None) -> ModelInfo | None:
+    """The weight file a learned ``method`` runs (``model``: a known name or a ``.safetensors`` path; empty: the
+    default), read and told apart without torch; ``None`` for a cheap method, which takes no model.
+
+    Refused naming ``--model``: a pickle, a file that is not safetensors, unknown keys, a model for the other
+    task; naming ``--scale``: a scale the upscaler does not make.
+    """
+    given = "" if model is None else str(model).strip()
+    if method not in LEARNED:
+        if given:
+            raise InputError("--model", f"{method} takes no model (a model is for {' or '.join(LEARNED)})")
+        return None
+    task = LEARNED[method]
+    info = describe(resolve(given or DEFAULT_MODEL[task], task), "--model")
+    if info.task != task:
+        raise InputError("--model", f"{info.path.name} holds a {info.summary()}, a model for {info.task}, not {task}")
+    if scale is not None and info.scale != scale:
+        raise InputError("--scale", f"{info.path.name} upscales {info.scale}x only (got --scale {scale}); ask for "
+                                    f"{info.scale}, or pick a {scale}x model")
+    return info
 
 
 def check_factor(factor: Any) -> int:
@@ -168,6 +204,8 @@ def upscale_frame(frame: np.ndarray, scale: int, method: str = "nearest") -> np.
 def upscale(frames: np.ndarray, scale: int = 2, method: str = "nearest") -> np.ndarray:
     """``uint8 [F, H, W, 3]`` frames ``scale`` (2 or 4) times larger each way, nearest or bicubic."""
     scale, method = check_upscale(scale, method)
+    if method in LEARNED:
+        raise InputError("--method", f"{method} runs a model: use finish() (the worker's job or the CLI)")
     return np.stack([upscale_frame(f, scale, method) for f in frames])
 
 
@@ -414,12 +452,33 @@ def check(tool: str, inputs: list[str | Path], settings: dict[str, Any], field: 
         return {"format": fmt, "quality": q}
     if tool == "upscale":
         scale, method = check_upscale(settings.get("scale", 2), settings.get("method", "nearest"))
+        model = check_model(method, settings.get("model"), scale)
         w, h = info.size
         if w * h * scale * scale > MAX_IMAGE_PIXELS:
             raise InputError("--scale", f"{info.path.name} is {w}x{h}; {scale}x would be {w * scale}x{h * scale}, over the "
                                         f"{MAX_IMAGE_PIXELS // 1_000_000} megapixel limit")
-        return {"scale": scale, "method": method}
-    return {"factor": check_factor(settings.get("factor", 2))}
+        return {"scale": scale, "method": method, **_model_setting(settings, model)}
+    factor = check_factor(settings.get("factor", 2))
+    method = check_interpolate_method(settings.get("method", "blend"))
+    model = check_model(method, settings.get("model"))
+    return {"factor": factor, "method": method, **_model_setting(settings, model)}
+
+
+def _model_setting(settings: dict[str, Any], info: ModelInfo | None) -> dict[str, str]:
+    """The ``model`` a learned method runs, as asked (a name or a path; the default's name when none was)."""
+    if info is None:
+        return {}
+    given = str(settings.get("model") or "").strip()
+    return {"model": given or DEFAULT_MODEL[info.task]}
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256 (what a sidecar records of a model's weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def output_suffix(tool: str, settings: dict[str, Any]) -> str:
@@ -428,13 +487,17 @@ def output_suffix(tool: str, settings: dict[str, Any]) -> str:
 
 
 def finish(tool: str, inputs: list[str | Path], out: str | Path, settings: dict[str, Any],
-           on_progress: OnProgress | None = None, field: str = "input") -> dict[str, Any]:
-    """Run ``tool`` on ``inputs`` into ``out``; returns what the sidecar records (settings, sizes, fps, frames).
+           on_progress: OnProgress | None = None, field: str = "input", device: str | None = None,
+           budget_gib: float = 0.0) -> dict[str, Any]:
+    """Run ``tool`` on ``inputs`` into ``out``; returns what the sidecar records (settings, sizes, fps, frames,
+    and for a learned method the model: its file, SHA-256 and architecture).
 
-    ``settings`` are checked first (:func:`check`); the inputs are never written to.
+    ``settings`` are checked first (:func:`check`); the inputs are never written to. A learned method runs on
+    ``device`` (None: CUDA when there is one) in tiles sized to ``budget_gib`` (0: from the free memory).
     """
     settings = check(tool, inputs, settings, field)
     out = Path(out)
+    model = check_model(settings.get("method", ""), settings.get("model"), settings.get("scale"))
     if tool == "join":
         join(inputs, out, on_progress, field)
     elif tool == "export":
@@ -447,13 +510,26 @@ def finish(tool: str, inputs: list[str | Path], out: str | Path, settings: dict[
             write_video(frames, out, clip.fps, len(frames), on_progress)
         elif tool == "upscale":
             s, m = settings["scale"], settings["method"]
-            write_video((upscale_frame(f, s, m) for f in iter_frames(inputs[0], field)), out, info.fps, info.frames,
-                        on_progress)
+            if model is not None:
+                from framepack_history.generation import learned  # torch: only when a model runs
+
+                frames = learned.upscale_frames(iter_frames(inputs[0], field), model, device, budget_gib)
+            else:
+                frames = (upscale_frame(f, s, m) for f in iter_frames(inputs[0], field))
+            write_video(frames, out, info.fps, info.frames, on_progress)
         else:
             k = settings["factor"]
-            write_video(interpolate_frames(iter_frames(inputs[0], field), k), out, info.fps * k, info.frames * k,
-                        on_progress)
+            if model is not None:
+                from framepack_history.generation import learned  # torch: only when a model runs
+
+                frames = learned.interpolate_frames(iter_frames(inputs[0], field), model, k, device)
+            else:
+                frames = interpolate_frames(iter_frames(inputs[0], field), k)
+            write_video(frames, out, info.fps * k, info.frames * k, on_progress)
     result = {"tool": tool, "settings": settings, "inputs": [str(Path(p)) for p in inputs], "output": str(out)}
+    if model is not None:
+        result["model"] = {"name": settings["model"], "file": str(model.path), "sha256": file_sha256(model.path),
+                           "architecture": model.summary()}
     if out.suffix.lower() != ".gif":
         made = inspect_video(out, "--out")
         result.update(size=list(made.size), fps=made.fps, frames=made.frames)

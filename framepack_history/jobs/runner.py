@@ -62,8 +62,8 @@ class JobRunner:
 
     def run(self, job: Job) -> None:
         """Run ``job`` to its end; every outcome (done, cancelled, failed) is recorded, none raises."""
-        if isinstance(job.spec, ToolSpec):  # a finishing tool: no model, no pipeline
-            run_tool(self.store, job, self.preview_every_s)
+        if isinstance(job.spec, ToolSpec):  # a finishing tool: no pipeline (a learned method loads its own model)
+            run_tool(self.store, job, self.preview_every_s, self.device)
             self._write_job_file(job)
             return
         t_start = time.perf_counter()

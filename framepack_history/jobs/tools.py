@@ -3,10 +3,13 @@
 A tool job is a :class:`ToolSpec` (a :class:`~.store.JobSpec` whose request only describes it, so the
 queue, the store and the page list it like any job) that the lane runs in queue order with the
 generation jobs (:meth:`~.worker.Worker.submit_tool`; :class:`~.runner.JobRunner` hands it to
-:func:`run_tool`). It loads no model. Its inputs are finished jobs' videos (read, never written)
+:func:`run_tool`). It loads no backbone. Its inputs are finished jobs' videos (read, never written)
 or uploads copied into its folder; its output goes to ``outputs/DATE/ID/video.EXT`` with the
 sidecar ``video.json`` (:func:`tool_sidecar`: the tool, its settings, each source's job, file and
-SHA-256). Bad settings or inputs are refused before queueing, naming the field.
+SHA-256, and a learned method's model file and SHA-256). Bad settings or inputs are refused before
+queueing, naming the field. A learned method (``esrgan``, ``rife``) runs its model on the lane's
+device (else the job's preset's), tiled to the preset's memory budget, and gives the device back
+when it ends.
 
 No torch here: the page imports this.
 """
@@ -22,23 +25,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
+from framepack_history.device import free_device_memory
 from framepack_history.errors import Cancelled, InputError
 from framepack_history.fsio import atomic_write_json
 from framepack_history.generation.finishing import (  # the constants: what the page offers (it imports no generation)
     FORMATS,
+    INTERPOLATE_METHODS,
+    LEARNED,
     LOOP_MODES,
     SETTINGS,
     TOOLS,
+    UPSCALE_METHODS,
     check,
     finish,
     inspect_video,
     output_suffix,
 )
+from framepack_history.hub.finishing_weights import KNOWN
 from framepack_history.jobs.checkpoint import REQUEST, TOOL_FORMAT, JobDir
 from framepack_history.jobs.store import Job, JobSpec, JobStore
 
-__all__ = ["FORMATS", "LOOP_MODES", "SETTINGS", "TOOLS", "ToolSpec", "finished_video", "run_tool", "tool_sidecar", "tool_spec"]
+__all__ = ["FORMATS", "INTERPOLATE_METHODS", "KNOWN", "LEARNED", "LOOP_MODES", "SETTINGS", "TOOLS", "UPSCALE_METHODS",
+           "ToolSpec", "model_names", "where_it_runs", "finished_video", "run_tool", "tool_sidecar", "tool_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +78,23 @@ def describe(tool: str, settings: dict[str, Any], sources: list[dict[str, Any]])
     return " ".join([tool, *(f"{k}={v}" for k, v in settings.items())]) + f" · {names}"
 
 
+def model_names(method: str) -> list[str]:
+    """The known models a learned ``method`` may name (the page's choices; a ``.safetensors`` path is accepted too)."""
+    return [name for name, k in KNOWN.items() if k.task == LEARNED.get(method)]
+
+
 def tool_spec(tool: str, sources: list[dict[str, Any]], settings: dict[str, Any], owner: str | None = None,
-              field_name: str = "input") -> ToolSpec:
+              field_name: str = "input", preset: str | None = None) -> ToolSpec:
     """A checked :class:`ToolSpec` (:class:`InputError` naming the field otherwise); reads only the inputs' headers."""
     if not sources:
         raise InputError(field_name, "no video to work on: pick a finished job or upload a video")
     checked = check(tool, [s["file"] for s in sources], dict(settings or {}), field_name)
     seconds = sum(_seconds(s["file"]) for s in sources)
     request = GenerationRequest(prompt=describe(tool, checked, sources), seconds=round(seconds, 3))
-    return ToolSpec(request, owner=owner, tool=tool, settings=checked, sources=[dict(s) for s in sources])
+    spec = ToolSpec(request, owner=owner, tool=tool, settings=checked, sources=[dict(s) for s in sources])
+    if preset:  # the preset whose device and memory budget a learned method runs with
+        spec.preset = preset
+    return spec
 
 
 def _seconds(path: str) -> float:
@@ -151,7 +169,7 @@ def tool_sidecar(tool: str, settings: dict[str, Any], sources: list[dict[str, An
             "sources": [{"job": s.get("job"), "file": str(s["file"]), **({"name": s["name"]} if s.get("name") else {}),
                          "sha256": s.get("sha256") or sha256(s["file"])} for s in sources],
             "video": result.get("output"), "created": time.time()}
-    for key in ("size", "fps", "frames"):
+    for key in ("size", "fps", "frames", "model"):
         if key in result:
             data[key] = result[key]
     if data.get("fps") and data.get("frames"):
@@ -161,8 +179,22 @@ def tool_sidecar(tool: str, settings: dict[str, Any], sources: list[dict[str, An
     return data
 
 
-def run_tool(store: JobStore, job: Job, every_s: float = 0.5) -> None:
-    """Run tool job ``job`` on this (worker) thread to its end; every outcome is recorded in the store, none raises."""
+def where_it_runs(spec: ToolSpec, device: str | None) -> tuple[str | None, float]:
+    """The device a learned method runs on (the lane's, else the preset's) and its memory budget in GiB
+    (the preset's ``device_budget_gib`` on an accelerator, ``host_budget_gib`` on the CPU; 0: from what is free)."""
+    try:
+        hw = load_preset(spec.preset).hardware
+    except InputError:  # a preset gone since the job was queued: the lane's device, the free memory
+        return device, 0.0
+    device = device or hw.device
+    return device, hw.host_budget_gib if str(device).startswith("cpu") else hw.device_budget_gib
+
+
+def run_tool(store: JobStore, job: Job, every_s: float = 0.5, device: str | None = None) -> None:
+    """Run tool job ``job`` on this (worker) thread to its end; every outcome is recorded in the store, none raises.
+
+    ``device``: the lane's (None: the job's preset's); only a learned method uses it.
+    """
     spec = job.spec
     assert isinstance(spec, ToolSpec)
     out = output_of(job)
@@ -194,7 +226,11 @@ def run_tool(store: JobStore, job: Job, every_s: float = 0.5) -> None:
         if job.cancel_requested.is_set():
             raise Cancelled()
         sources = [dict(s, sha256=sha256(s["file"])) for s in spec.sources]  # what the tool read, as it read it
-        result = finish(spec.tool, spec.inputs, out, spec.settings, on_progress)
+        learned = spec.settings.get("method") in LEARNED
+        where, budget = where_it_runs(spec, device) if learned else (None, 0.0)
+        if learned:
+            store.mutate(job, lambda j: setattr(j, "device", where))
+        result = finish(spec.tool, spec.inputs, out, spec.settings, on_progress, device=where, budget_gib=budget)
         sidecar = out.with_name("video.json")
         atomic_write_json(sidecar, tool_sidecar(spec.tool, spec.settings, sources, result, time.perf_counter() - t0))
     except Cancelled:
@@ -212,4 +248,7 @@ def run_tool(store: JobStore, job: Job, every_s: float = 0.5) -> None:
                 j.segments = [out]
 
         store.mutate(job, done)
+    finally:
+        if spec.settings.get("method") in LEARNED:  # the model went with finish(): give its memory back
+            free_device_memory()
 

@@ -368,16 +368,17 @@ class Worker:
 
     # ------------------------------------------------------------- finishing tools
     def submit_tool(self, tool: str, settings: dict[str, Any], job_ids: list[str] = (), files: list[str] = (),
-                    owner: str | None = None) -> Job:
+                    owner: str | None = None, preset: str | None = None) -> Job:
         """Queue a finishing tool (:mod:`.tools`) on finished jobs' videos, then uploaded ``files``, in that order.
 
         Checked before it is queued (:class:`InputError` naming the field); the lane runs it in queue order
-        with the generation jobs, into a folder of its own; the sources are never written to.
+        with the generation jobs, into a folder of its own; the sources are never written to. ``preset``: whose
+        device and memory budget a learned method runs with where the lane names no device (default toy-cpu).
         """
         sources = [{"job": i, "file": str(finished_video(self.store, self.job_dir(i), i))} for i in job_ids]
         sources += [{"job": None, "file": str(f)} for f in files]
         self.queue.check_room()
-        spec = tool_spec(tool, sources, settings, owner)
+        spec = tool_spec(tool, sources, settings, owner, preset=preset)
         job_id = new_job_id()
         job = Job(job_id, spec, self.outputs / dt.date.today().isoformat() / job_id)
 

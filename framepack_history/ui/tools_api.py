@@ -16,8 +16,12 @@ import gradio as gr
 from framepack_history.errors import InputError
 from framepack_history.jobs.store import Job
 from framepack_history.jobs.studio import client_view
-from framepack_history.jobs.tools import SETTINGS, ToolSpec
+from framepack_history.jobs.tools import LEARNED, SETTINGS, ToolSpec
 from framepack_history.ui.gallery_actions import GalleryActions
+
+#: the Tools tab's setting widgets, in the order :meth:`ToolsApi.page_tool` takes their values: each tool's own
+#: (upscale and interpolate both have a method and a model, each its own widget)
+PAGE_FIELDS = [(tool, name) for tool, names in SETTINGS.items() for name in names]
 
 
 class ToolsApi:
@@ -32,7 +36,9 @@ class ToolsApi:
 
         ``job_ids``: finished jobs (a list, or text such as ``"a, b"``); ``files``: uploaded videos;
         ``settings``: the tool's settings as an object (loop: mode, fade_frames; export: format, quality;
-        upscale: scale, method; interpolate: factor; join: none), each left out = its default.
+        upscale: scale, method (nearest, bicubic, esrgan), model; interpolate: factor, method (blend, rife),
+        model; join: none), each left out = its default. ``model``: for esrgan or rife, a known model's name
+        or a ``.safetensors`` file on the server (default: the method's default model).
         Returns the job's status and, with ``wait``, the finished video (else ``None``).
         """
         page = self.page
@@ -43,7 +49,8 @@ class ToolsApi:
                 settings = {}
             if not isinstance(settings, dict):
                 raise InputError("settings", f"must be an object of the tool's settings (got {type(settings).__name__})")
-            job = page.worker.submit_tool(str(tool or ""), settings, job_ids=ids, files=paths, owner=page.user(request))
+            job = page.worker.submit_tool(str(tool or ""), settings, job_ids=ids, files=paths, owner=page.user(request),
+                                          preset=page.default_preset)
         except InputError as e:
             raise page._error(e) from None
         while wait and not job.terminal:
@@ -56,16 +63,18 @@ class ToolsApi:
                   request: gr.Request | None = None) -> tuple[str, str]:
         """The Tools tab's Run: ``tool`` on the video picked in the Gallery (then ``join_with``'s jobs, for a join).
 
-        ``values``: every tool's settings in :data:`SETTINGS` order; the tool takes its own. Returns the new
-        job's id and progress box (the stage follows it).
+        ``values``: every tool's settings in :data:`PAGE_FIELDS` order; the tool takes its own (a model only
+        with a learned method). Returns the new job's id and progress box (the stage follows it).
         """
         page = self.page
-        names = [name for names in SETTINGS.values() for name in names]
-        given = dict(zip(names, values, strict=True))
+        given = dict(zip(PAGE_FIELDS, values, strict=True))
         try:
             ids = [page.own(page.job_of_video(video), request), *(page.own(i, request) for i in _ids(join_with))]
-            settings = {name: given[name] for name in SETTINGS.get(tool, ())}
-            job = page.worker.submit_tool(str(tool or ""), settings, job_ids=ids, owner=page.user(request))
+            settings = {name: given[(tool, name)] for name in SETTINGS.get(tool, ())}
+            if settings.get("method") not in LEARNED:  # the model box is only read for esrgan and rife
+                settings.pop("model", None)
+            job = page.worker.submit_tool(str(tool or ""), settings, job_ids=ids, owner=page.user(request),
+                                          preset=page.default_preset)
         except InputError as e:
             raise page._error(e, f"Can't {tool} this video") from None
         return job.id, page.html(job)

@@ -81,9 +81,13 @@ def test_bad_settings_are_refused_by_name(call, field):
     assert e.value.field == field
 
 
-def test_a_pickle_is_refused_and_only_nearest_and_bicubic_are_offered():
-    with pytest.raises(InputError, match="pickle.*nearest and bicubic"):
+def test_a_pickle_is_refused_and_a_weight_file_belongs_in_model():
+    with pytest.raises(InputError, match="pickle.*nearest, bicubic, esrgan"):
         F.check_upscale(2, "RealESRGAN_x4plus.pth")
+    with pytest.raises(InputError, match="give it as --model, with --method esrgan"):
+        F.check_upscale(2, "x4.safetensors")
+    with pytest.raises(InputError, match="use finish"):  # a model runs on files, through the worker or the CLI
+        F.upscale(frames(1), 4, "esrgan")
 
 
 def test_an_encoder_ffmpeg_lacks_is_refused_by_name(monkeypatch):

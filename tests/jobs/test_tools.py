@@ -54,7 +54,7 @@ def test_a_tool_job_runs_in_queue_order_on_a_finished_job_and_keeps_the_original
     assert digest(first.video) == before  # the original is untouched
     side = json.loads(tool.sidecar.read_text())
     assert tool.sidecar.name == "video.json"
-    assert side["tool"] == "interpolate" and side["settings"] == {"factor": 2}
+    assert side["tool"] == "interpolate" and side["settings"] == {"factor": 2, "method": "blend"}
     assert side["sources"] == [{"job": first.id, "file": str(first.video), "sha256": before}]
     assert side["frames"] == 2 * n
     p = tool.progress

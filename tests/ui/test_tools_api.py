@@ -80,8 +80,9 @@ def test_the_tools_tab_runs_on_the_gallery_pick(tmp_path):
         (picked, caption), = h.gallery()
         assert "loop mode=pingpong" in caption
         tools = ToolsApi(h)
-        # every tool's settings, in SETTINGS order: mode, fade_frames, format, quality, scale, method, factor
-        values = ("pingpong", 8.0, "h264", None, 2, "bicubic", 4)
+        # every tool's settings, in PAGE_FIELDS order: loop's mode, fade_frames; export's format, quality;
+        # upscale's scale, method, model; interpolate's factor, method, model (a model only read for esrgan/rife)
+        values = ("pingpong", 8.0, "h264", None, 2, "bicubic", "realesr-animevideov3", 4, "blend", "rife-4.26")
         job_id, box = tools.page_tool(picked, "interpolate", "", *values)
         assert job_id in box and "plan" not in box
         job = worker.store.get(job_id)
