@@ -182,19 +182,31 @@ class LatentCacheDataset(Dataset):
             with safe_open(str(path), "pt") as f:
                 caps = json.loads(f.metadata()["captions"])
             self.index += [(s, str(j), c) for j, c in enumerate(caps)]
+        # Open shards (memory-mapped) and their key sets, per process: reopening a shard for every item
+        # (header parse, mmap, key listing) was most of the read time (benchmarks/train_speed.py --render).
+        self._open: dict[int, tuple[Any, set[str]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A DataLoader worker (or a pickled copy) opens its own handles."""
+        return {**self.__dict__, "_open": {}}
+
+    def _shard(self, s: int) -> tuple[Any, set[str]]:
+        from safetensors import safe_open  # safetensors: only when tensors are read or written
+
+        if s not in self._open:
+            f = safe_open(str(self.shards[s]), "pt")
+            self._open[s] = (f, set(f.keys()))
+        return self._open[s]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from safetensors import safe_open  # safetensors: only when tensors are read or written
-
         s, key, caption = self.index[i]
-        with safe_open(str(self.shards[s]), "pt") as f:
-            lat = f.get_tensor(key)
-            item = {"latents": lat.float(), "caption": caption}
-            if f"camera_x.{key}" in f.keys():
-                item["camera_x"] = f.get_tensor(f"camera_x.{key}")
+        f, keys = self._shard(s)
+        item = {"latents": f.get_tensor(key).float(), "caption": caption}
+        if f"camera_x.{key}" in keys:
+            item["camera_x"] = f.get_tensor(f"camera_x.{key}")
         return item
 
 

@@ -76,6 +76,25 @@ def test_latent_cache_resumes_and_refuses_a_foreign_cache(tmp_path):
         build_latent_cache(ds, tmp_path / "c", encode, {"vae": "another"}, shard_size=2, progress=False)
 
 
+def test_latent_cache_items_through_open_shards_equal_fresh_reads_and_survive_pickling(tmp_path):
+    import pickle
+
+    from safetensors import safe_open
+
+    ds = toyworld_dataset(DataConfig(frames=4, num_videos=5), 16, 16, 8)
+    build_latent_cache(ds, tmp_path / "c", lambda v: v[:, :, :, ::2, ::2], {"v": 1}, shard_size=2, progress=False)
+    cache = LatentCacheDataset(tmp_path / "c")
+    for i in (4, 0, 3, 0):  # across shards and back: a kept handle serves the same shard again
+        s, key, caption = cache.index[i]
+        with safe_open(str(cache.shards[s]), "pt") as f:
+            fresh = f.get_tensor(key).float(), f.get_tensor(f"camera_x.{key}")
+        item = cache[i]
+        assert torch.equal(item["latents"], fresh[0]) and torch.equal(item["camera_x"], fresh[1])
+        assert item["caption"] == caption
+    copy = pickle.loads(pickle.dumps(cache))  # what a spawned DataLoader worker gets: no open handles
+    assert copy._open == {} and torch.equal(copy[3]["latents"], cache[3]["latents"])
+
+
 def test_batch_order_depends_only_on_the_step_and_splits_ranks():
     full = list(StepBatchSampler(10, 2, seed=3, start=0, stop=12))
     resumed = list(StepBatchSampler(10, 2, seed=3, start=5, stop=12))
