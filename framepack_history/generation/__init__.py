@@ -9,6 +9,7 @@
 * :mod:`.continuation` — a video to continue, encoded chunk by chunk and only as much as the history mode reads;
 * :mod:`.video` — reading user media, writing segments, assembling the mp4;
 * :mod:`.finishing` — loop, join, export, upscale and interpolate a finished video (CPU-cheap, no torch);
+* :mod:`.learned` — the learned finishing methods at work: an ESRGAN-family upscaler in tiles, RIFE by timestep;
 * :mod:`.frame_query` — a past frame recalled from the embedding, and its scores (PSNR, SSIM).
 
 The samplers are :mod:`framepack_history.sampling` (pure functions, below every wing).
