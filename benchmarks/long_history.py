@@ -45,8 +45,7 @@ from framepack_history.generation.frame_query import psnr, retrieve, to_unit, ui
 from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import Generation, Pipeline, SectionDone, to_pixels
 from framepack_history.history.state import HistoryState
-from framepack_history.training.revisit import encode_like_pipeline
-from framepack_history.training.stages import track_of
+from framepack_history.training.revisit import encode_like_pipeline, history_of
 
 VIDEO_S = 300.0
 EXCURSION_S = 240.0  # --excursion: 20 checks the machinery against the README's 20 s leave-and-return row
@@ -70,13 +69,7 @@ def episode(pipe: Pipeline, index: int, seconds: float, excursion: float = EXCUR
 
 def true_history(pipe: Pipeline, ep, sections: int, cap: int, mode: str = "encoder") -> HistoryState:
     """The history a job holds after ``sections`` sections of the true video (start frame included)."""
-    bb = pipe.backbone
-    lat = encode_like_pipeline(pipe, ep.frames, sections)
-    hist = HistoryState(pipe.encoder if mode == "encoder" else None, bb.device, max_tokens=cap, merge=MERGE["rule"])
-    track = track_of({"camera_x": torch.as_tensor(ep.camera_x - ep.camera_x[0])[None]}, bb)
-    # One append: the layout and the coarse tokens do not depend on how the history was appended.
-    hist.append(lat, frame_context=None if track is None else track[0, : lat.shape[2]].cpu())
-    return hist
+    return history_of(pipe, ep, encode_like_pipeline(pipe, ep.frames, sections), mode, cap, MERGE["rule"])
 
 
 def generation(pipe: Pipeline, ep, hist: HistoryState, start: int, total: int, mode: str, seed: int) -> Generation:

@@ -1,7 +1,7 @@
 """``train`` and ``eval`` subcommands of ``python -m framepack_history``.
 
     python -m framepack_history train vae|stage1|stage2 --config FILE [--key value ...]
-    python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]
+    python -m framepack_history eval retrieval|revisit|gaps --config FILE [--key value ...]
 
 Every key of the config file can be overridden on the command line; dotted
 keys reach into tables (``--stage1.omega_max 6``), values are read as TOML
@@ -30,11 +30,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("stage", choices=("vae", "stage1", "stage2"))
     t.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
     t.set_defaults(help_parser=t)
-    e = sub.add_parser("eval", help="retrieval PSNR/SSIM or revisit consistency of trained runs",
-                       description="Evaluate: python -m framepack_history eval retrieval|revisit --config FILE [--key value ...]. "
+    e = sub.add_parser("eval", help="retrieval PSNR/SSIM, revisit consistency or the gap sweep of trained runs",
+                       description="Evaluate: python -m framepack_history eval retrieval|revisit|gaps --config FILE "
+                                   "[--key value ...]. gaps: the memory table over --gaps (seconds away; the model's "
+                                   "history cap; held-out worlds --data.split eval --data.num_videos N from "
+                                   "--data.options.first; an existing gaps.json resumes). "
                                    "Real footage: --data.kind prepared --data.root DIR (a prepare-data folder) and the "
                                    "held-out videos as --data.files '[\"a.mp4\", ...]' (or --data.exclude_files).")
-    e.add_argument("metric", choices=("retrieval", "revisit"))
+    e.add_argument("metric", choices=("retrieval", "revisit", "gaps"))
     e.add_argument("overrides", nargs=argparse.REMAINDER, help=OVERRIDES_HELP)
     e.set_defaults(help_parser=e)
 
@@ -114,6 +117,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               for b in ("old", "middle", "recent", "all"))
             print(f"{label:>16}: {cells}  ({row['history_tokens_per_second']:.1f} tokens/s, "
                   f"{row['all']['psnr']['episodes']} clips; ± standard error)")
+    elif args.metric == "gaps":
+        from framepack_history.training.gap_sweep import run_gaps, table_lines  # torch: kept off the page's import path
+
+        print("\n".join(table_lines(run_gaps(cfg))))
+        print(f"wrote {cfg.out}/gaps.json", file=sys.stderr)
+        return 0
     else:
         from framepack_history.training.revisit import (  # torch: kept off the page's import path
             run_revisit,

@@ -59,6 +59,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", num_videos=8))
     queries_per_band: int = 2  # retrieval: history frames asked per clip and band
     returns_after: list[float] = field(default_factory=lambda: [10.0, 20.0])  # revisit gaps (s)
+    gaps: list[float] = field(default_factory=lambda: [5.0, 20.0, 60.0, 240.0])  # the gap sweep's gaps (s)
     kinds: list[str] = field(default_factory=lambda: ["pan_away_and_back", "leave_and_return"])
     modes: list[str] = field(default_factory=lambda: ["encoder", "window"])
     free_running: bool = True  # revisit: also generate whole episodes from the start frame
@@ -76,6 +77,8 @@ def check_eval_config(cfg: EvalConfig) -> EvalConfig:
         raise InputError("modes", f"unknown {bad[0]!r} (encoder, window)")
     if any(g <= 0 for g in cfg.returns_after) or cfg.queries_per_band < 1 or cfg.steps < 0:
         raise InputError("returns_after", "gaps must be > 0, queries_per_band >= 1 and steps >= 0")
+    if not cfg.gaps or not all(g > 0 for g in cfg.gaps):  # also refuses NaN
+        raise InputError("gaps", "give one or more gaps in seconds, each > 0")
     if not cfg.history_guidance <= MAX_HISTORY_GUIDANCE:  # also refuses NaN
         raise InputError("history_guidance", f"must be <= {MAX_HISTORY_GUIDANCE:g} (< 0: each model's preset)")
     return cfg

@@ -62,13 +62,24 @@ def make_episode(pipeline: Pipeline, cfg: EvalConfig, kind: str, gap: float, ind
     spec = WorldSpec(view=v.width, fps=v.fps, **{k: tuple(x) if isinstance(x, list) else x
                                                   for k, x in cfg.data.options.items() if k in SPEC_KEYS})
     s = v.section_frames
-    ret = round(gap * v.fps)  # the return frame (frame 0 is the start frame)
-    k = max(0, (ret - 1) // s)  # section k covers frames 1 + k*s .. (k+1)*s
-    # held-out worlds by default (data.split = "eval"); data.options.first picks another block of them
-    base = 0 if cfg.data.split == "train" else EVAL_SEED_START
-    seed = base + int(cfg.data.options.get("first", 0)) + index
+    _, k = return_section(gap, v.fps, s)
+    seed = world_seed(cfg, index)
     ep = World.from_seed(seed, spec).render(storyboard(kind, gap, spec), (1 + (k + 1) * s) / v.fps)
     return ep, k, seed
+
+
+def return_section(gap: float, fps: int, section_frames: int) -> tuple[int, int]:
+    """``(return frame, index of the section holding it)``: frame 0 is the start frame, section k covers
+    frames ``1 + k*s .. (k+1)*s``."""
+    ret = round(gap * fps)
+    return ret, max(0, (ret - 1) // section_frames)
+
+
+def world_seed(cfg: EvalConfig, index: int) -> int:
+    """The toy world of episode ``index``: held-out worlds by default (data.split = "eval");
+    data.options.first picks another block of them."""
+    base = 0 if cfg.data.split == "train" else EVAL_SEED_START
+    return base + int(cfg.data.options.get("first", 0)) + index
 
 
 @torch.no_grad()
@@ -81,13 +92,27 @@ def encode_like_pipeline(pipeline: Pipeline, frames: np.ndarray, sections: int) 
     return torch.cat(parts, dim=2)
 
 
-def _generation(pipeline: Pipeline, ep, mode: str, seed: int, total: int, start: int, latents: torch.Tensor) -> Generation:
+def history_of(pipeline: Pipeline, ep, latents: torch.Tensor, mode: str, max_tokens: int = 0,
+               merge: str = "similar") -> HistoryState:
+    """The history a job holds after ``latents`` (the episode's first frames), in ``mode``.
+
+    ``max_tokens``/``merge``: the history-token cap as a job applies it (``encoder`` mode only; the window
+    has no tokens to cap). One append: the capped layout does not depend on how the history was appended.
+    """
     bb = pipeline.backbone
-    req = GenerationRequest(prompt=ep.caption, seconds=len(ep.frames) / ep.fps, seed=seed, history_mode=mode)
-    hist = HistoryState(pipeline.encoder if mode == "encoder" else None, bb.device)
+    enc = mode == "encoder"
+    hist = HistoryState(pipeline.encoder if enc else None, bb.device, max_tokens=max_tokens if enc else 0, merge=merge)
     # The true camera track of the given frames (canvas-position backbones), relative to the start view.
     track = track_of({"camera_x": torch.as_tensor(ep.camera_x - ep.camera_x[0])[None]}, bb)
     hist.append(latents, frame_context=None if track is None else track[0, : latents.shape[2]].cpu())
+    return hist
+
+
+def _generation(pipeline: Pipeline, ep, mode: str, seed: int, total: int, start: int, latents: torch.Tensor,
+                max_tokens: int = 0, merge: str = "similar") -> Generation:
+    bb = pipeline.backbone
+    req = GenerationRequest(prompt=ep.caption, seconds=len(ep.frames) / ep.fps, seed=seed, history_mode=mode)
+    hist = history_of(pipeline, ep, latents, mode, max_tokens, merge)
     gen = Generation(req, parse_storyboard(ep.caption), total, hist, next_section=start)
     gen.image_cond = bb.encode_image(to_pixels(ep.frames[:1])[0, :, 0].to(bb.device))
     return gen
@@ -119,11 +144,12 @@ def masked_psnr(got: torch.Tensor, truth: torch.Tensor, columns: np.ndarray) -> 
 
 
 def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, gap: float,
-                  other=None) -> dict[str, Any]:
+                  other=None, max_tokens: int = 0, merge: str = "similar") -> dict[str, Any]:
     """Teacher-forced and free-running scores for one episode, per history mode.
 
     ``other``: another episode of the same kind and gap, whose history replaces this one's
-    (all but the add-on window) in one more encoder-mode prediction.
+    (all but the add-on window) in one more encoder-mode prediction. ``max_tokens``/``merge``: the
+    history-token cap of both histories (0: none); the tokens each held are recorded.
     """
     s, fps = pipeline.preset.video.section_frames, ep.fps
     lat = encode_like_pipeline(pipeline, ep.frames, k)  # true history: start frame + k sections
@@ -140,7 +166,8 @@ def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, ga
     modes = [m for m in cfg.modes if m != "encoder" or pipeline.encoder is not None]
     for mode in modes:
         row: dict[str, Any] = {}
-        gen = _generation(pipeline, ep, mode, seed, k + 1, k, lat)
+        gen = _generation(pipeline, ep, mode, seed, k + 1, k, lat, max_tokens, merge)
+        row["teacher_forced_history_tokens"] = gen.history.num_tokens
         got = uint8_to_unit(pipeline.generate_section(gen).frames)
         row["teacher_forced_psnr"] = float(psnr(got, truth).mean())
         row["teacher_forced_ssim"] = float(ssim(got, truth).mean())
@@ -153,8 +180,12 @@ def score_episode(pipeline: Pipeline, cfg: EvalConfig, ep, k: int, seed: int, ga
             got = uint8_to_unit(pipeline.generate_section(_generation(pipeline, ep, mode, seed, k + 1, k, swapped)).frames)
             row["teacher_forced_psnr_other_history"] = float(psnr(got, truth).mean())
         if cfg.free_running:
-            gen = _generation(pipeline, ep, mode, seed, k + 1, 0, lat[:, :, :1])
-            video = [ep.frames[:1]] + [pipeline.generate_section(gen).frames for _ in range(k + 1)]
+            gen = _generation(pipeline, ep, mode, seed, k + 1, 0, lat[:, :, :1], max_tokens, merge)
+            video, most = [ep.frames[:1]], 0
+            for _ in range(k + 1):
+                most = max(most, gen.history.num_tokens)  # the tokens each section was generated from
+                video.append(pipeline.generate_section(gen).frames)
+            row["free_running_history_tokens"] = most
             own = uint8_to_unit(np.concatenate(video))
             row["free_running_psnr_vs_truth"] = float(psnr(own[section.start : section.stop], truth).mean())
             if pairs:
@@ -230,19 +261,24 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
                 made = [_ep(pipe, cfg, kind, gap, i) for i in range(cfg.data.num_videos)]
                 eps = [score_episode(pipe, cfg, *m, gap, other=made[(i + 1) % len(made)][0] if len(made) > 1 else None)
                        for i, m in enumerate(made)]
-                agg: dict[str, Any] = {"episodes": len(eps), "truth_self_psnr": summary(
-                    [e["truth_self_psnr"] for e in eps if "truth_self_psnr" in e])}
-                for mode in cfg.modes:
-                    rows = [e[mode] for e in eps if mode in e]
-                    if rows:
-                        agg[mode] = {m: summary([r[m] for r in rows if m in r]) for m in rows[0]}
-                if "encoder" in cfg.modes and "window" in cfg.modes:
-                    agg["margin"] = paired_margins(eps)
-                per.setdefault(kind, {})[f"{gap:g}s"] = agg
+                per.setdefault(kind, {})[f"{gap:g}s"] = aggregate(eps, cfg.modes)
         results["models"][label] = {"path": str(path), "history_guidance": pipe.preset.history.guidance, **per}
     (out / "revisit.json").write_text(json.dumps(results, indent=2))
     plot_revisit(results, out / "revisit.png")
     return results
+
+
+def aggregate(eps: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """One table cell from :func:`score_episode` results: each mode's metrics summarised, and the paired margins."""
+    agg: dict[str, Any] = {"episodes": len(eps), "truth_self_psnr": summary(
+        [e["truth_self_psnr"] for e in eps if "truth_self_psnr" in e])}
+    for mode in modes:
+        rows = [e[mode] for e in eps if mode in e]
+        if rows:
+            agg[mode] = {m: summary([r[m] for r in rows if m in r]) for m in rows[0]}
+    if "encoder" in modes and "window" in modes:
+        agg["margin"] = paired_margins(eps)
+    return agg
 
 
 def paired_margins(eps: list[dict[str, Any]]) -> dict[str, Any]:
