@@ -263,9 +263,19 @@ def run(cfg: TrainConfig, accelerator, task: Task, batches: Callable[[int, int],
     return out
 
 
+def adamw_kernel(native: bool) -> dict[str, bool]:
+    """AdamW's fused kernel (the same update, one pass over all tensors) where the plain loop would run.
+
+    Why: on the CPU ``torch.optim.AdamW`` defaults to a per-tensor Python loop; for the toy's ~100 small
+    tensors that loop cost more than the whole update (benchmarks/train_speed.py). FSDP and DeepSpeed
+    keep their own default.
+    """
+    return {} if native else {"fused": True}
+
+
 def _prepare(cfg: TrainConfig, accelerator, task: Task, native: bool) -> tuple[nn.Module, Any, Any, TrainState, EMA | None]:
     """The prepared module and optimizer, the LR schedule, the step counter and EMA, registered for checkpoints."""
-    optimizer = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay, **adamw_kernel(native))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     # Streamed frozen blocks live on the host: accelerate must not move the whole module to the device.
     placement = {"device_placement": [False, None]} if cfg.stream_blocks else {}
