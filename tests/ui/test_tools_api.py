@@ -49,6 +49,8 @@ def test_tool_on_an_upload_then_on_the_finished_job(client, tmp_path):
     (("upscale", None, "UPLOAD", {"scale": 3}), "scale: must be 2 or 4"),
     (("upscale", None, "UPLOAD", {"method": "x4.pth"}), "method: x4.pth is a pickle"),
     (("upscale", None, "UPLOAD", {"scael": 2}), "settings: upscale has no setting 'scael'"),
+    (("upscale", None, "UPLOAD", {"scale": 4, "method": "esrgan", "model": "x4.pth"}), "model: x4.pth is a pickle"),
+    (("interpolate", None, "UPLOAD", {"method": "rife", "model": "rife-4.26"}), "model: rife-4.26 is not downloaded yet"),
     (("interpolate", "no-such-job", None, {}), "job: no"),
     (("join", None, "UPLOAD", {}), "input: join needs at least two videos"),
 ])
