@@ -48,7 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "ESRGAN-family upscaler (RRDBNet or SRVGGNetCompact weights, safetensors only), "
                                    "run in tiles sized to the memory free.")
     _common(p)
-    p.add_argument("--scale", type=int, default=2, help="2 or 4 (default 2); a model makes only its own scale")
+    p.add_argument("--scale", type=int, help="2 or 4 (default 2; with --method esrgan, the model's own, the only one "
+                                              "it makes)")
     p.add_argument("--method", default="nearest", help="nearest, bicubic or esrgan (default nearest)")
     p.add_argument("--model", help=f"esrgan: a known model ({ups}; default {DEFAULT_MODEL['upscale']}; fetch it with "
                                    "`download --finishing NAME`) or a .safetensors file")

@@ -451,8 +451,16 @@ def check(tool: str, inputs: list[str | Path], settings: dict[str, Any], field: 
         fmt, q = check_export(settings.get("format", "h264"), settings.get("quality"))
         return {"format": fmt, "quality": q}
     if tool == "upscale":
-        scale, method = check_upscale(settings.get("scale", 2), settings.get("method", "nearest"))
-        model = check_model(method, settings.get("model"), scale)
+        given = settings.get("scale")  # left out: 2, or a model's own scale
+        scale, method = check_upscale(2 if given is None else given, settings.get("method", "nearest"))
+        if given is None and method in LEARNED:
+            model = check_model(method, settings.get("model"))
+            scale = model.scale
+            if scale not in SCALES:
+                raise InputError("--model", f"{model.path.name} upscales {scale}x; only {' and '.join(map(str, SCALES))}x "
+                                            "are offered")
+        else:
+            model = check_model(method, settings.get("model"), scale)
         w, h = info.size
         if w * h * scale * scale > MAX_IMAGE_PIXELS:
             raise InputError("--scale", f"{info.path.name} is {w}x{h}; {scale}x would be {w * scale}x{h * scale}, over the "

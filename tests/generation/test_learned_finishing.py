@@ -144,6 +144,9 @@ def test_the_cli_upscales_with_a_model_and_interpolates_with_rife(models, video,
                  "--out", str(smooth)]) == 0
     assert count_frames(smooth) == 6 and F.inspect_video(smooth).fps == 8
     assert "RIFE IFNet" in capsys.readouterr().out
+    assert main(["upscale", str(video), "--method", "esrgan", "--model", str(models["rrdb2"]), "--out",
+                 str(tmp_path / "x2.mp4")]) == 0  # no --scale: the model's own
+    assert F.inspect_video(tmp_path / "x2.mp4").size == (64, 48)
     assert main(["upscale", str(video), "--scale", "2", "--method", "esrgan", "--model", str(models["rrdb4"])]) == 2
     assert capsys.readouterr().err.startswith("error: --scale: rrdb_x4.safetensors upscales 4x only")
     assert video.read_bytes() == before and not (tmp_path / "v-upscale.mp4").exists()
