@@ -131,6 +131,10 @@ def test_the_toy_track_follows_a_jump_like_the_world(tiny_toy_preset):
     unit = bb.geometry.spatial_scale * bb.geometry.patch_size[2]
     torch.testing.assert_close(torch.cumsum(steps, 0), torch.as_tensor((xs[1:] - xs[0]) / unit, dtype=torch.float32))
     assert float(steps[8]) == WorldSpec(view=32).jump_px / unit and float(steps[9:16].abs().sum()) == 0
+    # the DiT reads the jump's entry as a hold (it never learned the word)
+    ids = lambda text: bb.encode_text(text).tensors["text_ids"]  # noqa: E731
+    assert torch.equal(ids("camera jumps right"), ids("camera holds"))
+    assert not torch.equal(ids("camera pans right"), ids("camera holds"))
 
 
 def test_camera_stops_at_the_edges_and_storyboards_fit():
