@@ -144,7 +144,14 @@ def bench_pin(pipe: Pipeline, args) -> dict:
         out[f"pinned_{cap}_minus_uncapped_db"] = mean_se([r[f"pinned_{cap}"] - r["uncapped"] for r in rows])
         out[f"capped_{cap}_minus_uncapped_db"] = mean_se([r[f"capped_{cap}"] - r["uncapped"] for r in rows])
         out[f"pinned_{cap}_minus_capped_db"] = mean_se([r[f"pinned_{cap}"] - r[f"capped_{cap}"] for r in rows])
-        out[f"capped_{cap}_merged_worlds"] = sum(r[f"capped_{cap}_reduction"] > 1 for r in rows)
+        merged = [r for r in rows if r[f"capped_{cap}_reduction"] > 1]  # the worlds where the cap hit the recalled frame
+        out[f"capped_{cap}_merged_worlds"] = len(merged)
+        if len(merged) > 1:
+            for name in ("capped", "pinned"):
+                out[f"where_merged_{name}_{cap}_minus_uncapped_db"] = mean_se([r[f"{name}_{cap}"] - r["uncapped"]
+                                                                              for r in merged])
+            out[f"where_merged_pinned_{cap}_minus_capped_db"] = mean_se([r[f"pinned_{cap}"] - r[f"capped_{cap}"]
+                                                                         for r in merged])
     return out
 
 
