@@ -37,20 +37,29 @@ class Known:
     file: str | None  # None: the repo's only .safetensors file at its top level
     task: str  # "upscale" | "interpolate"
     about: str
+    scale: int = 1  # an upscaler's factor (the page sets its scale from it); 1 for an interpolator
 
 
 #: safetensors conversions of the released weights (the originals are pickles); the first of each task is its default
 KNOWN: dict[str, Known] = {
     "realesr-animevideov3": Known("OzzyGT/RealESRGAN_anime_v3", None, "upscale",
-                                  "SRVGGNetCompact 4x, 0.6 M parameters: made for video, fast"),
+                                  "SRVGGNetCompact 4x, 0.6 M parameters: made for video, fast", 4),
     "realesr-general-x4v3": Known("OzzyGT/RealESRGAN_general_x4v3", None, "upscale",
-                                  "SRVGGNetCompact 4x, 1.2 M parameters: real-world footage"),
+                                  "SRVGGNetCompact 4x, 1.2 M parameters: real-world footage", 4),
     "realesrgan-x4plus": Known("wkrettek/real-esrgan-models", "realesrgan_x4plus.safetensors", "upscale",
-                               "RRDBNet 4x, 23 blocks, 67 MB: the classic, slow on video"),
+                               "RRDBNet 4x, 23 blocks, 67 MB: the classic, slow on video", 4),
     "realesrgan-x4plus-anime-6b": Known("wkrettek/real-esrgan-models", "realesrgan_x4plus_anime_6B.safetensors",
-                                        "upscale", "RRDBNet 4x, 6 blocks: illustration and anime"),
+                                        "upscale", "RRDBNet 4x, 6 blocks: illustration and anime", 4),
     "rife-4.26": Known("OzzyGT/RIFE_v4_26", None, "interpolate", "RIFE IFNet 4.26 (the 4.25 layout)"),
 }
+
+
+def known_scale(name: str | None) -> int | None:
+    """The factor of a known upscaler (None for a file path or another name: its header says, when it runs)."""
+    k = KNOWN.get(str(name or ""))
+    return k.scale if k is not None and k.task == "upscale" else None
+
+
 DEFAULT_MODEL = {"upscale": "realesr-animevideov3", "interpolate": "rife-4.26"}
 TASK_OF = {"rrdbnet": "upscale", "srvgg": "upscale", "ifnet": "interpolate"}
 ARCH_NAMES = {"rrdbnet": "RRDBNet (ESRGAN)", "srvgg": "SRVGGNetCompact", "ifnet": "RIFE IFNet"}

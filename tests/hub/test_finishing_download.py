@@ -54,6 +54,10 @@ def test_download_fetches_the_safetensors_and_the_name_then_finds_it(online, rep
     path = fw.resolve("realesr-animevideov3", "upscale")
     assert path.read_bytes() == (repos / ANIME / "realesr-animevideov3.safetensors").read_bytes()
     assert fw.describe(path).arch == "srvgg" and fw.describe(fw.resolve("rife-4.26", "interpolate")).arch == "ifnet"
+    # the page's scale follows a known upscaler's factor (the file's own), not an interpolator or a path
+    assert fw.known_scale("realesr-animevideov3") == fw.describe(path).scale == 4
+    assert all(fw.known_scale(n) == 4 for n, k in fw.KNOWN.items() if k.task == "upscale")
+    assert fw.known_scale("rife-4.26") is None and fw.known_scale(str(path)) is None
     fetched = [p for m, p, _ in online.log if m == "GET" and "/resolve/" in p]
     assert not any(p.endswith((".pth", "README.md")) for p in fetched), fetched
     assert main(["download", "--finishing", "all", "--dry-run"]) == 1  # the other known repos are not on the stand-in

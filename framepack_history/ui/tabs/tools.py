@@ -12,6 +12,7 @@ from framepack_history.jobs.tools import (
     UPSCALE_METHODS,
     model_names,
 )
+from framepack_history.hub.finishing_weights import known_scale
 from framepack_history.ui.handlers import Handlers
 from framepack_history.ui.tabs import PRIVATE
 from framepack_history.ui.tabs.gallery import GalleryTab
@@ -53,6 +54,14 @@ def build_tools_tab(h: Handlers, gallery: GalleryTab, stage: Stage) -> None:
     def shown(which: str) -> list:
         return [gr.update(visible=t == which) for t, _ in PAGE_FIELDS] + [gr.update(visible=which == "join")]
 
+    def model_scale(method: str, model: str | None) -> dict:
+        """A known ESRGAN-family model upscales by its own factor: the scale follows it (a file's is read on submit)."""
+        scale = known_scale(model) if method == "esrgan" else None
+        return gr.update(value=scale) if scale else gr.update()
+
+    up = [widgets[("upscale", "method")], widgets[("upscale", "model")]]
+    for widget in up:
+        widget.change(model_scale, up, [widgets[("upscale", "scale")]], **PRIVATE)
     tool.change(shown, [tool], [widgets[f] for f in PAGE_FIELDS] + [join_with], **PRIVATE)
     started = run.click(tools.page_tool, [gallery.picked_video, tool, join_with, *(widgets[f] for f in PAGE_FIELDS)],
                         [stage.job_id, stage.progress], concurrency_limit=None, **PRIVATE)
