@@ -10,12 +10,22 @@ No torch at import time: the page writes JSON through this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256, read in 4 MiB blocks (what sidecars, saved queues and resumes compare)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(folder: str | Path) -> None:

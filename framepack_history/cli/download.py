@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from framepack_history.config.presets import load_preset
 from framepack_history.errors import DownloadError
@@ -36,28 +38,43 @@ def run(args: argparse.Namespace) -> int:
     if not comps:
         print(f"{preset.name} needs no download (its weights ship with the project or are built from configs)")
         return 0
-    try:
-        plan = make_plan(preset.model, args.preset, args.local_dir)
-        print(f"{preset.name}: {len(plan.files)} files in {len(plan.commits)} repos, {human(plan.total)} in all; "
-              f"{human(plan.todo)} to download into {plan.target} ({human(free_space(plan.target))} free)", flush=True)
-        if args.dry_run:
-            for f in plan.files:
-                print(f"  {'have' if f.done else 'get '} {human(f.size):>9}  {f.repo}/{f.path}")
-            return 0
-        check_disk(plan)
-        fetch_with_bars(plan, args.quiet)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
-        return 130
+    plan, status = plan_and_fetch(
+        lambda: make_plan(preset.model, args.preset, args.local_dir), args,
+        lambda p: f"{preset.name}: {len(p.files)} files in {len(p.commits)} repos", lambda f: f"{f.repo}/{f.path}")
+    if status is not None:
+        return status
     if plan.local_dir is not None:
         copy = local_preset(preset.path, plan)
         print(f"done: {plan.local_dir}; start with `{hub.python()} app.py --preset {copy}`")
     else:
         print(f"done: {preset.name}'s weights are in {plan.target}; start with `{hub.python()} app.py --preset {args.preset}`")
     return 0
+
+
+def plan_and_fetch(make: Callable[[], Plan], args: argparse.Namespace, what: Callable[[Plan], str],
+                   label: Callable[[Any], str]) -> tuple[Plan, None] | tuple[None, int]:
+    """Plan and print its sizes, then list the files (``--dry-run``) or check the disk and fetch them.
+
+    ``(plan, None)`` when every file is here; else ``(None, exit status)``: 0 after a dry run, 1 for a failed
+    download, 130 when interrupted (the same command again continues).
+    """
+    try:
+        plan = make()
+        print(f"{what(plan)}, {human(plan.total)} in all; {human(plan.todo)} to download into {plan.target} "
+              f"({human(free_space(plan.target))} free)", flush=True)
+        if args.dry_run:
+            for f in plan.files:
+                print(f"  {'have' if f.done else 'get '} {human(f.size):>9}  {label(f)}")
+            return None, 0
+        check_disk(plan)
+        fetch_with_bars(plan, args.quiet)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None, 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
+        return None, 130
+    return plan, None
 
 
 def fetch_with_bars(plan: Plan, quiet: bool) -> None:
@@ -91,22 +108,11 @@ def fetch_with_bars(plan: Plan, quiet: bool) -> None:
 def run_finishing(args: argparse.Namespace) -> int:
     """``download --finishing NAME...``: the finishing models' files, with the same sizes, disk check and resume."""
     names = finishing.names_for(args.finishing)  # an unknown name: InputError, exit status 2
-    try:
-        plan = finishing.make_plan(names, args.local_dir)
-        print(f"{', '.join(names)}: {len(plan.files)} files, {human(plan.total)} in all; {human(plan.todo)} to download "
-              f"into {plan.target} ({human(free_space(plan.target))} free)", flush=True)
-        if args.dry_run:
-            for f in plan.files:
-                print(f"  {'have' if f.done else 'get '} {human(f.size):>9}  {f.component}: {f.repo}/{f.path}")
-            return 0
-        check_disk(plan)
-        fetch_with_bars(plan, args.quiet)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
-        return 130
+    plan, status = plan_and_fetch(lambda: finishing.make_plan(names, args.local_dir), args,
+                                  lambda p: f"{', '.join(names)}: {len(p.files)} files",
+                                  lambda f: f"{f.component}: {f.repo}/{f.path}")
+    if status is not None:
+        return status
     for f in plan.files:
         where = plan.local_dir / f.repo / f.path if plan.local_dir is not None else None
         use = f"--model {where}" if where is not None else f"--model {f.component}"

@@ -16,7 +16,6 @@ it through :mod:`.learned`, imported only then, on the device it is given.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import re
 import subprocess
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from framepack_history.errors import InputError
-from framepack_history.fsio import atomic_path
+from framepack_history.fsio import atomic_path, file_sha256
 from framepack_history.generation.video import MAX_IMAGE_PIXELS, _ffmpeg, _ffmpeg_streams, probe_video
 from framepack_history.hub.finishing_weights import DEFAULT_MODEL, PICKLES, ModelInfo, describe, resolve
 
@@ -479,14 +478,6 @@ def _model_setting(settings: dict[str, Any], info: ModelInfo | None) -> dict[str
     given = str(settings.get("model") or "").strip()
     return {"model": given or DEFAULT_MODEL[info.task]}
 
-
-def file_sha256(path: str | Path) -> str:
-    """A file's SHA-256 (what a sidecar records of a model's weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def output_suffix(tool: str, settings: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
-from framepack_history.fsio import atomic_path
+from framepack_history.fsio import atomic_path, file_sha256
 from framepack_history.jobs.admission import admit_request
 from framepack_history.jobs.store import Job, JobSpec
 
@@ -104,7 +104,7 @@ def write_queue(jobs: list[tuple[str, JobSpec]], path: str | Path) -> Path:
             if not src_path.is_file():
                 raise InputError("job", f"{job_id}: its {field.replace('_', ' ')} {src_path.name} is gone")
             arc = f"files/{n}/{_safe_name(field)}{src_path.suffix.lower()}"
-            files.append({"field": field, "path": arc, "sha256": _sha256(src_path), "name": src_path.name})
+            files.append({"field": field, "path": arc, "sha256": file_sha256(src_path), "name": src_path.name})
             members.append((arc, src_path))
             _point(request, field, arc)
         data = request.to_dict()
@@ -142,13 +142,6 @@ def _point(request: GenerationRequest, field: str, path: str) -> None:
 def _safe_name(field: str) -> str:
     return field.replace(".", "_")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ reading

@@ -16,7 +16,6 @@ No torch here: the page imports this.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -29,7 +28,7 @@ from framepack_history.config.presets import load_preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import free_device_memory
 from framepack_history.errors import Cancelled, InputError
-from framepack_history.fsio import atomic_write_json
+from framepack_history.fsio import atomic_write_json, file_sha256
 from framepack_history.generation.finishing import (  # the constants: what the page offers (it imports no generation)
     FORMATS,
     INTERPOLATE_METHODS,
@@ -154,20 +153,13 @@ def output_of(job: Job) -> Path:
     return job.folder / f"video{output_suffix(spec.tool, spec.settings)}"
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def tool_sidecar(tool: str, settings: dict[str, Any], sources: list[dict[str, Any]], result: dict[str, Any],
                  seconds_s: float | None = None) -> dict[str, Any]:
     """What a tool's ``.json`` sidecar holds: the tool, its settings, each source (job, file, SHA-256) and the result."""
     data = {"format": SIDECAR_FORMAT, "tool": tool, "settings": dict(settings),
             "sources": [{"job": s.get("job"), "file": str(s["file"]), **({"name": s["name"]} if s.get("name") else {}),
-                         "sha256": s.get("sha256") or sha256(s["file"])} for s in sources],
+                         "sha256": s.get("sha256") or file_sha256(s["file"])} for s in sources],
             "video": result.get("output"), "created": time.time()}
     for key in ("size", "fps", "frames", "model"):
         if key in result:
@@ -225,7 +217,7 @@ def run_tool(store: JobStore, job: Job, every_s: float = 0.5, device: str | None
     try:
         if job.cancel_requested.is_set():
             raise Cancelled()
-        sources = [dict(s, sha256=sha256(s["file"])) for s in spec.sources]  # what the tool read, as it read it
+        sources = [dict(s, sha256=file_sha256(s["file"])) for s in spec.sources]  # what the tool read, as it read it
         learned = spec.settings.get("method") in LEARNED
         where, budget = where_it_runs(spec, device) if learned else (None, 0.0)
         if learned:

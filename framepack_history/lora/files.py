@@ -7,7 +7,6 @@ before any tensor is touched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from typing import Any
 from framepack_history.config.loras import MAX_LORAS, MAX_WEIGHT, check_entries, check_entry, parse_arg  # noqa: F401  (the syntax lives in config)
 from framepack_history.config.paths import WORKDIR
 from framepack_history.errors import InputError
+from framepack_history.fsio import file_sha256
 
 #: the folder LoRA names are looked up in (FramePack-Studio's ``loras/``); FPH_LORA_DIR overrides it
 LORA_DIR = Path(os.environ.get("FPH_LORA_DIR") or WORKDIR / "loras")
@@ -52,11 +52,7 @@ def sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _hashes:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _hashes[key] = h.hexdigest()
+        _hashes[key] = file_sha256(path)
     return _hashes[key]
 
 
