@@ -29,6 +29,8 @@ from framepack_history.training.modeling import (
     FlowModule,
     build_backbone,
     build_encoder,
+    channels_last_convs,
+    contiguous_params,
     export_from_state,
     export_run,
     param_groups,
@@ -96,6 +98,7 @@ class StageTask:
     def export(self, out: Path, module: FlowModule) -> None:
         if self.streamer is not None:  # the LoRA merges into the frozen weights where they are: on the host
             self.streamer.finish()
+        contiguous_params(module)  # channels-last conv weights (CPU training) are written contiguous
         export_run(out, module, self.preset, self.cfg)
 
     def export_state(self, out: Path, state: dict[str, torch.Tensor]) -> None:
@@ -201,6 +204,8 @@ def run_stage(cfg: TrainConfig, module_cls: type, task_cls: type) -> Path:
         # Full finetuning: the LR branch shares the DiT's patchifier, which trains with the DiT.
         backbone.patch_embedding().requires_grad_(True)
     module = module_cls(backbone, encoder, cfg)
+    if accelerator.device.type == "cpu":
+        channels_last_convs(module)  # before the optimizer exists: its states take the same layout
     if streamer is not None:  # DDP must neither broadcast host-held frozen weights nor check their device
         module._ddp_params_and_buffers_to_ignore = streamer.frozen_names("transformer.")
     task = task_cls(cfg, module, preset.video.fps)

@@ -52,3 +52,34 @@ def test_ema_update_equals_the_per_parameter_lerp():
     copy_of = copy.deepcopy(model)
     ema.copy_to(copy_of)
     torch.testing.assert_close(copy_of[0].weight, ema.shadow["0.weight"])
+
+
+def test_channels_last_conv_weights_give_the_same_loss_and_gradients_and_export_contiguous(tmp_path):
+    from safetensors.torch import save_file
+
+    from framepack_history.history.encoder import HistoryEncoder
+    from framepack_history.training.modeling import channels_last_convs, contiguous_params
+
+    torch.manual_seed(0)
+    patch = nn.Conv3d(12, 32, (1, 2, 2), stride=(1, 2, 2))
+    enc = HistoryEncoder(latent_channels=12, hidden_size=32, rate="2x2x4", channels=(8, 16, 16, 16), attention_heads=2)
+    with torch.no_grad():
+        enc.hr_gate.fill_(0.5)  # the HR branch counts in the output (its gate starts at zero)
+    model = nn.ModuleDict({"enc": enc, "patch": patch})
+    twin = copy.deepcopy(model)
+    assert channels_last_convs(twin) > 3
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in twin.parameters() if p.dim() == 5)
+    x = torch.randn(2, 12, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for m in (model, twin):
+        m["enc"].set_patch_embedding(m["patch"])
+        loss = m["enc"](x).pow(2).mean()
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert twin["enc"].hr_convs[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    contiguous_params(twin)
+    assert all(p.is_contiguous() for p in twin.parameters())
+    save_file({n: p.detach() for n, p in twin.named_parameters()}, str(tmp_path / "w.safetensors"))
