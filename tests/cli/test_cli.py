@@ -1,4 +1,9 @@
-"""The headless CLI: real runs write a playable mp4 + sidecar; bad input exits 2 with one line."""
+"""The headless CLI: runs write a playable mp4 + sidecar; bad input exits 2 with one line.
+
+One real process proves ``python -m framepack_history generate`` end to end (exit status 0, the files);
+the other runs go through ``main`` in this process: the same code, without paying the interpreter's
+start-up and imports once per case.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,21 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return waiting.run([sys.executable, "-m", "framepack_history", *args], capture_output=True, text=True)
 
 
-def test_help_lists_subcommands():
-    r = cli("--help")
-    assert r.returncode == 0
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``main(ARGS)`` in this process: (exit status, stdout, stderr); argparse's own exits (help) count as returns."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_subcommands(capsys):
+    code, out, _ = run_main(capsys, "--help")  # a real process runs --help in tests/cli/test_help.py
+    assert code == 0
     for sub in ("generate", "inspect"):
-        assert sub in r.stdout
+        assert sub in out
 
 
 @pytest.mark.parametrize(
@@ -36,10 +51,15 @@ def test_help_lists_subcommands():
     ],
     ids=["toy-t2v", "toy-storyboard-window", "hunyuan-t2v"],
 )
-def test_generate_writes_mp4_and_sidecar(tmp_path, preset, extra, frames):
+def test_generate_writes_mp4_and_sidecar(tmp_path, preset, extra, frames, capsys):
     out = tmp_path / "v.mp4"
-    r = cli("generate", "--preset", str(preset), "--seed", "4", "--out", str(out), *extra)
-    assert r.returncode == 0, r.stderr
+    argv = ("generate", "--preset", str(preset), "--seed", "4", "--out", str(out), *extra)
+    if preset == TINY_TOY and "--history" not in extra:  # the one real process: the command's exit status and files
+        r = cli(*argv)
+        assert r.returncode == 0, r.stderr
+    else:
+        code, _, err = run_main(capsys, *argv)
+        assert code == 0, err
     assert count_frames(out) == frames
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["seed"] == 4 and side["request"]["prompt"] == extra[1]
@@ -48,21 +68,24 @@ def test_generate_writes_mp4_and_sidecar(tmp_path, preset, extra, frames):
     assert "history_tokens" in side["sections"][0]
 
 
-def test_generate_image_and_continue_video(tmp_path, start_image, short_video):
+def test_generate_image_and_continue_video(tmp_path, start_image, short_video, capsys):
     out = tmp_path / "i2v.mp4"
-    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(start_image), "--seconds", "1", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(capsys, "generate", "--preset", str(TINY_TOY), "--image", str(start_image), "--seconds", "1",
+                            "--out", str(out))
+    assert code == 0, err
     assert count_frames(out) == 1 + 8
     out2 = tmp_path / "cont.mp4"
-    r = cli("generate", "--preset", str(TINY_TOY), "--continue-video", str(short_video), "--prompt", "go on", "--seconds", "1", "--out", str(out2))
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(capsys, "generate", "--preset", str(TINY_TOY), "--continue-video", str(short_video), "--prompt",
+                            "go on", "--seconds", "1", "--out", str(out2))
+    assert code == 0, err
     assert count_frames(out2) == 8 + 8
 
 
-def test_hunyuan_image_to_video(tmp_path, start_image):
+def test_hunyuan_image_to_video(tmp_path, start_image, capsys):
     out = tmp_path / "h.mp4"
-    r = cli("generate", "--preset", str(TINY_HUNYUAN), "--image", str(start_image), "--prompt", "a cat", "--seconds", "0.5", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(capsys, "generate", "--preset", str(TINY_HUNYUAN), "--image", str(start_image), "--prompt",
+                            "a cat", "--seconds", "0.5", "--out", str(out))
+    assert code == 0, err
     assert count_frames(out) == 1 + 8  # the start image, then 4 frames per latent as FramePack-F1 decodes
 
 
@@ -96,18 +119,19 @@ def test_bad_input_exits_2_with_one_line(args, needle, capsys):
     assert len(lines) == 1 and needle in lines[0], lines
 
 
-def test_corrupt_image_exits_2(tmp_path):
-    """A real process: exit status 2 and one line naming the argument."""
+def test_corrupt_image_exits_2(tmp_path, capsys):
+    """Exit status 2 and one line naming the argument (a real process: tests/cli/test_bad_input.py's
+    test_cli_real_process)."""
     bad = tmp_path / "x.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    r = cli("generate", "--preset", str(TINY_TOY), "--image", str(bad), "--seconds", "1")
-    assert r.returncode == 2 and "--image" in r.stderr and "not a readable image" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, "generate", "--preset", str(TINY_TOY), "--image", str(bad), "--seconds", "1")
+    assert code == 2 and "--image" in err and "not a readable image" in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_inspect_json():
-    r = cli("inspect", "--preset", "rtx4070-12gb", "--json")
-    assert r.returncode == 0, r.stderr
-    info = json.loads(r.stdout)
+def test_inspect_json(capsys):
+    code, out, err = run_main(capsys, "inspect", "--preset", "rtx4070-12gb", "--json")
+    assert code == 0, err
+    info = json.loads(out)
     row = info["history"]["rates"]["4x4x2"]
     assert row["compression"] == pytest.approx(30, rel=0.1)  # 1/32 of the raw tokens, up to edge padding
