@@ -266,23 +266,21 @@ def test_end_frame_strength_scales_the_end_latent(folders, backbone, ended) -> N
 
 
 def test_cli_generates_toward_an_end_image(folders, tmp_path, capsys) -> None:
-    """``generate --end-image`` on the original model's preset writes the whole video; a forward preset refuses it."""
-    import sys
+    """``generate --end-image`` on the original model's preset writes the whole video; a forward preset refuses it.
 
+    Through ``main`` in this process: the real command's exit status and files are tests/cli/test_cli.py's.
+    """
+    from framepack_history.cli.main import main
     from framepack_history.generation.video import read_video
-    from tests import waiting
 
     out = tmp_path / "v.mp4"
-    args = [sys.executable, "-m", "framepack_history", "generate", "--preset", str(folders["root"] / "tiny.toml"),
-            "--device", "cpu", "--image", folders["image"], "--end-image", folders["end"], "--seconds", "2.4",
-            "--prompt", PROMPT, "--out", str(out), "--quiet"]
-    r = waiting.run(args, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = ["generate", "--preset", str(folders["root"] / "tiny.toml"), "--device", "cpu", "--image", str(folders["image"]),
+            "--end-image", str(folders["end"]), "--seconds", "2.4", "--prompt", PROMPT, "--out", str(out), "--quiet",
+            "--steps", "1"]  # the frames are the reference tests' above; here the command's wiring and the file
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
     assert len(read_video(str(out), SIZE, SIZE, 30, 1000)) == 73  # 2 sections: 36 * 2 + 1
-    # a forward preset refuses it: in this process (the real process above already proved the command's wiring)
-    from framepack_history.cli.main import main
-
     forward = tmp_path / "forward.toml"
     forward.write_text((folders["root"] / "tiny.toml").read_text().replace('loop = "inverted"', 'loop = "forward"'))
-    assert main(args[3:5] + [str(forward)] + args[6:]) == 2
+    capsys.readouterr()
+    assert main(args[:2] + [str(forward)] + args[3:]) == 2
     assert "needs the original model: presets framepack-original-12gb" in capsys.readouterr().err
