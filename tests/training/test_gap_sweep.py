@@ -1,5 +1,5 @@
 """The gap sweep on the shipped toy, tiny (2 worlds, gaps of 2 s and 12 s, one sampling step, a tight cap):
-the return frame, the cap in both histories, the paired margin, and shards merging into one run's table."""
+the return frame, the cap in both histories, the paired margin, shards merging into one run's table, and a resume."""
 
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ def test_gap_sweep(tmp_path, preset, capsys):
     merged = merge_runs(shards)["models"]["toy"]
     assert merged["worlds"] == run["worlds"] and merged["table"] == run["table"]
     assert table_lines(merge_runs(shards)) == table_lines(whole)
+    # a killed run resumes: the first shard's file, asked for both worlds, scores only the second
+    done = []
+    resumed = run_gaps(cfg_for(preset, 2), tmp_path / "shard0.json", lambda label, n: done.append(n))
+    assert done[0] == 2 and resumed["models"]["toy"]["table"] == run["table"]
     # a shard of other settings is refused, by the merge and by a resume
     other = copy.deepcopy(shards[1])
     other["models"]["toy"]["settings"]["steps"] = 2
