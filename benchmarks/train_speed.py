@@ -21,7 +21,8 @@ the report gives each part's median over rounds and each variant's total against
 
 A variant is ``threadsN`` (torch intra-op threads; 2 if not given), plus ``+bf16`` for CPU autocast
 around the forward (``threads1+bf16``) ``+batchN`` for another batch size (``threads1+batch32``) or ``+cl`` for channels-last (``channels_last_3d``)
-convolution weights, which makes oneDNN run the convolutions channels-last. Weights are random (``--model.weights '""'``) unless an override names some: speed does not
+convolution weights, which makes oneDNN run the convolutions channels-last (``train`` on the CPU does that; without
+``+cl`` the weights are contiguous, as before). Weights are random (``--model.weights '""'``) unless an override names some: speed does not
 depend on them. No file is written outside ``--out`` (default: a temporary folder).
 """
 
@@ -41,8 +42,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from framepack_history.backbones.toy import ToyVAE  # noqa: E402
 from framepack_history.training import common  # noqa: E402
-from framepack_history.training.settings import TrainConfig, load_config, parse_overrides  # noqa: E402
+from framepack_history.training import stage1_frame_query as s1  # noqa: E402
+from framepack_history.training import stage2_autoregressive as s2  # noqa: E402
+from framepack_history.training.data import (  # noqa: E402
+    LatentCacheDataset, build_latent_cache, step_batches, toyworld_dataset)
+from framepack_history.training.modeling import (  # noqa: E402
+    build_backbone, build_encoder, prepare_transformer, training_preset)
+from framepack_history.training.settings import DataConfig, TrainConfig, load_config, parse_overrides  # noqa: E402
+from framepack_history.training.stages import training_dataset  # noqa: E402
 
 PARTS = ("data", "batch", "forward", "backward", "optim", "ema", "sync")
 CONFIGS = Path(__file__).resolve().parent.parent / "framepack_history" / "training" / "configs"
@@ -50,12 +59,6 @@ CONFIGS = Path(__file__).resolve().parent.parent / "framepack_history" / "traini
 
 def build(config: str, overrides: dict, out: Path):
     """The stage's task, prepared module, optimizer, scheduler, EMA, trained params and batch stream."""
-    from framepack_history.training import stage1_frame_query as s1  # noqa: PLC0415
-    from framepack_history.training import stage2_autoregressive as s2  # noqa: PLC0415
-    from framepack_history.training.data import LatentCacheDataset, step_batches  # noqa: PLC0415
-    from framepack_history.training.modeling import (  # noqa: PLC0415
-        build_backbone, build_encoder, prepare_transformer, training_preset)
-    from framepack_history.training.stages import training_dataset  # noqa: PLC0415
 
     path = CONFIGS / f"{config}.toml" if not config.endswith(".toml") else Path(config)
     over = {"out": str(out / "run"), "model": {"weights": "", "encoder": ""}, "save_every": 10**9}
@@ -122,9 +125,6 @@ def timed_steps(env, start: int, n: int, autocast: bool, batch: int = 0) -> dict
 
 def render_costs(n: int) -> None:
     """Per clip: rendering a 96-frame toy-world clip, encoding it, and reading it back from a cache shard."""
-    from framepack_history.backbones.toy import ToyVAE  # noqa: PLC0415
-    from framepack_history.training.data import LatentCacheDataset, build_latent_cache, toyworld_dataset  # noqa: PLC0415
-    from framepack_history.training.settings import DataConfig  # noqa: PLC0415
 
     ds = toyworld_dataset(DataConfig(frames=96, num_videos=n), 16, 16, 4)
     t0 = time.perf_counter()
@@ -196,7 +196,7 @@ def main() -> None:
             step += args.steps
             runs[v].append({p: statistics.mean(res[p]) for p in PARTS})
     if args.ops:
-        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+        from torch.profiler import ProfilerActivity, profile  # torch.profiler: only when --ops asks for it
 
         bf16, batch = set_variant(env, variants[0])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
