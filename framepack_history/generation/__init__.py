@@ -1,6 +1,9 @@
 """Making a video: the section loop and what it needs, with no jobs, files or pages.
 
 * :mod:`.pipeline` — :class:`~.pipeline.Pipeline`, the section loop (conditioning -> history -> denoise -> decode) as typed events;
+* :mod:`.events`, :mod:`.state`, :mod:`.noise` — the events a run yields, a request's state between sections (:class:`~.state.Generation`), each section's noise;
+* :mod:`.memory_controls` — a request's pins, forgets, cuts and borrowed history at work on its history;
+* :mod:`.keyframes` — a request's keyframes read and encoded once, and the next one a section reads;
 * :mod:`.context` — the DiT's context for a section (F1's own, or the sliding window, plus history tokens), shared with training;
 * :mod:`.loading` — a backbone and its history encoder built from a preset, with the memory manager attached;
 * :mod:`.step_cache` — skipping most of the DiT on steps whose input barely changed;

@@ -1,12 +1,11 @@
 """The section loop: conditioning -> history -> denoise -> decode, as typed events.
 
-The pipeline never touches files or the UI. It yields events; whoever runs it
-(the CLI, the worker) writes segments, shows previews and checks for
-cancellation. A :class:`Generation` can be snapshotted after any section and
-resumed from that snapshot with identical results: a backbone that draws its
-noise per video (FramePack-F1: one CPU generator seeded once, as FramePack's
-demo) keeps that generator in the snapshot; the others draw every section's
-noise from its own generator seeded by ``(seed, section index)``.
+The pipeline never touches files or the UI. It yields events (:mod:`.events`); whoever runs it
+(the CLI, the worker) writes segments, shows previews and checks for cancellation. A
+:class:`~.state.Generation` can be snapshotted after any section and resumed from that snapshot
+with identical results, its noise included (:mod:`.noise`). What a request's memory controls do to
+its history (:mod:`.memory_controls`) and how its keyframes are read (:mod:`.keyframes`) live in
+rooms of their own; the pipeline hands them its backbone, its preset's video and its phases.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import math
 import time
 from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
@@ -29,11 +28,16 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.config.storyboard import prompt_weights
 from framepack_history.errors import InputError
 from framepack_history.generation.buckets import resolve_size
-from framepack_history.generation.context import Keyframes, section_context, window_size
+from framepack_history.generation.context import section_context, window_size
 from framepack_history.generation.continuation import cut, encode_clip, latents_read, planned_frames
+from framepack_history.generation.events import ContextFrames, Event, Finished, SectionDone, SectionStarted, StepPreview
 from framepack_history.generation.inverted import InvertedLoop
+from framepack_history.generation.keyframes import keyframe_latents, next_keyframe
+from framepack_history.generation.memory_controls import borrow_history, frames_at, shot_start, steer_history
+from framepack_history.generation.noise import section_noise, video_noise_generator
 from framepack_history.generation.overlap import OverlapDecoder
 from framepack_history.generation.pixels import to_pixels, to_uint8
+from framepack_history.generation.state import Generation
 from framepack_history.generation.step_cache import StepCache, threshold_for
 from framepack_history.generation.video import MAX_CONTINUE_SECONDS, read_image, read_video
 from framepack_history.history.encoder import HistoryEncoder
@@ -44,76 +48,6 @@ from framepack_history.lora.files import requested
 from framepack_history.sampling import Branch, guided_together, sample
 
 
-# ------------------------------------------------------------------- events
-@dataclass
-class ContextFrames:
-    """Frames the video starts with (start image or the video being continued)."""
-
-    frames: np.ndarray  # uint8 [F, H, W, 3]
-
-
-@dataclass
-class SectionStarted:
-    index: int
-    total: int
-    prompt: str
-    #: inside a prompt transition: ``(the prompt it blends from, the weight of ``prompt``)``
-    blend: tuple[str, float] | None = None
-
-
-@dataclass
-class StepPreview:
-    index: int
-    step: int
-    steps: int
-    image: np.ndarray  # uint8 [H, W, 3]
-
-
-@dataclass
-class SectionDone:
-    index: int
-    total: int
-    frames: np.ndarray  # uint8 [F, H, W, 3]
-    timings: dict[str, float]
-    history_tokens: int
-    shift: float | None = None  # the timestep shift this section was sampled with
-    #: DiT calls of the section and how many ran every block (step caching skips the others), by branch
-    dit_passes: dict | None = None
-
-
-@dataclass
-class Finished:
-    sections: int
-    frames: int
-    history_tokens: int
-
-
-Event = ContextFrames | SectionStarted | StepPreview | SectionDone | Finished
-
-
-def section_noise(shape: tuple[int, ...], seed: int, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Noise for one section: float32 ``randn`` from ``generator`` (the video's, advanced by this draw),
-    else from a generator of its own, independent of every other section (resume-safe as it is)."""
-    if generator is not None:  # FramePack's sample_hunyuan: torch.randn(shape, generator=g, device=g.device)
-        return torch.randn(shape, generator=generator, device=generator.device)
-    g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
-    return torch.randn(shape, generator=g)
-
-
-def video_noise_generator(gen: Generation, backbone: Backbone) -> torch.Generator | None:
-    """The generation's one noise generator where ``backbone`` draws noise per video (FramePack's seed), else None.
-
-    Seeded with the request's seed before the first section, as FramePack's demo does
-    (``torch.Generator("cpu").manual_seed(seed)``); nothing else draws from it, so section
-    ``k`` gets the ``k``-th draw. A resumed generation brings it back from its checkpoint;
-    one checkpointed without it (a job begun before videos drew their noise this way) goes
-    on with per-section noise, the noise it began with.
-    """
-    if gen.noise_generator is None and gen.next_section == 0 and backbone.noise_per_video:
-        gen.noise_generator = torch.Generator("cpu").manual_seed(int(gen.request.seed))
-    return gen.noise_generator
-
-
 class MemoryHooks(Protocol):
     """What the pipeline asks of a memory manager (see :mod:`.memory`): one context per phase."""
 
@@ -121,33 +55,6 @@ class MemoryHooks(Protocol):
 
     # optional: ``watch(module)`` (an always-resident module, e.g. the history encoder) and
     # ``prepare(preset, seconds, *, history_mode, rate, start_image, size)`` (a plan for the request)
-
-
-# --------------------------------------------------------------- generation
-@dataclass
-class Generation:
-    """The state of one request between sections (what a checkpoint holds)."""
-
-    request: GenerationRequest
-    storyboard: list[tuple[float, str]]
-    total_sections: int
-    history: HistoryState
-    next_section: int = 0
-    image_cond: Conditioning = field(default_factory=Conditioning)
-    #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
-    #: never checkpointed, a resume decodes it again from the history
-    held: torch.Tensor | None = None
-    #: an extension's first section: the video it extends already ends with the held tail (see .extend)
-    tail_sent: bool = False
-    #: backbones that draw noise per video: the video's generator, advanced by each section's draw
-    #: (checkpointed with every section: its state is the noise of the sections still to come)
-    noise_generator: torch.Generator | None = None
-    #: the request's keyframes as ``(latent frame index, clean latent [1, C, 1, h, w])`` on the host, in time order;
-    #: never checkpointed: encoded on first need (:meth:`Pipeline.keyframe_latents`), a resume again from the images
-    keyframes: list[tuple[int, torch.Tensor]] | None = None
-    #: latent frames at the history's start that a borrowed job's history holds (before this video's own):
-    #: read as history tokens, never as the window or recent context, never shown (checkpointed)
-    borrowed_frames: int = 0
 
 
 #: prompt embeddings a pipeline keeps between jobs (the same prompt again is common; every prompt ever is a leak)
@@ -245,14 +152,7 @@ class Pipeline:
                                merge=self.option(request, "history_merge"))
         gen = Generation(request, board, self.sections_for(request.seconds), history)
         self.prepare_memory(request, board, mode, cap, (w, h))
-        if request.borrow and mode != "encoder":
-            raise InputError("--borrow", f"needs history mode 'encoder' (this request's is {mode!r})")
-        if request.borrow:
-            if borrowed is None:
-                raise InputError("--borrow", f"{request.borrow}: the borrowed history was not given")
-            with torch.no_grad():  # the history encoder is always resident (watched), as for every section
-                history.append(borrowed[0], frame_context=borrowed[1])
-            gen.borrowed_frames = history.num_frames
+        borrow_history(gen, mode, borrowed)
         frames, latents, shown = None, None, True
         if request.continue_video:
             frames = cut(self.backbone, read_video(request.continue_video, w, h, v.fps, int(MAX_CONTINUE_SECONDS * v.fps)))
@@ -316,28 +216,17 @@ class Pipeline:
 
     def frames_at(self, seconds: float, origin: int, up: bool = False) -> int:
         """The history's latent frame at ``seconds`` into the video (``origin``: latent frames before section 0)."""
-        v = self.preset.video
-        x = seconds * v.fps * self.section_latent_frames / v.section_frames
-        return origin + (math.ceil(x - 1e-9) if up else math.floor(x + 1e-9))
+        return frames_at(self.preset.video, self.section_latent_frames, seconds, origin, up)
 
     def steer_history(self, history: HistoryState, request: GenerationRequest, origin: int) -> None:
-        """Set the request's pins and forgets on ``history`` as latent frame ranges (before its sections' groups).
-
-        A resume calls this before loading its chunks (``origin`` from the checkpoint), so the cap replays the
-        merges the pins allowed.
-        """
-        plan = self.memory_plan(request)
-        ranges = lambda spans: [(self.frames_at(a, origin), self.frames_at(b, origin, up=True)) for a, b in spans]  # noqa: E731
-        history.steer(ranges(plan.pins), ranges(plan.forgets))
+        """Set the request's pins and forgets on ``history`` (:func:`.memory_controls.steer_history`)."""
+        steer_history(history, self.memory_plan(request), self.preset.video, self.section_latent_frames, origin)
 
     def shot_start(self, gen: Generation) -> int:
-        """The first latent frame of the shot the next section belongs to: the last cut's, else the video's own
-        (a borrowed history is never read as the window or recent context)."""
-        cuts = [k for k in self.memory_plan(gen.request).cuts if k <= gen.next_section]
-        if not cuts or self.loop is not None:
-            return gen.borrowed_frames
-        origin = gen.history.num_frames - gen.next_section * self.section_latent_frames
-        return origin + max(cuts) * self.section_latent_frames
+        """The first latent frame of the next section's shot (:func:`.memory_controls.shot_start`); the original
+        model's loop reads no window, so its cuts move nothing."""
+        cuts = self.memory_plan(gen.request).cuts
+        return shot_start(gen, [] if self.loop is not None else cuts, self.section_latent_frames)
 
     def history_cap(self, request: GenerationRequest, size: tuple[int, int]) -> int:
         """The request's history-token cap (0 = none), checked against one token group at ``size``."""
@@ -389,54 +278,18 @@ class Pipeline:
         return section_context(self.backbone, mode, past, history=gen.history.tokens() if mode == "encoder" else None,
                                window_frames=window, section_latents=self.section_latent_frames,
                                past_w=gen.history.frame_context, target_w=self.frame_context(gen),
-                               keyframes=self.next_keyframe(gen))
+                               keyframes=next_keyframe(gen, self.keyframe_latents(gen), self.backbone, self.preset.video,
+                                                       self.size_of(gen)[0]))
 
     def keyframe_latents(self, gen: Generation) -> list[tuple[int, torch.Tensor]]:
-        """``gen``'s keyframes as ``(latent frame index, clean latent)``, read and VAE-encoded once per run.
+        """``gen``'s keyframes as ``(latent frame index, clean latent)`` (:func:`.keyframes.keyframe_latents`).
 
-        Time 0 is the frame the video goes on from (the start image, or a continued video's last
-        frame), so a keyframe at ``T`` s is the frame the video shows ``round(T * fps)`` frames after
-        it: on the toy, the true world's frame at ``T`` s. The original model's loop takes keyframes
-        its own way; every other loop needs a backbone that reads them (:attr:`Backbone.keyframes`).
+        The original model's loop takes keyframes its own way (:mod:`.inverted`): none here.
         """
-        if gen.keyframes is not None:
-            return gen.keyframes
-        given = gen.request.keyframes or []
-        if not given or self.loop is not None:
+        if self.loop is not None and gen.keyframes is None:
             gen.keyframes = []
-            return gen.keyframes
-        bb, v = self.backbone, self.preset.video
-        if not bb.keyframes:
-            raise InputError("--keyframe", f"the {bb.name} backbone cannot lead a video to keyframes (it generates "
-                                           "forward and cannot anchor a frame to come); use a preset that can")
-        w, h = self.size_of(gen)
-        # latents before the first section (a resume holds more: its sections' latents come off)
-        before = gen.history.num_frames - gen.next_section * self.section_latent_frames
-        out = []
-        for kf in given:
-            frame = read_image(kf["image"], w, h, field="--keyframe")
-            with torch.no_grad(), self._phase("vae_encode"):
-                latent = bb.vae_encode(to_pixels(frame[None])).to("cpu")
-            after = round(float(kf["time"]) * v.fps) // bb.geometry.temporal_scale  # latent frames after time 0
-            out.append((max(0, before - 1 + after), latent))
-        gen.keyframes = out
-        return out
-
-    def next_keyframe(self, gen: Generation) -> Keyframes | None:
-        """The first keyframe at or after the next section's first frame, at its time relative to it; None once all have passed.
-
-        Its frame context continues the camera track the storyboard gives the frames up to it, as the
-        section's own (:meth:`frame_context`).
-        """
-        first = gen.history.num_frames
-        ahead = [(i, lat) for i, lat in self.keyframe_latents(gen) if i >= first]
-        if not ahead:
-            return None
-        index, latent = ahead[0]
-        v, offset = self.preset.video, index - first
-        track = self.backbone.frame_context(gen.storyboard, gen.next_section * v.section_frames, offset + 1, v.fps,
-                                            self.size_of(gen)[0], gen.history.frame_context)
-        return Keyframes(latent, torch.tensor([float(offset)]), None if track is None else track[-1:])
+        return keyframe_latents(gen, self.backbone, self.preset.video, self.section_latent_frames, self.size_of(gen),
+                                self._phase)
 
     def latent_shape(self, gen: Generation | None = None) -> tuple[int, int, int, int, int]:
         """``[1, C, T, h, w]`` of one section's latents, at ``gen``'s size (its bucket) or the preset's."""
