@@ -2,6 +2,7 @@
 
 * :mod:`.admission` — one admission of a request for the page, the API and the CLI (checks, inputs, cap, LoRAs);
 * :mod:`.worker` — :class:`~.worker.Worker`, the worker threads, the device they own, the job API the page calls;
+* :mod:`.lanes` — a worker lane (one thread, its device, models and runner) and when it takes a job or frees its device (idle, paused);
 * :mod:`.queue`, :mod:`.store` — the FIFO of job ids, and the server-side job records;
 * :mod:`.runner` — one job run: pipeline, render, progress, previews, final status;
 * :mod:`.render` — a pipeline run to files (segments, the final mp4, the JSON sidecar);

@@ -2,12 +2,14 @@
 
 * Jobs and their store live in :mod:`.store`.
 * The :class:`Worker`'s threads are the only ones that touch models: one
-  :class:`Lane` per device (one by default). It is a thin facade over three
+  :class:`~.lanes.Lane` per device (one by default). It is a thin facade over
   parts with one job each: :class:`~.queue.JobQueue` (FIFO order, a
   maximum size, cancelling what has not started; shared by the lanes),
   :class:`~.model_cache.ModelCache` (models loaded lazily when a job first
-  needs them, kept LRU; one per lane) and :class:`~.runner.JobRunner`
-  (runs one job: progress, previews, status). Cancelling raises :class:`~framepack_history.errors.Cancelled`
+  needs them, kept LRU; one per lane), :class:`~.runner.JobRunner`
+  (runs one job: progress, previews, status) and :class:`~.lanes.LanePolicy`
+  (when a lane takes a job, and when it gives its models back: idle for
+  ``--unload-after``, or the queue paused). Cancelling raises :class:`~framepack_history.errors.Cancelled`
   from the step callback; a bad job fails alone and the worker goes on.
 * Every job also has a job folder under ``jobs_dir`` (:class:`~.checkpoint.JobDir`):
   request, preset and a checkpoint after every section, so a job whose
@@ -47,6 +49,7 @@ from framepack_history.jobs.admission import (
 )
 from framepack_history.jobs.checkpoint import REQUEST, JobDir, interrupted_jobs
 from framepack_history.jobs.extend import extend_job
+from framepack_history.jobs.lanes import Lane, LanePolicy
 from framepack_history.jobs.model_cache import ModelCache
 from framepack_history.jobs.queue import JobQueue
 from framepack_history.jobs.recall import Inspector
@@ -58,19 +61,6 @@ from framepack_history.lora.files import adapter_numel, locate
 __all__ = ["STATUSES", "TERMINAL", "Job", "JobSpec", "JobStore", "Lane", "Progress", "Worker", "past_results", "plan_lines"]
 
 log = logging.getLogger(__name__)
-
-
-class Lane:
-    """One worker thread and what it owns: a device, its model cache (models, memory manager) and a runner."""
-
-    def __init__(self, index: int, device: str | None, runner_for: Callable[[ModelCache, str | None], JobRunner],
-                 max_models: int) -> None:
-        self.index = index  # 1, 2, ... (what the Queue tab shows beside the device)
-        self.device = device  # None: each job runs where its preset says
-        self.models = ModelCache(max_models)  # touched only by this lane's thread
-        self.runner = runner_for(self.models, device)
-        self.thread: threading.Thread | None = None
-        self.unloads = 0  # how many times this lane gave its models back while idle or paused
 
 
 class Worker:
@@ -103,8 +93,8 @@ class Worker:
                              stopping=lambda: self.queue.closed, device=device)
 
         self.lanes = [Lane(i, d, runner_for, max_models) for i, d in enumerate(devices or [None], 1)]
-        #: seconds with nothing to take after which a lane unloads its models (0 = never; app.py's --unload-after)
-        self.unload_after_s = float(unload_after_s)
+        #: when a lane takes a job, and when it gives its models back (idle for ``unload_after_s``, or paused)
+        self.policy = LanePolicy(self.queue, self.store, unload_after_s, also_free=self._drop_inspector)
         self.models = self.lanes[0].models  # the first lane's (single-device callers and tests)
         self.runner = self.lanes[0].runner
         self._lock = threading.Lock()
@@ -119,6 +109,11 @@ class Worker:
     def loads(self) -> int:
         """How many times a backbone was loaded, by all lanes (tests check the cache)."""
         return sum(lane.models.loads for lane in self.lanes)
+
+    @property
+    def unload_after_s(self) -> float:
+        """Seconds with nothing to take after which a lane unloads its models (0 = never; app.py's --unload-after)."""
+        return self.policy.unload_after_s
 
     @property
     def max_queue(self) -> int:
@@ -409,13 +404,7 @@ class Worker:
 
     def queue_state(self) -> str:
         """One line for the Queue tab: whether the queue is held, what still runs and whether the models are loaded."""
-        waiting = len(self.queue.ids())
-        if not self.paused:
-            return f"Queue running · {waiting} waiting" if waiting else "Queue running"
-        running = [j.id for j in self.store.jobs() if j.status == "running"]
-        then = (f"{', '.join(running)} finishes first, then the device is freed" if running
-                else "models unloaded" if not any(lane.models.loaded for lane in self.lanes) else "freeing the device…")
-        return f"Queue paused · {waiting} waiting · {then}"
+        return self.policy.state(self.lanes)
 
     def _drop_previews(self, keep: Job) -> None:
         """Ended jobs other than ``keep`` forget their last preview (a frame of pixels each): their video shows them now."""
@@ -426,33 +415,18 @@ class Worker:
             if j is not keep and j.terminal and j.preview is not None:
                 self.store.mutate(j, drop, notify=False)
 
-    def _idle(self, lane: Lane) -> None:
-        """Nothing to take for ``unload_after_s`` (or the queue is held): give the lane's models and memory back."""
-        held = lane.models.clear()
-        lane.unloads += 1
-        if self._inspector is not None and not any(j.status == "running" for j in self.store.jobs()):
-            with self._lock:  # the recall model loads again on the next recall
+    def _drop_inspector(self) -> None:
+        """A lane unloaded with no job running: the recall model goes too (it loads again on the next recall)."""
+        if self._inspector is not None:
+            with self._lock:
                 self._inspector = None
-        log.info("worker %s: %s; unloaded %d model(s)", lane.index, "queue paused" if self.paused else
-                 f"idle for {self.unload_after_s:g} s", held)
-
-    def _take(self, lane: Lane) -> str | None:
-        """The next job id for ``lane``; unloads its models while there is none (idle long enough, or paused)."""
-        while True:
-            loaded = lane.models.loaded
-            wait = self.unload_after_s if loaded and self.unload_after_s > 0 else None
-            job_id = self.queue.take(wait, or_paused=loaded)
-            if job_id is not None or self.queue.closed:
-                return job_id
-            if loaded:
-                self._idle(lane)
 
     def _loop(self, lane: Lane) -> None:
         if lane.device and lane.device.startswith("cuda:"):  # CUDA's current device is per thread: side streams use it
             import torch  # torch: kept off the page's import path
 
             torch.cuda.set_device(torch.device(lane.device))
-        while (job_id := self._take(lane)) is not None:
+        while (job_id := self.policy.take(lane)) is not None:
             job = self.store.get(job_id)
             self.store.update(job, status="running", started=time.time(), message="loading models…", device=lane.device,
                               worker=lane.index)
