@@ -10,7 +10,8 @@
 * :mod:`.model_cache` — backbones loaded on first need, kept LRU;
 * :mod:`.steering`, :mod:`.extend`, :mod:`.recall` — storyboard edits, extending a finished job, the memory inspector;
 * :mod:`.tools` — finishing tools (loop, join, export, upscale, interpolate) as jobs that load no model;
-* :mod:`.studio` — a shared studio: who may see which job.
+* :mod:`.studio` — a shared studio: who may see which job;
+* :mod:`.gallery`, :mod:`.plan_summary` — for the page: the finished videos with captions, and what the device will hold for a request.
 
 Never imported by :mod:`framepack_history.training`; imported by :mod:`framepack_history.cli` and the page.
 """

@@ -15,9 +15,10 @@ from typing import Any
 import gradio as gr
 
 from framepack_history.errors import InputError
+from framepack_history.jobs.gallery import past_results
 from framepack_history.jobs.store import Job
 from framepack_history.jobs.studio import Studio
-from framepack_history.jobs.worker import Worker, past_results
+from framepack_history.jobs.worker import Worker
 from framepack_history.ui.progress import progress_html
 
 

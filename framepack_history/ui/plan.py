@@ -12,7 +12,7 @@ from framepack_history.errors import InputError
 from framepack_history.jobs.admission import least_cap
 from framepack_history.jobs.store import Job
 from framepack_history.jobs.tools import ToolSpec
-from framepack_history.jobs.worker import plan_lines
+from framepack_history.jobs.plan_summary import plan_lines
 from framepack_history.lora.files import available
 from framepack_history.ui.context import PageContext
 from framepack_history.ui.values import _num

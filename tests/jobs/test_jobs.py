@@ -11,8 +11,10 @@ import pytest
 from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.generation.video import count_frames
+from framepack_history.jobs.gallery import past_results
+from framepack_history.jobs.plan_summary import plan_lines
 from framepack_history.jobs.store import JobSpec, JobStore
-from framepack_history.jobs.worker import Worker, past_results, plan_lines
+from framepack_history.jobs.worker import Worker
 from tests import waiting
 
 TINY = str(Path(__file__).parents[1] / "presets" / "tiny-toy.toml")

@@ -14,9 +14,10 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.errors import InputError
 from framepack_history.generation import finishing
 from framepack_history.generation.video import count_frames, write_segment
+from framepack_history.jobs.gallery import past_results
 from framepack_history.jobs.store import JobSpec
 from framepack_history.jobs.tools import ToolSpec
-from framepack_history.jobs.worker import Worker, past_results
+from framepack_history.jobs.worker import Worker
 from tests.jobs.test_jobs import TINY, wait
 
 

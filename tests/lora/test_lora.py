@@ -305,7 +305,7 @@ def test_planner_counts_adapter_bytes(preset):
 
 def test_page_plan_counts_the_picked_loras_as_applying_them_does(preset, files):
     """The plan before a job reads the LoRA files' headers: the bytes the adapters take once applied."""
-    from framepack_history.jobs.worker import lora_bytes, plan_lines
+    from framepack_history.jobs.plan_summary import lora_bytes, plan_lines
 
     bb = load_backbone(preset.model)
     apply(bb, [{"name": str(files["one_path"]), "weight": 1.0}, {"name": str(files["two_path"]), "weight": 0.5}])

@@ -25,7 +25,7 @@ from framepack_history.config.request import GenerationRequest
 from framepack_history.generation.loading import build_encoder, load_backbone
 from framepack_history.generation.pipeline import Pipeline, SectionDone
 from framepack_history.jobs.admission import check_loras
-from framepack_history.jobs.worker import lora_bytes
+from framepack_history.jobs.plan_summary import lora_bytes
 from framepack_history.lora import convert
 from framepack_history.lora.adapters import adapter_bytes, adapter_name, apply, is_adapter
 from framepack_history.lora.files import sha256
