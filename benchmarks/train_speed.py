@@ -66,7 +66,10 @@ def build(config: str, overrides: dict, out: Path):
     if cfg.data.kind == "cache" and not Path(cfg.data.root).is_dir():
         # the memory legs read the canvas leg's cache: profile on a small toy-world cache of the same clips
         cfg.data.kind, cfg.data.frames, cfg.data.num_videos = "toyworld", 96, 256
-        cfg.data.cache = str(out / "cache")
+    if cfg.data.kind == "toyworld" and cfg.data.cache:
+        # a small cache of the same clips under --out: the config's own cache would get this run's fingerprint
+        # (random weights), which the real run would then refuse
+        cfg.data.cache, cfg.data.num_videos = str(out / "cache"), min(cfg.data.num_videos, 512)
     accelerator = common.make_accelerator(cfg)
     preset = training_preset(cfg)
     backbone = build_backbone(cfg, preset.model, accelerator.device)
