@@ -67,28 +67,36 @@ def _image(backbone, path: str) -> dict:
 
 @pytest.fixture(scope="module")
 def keyed(folders, backbone, tmp_path_factory) -> dict:
-    """One keyframed job rendered to files, its events and transformer calls recorded on the way."""
+    """One keyframed job rendered to files, its events and transformer calls recorded on the way, and a checkpoint
+    of it taken after segment 1's first section (the resume test's starting point: no second run to get there)."""
+    from framepack_history.jobs.checkpoint import JobDir
     from framepack_history.jobs.render import render
 
     pipe = Pipeline(backbone, None, folders["preset"])
     events: list = []
     calls: list[dict] = []
     run = pipe.run
+    out, written = tmp_path_factory.mktemp("keyed"), []
+    job = JobDir(out / "job")
+    job.create(_request(folders), folders["preset"], out=out / "resumed.mp4")
+    held: list[bool] = []
 
     def teed(*args, **kw):
         for ev in run(*args, **kw):
             events.append(ev)
+            if isinstance(ev, SectionDone) and ev.index == 1:  # as a job's checkpoint after that section would be
+                held.append(pipe.last_generation.held is not None)
+                job.save_section(pipe.last_generation, [], [], 0)
             yield ev
 
     pipe.run = teed  # this pipeline's own run, its events kept
-    out, written = tmp_path_factory.mktemp("keyed"), []
     handle = backbone.transformer.register_forward_pre_hook(recorder(calls), with_kwargs=True)
     try:
         data = render(pipe, _request(folders), out / "v.mp4", out / "segments", on_segment=written.append)
     finally:
         handle.remove()
     return {"pipe": pipe, "events": events, "calls": calls, "gen": pipe.last_generation, "data": data,
-            "written": written, "mp4": out / "v.mp4"}
+            "written": written, "mp4": out / "v.mp4", "job": job, "held": held}
 
 
 def test_keyframe_times_round_to_section_boundaries_and_empty_segments_are_refused(folders, backbone) -> None:
@@ -176,20 +184,10 @@ def test_the_join_frame_is_sent_once(keyed) -> None:
     assert 1 + sum(len(f) for f in done) == 1 + 36 * 3
 
 
-def test_a_segmented_job_resumed_mid_segment_sends_the_same_frames(folders, backbone, keyed, tmp_path) -> None:
+def test_a_segmented_job_resumed_mid_segment_sends_the_same_frames(folders, backbone, keyed) -> None:
     """Checkpoint after segment 1's first section (its held decode is not kept), restore, finish: same frames."""
-    from framepack_history.jobs.checkpoint import JobDir
-
-    request = _request(folders)
-    job = JobDir(tmp_path / "job")
-    job.create(request, folders["preset"], out=tmp_path / "v.mp4")
-    first = Pipeline(backbone, None, folders["preset"])
-    for ev in first.run(request):
-        if isinstance(ev, SectionDone) and ev.index == 1:
-            break
-    assert first.last_generation.held is not None
-    job.save_section(first.last_generation, [], [], 0)
-    restored, _ = job.restore(Pipeline(backbone, None, folders["preset"]))
+    assert keyed["held"] == [True]  # the checkpoint was taken while segment 1's decode was held back
+    restored, _ = keyed["job"].restore(Pipeline(backbone, None, folders["preset"]))
     assert restored.held is None and restored.next_section == 2
     again = Pipeline(backbone, None, folders["preset"])
     events, calls = _recorded(again, restored.request, resume=restored)
