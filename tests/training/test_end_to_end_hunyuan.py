@@ -212,9 +212,18 @@ def test_resume_on_prepared_clips_continues_the_same_loss_curve(trained, prepare
 
 
 def test_two_processes_train_on_prepared_clips(prepared, tmp_path):
-    """``accelerate launch`` with 2 CPU processes (gloo) on the prepared folder: ranks stay identical."""
+    """``accelerate launch`` with 2 CPU processes (gloo) on the prepared folder: ranks stay identical.
+
+    The same launch streams the frozen DiT blocks (``stream_blocks``): each process streams its own, and the
+    ranks' weights stay equal. The frozen block weights are kept out of DDP (``_ddp_params_and_buffers_to_ignore``):
+    on a GPU they sit on the host, where DDP would neither broadcast nor accept them. (One launch for both: each
+    two-rank launch pays two interpreters' start-up.)
+    """
     from .test_distributed import two_rank_stage1
 
-    rows = two_rank_stage1(tmp_path / "ddp", "--preset", str(prepared["preset"]), "--data.kind", "prepared",
-                           "--data.root", str(prepared["out"]), "--batch_size", "1", "--lora_rank", "4")
+    out = tmp_path / "ddp"
+    rows = two_rank_stage1(out, "--preset", str(prepared["preset"]), "--data.kind", "prepared",
+                           "--data.root", str(prepared["out"]), "--batch_size", "1", "--lora_rank", "4",
+                           "--gradient_checkpointing", "true", "--stream_blocks", "true")
     assert [r["step"] for r in rows] == [1, 2]
+    assert (out / "transformer_lora" / "adapter_model.safetensors").is_file()

@@ -238,18 +238,6 @@ def test_a_trainable_weight_inside_a_block_is_not_streamed(tmp_path) -> None:
         stream_frozen_blocks(cfg, bb)
 
 
-def test_two_ddp_processes_each_stream_their_blocks_and_stay_in_sync(tmp_path) -> None:
-    """DDP (gloo on the CPU) with streamed blocks: each process streams its own, the ranks' weights stay equal.
 
-    The frozen block weights are kept out of DDP (``_ddp_params_and_buffers_to_ignore``): on a GPU they sit
-    on the host, where DDP would neither broadcast nor accept them.
-    """
-    from tests.conftest import TINY_HUNYUAN
-
-    from .test_distributed import two_rank_stage1
-
-    out = tmp_path / "ddp"
-    rows = two_rank_stage1(out, "--preset", str(TINY_HUNYUAN), "--lora_rank", "4", "--gradient_checkpointing", "true",
-                           "--stream_blocks", "true", "--data.frames", "9", "--batch_size", "1")
-    assert [r["step"] for r in rows] == [1, 2]
-    assert (out / "transformer_lora" / "adapter_model.safetensors").is_file()
+# Two DDP processes that each stream their blocks: tests/training/test_end_to_end_hunyuan.py's
+# test_two_processes_train_on_prepared_clips (one two-rank launch checks both).
