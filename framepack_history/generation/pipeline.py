@@ -223,8 +223,8 @@ class Pipeline:
         steer_history(history, self.memory_plan(request), self.preset.video, self.section_latent_frames, origin)
 
     def shot_start(self, gen: Generation) -> int:
-        """The first latent frame of the next section's shot (:func:`.memory_controls.shot_start`); the original
-        model's loop reads no window, so its cuts move nothing."""
+        """The first latent frame of the next section's shot (:func:`.memory_controls.shot_start`); on the original
+        model's loop, which takes no memory controls, always the video's own first frame."""
         cuts = self.memory_plan(gen.request).cuts
         return shot_start(gen, [] if self.loop is not None else cuts, self.section_latent_frames)
 
