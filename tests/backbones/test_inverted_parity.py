@@ -14,6 +14,8 @@ handed that average, computed by its own image encoder, so both sides condition 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,15 +48,36 @@ def backbone(folders):
     return bb
 
 
-def _run(folders, backbone, end: bool) -> dict:
-    """Both loops on the same weights, latents and noise; every transformer call recorded."""
+def _run(folders, backbone, end: bool, out: Path) -> dict:
+    """Both loops on the same weights, latents and noise; every transformer call recorded.
+
+    Ours renders a job to files in ``out`` (the render tests read them), and a checkpoint of it is taken after
+    section 1 (the resume test's starting point), so no test renders these sections again.
+    """
+    from framepack_history.jobs.checkpoint import JobDir
+    from framepack_history.jobs.render import render
+
     pipe = Pipeline(backbone, None, folders["preset"])
     request = GenerationRequest(prompt=PROMPT, seconds=SECTIONS * 36 / 30, seed=7, image=folders["image"],
                                 end_image=folders["end"] if end else None)
+    job, after_1 = JobDir(out / "job"), JobDir(out / "after_1")
+    job.create(request, folders["preset"], out=out / "v.mp4")
+    after_1.create(request, folders["preset"], out=out / "resumed.mp4")
+    events: list = []
+    written: list = []
+    held: list[bool] = []
+
+    def on_event(ev) -> None:
+        events.append(ev)
+        if isinstance(ev, SectionDone) and ev.index == 1:  # as a job's checkpoint after that section would be
+            held.append(pipe.last_generation.held is not None)
+            after_1.save_section(pipe.last_generation, [], [], 0)
+
     ours: list[dict] = []
     handle = backbone.transformer.register_forward_pre_hook(recorder(ours), with_kwargs=True)
     try:
-        events = list(pipe.run(request))
+        data = render(pipe, request, out / "v.mp4", job.info().segments_dir, on_event=on_event, on_segment=written.append,
+                      job=job)
     finally:
         handle.remove()
     gen = pipe.last_generation
@@ -93,17 +116,18 @@ def _run(folders, backbone, end: bool) -> dict:
         handle.remove()
     assert next(latents, None) is None  # every latent handed over was asked for
     return {"events": events, "gen": gen, "ours": ours, "theirs": theirs, "ref_video": video, "pipe": pipe,
-            "end_mode": modes[-1] if end else None}
+            "end_mode": modes[-1] if end else None, "job": job, "data": data, "written": written, "mp4": out / "v.mp4",
+            "after_1": after_1, "held": held}
 
 
 @pytest.fixture(scope="module")
-def plain(folders, backbone) -> dict:
-    return _run(folders, backbone, end=False)
+def plain(folders, backbone, tmp_path_factory) -> dict:
+    return _run(folders, backbone, end=False, out=tmp_path_factory.mktemp("plain"))
 
 
 @pytest.fixture(scope="module")
-def ended(folders, backbone) -> dict:
-    return _run(folders, backbone, end=True)
+def ended(folders, backbone, tmp_path_factory) -> dict:
+    return _run(folders, backbone, end=True, out=tmp_path_factory.mktemp("ended"))
 
 
 EXACT = ("timestep", "guidance", "indices_latents", "indices_latents_clean", "indices_latents_history_2x",
@@ -205,26 +229,19 @@ def test_end_image_is_refused_on_a_forward_loop(folders) -> None:
                           end_frame_strength=1.5).validate(preset)
 
 
-def test_render_writes_the_video_in_time_order(folders, backbone, plain, tmp_path) -> None:
+def test_render_writes_the_video_in_time_order(plain, tmp_path) -> None:
     """The job's mp4: the start image, then the whole video sent with the last section (109 frames, as the reference)."""
     from framepack_history.generation.video import read_video
-    from framepack_history.jobs.render import render
-
     from framepack_history.jobs.checkpoint import JobDir
     from framepack_history.jobs.extend import extend_job
 
-    pipe = Pipeline(backbone, None, folders["preset"])
-    written: list = []
-    job = JobDir(tmp_path / "job")
-    job.create(plain["gen"].request, folders["preset"], out=tmp_path / "v.mp4")
-    data = render(pipe, plain["gen"].request, tmp_path / "v.mp4", job.info().segments_dir, on_segment=written.append,
-                  job=job)
+    job, data = plain["job"], plain["data"]  # the frames compared above, rendered to a job's files
     assert job.checkpoint()["status"] == "done"
     with pytest.raises(InputError, match="cannot be extended"):  # its end is made: nothing comes after it
         extend_job(job, JobDir(tmp_path / "more"), PROMPT, 1.2, out=tmp_path / "m.mp4", segments_dir=tmp_path / "m")
-    assert [p.name for p in written] == ["context.mp4", "section_00002.mp4"]
+    assert [p.name for p in plain["written"]] == ["context.mp4", "section_00002.mp4"]
     assert [s["frames"] for s in data["sections"]] == [0, 0, 108] and data["frames"] == len(plain["ref_video"]) == 109
-    video = read_video(str(tmp_path / "v.mp4"), SIZE, SIZE, 30, 1000)
+    video = read_video(str(plain["mp4"]), SIZE, SIZE, 30, 1000)
     assert len(video) == 109
     # time order: the file's frames follow the reference's (mp4 is lossy: nearest, not equal)
     ref = (plain["ref_video"].permute(0, 2, 3, 1).numpy() * 255).astype(np.float32)
@@ -232,20 +249,11 @@ def test_render_writes_the_video_in_time_order(folders, backbone, plain, tmp_pat
     assert err.argmin(axis=0).tolist() == [1, 54, 108], err.argmin(axis=0)
 
 
-def test_resume_replays_the_held_video(folders, backbone, ended, tmp_path) -> None:
+def test_resume_replays_the_held_video(folders, backbone, ended) -> None:
     """Checkpoint after section 1, restore (no held pixels): the end image and the frames come back the same."""
-    from framepack_history.jobs.checkpoint import JobDir
-
     request = ended["gen"].request
-    job = JobDir(tmp_path / "job")
-    job.create(request, folders["preset"], out=tmp_path / "v.mp4")
-    first = Pipeline(backbone, None, folders["preset"])
-    for ev in first.run(request):
-        if isinstance(ev, SectionDone) and ev.index == 1:
-            break
-    assert first.last_generation.held is not None
-    job.save_section(first.last_generation, [], [], 0)
-    restored, _ = job.restore(Pipeline(backbone, None, folders["preset"]))
+    assert ended["held"] == [True]  # the checkpoint was taken while the decode was held back
+    restored, _ = ended["after_1"].restore(Pipeline(backbone, None, folders["preset"]))
     assert restored.held is None and restored.next_section == 2
     assert torch.equal(restored.image_cond.tensors["end_latents"], ended["gen"].image_cond.tensors["end_latents"])
     rest = [ev.frames for ev in Pipeline(backbone, None, folders["preset"]).run(request, resume=restored)
