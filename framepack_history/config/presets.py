@@ -189,11 +189,22 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise InputError(f"{where}.{unknown[0]}" if where else unknown[0], f"unknown field (known: {', '.join(sorted(names))})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
         typ = hints[name]
         key = f"{where}.{name}" if where else name
-        kwargs[name] = build_dataclass(typ, value, key) if dataclasses.is_dataclass(typ) else _coerce(key, value, typ)
+        if not dataclasses.is_dataclass(typ):
+            kwargs[name] = _coerce(key, value, typ)
+            continue
+        built = build_dataclass(typ, value, key)
+        factory = fields[name].default_factory
+        default = factory() if factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            # a table given in part keeps the field's own default for the rest (an eval config's data is
+            # split = "eval" by default: a --data.num_videos override must not bring the class's "train" back)
+            built = dataclasses.replace(default, **{k: getattr(built, k) for k in value})
+        kwargs[name] = built
     return cls(**kwargs)
 
 

@@ -95,7 +95,7 @@ def run_gaps(cfg: EvalConfig, path: Path | None = None, on_world: Callable[[str,
     ``on_world(label, worlds done)`` runs after each world (progress).
     """
     if cfg.data.split != "eval" or cfg.data.kind != "toyworld":
-        # a [data] table (or a --data.* key) without split = "eval" builds the training default, "train"
+        # the sweep's worlds are the held-out ones (the eval config's default split); training worlds would flatter it
         raise InputError("data.split", f"the gap sweep scores held-out toy worlds: needs data.kind = \"toyworld\" and "
                                        f"data.split = \"eval\" (got {cfg.data.kind!r}, {cfg.data.split!r})")
     path = Path(path) if path is not None else Path(cfg.out) / "gaps.json"

@@ -149,3 +149,14 @@ def test_summary_standard_error_counts_episodes_not_queries():
     assert mean_se(g, 2) == "13.00 ± 2.00" and mean_se(summary([3.0])) == "3.0"
     with pytest.raises(ValueError, match="3 episode ids for 4 values"):
         summary(vals, [0, 0, 1])
+
+
+def test_a_data_override_keeps_the_eval_configs_held_out_split():
+    """``--data.num_videos 4`` with no config file: the eval config's data stays on held-out worlds."""
+    from framepack_history.training.evaluate import EvalConfig
+    from framepack_history.training.settings import TrainConfig, load_config
+
+    cfg = load_config(EvalConfig, None, {"data.num_videos": 4, "models": ["a=b"]})
+    assert (cfg.data.split, cfg.data.num_videos) == ("eval", 4)
+    assert load_config(EvalConfig, None, {"data.split": "train"}).data.split == "train"  # given, it is taken
+    assert load_config(TrainConfig, None, {"data.num_videos": 4}).data.split == "train"  # a training config's own
