@@ -179,3 +179,17 @@ class HubStandIn:
                 self.connection.shutdown(2)
 
         return Handler
+
+
+def go_online(monkeypatch, url: str, cache: Path) -> None:
+    """For one test: huggingface_hub talks to the stand-in at ``url`` with a fresh cache, offline mode off.
+
+    huggingface_hub reads its offline flag and cache folder at import, so its constants are set too (undone by
+    ``monkeypatch`` after the test).
+    """
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))

@@ -141,6 +141,16 @@ def load_run(path: Path, device: str = "cpu") -> Pipeline:
     return Pipeline(backbone, encoder, preset)
 
 
+def load_for_eval(path: Path, cfg: EvalConfig) -> Pipeline:
+    """:func:`load_run` with the eval config's sampling steps and history guidance (each only where it sets one)."""
+    pipe = load_run(path, cfg.device)
+    if cfg.steps:
+        pipe.preset.sampling.steps = cfg.steps
+    if cfg.history_guidance >= 0:
+        pipe.preset.history.guidance = cfg.history_guidance
+    return pipe
+
+
 def eval_dataset(cfg: EvalConfig, pipeline: Pipeline):
     """Pixel clips (toy world, video folder) or the latent clips of a ``prepare-data`` folder."""
     v = pipeline.preset.video

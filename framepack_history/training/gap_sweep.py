@@ -33,7 +33,7 @@ import torch
 from framepack_history.errors import InputError
 from framepack_history.fsio import atomic_write_json
 from framepack_history.generation.pipeline import Pipeline
-from framepack_history.training.evaluate import EvalConfig, load_run, parse_models
+from framepack_history.training.evaluate import EvalConfig, load_for_eval, parse_models
 from framepack_history.training.revisit import aggregate, make_episode, return_section, score_episode, world_seed
 
 KIND = "leave_and_return"
@@ -103,11 +103,7 @@ def run_gaps(cfg: EvalConfig, path: Path | None = None, on_world: Callable[[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"metric": "gaps", "models": {}}
     for label, model in parse_models(cfg.models):
-        pipe = load_run(model, cfg.device)
-        if cfg.steps:
-            pipe.preset.sampling.steps = cfg.steps
-        if cfg.history_guidance >= 0:
-            pipe.preset.history.guidance = cfg.history_guidance
+        pipe = load_for_eval(model, cfg)
         run = {"path": str(model), "settings": settings_of(pipe, cfg), "worlds": {}}
         before = old.get("models", {}).get(label)
         if before is not None:

@@ -43,7 +43,7 @@ from framepack_history.generation.frame_query import psnr, ssim, uint8_to_unit
 from framepack_history.generation.pipeline import Generation, Pipeline, to_pixels
 from framepack_history.history.state import HistoryState
 from framepack_history.training.data import SPEC_KEYS
-from framepack_history.training.evaluate import EvalConfig, cfg_dict, clip_of, eval_dataset, load_run, parse_models, summary
+from framepack_history.training.evaluate import EvalConfig, cfg_dict, clip_of, eval_dataset, load_for_eval, parse_models, summary
 from framepack_history.training.stages import track_of
 
 
@@ -250,11 +250,7 @@ def run_revisit(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"metric": "revisit", "models": {}, "config": cfg_dict(cfg)}
     for label, path in parse_models(cfg.models):
-        pipe = load_run(path, cfg.device)
-        if cfg.steps:
-            pipe.preset.sampling.steps = cfg.steps
-        if cfg.history_guidance >= 0:
-            pipe.preset.history.guidance = cfg.history_guidance
+        pipe = load_for_eval(path, cfg)
         per: dict[str, Any] = revisit_footage(pipe, cfg) if cfg.data.kind == "prepared" else {}
         for kind in cfg.kinds if cfg.data.kind != "prepared" else ():
             for gap in cfg.returns_after:

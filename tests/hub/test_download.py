@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import waiting
-from tests.hub_standin import BASE, F1, REDUX, HubStandIn, save_tiny_repos
+from tests.hub_standin import BASE, F1, REDUX, HubStandIn, go_online, save_tiny_repos
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "tests" / "presets" / "tiny-hub.toml"
@@ -170,13 +170,8 @@ def test_presets_without_hub_weights_need_nothing(tmp_path):
 
 @pytest.fixture
 def online(hub, tmp_path, monkeypatch):
-    """This test only: the stand-in hub, a fresh cache, offline mode off (huggingface_hub read it at import)."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    """This test only: the stand-in hub, a fresh cache, offline mode off."""
+    go_online(monkeypatch, hub.url, tmp_path / "cache")
     return hub
 
 

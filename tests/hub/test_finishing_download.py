@@ -12,7 +12,7 @@ import pytest
 from framepack_history.cli.main import main
 from framepack_history.hub import finishing_weights as fw
 from framepack_history.hub.download import check_disk, fetch
-from tests.hub_standin import HubStandIn
+from tests.hub_standin import HubStandIn, go_online
 from tests.tiny_finishing import save_rife, save_srvgg
 
 ANIME, RIFE = fw.KNOWN["realesr-animevideov3"].repo, fw.KNOWN["rife-4.26"].repo
@@ -32,14 +32,9 @@ def repos(tmp_path_factory):
 
 @pytest.fixture
 def online(repos, tmp_path, monkeypatch):
-    """This test only: the stand-in hub, a fresh cache, offline mode off (huggingface_hub read it at import)."""
-    import huggingface_hub.constants as constants
-
+    """This test only: the stand-in hub, a fresh cache, offline mode off."""
     with HubStandIn(repos) as hub:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        go_online(monkeypatch, hub.url, tmp_path / "cache")
         yield hub
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from framepack_history.config.presets import load_preset
-from tests.hub_standin import HubStandIn
+from tests.hub_standin import HubStandIn, go_online
 
 ORIGINAL = "lllyasviel/FramePackI2V_HY"
 PAIRS = {"framepack-original-12gb": "rtx4070-12gb", "framepack-original-24gb": "rtx4090-24gb",
@@ -29,8 +29,6 @@ def test_original_presets_are_the_f1_presets_on_the_original_model(name: str) ->
 @pytest.fixture
 def online(tmp_path: Path, monkeypatch):
     """A stand-in hub serving tiny repos under the original preset's hub ids."""
-    from huggingface_hub import constants
-
     from framepack_history.backbones.hunyuan_framepack import HunyuanFramepackBackbone
 
     root = tmp_path / "repos"
@@ -41,10 +39,7 @@ def online(tmp_path: Path, monkeypatch):
     bb.image_encoder.save_pretrained(root / "lllyasviel/flux_redux_bfl" / "image_encoder")
     bb.feature_extractor.save_pretrained(root / "lllyasviel/flux_redux_bfl" / "feature_extractor")
     with HubStandIn(root) as hub:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        go_online(monkeypatch, hub.url, tmp_path / "cache")
         yield root
 
 
