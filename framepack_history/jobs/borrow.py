@@ -67,6 +67,15 @@ def check_borrow(request: GenerationRequest, preset: Preset, encoder_rate: str |
     mode = resolve(info.request, theirs).history_mode
     if mode != "encoder":
         raise InputError(field, f"{name} was made in history mode {mode!r}; borrow a job made in 'encoder' mode")
+    # Without a history-token cap the borrowed seconds add tokens and device memory beyond what the preset's
+    # memory plan was made for (its max_seconds of video); with one, the tokens stay bounded whatever is borrowed.
+    v = mine.video
+    lent = int(ck.get("total_sections") or 0) * v.section_frames / v.fps
+    if not resolve(request, mine).max_history_tokens and lent + request.seconds > v.max_seconds:
+        raise InputError(field, f"{name}'s {lent:g} s of history and this {request.seconds:g} s video make "
+                                f"{lent + request.seconds:g} s of uncapped history, beyond the {v.max_seconds:g} s the "
+                                f"preset {mine.name} plans for: set a history-token cap (--max-history-tokens) or "
+                                "borrow a shorter job")
     request.borrow = str(src.root)
 
 

@@ -180,6 +180,15 @@ def test_borrowing_an_unfinished_missing_or_unlike_job_is_refused(toy_pipeline, 
     other = dataclasses.replace(preset, name="another-toy")
     with pytest.raises(InputError, match="job window was made on preset") as e:
         admit_request(GenerationRequest(prompt="a", seconds=1, borrow=str(window.root)), other)
+    # uncapped, the borrowed seconds count against what the preset's memory plan covers; a cap bounds them
+    src = _finished(toy_pipeline, tmp_path, "lender")
+    short = dataclasses.replace(preset, video=dataclasses.replace(preset.video, max_seconds=1.5))
+    with pytest.raises(InputError, match=r"job lender's 1 s of history and this 1 s video make 2 s of uncapped "
+                                         r"history, beyond the 1.5 s") as e:
+        admit_request(GenerationRequest(prompt="a", seconds=1, max_history_tokens=0, borrow=str(src.root)), short)
+    assert e.value.field == "--borrow"
+    admit_request(GenerationRequest(prompt="a", seconds=1, max_history_tokens=9 * GROUP_TOKENS, borrow=str(src.root)),
+                  short)
 
 
 def test_memory_controls_and_a_borrowed_history_resume_bit_for_bit(toy_pipeline, tmp_path):
