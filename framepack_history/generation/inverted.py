@@ -50,7 +50,10 @@ with the start latent in front) and cross-faded in front of the segment so far
 over ``(n - 1) * 4 + 1`` frames. Only a segment's end is final while it is
 drawn, and it reaches the stream last, so the loop holds the segment's frames
 back and sends them all (after its start frame) with its last-generated
-section; the other sections send none. The player thus grows segment by
+section; the other sections send none. Only the frames the next decode blends
+stay float (:class:`HeldSegment`); the rest are final and held as 8-bit
+frames, a quarter of float32's bytes (a 300 s segment at 480x832: 10.8 GB of
+host memory instead of 43). The player thus grows segment by
 segment, in time order. The held pixels are a pure function of the history's
 raw latents, so a job resumed in the middle of a segment replays the
 segment's decode and sends the same frames.
@@ -77,7 +80,7 @@ from framepack_history.backbones.base import Backbone, Conditioning, Context
 from framepack_history.config.presets import VideoSpec
 from framepack_history.config.request import GenerationRequest, keyframe_field
 from framepack_history.errors import InputError
-from framepack_history.generation.overlap import soft_append
+from framepack_history.generation.overlap import HeldSegment, soft_append
 from framepack_history.generation.pixels import to_pixels, to_uint8
 from framepack_history.generation.segments import END, Segment, segments
 from framepack_history.generation.video import read_image
@@ -96,7 +99,7 @@ class Sections(Protocol):
     next_section: int
     total_sections: int
     image_cond: Conditioning
-    held: torch.Tensor | None
+    held: HeldSegment | None
 
 
 def paddings(total: int) -> list[int]:
@@ -247,9 +250,12 @@ class InvertedLoop:
         gap = paddings(seg.sections)[i] * self.n
         return Context(post_latents=post.to(self.backbone.device, self.backbone.dtype), post_gap=gap)
 
-    def decode(self, history: HistoryState, section: int, total: int, held: torch.Tensor | None,
-               start: int, before: torch.Tensor | None = None) -> torch.Tensor:
-        """A segment so far (float pixels, host) after its ``section`` was generated: FramePack's decode and blend.
+    def decode(self, history: HistoryState, section: int, total: int, held: HeldSegment | None,
+               start: int, before: torch.Tensor | None = None, all_float: bool = False) -> HeldSegment:
+        """A segment so far after its ``section`` was generated: FramePack's decode and blend.
+
+        ``all_float``: hold every frame as float (comparisons with a reference), not just the ones the next
+        section's blend reads.
 
         ``total``: the segment's sections; ``start``: where its first-generated section is in the history;
         ``before``: its start latent (None: the history's latent before ``start``).
@@ -262,18 +268,20 @@ class InvertedLoop:
             timed = torch.cat([first, timed], dim=2)
         span = timed.shape[2] if section == 0 else 2 * n + int(last)
         video = bb.vae_decode(timed[:, :, :span].to(bb.device, bb.dtype), clamp=False).float().cpu()
+        keep = video.shape[2] + (held.shape[2] if held else 0) if all_float else self.overlap
         if section == 0:
-            return video
+            return HeldSegment.split(video, keep)
         if held is None:
             raise ValueError(f"section {section}: the video decoded after section {section - 1} is missing")
-        return soft_append(video, held, self.overlap)
+        # the blend reads only the held video's first `overlap` frames: the float head
+        return HeldSegment.split(soft_append(video, held.head, self.overlap), keep, held.final)
 
     def replay(self, history: HistoryState, done: int, total: int, start: int,
-               before: torch.Tensor | None = None) -> torch.Tensor | None:
+               before: torch.Tensor | None = None, all_float: bool = False) -> HeldSegment | None:
         """A segment's video held after ``done`` of its sections, decoded again from the history (after a resume)."""
         held = None
         for k in range(done):
-            held = self.decode(history, k, total, held, start, before)
+            held = self.decode(history, k, total, held, start, before, all_float)
         return held
 
     def finish(self, gen: Sections, latents: torch.Tensor, ctx: Context) -> tuple[np.ndarray, float, int]:
@@ -295,7 +303,7 @@ class InvertedLoop:
         if i < seg.sections - 1:
             _, _, _, h, w = gen.held.shape
             return np.zeros((0, h, w, 3), np.uint8), t_decoded, tokens
-        video, gen.held = gen.held, None
+        frames, gen.held = gen.held.frames(), None
         # FramePack keeps the decode's first (4k + 1) frames; frame 0 is the segment's start frame, already sent
-        keep = (video.shape[2] - 1) // 4 * 4 + 1
-        return to_uint8(video[0, :, 1:keep]), t_decoded, tokens
+        keep = (len(frames) - 1) // 4 * 4 + 1
+        return frames[1:keep], t_decoded, tokens

@@ -15,9 +15,13 @@ its frames equal those of a job never interrupted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 
 from framepack_history.backbones.base import Backbone
+from framepack_history.generation.pixels import to_uint8
 from framepack_history.history.state import HistoryState
 
 
@@ -30,6 +34,32 @@ def soft_append(history: torch.Tensor, current: torch.Tensor, overlap: int) -> t
     w = torch.linspace(1, 0, overlap, dtype=history.dtype, device=history.device).view(1, 1, -1, 1, 1)
     blended = w * history[:, :, -overlap:] + (1 - w) * current[:, :, :overlap]
     return torch.cat([history[:, :, :-overlap], blended, current[:, :, overlap:]], dim=2)
+
+
+@dataclass
+class HeldSegment:
+    """A segment's video so far, held back until its last section: the first frames, which the next section's
+    decode still cross-fades (float pixels, host), and after them the frames no decode changes again (final,
+    8-bit, in time order). Converting a final frame early gives the bytes converting it at the end would."""
+
+    head: torch.Tensor  # [1, 3, F, H, W] in [-1, 1]: at most the loop's overlap frames
+    final: list[np.ndarray] = field(default_factory=list)  # uint8 [F, H, W, 3] chunks, in time order
+
+    @classmethod
+    def split(cls, video: torch.Tensor, blend: int, final: list[np.ndarray] | None = None) -> "HeldSegment":
+        """``video`` (float, in front of ``final``): its first ``blend`` frames stay float, the rest are final."""
+        head, done = video[:, :, :blend], video[:, :, blend:]
+        return cls(head, ([to_uint8(done[0])] if done.shape[2] else []) + list(final or []))
+
+    def frames(self) -> np.ndarray:
+        """The whole held video, ``uint8 [F, H, W, 3]``."""
+        return np.concatenate([to_uint8(self.head[0]), *self.final])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """As the float ``[1, 3, F, H, W]`` video it stands for."""
+        b, c, f, h, w = self.head.shape
+        return b, c, f + sum(len(x) for x in self.final), h, w
 
 
 class OverlapDecoder:

@@ -12,6 +12,7 @@ import torch
 
 from framepack_history.backbones.base import Conditioning
 from framepack_history.config.request import GenerationRequest
+from framepack_history.generation.overlap import HeldSegment
 from framepack_history.history.state import HistoryState
 
 
@@ -25,9 +26,9 @@ class Generation:
     history: HistoryState
     next_section: int = 0
     image_cond: Conditioning = field(default_factory=Conditioning)
-    #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host);
-    #: never checkpointed, a resume decodes it again from the history
-    held: torch.Tensor | None = None
+    #: overlap-decoding backbones: the last section's tail, not yet sent (float pixels, host); FramePack's original
+    #: model's loop: its segment so far (:class:`.overlap.HeldSegment`); never checkpointed, a resume decodes it again
+    held: torch.Tensor | HeldSegment | None = None
     #: an extension's first section: the video it extends already ends with the held tail (see .extend)
     tail_sent: bool = False
     #: backbones that draw noise per video: the video's generator, advanced by each section's draw

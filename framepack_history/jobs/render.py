@@ -23,6 +23,7 @@ from framepack_history.config.presets import Preset
 from framepack_history.config.request import GenerationRequest
 from framepack_history.device import free_device_memory
 from framepack_history.errors import Cancelled, OutOfMemoryFailure
+from framepack_history.generation.overlap import HeldSegment
 from framepack_history.generation.pipeline import (
     ContextFrames,
     Event,
@@ -213,7 +214,8 @@ def _flush_held(pipeline: Pipeline, log: SegmentLog, on_segment: Callable[[Path]
     gen = getattr(pipeline, "last_generation", None)
     if gen is None or gen.held is None or not gen.next_section:
         return
-    log.add(to_uint8(gen.held[0]), f"section_{gen.next_section - 1:05d}_tail")
+    held = gen.held
+    log.add(held.frames() if isinstance(held, HeldSegment) else to_uint8(held[0]), f"section_{gen.next_section - 1:05d}_tail")
     gen.held = None
     if on_segment is not None:
         on_segment(log.segments[-1])

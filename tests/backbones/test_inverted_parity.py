@@ -70,7 +70,11 @@ def _run(folders, backbone, end: bool, out: Path) -> dict:
     def on_event(ev) -> None:
         events.append(ev)
         if isinstance(ev, SectionDone) and ev.index == 1:  # as a job's checkpoint after that section would be
-            held.append(pipe.last_generation.held is not None)
+            g = pipe.last_generation.held
+            held.append(g is not None)
+            # only the frames the next decode blends stay float; the rest are held as final 8-bit frames
+            assert g.head.dtype == torch.float32 and g.head.shape[2] == pipe.loop.overlap < g.shape[2]
+            assert all(f.dtype == np.uint8 for f in g.final) and len(g.frames()) == g.shape[2]
             after_1.save_section(pipe.last_generation, [], [], 0)
 
     ours: list[dict] = []
@@ -177,8 +181,10 @@ def test_frames_equal_the_reference(plain) -> None:
     done = [ev for ev in plain["events"] if isinstance(ev, SectionDone)]
     assert [len(ev.frames) for ev in done] == [0, 0, 108]
     gen, ref = plain["gen"], plain["ref_video"]
-    video = plain["pipe"].loop.replay(gen.history, SECTIONS, SECTIONS, 1)  # our decode again, float
+    video = plain["pipe"].loop.replay(gen.history, SECTIONS, SECTIONS, 1, all_float=True).head  # our decode again, float
     assert np.array_equal(done[-1].frames, to_uint8(video[0, :, 1:]))
+    # as the loop holds it (final frames as 8 bits early): the same bytes
+    assert np.array_equal(plain["pipe"].loop.replay(gen.history, SECTIONS, SECTIONS, 1).frames(), to_uint8(video[0]))
     assert video.shape[2] == len(ref) == 36 * SECTIONS + 1
     diff = ((video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1) - ref).abs().max().item()
     print(f"frames: {video.shape[2]}; max abs diff {diff:.3g}")
@@ -192,7 +198,7 @@ def test_end_image_inputs_and_frames_equal_the_reference(ended, plain) -> None:
     assert torch.equal(first["latents_clean"][:, :, 1:], ended["end_mode"].to(first["latents_clean"]))
     assert all(not c["latents_clean"][:, :, 1:].equal(first["latents_clean"][:, :, 1:]) for c in ended["ours"][STEPS:])
     assert not torch.equal(ended["ours"][0]["image_embeds"], plain["ours"][0]["image_embeds"])
-    video = ended["pipe"].loop.replay(ended["gen"].history, SECTIONS, SECTIONS, 1)
+    video = ended["pipe"].loop.replay(ended["gen"].history, SECTIONS, SECTIONS, 1, all_float=True).head
     diff = ((video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1) - ended["ref_video"]).abs().max().item()
     assert diff <= 1e-4
     assert (ended["gen"].history.latents - plain["gen"].history.latents).abs().max() > 1e-3  # the end image counts

@@ -180,7 +180,9 @@ def test_the_join_frame_is_sent_once(keyed) -> None:
     seg0 = pipe.loop.replay(gen.history, 1, 1, 1)
     seg1 = pipe.loop.replay(gen.history, 2, 2, 10, before=hist[:, :, 9:10])
     assert seg0.shape[2] == 1 + 36 and seg1.shape[2] == 1 + 72  # each decode starts with its start frame
-    assert np.array_equal(done[0], to_uint8(seg0[0, :, 1:])) and np.array_equal(done[2], to_uint8(seg1[0, :, 1:]))
+    assert np.array_equal(done[0], seg0.frames()[1:]) and np.array_equal(done[2], seg1.frames()[1:])
+    float1 = pipe.loop.replay(gen.history, 2, 2, 10, before=hist[:, :, 9:10], all_float=True)
+    assert float1.final == [] and np.array_equal(seg1.frames(), to_uint8(float1.head[0]))
     assert 1 + sum(len(f) for f in done) == 1 + 36 * 3
 
 
@@ -251,3 +253,22 @@ def test_the_plan_encodes_only_the_clips_last_latent_on_the_original_model() -> 
         rows[loop] = next(r for r in p if r.phase == "vae_encode")
     assert "53 frames a call" in rows["forward"].strategy and "9 frames a call" in rows["inverted"].strategy
     assert rows["inverted"].device_peak_bytes < rows["forward"].device_peak_bytes
+
+
+def test_a_held_segment_keeps_only_the_blended_frames_float_and_a_cancel_writes_it_all(tmp_path) -> None:
+    """The held video's head stays float (the next blend reads it), the rest is final as 8 bits: the same bytes
+    as converting at the end; a cancelled job's held segment is written whole."""
+    from types import SimpleNamespace
+
+    from framepack_history.generation.overlap import HeldSegment
+    from framepack_history.jobs.render import SegmentLog, _flush_held
+
+    video = torch.rand(1, 3, 9, 8, 8) * 2 - 1
+    held = HeldSegment.split(video[:, :, 4:], 2)
+    held = HeldSegment.split(torch.cat([video[:, :, :4], held.head], 2), 3, held.final)
+    assert held.head.shape[2] == 3 and [len(f) for f in held.final] == [3, 3] and held.shape == video.shape
+    assert np.array_equal(held.frames(), to_uint8(video[0]))
+    log = SegmentLog(tmp_path, fps=30)
+    gen = SimpleNamespace(held=held, next_section=2)
+    _flush_held(SimpleNamespace(last_generation=gen), log, None)
+    assert gen.held is None and log.frames == 9 and log.segments[0].name == "section_00001_tail.mp4"
