@@ -303,7 +303,7 @@ class InvertedLoop:
         if i < seg.sections - 1:
             _, _, _, h, w = gen.held.shape
             return np.zeros((0, h, w, 3), np.uint8), t_decoded, tokens
-        frames, gen.held = gen.held.frames(), None
+        frames, gen.held = gen.held.take(), None
         # FramePack keeps the decode's first (4k + 1) frames; frame 0 is the segment's start frame, already sent
         keep = (len(frames) - 1) // 4 * 4 + 1
         return frames[1:keep], t_decoded, tokens

@@ -52,8 +52,18 @@ class HeldSegment:
         return cls(head, ([to_uint8(done[0])] if done.shape[2] else []) + list(final or []))
 
     def frames(self) -> np.ndarray:
-        """The whole held video, ``uint8 [F, H, W, 3]``."""
+        """The whole held video, ``uint8 [F, H, W, 3]`` (a copy: the held chunks stay)."""
         return np.concatenate([to_uint8(self.head[0]), *self.final])
+
+    def take(self) -> np.ndarray:
+        """:meth:`frames`, letting go of each held chunk once it is copied: the host holds one video, not two."""
+        head = to_uint8(self.head[0])
+        out = np.empty((self.shape[2], *head.shape[1:]), np.uint8)
+        out[: len(head)], i = head, len(head)
+        while self.final:
+            chunk = self.final.pop(0)
+            out[i : i + len(chunk)], i = chunk, i + len(chunk)
+        return out
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:

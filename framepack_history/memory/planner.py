@@ -216,6 +216,15 @@ class _Request:
         frames = self.geo.pixel_frames(self.span(s)) if self.comps.backbone.overlap_decode else v.section_frames
         return 3 * frames * v.height * v.width
 
+    def held(self, s: int) -> int:
+        """Host bytes FramePack's original model's loop holds back after ``s`` sections: the segment so far as final
+        8-bit frames and the float frames the next blend reads (no keyframes: one segment, the most it holds)."""
+        if self.preset.model.loop != "inverted" or s <= 0:
+            return 0
+        v = self.preset.video
+        frame = 3 * v.height * v.width
+        return (s * v.section_frames + 1) * frame + self.geo.pixel_frames(self.t) * frame * 4
+
     def decode_activation(self, s: int, tiled: bool) -> int:
         # The decode's float output stays while to_uint8 makes two more float copies of it.
         shape = (1, self.geo.latent_channels, self.span(s), self.h, self.w)
@@ -438,12 +447,14 @@ def _sections(r: _Request, strategy: Strategy, acts: _Activations, decode_act: i
         host = _host_overhead(r) + r.host_latents[s + 1] + (
             all_w if on_cpu else stream_host + (0 if strategy.vae_resident else r.vae_b))
         wd = weights_dev + buf + r.enc_b + (r.vae_b if strategy.vae_resident else 0)
-        rows.append(PhasePlan("denoise", weights_dev + buf + den - r.nonblock, host + (acts.denoise[s] if on_cpu else 0),
+        rows.append(PhasePlan("denoise", weights_dev + buf + den - r.nonblock,
+                              host + r.held(s) + (acts.denoise[s] if on_cpu else 0),
                               r.hist(r.frames[s]), strategy.describe() + ("" if strategy.vae_resident else ", vae on host"),
                               s, wd, acts.denoise[s], n_tok))
         wd = weights_dev + r.enc_b + r.vae_b
         vae = ("tiled vae" if tiling else "vae") + f", {len(strategy.resident)} blocks stay"
-        rows.append(PhasePlan("vae_decode", weights_dev + dec - r.nonblock, host + 5 * r.pixels(s) + (act_s if on_cpu else 0),
+        rows.append(PhasePlan("vae_decode", weights_dev + dec - r.nonblock,
+                              host + r.held(s + 1) + 5 * r.pixels(s) + (act_s if on_cpu else 0),
                               r.hist(r.frames[s + 1]), vae, s, wd, max(act_s, acts.history_encode)))
     return rows
 

@@ -52,3 +52,22 @@ def test_download_plan_lists_the_original_transformer(online: Path) -> None:
     assert "diffusion_pytorch_model.safetensors" in mine
     assert {f.repo for f in plan.files} == {ORIGINAL, "hunyuanvideo-community/HunyuanVideo", "lllyasviel/flux_redux_bfl"}
     assert plan.todo == plan.total > 0
+
+
+def test_the_plan_counts_the_held_segment_on_the_host() -> None:
+    """The original model's loop holds a segment back until its last section (8-bit final frames, the float
+    frames the next blend reads): the plan's host rows count it, the forward loop's do not, and 300 s still fit."""
+    import dataclasses
+
+    from framepack_history.memory.planner import plan
+
+    preset = load_preset("framepack-original-12gb")
+    forward = dataclasses.replace(preset, model=dataclasses.replace(preset.model, loop="forward"))
+    held, plain = plan(preset, 300), plan(forward, 300)
+    v = preset.video
+    frame = 3 * v.height * v.width
+    last = [r for r in held if r.phase == "vae_decode"][-1]
+    sections = last.section + 1
+    expected = (sections * v.section_frames + 1) * frame + 33 * frame * 4  # 33: the blend's (9 - 1) * 4 + 1 frames
+    assert last.host_peak_bytes - [r for r in plain if r.phase == "vae_decode"][-1].host_peak_bytes == expected
+    assert expected > 10 * 1024**3 and held.fits
