@@ -268,6 +268,8 @@ def test_a_held_segment_keeps_only_the_blended_frames_float_and_a_cancel_writes_
     held = HeldSegment.split(torch.cat([video[:, :, :4], held.head], 2), 3, held.final)
     assert held.head.shape[2] == 3 and [len(f) for f in held.final] == [3, 3] and held.shape == video.shape
     assert np.array_equal(held.frames(), to_uint8(video[0]))
+    taken = HeldSegment(held.head, list(held.final))
+    assert np.array_equal(taken.take(), to_uint8(video[0])) and taken.final == []  # let go of as it is copied
     log = SegmentLog(tmp_path, fps=30)
     gen = SimpleNamespace(held=held, next_section=2)
     _flush_held(SimpleNamespace(last_generation=gen), log, None)
