@@ -380,8 +380,9 @@ def test_app_offers_jobs_of_a_killed_app_for_resume(tmp_path):
     first = launch(tmp_path / "first.log")
     try:
         client = Client(url, verbose=False)
-        # 12 steps: the four sections left after the second outlast the polls that see it, and resume stays short
-        client.submit(prompt="camera pans right", seconds=3, seed=9, preset=str(TINY_TOY), steps=12, api_name="/generate")
+        # 30 steps: the four sections left after the second outlast the polls that see it over HTTP on a loaded
+        # machine (at 12 the job could finish before the kill, and the restarted app had nothing to offer)
+        client.submit(prompt="camera pans right", seconds=3, seed=9, preset=str(TINY_TOY), steps=30, api_name="/generate")
         jobs: list = []
 
         def two_done() -> bool:
