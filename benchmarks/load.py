@@ -56,6 +56,15 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit("the app did not start in time")
 
 
+def stop_app(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate the app, and kill it if it has not exited after ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class Tally:
     """Thread-safe counts of what the clients saw."""
 
@@ -181,11 +190,7 @@ def main() -> int:
                     alive = False
                     tally.fail(f"final /status: {type(e).__name__}: {e}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_app(proc)
         out_of_order, overlaps = order_violations(jobs)
         answered = sum(tally.answered.values())
         states = {s: sum(j["status"] == s for j in jobs) for s in ("done", "cancelled", "failed", "queued", "running")}

@@ -20,22 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from load import free_port, stop_app, wait_up  # benchmarks/load.py: the same app start and stop
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("encoder", "window", "none")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -65,19 +59,6 @@ def device_mib(pid: int) -> float | None:
     return sum(used) if used else 0.0
 
 
-def wait_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited with status {proc.returncode} before it answered")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"the app did not answer within {timeout:.0f} s")
-
-
 def plan_jobs(n: int) -> list[dict]:
     """``n`` mixed jobs: lengths, modes and caps cycling; two extensions and two cancels spread through the run."""
     extend_at = {n // 3, (2 * n) // 3}
@@ -89,7 +70,7 @@ def plan_jobs(n: int) -> list[dict]:
                "seconds": 2 + i % 5, "seed": i, "history_mode": mode}
         if mode == "encoder" and i % 2:  # a cap merges only past it: 10 s make 40 toy tokens and more (the least cap is 36)
             job.update(seconds=10, max_history_tokens=40)
-        if i in extend_at:
+        if i in extend_at and any(j["kind"] == "generate" for j in jobs):  # it extends the last finished job
             job = {"kind": "extend", "seconds": 2 + i % 3}
         elif i in cancel_at:
             job.update(kind="cancel", seconds=30)
@@ -188,11 +169,7 @@ def main() -> int:
         print(f"idle vs after the first job: {100 * (idle / rss[0] - 1):+.1f} %")
         print(f"peak RSS {max(rss):.1f} MiB; {len(rss)} jobs in {time.monotonic() - t0:.0f} s; app alive: {proc.poll() is None}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc, 15)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
